@@ -1,0 +1,187 @@
+"""Named augmentation sets, one registry.
+
+Every transform works on a uint8 ``C x H x W`` tensor already resized to the trial's ``img_size``
+(torchvision v2 transforms accept tensors), so the data pipeline can decode once and augment many
+times. A set's name in YAML is a registry key (``flips``, ``randaugment``...), a timm
+auto-augment string (``rand-m9-mstd0.5-inc1``, ``augmix-m5-w4-d2``, ``original-mstd0.5``), a set
+defined under ``augment_sets:`` in the same file, or several of these joined by ``+``
+(``flips+jpeg``). User sets are lists of transform specs::
+
+    augment_sets:
+      mine:
+        - {name: RandomHorizontalFlip, p: 0.5}
+        - {name: ColorJitter, brightness: 0.2, apply_p: 0.8}
+        - {name: rand-m7-mstd0.5}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from ffdi_tune.errors import did_you_mean
+
+__all__ = ["AUGMENT_SETS", "build_augment", "check_augment_name", "check_augment_sets", "augment_names"]
+
+_TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
+
+
+def _p(t: torch.nn.Module, p: float) -> torch.nn.Module:
+    return v2.RandomApply([t], p=p)
+
+
+# name -> factory(img_size) -> transforms applied in order to a uint8 CHW tensor.
+AUGMENT_SETS: dict[str, Callable[[int], list[torch.nn.Module]]] = {
+    "none": lambda s: [],
+    "hflip": lambda s: [v2.RandomHorizontalFlip()],
+    "flips": lambda s: [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()],
+    "crop": lambda s: [v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True)],
+    "rotate": lambda s: [v2.RandomRotation(15)],
+    "affine": lambda s: [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)],
+    "perspective": lambda s: [v2.RandomPerspective(distortion_scale=0.2, p=0.5)],
+    "geometric": lambda s: [
+        v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        _p(v2.RandomAffine(degrees=10, translate=(0.05, 0.05), shear=5), 0.5),
+        v2.RandomPerspective(distortion_scale=0.15, p=0.3),
+    ],
+    "color": lambda s: [_p(v2.ColorJitter(0.3, 0.3, 0.3, 0.03), 0.8), v2.RandomHorizontalFlip()],
+    "grayscale": lambda s: [v2.RandomGrayscale(p=0.2)],
+    "blur": lambda s: [_p(v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.3)],
+    "invert": lambda s: [v2.RandomInvert(p=0.2)],
+    "posterize": lambda s: [v2.RandomPosterize(bits=4, p=0.2)],
+    "solarize": lambda s: [v2.RandomSolarize(threshold=192, p=0.2)],
+    "sharpness": lambda s: [v2.RandomAdjustSharpness(sharpness_factor=2, p=0.3)],
+    "equalize": lambda s: [v2.RandomEqualize(p=0.2)],
+    "autocontrast": lambda s: [v2.RandomAutocontrast(p=0.3)],
+    "photometric": lambda s: [
+        _p(v2.ColorJitter(0.3, 0.3, 0.3, 0.03), 0.8),
+        v2.RandomGrayscale(p=0.1),
+        _p(v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.2),
+        v2.RandomAdjustSharpness(sharpness_factor=2, p=0.2),
+        v2.RandomAutocontrast(p=0.2),
+        v2.RandomHorizontalFlip(),
+    ],
+    "autoaugment": lambda s: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), v2.RandomHorizontalFlip()],
+    "randaugment": lambda s: [v2.RandAugment(num_ops=2, magnitude=9), v2.RandomHorizontalFlip()],
+    "trivialaugment": lambda s: [v2.TrivialAugmentWide(), v2.RandomHorizontalFlip()],
+    "augmix": lambda s: [v2.AugMix(), v2.RandomHorizontalFlip()],
+    "jpeg": lambda s: [_p(v2.JPEG(quality=(30, 95)), 0.5), v2.RandomHorizontalFlip()],
+}
+
+
+class TimmAutoAugment(torch.nn.Module):
+    """timm's auto-augment strings (PIL-only ops) applied to a uint8 tensor."""
+
+    def __init__(self, config_str: str, img_size: int):
+        super().__init__()
+        from timm.data.auto_augment import (
+            augment_and_mix_transform,
+            auto_augment_transform,
+            rand_augment_transform,
+        )
+
+        hparams = {"translate_const": int(img_size * 0.45), "img_mean": (124, 116, 104)}
+        if config_str.startswith("rand"):
+            self.transform = rand_augment_transform(config_str, hparams)
+        elif config_str.startswith("augmix"):
+            self.transform = augment_and_mix_transform(config_str, hparams)
+        else:
+            self.transform = auto_augment_transform(config_str, hparams)
+        self.config_str = config_str
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        pil = v2.functional.to_pil_image(img)
+        return v2.functional.pil_to_tensor(self.transform(pil))
+
+    def extra_repr(self) -> str:
+        return repr(self.config_str)
+
+
+def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[dict]]) -> list[torch.nn.Module]:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"each transform spec needs a 'name', but got {spec!r}")
+    apply_p = spec.pop("apply_p", None)
+    if name in AUGMENT_SETS or _TIMM_AA.match(name):
+        if spec:
+            raise ValueError(f"set {name!r} takes no arguments, but got {sorted(spec)}")
+        out = build_augment(name, img_size, user_sets).transforms
+    else:
+        cls = getattr(v2, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
+            valid = [n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform)]
+            raise ValueError(
+                f"unknown transform {name!r}{did_you_mean(name, valid + list(AUGMENT_SETS))}; use a "
+                "torchvision.transforms.v2 class name, a named set or a timm auto-augment string"
+            )
+        try:
+            out = [cls(**spec)]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"transform {name}: {exc}") from None
+    if apply_p is not None:
+        out = [_p(v2.Compose(out or [v2.Identity()]), float(apply_p))]
+    return out
+
+
+def augment_names(user_sets: dict[str, list[dict]] | None = None) -> list[str]:
+    return sorted(AUGMENT_SETS) + sorted(user_sets or {})
+
+
+def check_augment_name(name: str, user_sets: dict[str, list[dict]] | None = None) -> None:
+    """Raise ValueError naming the valid sets unless ``name`` is a known set (or ``a+b``)."""
+    for part in name.split("+"):
+        if part in AUGMENT_SETS or part in (user_sets or {}):
+            continue
+        if _TIMM_AA.match(part):
+            try:
+                TimmAutoAugment(part, 64)
+            except Exception as exc:  # timm raises assorted errors on bad strings
+                raise ValueError(f"timm auto-augment string {part!r} is invalid: {exc}") from None
+            continue
+        valid = augment_names(user_sets)
+        raise ValueError(
+            f"unknown augmentation set {part!r}{did_you_mean(part, valid)}; valid sets are "
+            f"{', '.join(valid)}, a timm string like 'rand-m9-mstd0.5-inc1', or a set under augment_sets"
+        )
+
+
+def check_augment_sets(user_sets: dict[str, list[dict]], img_size: int) -> None:
+    """Build every user-defined set once so that a bad spec fails at load time."""
+    for name, specs in user_sets.items():
+        if name in AUGMENT_SETS:
+            raise ValueError(f"augment_sets.{name}: {name!r} is a built-in set; pick another name")
+        try:
+            for spec in specs:
+                if not isinstance(spec, dict):
+                    raise ValueError(f"each entry must be a mapping like {{name: RandomHorizontalFlip}}, got {spec!r}")
+                _from_spec(spec, img_size, {k: v for k, v in user_sets.items() if k != name})
+        except ValueError as exc:
+            raise ValueError(f"augment_sets.{name}: {exc}") from None
+
+
+def build_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None) -> v2.Compose:
+    """The train-time transform of a named set, for uint8 CHW tensors of side ``img_size``.
+
+    >>> t = build_augment("flips+jpeg", 64)
+    >>> t(torch.zeros(3, 64, 64, dtype=torch.uint8)).shape
+    torch.Size([3, 64, 64])
+    """
+    user_sets = user_sets or {}
+    check_augment_name(name, user_sets)
+    ops: list[torch.nn.Module] = []
+    for part in name.split("+"):
+        if part in AUGMENT_SETS:
+            ops.extend(AUGMENT_SETS[part](img_size))
+        elif part in user_sets:
+            rest = {k: v for k, v in user_sets.items() if k != part}
+            for spec in user_sets[part]:
+                ops.extend(_from_spec(spec, img_size, rest))
+        else:
+            ops.append(TimmAutoAugment(part, img_size))
+    return v2.Compose(ops or [v2.Identity()])

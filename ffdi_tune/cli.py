@@ -1,0 +1,124 @@
+"""Command line: parse, call, and turn the project's errors into one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from ffdi_tune.errors import FfdiError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ffdi_tune.config import load_search_config
+
+    overrides = {
+        "data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
+        "search.max_concurrent": args.max_concurrent, "train.epochs": args.epochs,
+    }
+    cfg = load_search_config(args.space, overrides)
+    # Ray is imported only once the config is known to be valid.
+    from ffdi_tune.results import format_table
+    from ffdi_tune.search import run_search
+    from ffdi_tune.tracking import resolve_tracking
+
+    print(f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time, "
+          f"metric {cfg.search.metric}", flush=True)
+    outcome = run_search(cfg, resume=args.resume, address=args.address)
+    print()
+    print(format_table(outcome.rows, cfg.search.metric, cfg.search.mode))
+    print()
+    uri, _ = resolve_tracking(cfg.tracking)
+    ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
+    print(f"done in {outcome.wall_s:.0f} s")
+    print(f"trials table:   {outcome.trials_csv}")
+    print(f"ray results:    {outcome.storage_path}")
+    print(f"mlflow:         {uri} (experiment {cfg.name}, parent run {outcome.parent_run_id})")
+    print(f"open the UI:    {ui}   then browse http://127.0.0.1:5000")
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from ffdi_tune.demo_data import write_demo_dataset
+
+    root = write_demo_dataset(args.dir, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                              size=args.size, seed=args.seed, difficulty=args.difficulty)
+    print(f"wrote {args.n_train} train, {args.n_val} val, {args.n_test} test images to {root}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from ffdi_tune.config import TrackingConfig, load_search_config
+    from ffdi_tune.tracking import resolve_tracking
+
+    tracking = load_search_config(args.config).tracking if args.config else TrackingConfig()
+    uri, artifacts = resolve_tracking(tracking)
+    mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    cmd = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
+           "--workers", "1"]
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffdi-tune", description=(
+        "Ray Tune + Optuna + ASHA hyperparameter search for image deepfake detection, tracked in MLflow."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a search described by a YAML file")
+    run.add_argument("space", help="search-space YAML, e.g. search_spaces/demo.yaml")
+    run.add_argument("--data", help="data root (overrides data.root)")
+    run.add_argument("--name", help="search name (overrides name)")
+    run.add_argument("--num-samples", type=int, help="trials to run (overrides search.num_samples)")
+    run.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
+    run.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
+    run.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://host:10001")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    run.set_defaults(func=_cmd_run)
+
+    from ffdi_tune.config import DemoSpec
+
+    d = DemoSpec()
+    demo = sub.add_parser("demo-data", help="write a generated FFDI-layout dataset of JPEG portraits")
+    demo.add_argument("dir")
+    demo.add_argument("--n-train", type=int, default=d.n_train)
+    demo.add_argument("--n-val", type=int, default=d.n_val)
+    demo.add_argument("--n-test", type=int, default=d.n_test)
+    demo.add_argument("--size", type=int, default=d.size, help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=d.seed)
+    demo.add_argument("--difficulty", type=float, default=d.difficulty, help="0 (obvious traces) .. 1 (faint)")
+    demo.set_defaults(func=_cmd_demo_data)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--config", help="search-space YAML whose tracking section to use")
+    ui.set_defaults(func=_cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FfdiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        name = getattr(args, "name", None) or "the search"
+        print(f"interrupted; continue {name} with the same command plus --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Search-space YAML: load, validate strictly, apply CLI overrides.
+
+A file describes one search::
+
+    name: demo
+    data: {root: runs/demo-data, demo: {n_train: 800}}
+    train: {backbone: resnet10t, img_size: 64, epochs: 3}        # fixed settings of every trial
+    space: {lr: {loguniform: [1e-4, 3e-3]}, augment: {choice: [flips, color]}}
+    per_backbone: {efficientnet_b4: {lr: {loguniform: [1e-5, 3e-4]}, img_size: 380}}
+    search: {num_samples: 8, max_concurrent: 2}
+
+Unknown keys, wrong types, empty choices, ``low >= high``, unknown backbones and unknown
+augmentation sets raise :class:`~ffdi_tune.errors.ConfigError` naming the file and the key.
+``docs/config.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ffdi_tune.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "Domain",
+    "TrainSettings",
+    "DataConfig",
+    "DemoSpec",
+    "SearchSettings",
+    "SchedulerConfig",
+    "ResourcesConfig",
+    "TrackingConfig",
+    "SearchConfig",
+    "METRIC_MODES",
+    "load_search_config",
+    "parse_search_config",
+]
+
+# Metrics a search can optimise, with the direction that is better.
+METRIC_MODES: dict[str, str] = {
+    "val_auc": "max",
+    "val_tpr_at_fpr_0.001": "max",
+    "val_acc": "max",
+    "val_loss": "min",
+}
+
+# Domain has a field named ``int``; annotations use this alias so they never see the field.
+_Int = int
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected with a did-you-mean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            valid = list(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(
+                        f"unknown key {key!r}{did_you_mean(str(key), valid)}; "
+                        f"valid keys are {', '.join(valid)}"
+                    )
+        return data
+
+
+class Domain(_Strict):
+    """One searched hyperparameter: exactly one of the keys below.
+
+    ``choice`` lists values; ``uniform``/``loguniform`` are float ``[low, high]``;
+    ``int``/``logint`` are integer ``[low, high]``, both ends included.
+    """
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[_Int, _Int] | None = None
+    logint: tuple[_Int, _Int] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Domain:
+        kinds = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a searched value needs exactly one of choice, uniform, loguniform, int, logint, "
+                f"but got {kinds or 'none'}; write e.g. {{loguniform: [1e-5, 3e-3]}}"
+            )
+        kind = kinds[0]
+        if kind == "choice":
+            if not self.choice:
+                raise ValueError("choice must list at least one value, but got []")
+            return self
+        low, high = getattr(self, kind)
+        if not low < high:
+            raise ValueError(f"{kind}: low < high must hold, but got low={low}, high={high}")
+        if kind in ("loguniform", "logint") and low <= 0:
+            raise ValueError(f"{kind}: bounds must be > 0 for a log scale, but got low={low}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must each be valid for the setting (every choice, or both bounds)."""
+        return list(self.choice) if self.choice is not None else list(getattr(self, self.kind))
+
+
+class TrainSettings(_Strict):
+    """Everything one trial needs to train; each key may be fixed in ``train`` or searched."""
+
+    backbone: str = "resnet10t"
+    pretrained: Union[bool, str] = False
+    img_size: int = Field(64, ge=16, le=2048)
+    batch_size: int = Field(32, ge=2)
+    epochs: int = Field(2, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    step_size: int = Field(1, ge=1)
+    gamma: float = Field(0.5, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    augment: str = "flips"
+    mix: Literal["none", "mixup", "cutmix", "mixup_or_cutmix"] = "none"
+    mixup_alpha: float = Field(0.4, gt=0)
+    cutmix_alpha: float = Field(1.0, gt=0)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: Union[bool, Literal["auto"]] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _even_batch_for_mix(self) -> TrainSettings:
+        if self.mix != "none" and self.batch_size % 2:
+            raise ValueError(
+                f"mix={self.mix} pairs images within a batch, so batch_size must be even, "
+                f"but got {self.batch_size}"
+            )
+        return self
+
+
+class DemoSpec(_Strict):
+    """Generate the demo dataset at ``data.root`` when it does not exist yet."""
+
+    n_train: int = Field(2000, ge=4)
+    n_val: int = Field(400, ge=4)
+    n_test: int = Field(200, ge=1)
+    size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+    difficulty: float = Field(0.5, ge=0, le=1)
+
+
+class DataConfig(_Strict):
+    """Where the FFDI-layout dataset lives; names default to the competition's."""
+
+    root: str
+    train_dir: str = "trainset"
+    val_dir: str = "valset"
+    test_dir: str = "testset"
+    train_labels: str = "trainset_label.txt"
+    val_labels: str = "valset_label.txt"
+    test_list: str | None = None
+    demo: DemoSpec | None = None
+    num_workers: int = Field(0, ge=0)
+
+
+class SearchSettings(_Strict):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    metric: str = "val_auc"
+    max_failures: int = Field(1, ge=0)
+    storage: str = "runs"
+    reuse_actors: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRIC_MODES:
+            raise ValueError(
+                f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; "
+                f"valid metrics are {', '.join(METRIC_MODES)}"
+            )
+        return v
+
+    @property
+    def mode(self) -> str:
+        return METRIC_MODES[self.metric]
+
+
+class SchedulerConfig(_Strict):
+    """``asha`` stops poor trials at rungs grace_period * reduction_factor**k; ``fifo`` never."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    max_epochs: int | None = Field(None, ge=1)
+
+
+class ResourcesConfig(_Strict):
+    """Per trial. ``gpu: auto`` is 1 when the cluster has a GPU, else 0; fractions share a GPU."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: Union[float, Literal["auto"]] = "auto"
+
+    @field_validator("gpu")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and v < 0:
+            raise ValueError(f"gpu must be >= 0 or 'auto', but got {v}")
+        return v
+
+
+class TrackingConfig(_Strict):
+    """MLflow store. ``uri`` falls back to $MLFLOW_TRACKING_URI, then sqlite:///runs/mlflow.db."""
+
+    uri: str | None = None
+    artifact_location: str | None = None
+
+
+class SearchConfig(_Strict):
+    name: str
+    description: str = ""
+    data: DataConfig
+    train: TrainSettings = TrainSettings()
+    space: dict[str, Domain] = {}
+    per_backbone: dict[str, dict[str, Union[Domain, bool, int, float, str, None]]] = {}
+    augment_sets: dict[str, list[dict[str, Any]]] = {}
+    search: SearchSettings = SearchSettings()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ensemble: str | None = None
+    address: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"name must be letters, digits, '_', '.' or '-' (it names a folder and an "
+                f"experiment), but got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _check_space(self) -> SearchConfig:
+        # Imported here: the augmentation registry pulls in torchvision, the backbone check timm.
+        from ffdi_tune.augment import check_augment_sets, check_augment_name
+        from ffdi_tune.models import check_backbone
+
+        check_augment_sets(self.augment_sets, img_size=self.train.img_size)
+        fields = list(TrainSettings.model_fields)
+        fixed = self.train.model_dump()
+        for key, dom in self.space.items():
+            _check_setting(f"space.{key}", key, dom, fields, fixed)
+        for backbone, overrides in self.per_backbone.items():
+            for key, value in overrides.items():
+                if key == "backbone":
+                    raise ValueError(f"per_backbone.{backbone}: 'backbone' cannot be overridden")
+                _check_setting(f"per_backbone.{backbone}.{key}", key, value, fields, fixed)
+        for backbone in self.backbones():
+            check_backbone(backbone)
+        unused = set(self.per_backbone) - set(self.backbones())
+        if unused:
+            name = sorted(unused)[0]
+            raise ValueError(
+                f"per_backbone.{name}: {name!r} is not among the searched backbones "
+                f"({', '.join(self.backbones())}); add it to space.backbone or remove the entry"
+            )
+        for augment in self.augment_names():
+            check_augment_name(augment, self.augment_sets)
+        if self.scheduler.max_epochs is not None and self.scheduler.max_epochs < self.max_epochs():
+            raise ValueError(
+                f"scheduler.max_epochs={self.scheduler.max_epochs} is below the largest epochs "
+                f"a trial can run ({self.max_epochs()}); raise it or leave it unset"
+            )
+        return self
+
+    def backbones(self) -> list[str]:
+        """Every backbone a trial may use."""
+        dom = self.space.get("backbone")
+        return [str(b) for b in dom.choice] if dom is not None else [self.train.backbone]
+
+    def augment_names(self) -> list[str]:
+        names = {self.train.augment}
+        for dom in [self.space.get("augment")] + [o.get("augment") for o in self.per_backbone.values()]:
+            if isinstance(dom, Domain):
+                names.update(str(v) for v in dom.values_to_check())
+            elif isinstance(dom, str):
+                names.add(dom)
+        return sorted(names)
+
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run (the ASHA horizon)."""
+        candidates = [self.train.epochs]
+        for dom in [self.space.get("epochs")] + [o.get("epochs") for o in self.per_backbone.values()]:
+            if isinstance(dom, Domain):
+                candidates.extend(int(v) for v in dom.values_to_check())
+            elif isinstance(dom, int):
+                candidates.append(dom)
+        return max(candidates)
+
+
+def _check_setting(where: str, key: str, value: Any, fields: list[str], fixed: dict) -> None:
+    """A searched or overridden setting must name a train field and every value must be valid."""
+    if key not in fields:
+        raise ValueError(f"{where}: unknown setting {key!r}{did_you_mean(key, fields)}")
+    values = value.values_to_check() if isinstance(value, Domain) else [value]
+    for v in values:
+        try:
+            TrainSettings.model_validate({**fixed, key: v})
+        except ValidationError as exc:
+            raise ValueError(f"{where}: value {v!r} is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    errs = exc.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "required key is missing"
+    where = f"{source}: {loc}: " if loc else f"{source}: "
+    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    return f"{where}{msg}{more}"
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot override {dotted}: {p} is not a mapping in the file")
+        node = child
+    node[leaf] = value
+
+
+def parse_search_config(
+    raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None
+) -> SearchConfig:
+    """Validate a parsed YAML mapping, after applying dotted-key ``overrides`` (CLI flags)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of keys, but got {type(raw).__name__}")
+    raw = dict(raw)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(raw, dotted, value)
+    try:
+        return SearchConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; pass the path of a YAML file (see search_spaces/)")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{line}: {problem}; fix the file's syntax") from None
+
+
+def load_search_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Load and validate a search-space file.
+
+    >>> cfg = load_search_config("search_spaces/demo.yaml", {"search.num_samples": 2})
+    """
+    return parse_search_config(read_yaml(path), source=str(path), overrides=overrides)

@@ -1,0 +1,76 @@
+"""The ranked trials table: printed at the end of a search and written to ``trials.csv``."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["TrialRow", "trials_frame", "write_trials_csv", "write_atomic", "format_table"]
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    run_id: str
+    status: str  # FINISHED, STOPPED (by ASHA) or FAILED
+    best: float  # best value of the search metric over the trial's epochs (NaN if none)
+    epochs_run: int
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+
+
+def trials_frame(rows: list[TrialRow], metric: str, mode: str) -> pd.DataFrame:
+    """One row per trial, best first (failed and metric-less trials last)."""
+    records = []
+    for r in rows:
+        rec = {"trial_id": r.trial_id, "mlflow_run_id": r.run_id, f"best_{metric}": r.best,
+               "epochs_run": r.epochs_run, "status": r.status}
+        rec.update(r.params)
+        rec["checkpoint"] = r.checkpoint
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    if df.empty:
+        return df
+    key = f"best_{metric}"
+    df = df.sort_values(key, ascending=mode == "min", na_position="last", kind="stable")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df.reset_index(drop=True)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_trials_csv(rows: list[TrialRow], path: Path, metric: str, mode: str) -> Path:
+    return write_atomic(path, trials_frame(rows, metric, mode).to_csv(index=False))
+
+
+def format_table(rows: list[TrialRow], metric: str, mode: str, max_params: int = 6) -> str:
+    """A compact text table of the ranked trials (key params only)."""
+    df = trials_frame(rows, metric, mode)
+    if df.empty:
+        return "(no trials)"
+    keep = ["rank", "trial_id", "mlflow_run_id", f"best_{metric}", "epochs_run", "status"]
+    params = [c for c in df.columns if c not in keep and c != "checkpoint"][:max_params]
+    view = df[keep + params].copy()
+    view[f"best_{metric}"] = view[f"best_{metric}"].map(lambda v: "-" if math.isnan(v) else f"{v:.4f}")
+    for c in params:
+        view[c] = view[c].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
+    return view.to_string(index=False)

@@ -1,0 +1,273 @@
+"""The search runner: Ray Tune + OptunaSearch (TPE) + ASHA, with MLflow tracking from the driver.
+
+This is the only module that imports Ray. Trials run :func:`ffdi_tune.train.train_trial`; a Tune
+callback on the driver mirrors every trial into MLflow (so workers need no tracking access and a
+trial stopped by ASHA, which never returns from its last ``tune.report``, still gets a correct
+final status).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from ffdi_tune.config import SearchConfig
+from ffdi_tune.data import check_dataset, ensure_dataset
+from ffdi_tune.errors import SearchError
+from ffdi_tune.results import TrialRow, write_trials_csv
+from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
+from ffdi_tune.tracking import Tracker, resolve_tracking
+from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
+
+__all__ = ["SearchOutcome", "run_search", "search_dir"]
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    out_dir: Path
+    storage_path: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    rows: list[TrialRow]
+    trials_csv: Path
+    wall_s: float
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def search_dir(cfg: SearchConfig) -> tuple[str, Path]:
+    """(Ray storage path, local output folder) of the search; the storage path may be a URI."""
+    if _is_uri(cfg.search.storage):
+        return cfg.search.storage, Path("runs") / cfg.name
+    storage = Path(cfg.search.storage.removeprefix("file://")).expanduser().resolve()
+    return str(storage), storage / cfg.name
+
+
+def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, augment_sets: dict,
+               cpus: float, use_gpu: bool) -> None:
+    """One Ray Tune trial. Runs in a (possibly reused) worker process."""
+    started = time.perf_counter()
+    import torch
+
+    from ffdi_tune.config import DataConfig
+    from ffdi_tune.train import train_trial
+
+    # A reused worker keeps process state: reset what a trial must not inherit.
+    torch.set_num_threads(max(1, int(cpus)))
+    if use_gpu and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    settings = trial_settings(fixed, config)
+
+    def report(metrics: dict[str, float], folder: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    checkpoint = tune.get_checkpoint()
+    resume_dir = None
+    if checkpoint is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="ffdi-resume-"))
+        checkpoint.to_directory(str(resume_dir))
+    try:
+        train_trial(settings, DataConfig.model_validate(data), report, metric=metric,
+                    augment_sets=augment_sets, resume_from=resume_dir, device=device, started_at=started)
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+class MlflowTrials(tune.Callback):
+    """Mirror trials into MLflow child runs from the driver (picklable: Tune saves it for resume)."""
+
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, fixed: dict):
+        self.tracker, self.experiment_id, self.parent_id, self.fixed = tracker, experiment_id, parent_id, fixed
+        self.run_ids: dict[str, str] = {}
+
+    def _run(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            params = trial_settings(self.fixed, trial.config).model_dump()
+            params.update({k: v for k, v in trial.config.items() if CONDITIONAL_SEP in k})
+            self.run_ids[trial.trial_id] = self.tracker.trial_run(
+                self.experiment_id, self.parent_id, trial.trial_id, params, run_name=f"trial-{trial.trial_id}")
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        metrics = {k: result[k] for k in (*EPOCH_METRICS, "time_to_first_batch_s") if k in result}
+        self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        epochs_run = int((trial.last_result or {}).get("epoch", 0))
+        planned = trial_settings(self.fixed, trial.config).epochs
+        self.tracker.set_tags(run_id, {"ffdi.stopped_early": str(epochs_run < planned).lower(),
+                                       "ffdi.epochs_run": str(epochs_run)})
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as folder:
+                best = Path(folder) / BEST_FILE
+                if best.is_file():
+                    self.tracker.log_artifact(run_id, best, "checkpoint")
+        self.tracker.finish(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        message = "trial failed"
+        if trial.error_file and os.path.exists(trial.error_file):
+            lines = [ln for ln in Path(trial.error_file).read_text(errors="replace").splitlines() if ln.strip()]
+            message = lines[-1] if lines else message
+        self.tracker.set_tags(run_id, {"ffdi.error": message[:5000]})
+        self.tracker.finish(run_id, "FAILED")
+
+
+def _trial_resources(cfg: SearchConfig) -> dict[str, float]:
+    total = ray.cluster_resources()
+    gpu = cfg.resources.gpu
+    if gpu == "auto":
+        gpu = 1.0 if total.get("GPU", 0) >= 1 else 0.0
+    need = {"CPU": cfg.resources.cpu, "GPU": float(gpu)}
+    for key, amount in need.items():
+        if amount > total.get(key, 0.0) + 1e-9:
+            raise SearchError(
+                f"resources: a trial asks for {amount:g} {key}, but the Ray cluster has "
+                f"{total.get(key, 0.0):g}; lower resources.{key.lower()} or add nodes"
+            )
+    return {"cpu": need["CPU"], "gpu": need["GPU"]}
+
+
+def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) -> list[TrialRow]:
+    rows = []
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        history = result.metrics_dataframe
+        best = math.nan
+        if history is not None and metric in history:
+            series = history[metric].dropna()
+            if len(series):
+                best = float(series.max() if mode == "max" else series.min())
+        settings = trial_settings(fixed, trial.config)
+        epochs_run = int((trial.last_result or {}).get("epoch", 0))
+        status = "FAILED" if result.error else ("STOPPED" if epochs_run < settings.epochs else "FINISHED")
+        rows.append(TrialRow(
+            trial_id=trial.trial_id, run_id=run_ids.get(trial.trial_id, ""), status=status,
+            best=best, epochs_run=epochs_run, params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},
+            checkpoint=str(Path(result.checkpoint.path)) if result.checkpoint else "",
+        ))
+    return rows
+
+
+def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None = None,
+               echo=print) -> SearchOutcome:
+    """Run (or resume) the search ``cfg`` to the end and return its ranked trials."""
+    t0 = time.perf_counter()
+    storage_path, out_dir = search_dir(cfg)
+    exp_path = f"{storage_path.rstrip('/')}/{cfg.name}"
+    exists = tune.Tuner.can_restore(exp_path)
+    if exists and not resume:
+        raise SearchError(
+            f"search {cfg.name!r} already exists at {exp_path}; pass --resume to continue it, or "
+            "--name NEW to start another"
+        )
+    if resume and not exists:
+        raise SearchError(f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume")
+
+    # Trials run in other working directories (and on other nodes): give them an absolute root.
+    data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
+    ensure_dataset(data)
+    summary = check_dataset(data)
+    echo("data: " + ", ".join(f"{k} {v['images']}" + (f" ({v['fake']} fake)" if "fake" in v else "")
+                              for k, v in summary.items()))
+    from ffdi_tune.models import check_pretrained
+
+    pretrained = [cfg.train.pretrained] + [v for v in (cfg.space.get("pretrained").choice if "pretrained" in cfg.space else [])]
+    check_pretrained(cfg.backbones(), pretrained)
+
+    uri, artifacts = resolve_tracking(cfg.tracking)
+    tracker = Tracker(uri, artifacts)
+    experiment_id = tracker.experiment_id(cfg.name)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved)
+
+    address = address or cfg.address
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    status = "FAILED"
+    try:
+        resources = _trial_resources(cfg)
+        fixed = cfg.train.model_dump()
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _trainable, fixed=fixed, data=data.model_dump(), metric=cfg.search.metric,
+                augment_sets=cfg.augment_sets, cpus=resources["cpu"], use_gpu=resources["gpu"] > 0),
+            resources,
+        )
+        if resume:
+            # The restored run config brings back its pickled MlflowTrials, which finds the same
+            # parent run and re-attaches to existing child runs by their ffdi.trial_id tag.
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+        else:
+            callback = MlflowTrials(tracker, experiment_id, parent_id, fixed)
+            if cfg.scheduler.type == "asha":
+                scheduler = ASHAScheduler(
+                    metric=cfg.search.metric, mode=cfg.search.mode, time_attr="epoch", max_t=cfg.scheduler.max_epochs or cfg.max_epochs(),
+                    grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
+            else:
+                scheduler = FIFOScheduler()
+            searcher = OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric,
+                                    mode=cfg.search.mode, seed=cfg.search.seed)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_samples,
+                    max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=cfg.search.reuse_actors),
+                run_config=tune.RunConfig(
+                    name=cfg.name, storage_path=storage_path, verbose=1, callbacks=[callback],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
+            )
+        grid = tuner.fit()
+        run_ids = {r.data.tags.get("ffdi.trial_id"): r.info.run_id
+                   for r in tracker.children(experiment_id, parent_id)}
+        rows = _rows(grid, run_ids, fixed, cfg.search.metric, cfg.search.mode)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close_unfinished(experiment_id, parent_id, "KILLED")
+        if status != "FINISHED":
+            tracker.finish(parent_id, status)
+        if started_ray:
+            ray.shutdown()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials_csv = write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric, cfg.search.mode)
+    finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
+    if finished:
+        best = max(finished, key=lambda r: r.best if cfg.search.mode == "max" else -r.best)
+        tracker.log_metrics(parent_id, {f"best_{cfg.search.metric}": best.best,
+                                        "trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
+        tracker.set_tags(parent_id, {"ffdi.best_trial_id": best.trial_id, "ffdi.best_run_id": best.run_id})
+    tracker.log_artifact(parent_id, trials_csv)
+    tracker.finish(parent_id, "FINISHED")
+    return SearchOutcome(cfg.name, out_dir, exp_path, uri, experiment_id, parent_id, rows, trials_csv,
+                         time.perf_counter() - t0)

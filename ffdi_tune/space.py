@@ -1,0 +1,76 @@
+"""Turn a validated search space into Optuna's define-by-run function and back into settings.
+
+Per-backbone values are conditional: a searched override is suggested under the name
+``"<key>:<backbone>"`` so that TPE keeps a separate model of, say, the learning rate of each
+backbone; a constant override joins the trial's config directly. :func:`trial_settings` folds
+both back into one :class:`~ffdi_tune.config.TrainSettings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ffdi_tune.config import Domain, SearchConfig, TrainSettings
+
+__all__ = ["DefineByRun", "suggest", "trial_settings", "CONDITIONAL_SEP"]
+
+CONDITIONAL_SEP = ":"
+
+
+def suggest(trial: Any, name: str, domain: Domain) -> Any:
+    """Ask an Optuna trial (or Ray's captor of one) for a value of ``domain``."""
+    kind = domain.kind
+    if kind == "choice":
+        return trial.suggest_categorical(name, list(domain.choice))
+    low, high = getattr(domain, kind)
+    if kind == "uniform":
+        return trial.suggest_float(name, low, high)
+    if kind == "loguniform":
+        return trial.suggest_float(name, low, high, log=True)
+    if kind == "int":
+        return trial.suggest_int(name, low, high)
+    if kind == "logint":
+        return trial.suggest_int(name, low, high, log=True)
+    raise ValueError(f"unknown domain kind {kind!r}; valid kinds are choice, uniform, loguniform, int, logint")
+
+
+class DefineByRun:
+    """Picklable ``fn(trial)`` for ``OptunaSearch(space=fn)``; returns the constant overrides."""
+
+    def __init__(self, space: dict[str, Domain], per_backbone: dict[str, dict[str, Any]], backbone: str):
+        self.space = dict(space)
+        self.per_backbone = {k: dict(v) for k, v in per_backbone.items()}
+        self.fixed_backbone = backbone
+
+    @classmethod
+    def from_config(cls, cfg: SearchConfig) -> DefineByRun:
+        return cls(cfg.space, cfg.per_backbone, cfg.train.backbone)
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        if "backbone" in self.space:
+            backbone = suggest(trial, "backbone", self.space["backbone"])
+        else:
+            backbone = self.fixed_backbone
+        overrides = self.per_backbone.get(backbone, {})
+        constants: dict[str, Any] = {}
+        for key, domain in self.space.items():
+            if key != "backbone" and key not in overrides:
+                suggest(trial, key, domain)
+        for key, value in overrides.items():
+            if isinstance(value, Domain):
+                suggest(trial, f"{key}{CONDITIONAL_SEP}{backbone}", value)
+            else:
+                constants[key] = value
+        return constants or None
+
+
+def trial_settings(fixed: TrainSettings | dict[str, Any], config: dict[str, Any]) -> TrainSettings:
+    """Merge a trial's sampled ``config`` over the fixed settings.
+
+    >>> trial_settings({"backbone": "resnet10t"}, {"lr:resnet10t": 0.01}).lr
+    0.01
+    """
+    base = fixed.model_dump() if isinstance(fixed, TrainSettings) else dict(fixed)
+    for key, value in config.items():
+        base[key.split(CONDITIONAL_SEP, 1)[0]] = value
+    return TrainSettings.model_validate(base)

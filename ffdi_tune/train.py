@@ -1,0 +1,213 @@
+"""Train one trial: a plain function, callable without Ray or MLflow.
+
+:func:`train_trial` runs the epochs and hands each epoch's metrics and checkpoint folder to a
+``report`` callback (the search runner forwards them to ``ray.tune.report``; tests collect them).
+A checkpoint folder holds ``last.pt`` (full state, to resume) and ``best.pt`` (the weights that
+scored best on the search metric so far, with what prediction needs: backbone, size,
+normalisation and the trial's settings). Both load with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ffdi_tune.augment import build_augment
+from ffdi_tune.config import METRIC_MODES, DataConfig, TrainSettings
+from ffdi_tune.data import eval_loader, load_images, read_split, to_model_input, train_loader
+from ffdi_tune.metrics import binary_metrics
+from ffdi_tune.models import create_model
+
+__all__ = ["train_trial", "predict_proba", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+EPOCH_METRICS = (
+    "val_auc", "val_tpr_at_fpr_0.001", "val_acc", "val_loss",
+    "train_loss", "lr", "epoch_time_s", "train_images_per_s",
+)
+
+# report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
+Reporter = Callable[[dict[str, float], Path], None]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  device: torch.device, batch_size: int = 128, amp_dtype: torch.dtype | None = None,
+                  channels_last: bool = False) -> np.ndarray:
+    """Probability of fake for every uint8 image, in order."""
+    model.eval()
+    out = []
+    for batch in eval_loader(images, batch_size):
+        x = to_model_input(batch, mean, std, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        out.append(logits.float().softmax(dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy()
+
+
+def _make_mixup(s: TrainSettings):
+    if s.mix == "none":
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=s.mixup_alpha if s.mix in ("mixup", "mixup_or_cutmix") else 0.0,
+        cutmix_alpha=s.cutmix_alpha if s.mix in ("cutmix", "mixup_or_cutmix") else 0.0,
+        switch_prob=0.5, label_smoothing=s.label_smoothing, num_classes=2,
+    )
+
+
+def train_trial(
+    settings: TrainSettings,
+    data: DataConfig,
+    report: Reporter,
+    *,
+    metric: str = "val_auc",
+    augment_sets: dict[str, list[dict]] | None = None,
+    resume_from: Path | None = None,
+    device: torch.device | str | None = None,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """Train ``settings.epochs`` epochs, reporting after each; return the best epoch's metrics.
+
+    ``resume_from`` is a checkpoint folder written by an earlier call; training continues after its
+    epoch. ``started_at`` (a ``time.perf_counter()`` value) is when the caller began the trial, for
+    the ``time_to_first_batch_s`` figure.
+    """
+    started_at = time.perf_counter() if started_at is None else started_at
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    s = settings
+    _seed_everything(s.seed)
+    higher_is_better = METRIC_MODES[metric] == "max"
+
+    model = create_model(s.backbone, s.pretrained, s.drop_rate).to(device)
+    channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = model.pretrained_cfg
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device)
+    amp_dtype = _amp_dtype(s.amp, device)
+
+    from timm.optim import create_optimizer_v2
+    from timm.utils import ModelEmaV3
+
+    optimizer = create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay,
+                                    momentum=s.momentum)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    ema = ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    mixup = _make_mixup(s)
+
+    train_split, val_split = read_split(data, "train"), read_split(data, "val")
+    train_images = load_images(train_split, s.img_size)
+    val_images = load_images(val_split, s.img_size)
+    loader = train_loader(train_images, train_split.targets, build_augment(s.augment, s.img_size, augment_sets),
+                          s.batch_size, seed=s.seed, num_workers=data.num_workers,
+                          pin_memory=device.type == "cuda")
+
+    start_epoch, best_value, best_metrics, step = 1, None, {}, 0
+    best_state: dict[str, Any] | None = None
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / LAST_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        start_epoch, best_value, step = state["epoch"] + 1, state["best_value"], state["step"]
+        best_metrics = dict(state["best_metrics"])
+        best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu", weights_only=True)
+
+    first_batch_s = None
+    for epoch in range(start_epoch, s.epochs + 1):
+        torch.manual_seed(s.seed * 1000 + epoch)
+        loader.generator.manual_seed(s.seed * 1000 + epoch)
+        model.train()
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        total_loss, seen = 0.0, 0
+        for batch, target in loader:
+            x = to_model_input(batch, mean, std, device, channels_last)
+            y = target.to(device, non_blocking=True)
+            if mixup is not None:
+                x, y_soft = mixup(x, y)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+                if mixup is not None:
+                    loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            if ema is not None:
+                ema.update(model, step=step)
+            total_loss += float(loss.detach()) * len(batch)
+            seen += len(batch)
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - started_at
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t0
+        scheduler.step()  # StepLR counts epochs: step after the epoch's optimizer steps
+
+        eval_model = ema.module if ema is not None else model
+        prob = predict_proba(eval_model, val_images, mean, std, device, s.batch_size * 2, amp_dtype, channels_last)
+        metrics = binary_metrics(val_split.targets, prob)
+        train_loss = total_loss / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
+        metrics.update(
+            epoch=epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - t0,
+            train_images_per_s=seen / max(train_time, 1e-9),
+        )
+        if first_batch_s is not None:
+            metrics["time_to_first_batch_s"] = first_batch_s
+        value = metrics[metric]
+        if best_value is None or (value > best_value if higher_is_better else value < best_value):
+            best_value, best_metrics = value, dict(metrics)
+            best_state = {
+                "state_dict": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()},
+                "backbone": s.backbone, "img_size": s.img_size,
+                "mean": [float(v) for v in mean.cpu()], "std": [float(v) for v in std.cpu()],
+                "settings": s.model_dump(), "epoch": epoch, "metric": metric, "metrics": dict(metrics),
+            }
+        with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
+            torch.save(best_state, Path(tmp) / BEST_FILE)
+            last = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "best_value": best_value, "best_metrics": best_metrics,
+            }
+            if ema is not None:
+                last["ema"] = ema.state_dict()
+            torch.save(last, Path(tmp) / LAST_FILE)
+            report(metrics, Path(tmp))
+    return best_metrics

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny generated FFDI datasets of real JPEG files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ffdi_tune.demo_data import write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# Keep every test (and the Ray workers it starts) to the machine's two cores, one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """48 train, 24 val, 8 test portraits at 32 px."""
+    root = tmp_path_factory.mktemp("data") / "ffdi"
+    return write_demo_dataset(root, n_train=48, n_val=24, n_test=8, size=32, seed=3, difficulty=0.2)
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,153 @@
+"""Search-space validation: every documented error is one line naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ffdi_tune.cli import main
+from ffdi_tune.config import load_search_config, parse_search_config
+from ffdi_tune.errors import ConfigError
+
+from conftest import REPO
+
+BASE = {"name": "t", "data": {"root": "/nonexistent"}}
+
+
+def parse(**sections):
+    return parse_search_config({**BASE, **sections}, source="x.yaml")
+
+
+def error_of(**sections) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse(**sections)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith("x.yaml: ")
+    return msg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_spaces_load(path):
+    cfg = load_search_config(path)
+    assert cfg.name == path.stem
+    assert cfg.search.num_samples >= 1
+    assert cfg.backbones()
+
+
+def test_unknown_key_suggests_close_name():
+    msg = error_of(search={"num_sample": 4})
+    assert "search" in msg and "unknown key 'num_sample'" in msg and "did you mean 'num_samples'" in msg
+
+
+def test_unknown_top_level_key():
+    msg = error_of(serch={"num_samples": 4})
+    assert "unknown key 'serch'" in msg and "'search'" in msg
+
+
+def test_wrong_type_names_the_key():
+    msg = error_of(search={"num_samples": "many"})
+    assert "search.num_samples" in msg and "integer" in msg
+
+
+def test_empty_choice():
+    msg = error_of(space={"augment": {"choice": []}})
+    assert "space.augment" in msg and "at least one value" in msg
+
+
+@pytest.mark.parametrize("kind", ["uniform", "loguniform", "int"])
+def test_low_not_below_high(kind):
+    msg = error_of(space={"lr" if kind != "int" else "step_size": {kind: [3, 1]}})
+    assert "low < high must hold, but got low=3" in msg
+
+
+def test_loguniform_needs_positive_bounds():
+    msg = error_of(space={"lr": {"loguniform": [0, 1e-3]}})
+    assert "must be > 0" in msg and "space.lr" in msg
+
+
+def test_domain_needs_exactly_one_kind():
+    msg = error_of(space={"lr": {"uniform": [0.1, 0.2], "loguniform": [0.1, 0.2]}})
+    assert "exactly one of" in msg
+
+
+def test_searched_values_are_checked_against_the_setting():
+    msg = error_of(space={"optimizer": {"choice": ["adamw", "lion9"]}})
+    assert "space.optimizer" in msg and "'lion9'" in msg
+
+
+def test_unknown_setting_in_space():
+    msg = error_of(space={"learning_rate": {"loguniform": [1e-4, 1e-2]}})
+    assert "unknown setting 'learning_rate'" in msg
+
+
+def test_unknown_backbone_suggests_timm_names():
+    msg = error_of(space={"backbone": {"choice": ["resnet10t", "efficientnet_b9x"]}})
+    assert "unknown timm backbone 'efficientnet_b9x'" in msg and "did you mean" in msg
+
+
+def test_unknown_augmentation_set():
+    msg = error_of(space={"augment": {"choice": ["flips", "colour"]}})
+    assert "unknown augmentation set 'colour'" in msg and "did you mean 'color'" in msg
+
+
+def test_bad_timm_augment_string():
+    msg = error_of(train={"augment": "rand-zz9"})
+    assert "rand-zz9" in msg
+
+
+def test_user_augment_set_is_validated():
+    msg = error_of(augment_sets={"mine": [{"name": "RandomHorizontalFlipp"}]})
+    assert "augment_sets.mine" in msg and "RandomHorizontalFlip" in msg
+
+
+def test_per_backbone_must_name_a_searched_backbone():
+    msg = error_of(space={"backbone": {"choice": ["resnet10t"]}}, per_backbone={"resnet18": {"lr": 0.1}})
+    assert "per_backbone.resnet18" in msg
+
+
+def test_metric_must_be_known():
+    msg = error_of(search={"metric": "val_au"})
+    assert "unknown metric 'val_au'" in msg and "val_auc" in msg
+
+
+def test_max_concurrent_at_least_one():
+    msg = error_of(search={"max_concurrent": 0})
+    assert "search.max_concurrent" in msg
+
+
+def test_mix_needs_even_batch():
+    msg = error_of(train={"mix": "cutmix", "batch_size": 31})
+    assert "even" in msg
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match="data: required key is missing"):
+        parse_search_config({"name": "t"}, source="x.yaml")
+
+
+def test_cli_overrides_apply_before_validation():
+    cfg = parse_search_config({**BASE, "train": {"epochs": 5}}, "x.yaml",
+                              {"train.epochs": 1, "search.num_samples": 3, "data.root": "/d"})
+    assert (cfg.train.epochs, cfg.search.num_samples, cfg.data.root) == (1, 3, "/d")
+
+
+def test_yaml_syntax_error_reports_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace:\n  lr: {loguniform: [1e-4, 1e-2]\n  gamma: 1\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "YAML syntax error at line" in err and "\n" not in err
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: s\ndata: {root: /x}\nsearch: {num_samples: 2, max_concurent: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "run", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "Traceback" not in proc.stderr
+    assert "did you mean 'max_concurrent'" in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,152 @@
+"""End to end: `ffdi-tune run` with real local Ray, Optuna, ASHA and a sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ffdi_tune.cli import main
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: e2e
+data:
+  root: data
+  demo: {n_train: 48, n_val: 24, n_test: 8, size: 32, seed: 1, difficulty: 0.2}
+train: {backbone: resnet10t, img_size: 32, batch_size: 16, epochs: 2}
+space:
+  backbone: {choice: [resnet10t, mobilenetv3_small_050]}
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  gamma: {uniform: [0.5, 0.9]}
+  augment: {choice: [none, flips]}
+per_backbone:
+  mobilenetv3_small_050: {lr: {loguniform: [1.0e-3, 3.0e-3]}}
+search: {num_samples: 4, max_concurrent: 2, seed: 0}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+resources: {cpu: 1, gpu: auto}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    work = tmp_path_factory.mktemp("search")
+    (work / "space.yaml").write_text(SPACE)
+    import os
+
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        assert main(["run", "space.yaml"]) == 0
+    finally:
+        os.chdir(old)
+    return work
+
+
+def client_and_runs(work):
+    client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    return client, exp, runs
+
+
+def test_mlflow_parent_and_children(finished_search):
+    client, exp, runs = client_and_runs(finished_search)
+    parents = [r for r in runs if r.data.tags.get("ffdi.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("ffdi.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "search_space.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith("runs/mlartifacts")
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"  # ASHA-stopped trials are FINISHED too
+        assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["ffdi.trial_id"]
+        assert tags["ffdi.stopped_early"] in ("true", "false")
+        epochs = int(tags["ffdi.epochs_run"])
+        assert (tags["ffdi.stopped_early"] == "true") == (epochs < 2)
+        # fixed and sampled settings as params
+        assert params["img_size"] == "32" and params["epochs"] == "2" and params["backbone"] in (
+            "resnet10t", "mobilenetv3_small_050")
+        assert 1e-3 <= float(params["lr"]) <= 1e-2 and 0.5 <= float(params["gamma"]) <= 0.9
+        history = client.get_metric_history(run.info.run_id, "val_auc")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        for key in ("val_tpr_at_fpr_0.001", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
+                    "train_images_per_s"):
+            assert key in run.data.metrics
+        local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
+        ckpt = torch.load(local, weights_only=True)
+        assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)
+
+
+def test_no_run_left_running(finished_search):
+    _, _, runs = client_and_runs(finished_search)
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_trials_csv_ranked(finished_search):
+    client, _, runs = client_and_runs(finished_search)
+    df = pd.read_csv(finished_search / "runs" / "e2e" / "trials.csv")
+    assert len(df) == 4 and list(df["rank"]) == [1, 2, 3, 4]
+    assert {"trial_id", "mlflow_run_id", "best_val_auc", "epochs_run", "status", "backbone", "lr"} <= set(df.columns)
+    assert df["best_val_auc"].is_monotonic_decreasing
+    child_ids = {r.info.run_id for r in runs if r.data.tags.get("ffdi.role") == "trial"}
+    assert set(df["mlflow_run_id"]) == child_ids
+    assert set(df["status"]) <= {"FINISHED", "STOPPED"}
+
+
+def test_existing_name_needs_resume(finished_search, capsys, monkeypatch):
+    monkeypatch.chdir(finished_search)
+    assert main(["run", "space.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: search 'e2e' already exists") and "--resume" in err
+
+
+def test_resume_of_finished_search_adds_no_runs(finished_search, monkeypatch):
+    monkeypatch.chdir(finished_search)
+    before = {r.info.run_id for r in client_and_runs(finished_search)[2]}
+    assert main(["run", "space.yaml", "--resume"]) == 0
+    after = client_and_runs(finished_search)[2]
+    assert {r.info.run_id for r in after} == before
+    assert all(r.info.status == "FINISHED" for r in after)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_store(finished_search):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)], cwd=finished_search,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    body = json.load(resp)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        assert body["experiment"]["name"] == "e2e"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

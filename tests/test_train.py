@@ -1,0 +1,72 @@
+"""One trial's training on real JPEGs with real tiny timm models, no Ray or MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ffdi_tune.config import DataConfig, TrainSettings
+from ffdi_tune.data import load_images, read_split
+from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, LAST_FILE, predict_proba, train_trial
+
+
+def run(settings, data, resume_from=None):
+    reports = []
+
+    def report(metrics, folder):
+        best = torch.load(folder / BEST_FILE, weights_only=True)
+        last = torch.load(folder / LAST_FILE, weights_only=True)
+        reports.append((metrics, best, last))
+
+    best = train_trial(settings, DataConfig(root=str(data)), report, resume_from=resume_from)
+    return best, reports
+
+
+@pytest.mark.parametrize("backbone,extra", [
+    ("resnet10t", {"mix": "mixup_or_cutmix", "ema_decay": 0.9, "label_smoothing": 0.1, "augment": "flips+jpeg"}),
+    ("mobilenetv3_small_050", {"optimizer": "sgd", "augment": "randaugment"}),
+])
+def test_epochs_report_metrics_and_checkpoints(tiny_data, backbone, extra):
+    s = TrainSettings(backbone=backbone, img_size=32, batch_size=8, epochs=2, lr=3e-3, step_size=1, gamma=0.5, **extra)
+    best, reports = run(s, tiny_data)
+    assert [m["epoch"] for m, _, _ in reports] == [1, 2]
+    for m, b, last in reports:
+        assert set(EPOCH_METRICS) <= set(m)
+        assert 0.0 <= m["val_auc"] <= 1.0 and np.isfinite(m["train_loss"]) and m["train_images_per_s"] > 0
+        assert b["backbone"] == backbone and b["img_size"] == 32 and len(b["mean"]) == 3
+    # StepLR steps after each epoch: epoch 2 trains at lr * gamma
+    assert reports[0][0]["lr"] == pytest.approx(3e-3) and reports[1][0]["lr"] == pytest.approx(1.5e-3)
+    # best.pt holds the best epoch by val_auc
+    best_epoch = max(reports, key=lambda r: r[0]["val_auc"])[0]["epoch"]
+    assert reports[-1][1]["epoch"] == best_epoch == best["epoch"]
+
+
+def test_best_checkpoint_reproduces_reported_auc(tiny_data):
+    import timm
+
+    from ffdi_tune.metrics import binary_metrics
+
+    s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=1)
+    best, reports = run(s, tiny_data)
+    ckpt = reports[-1][1]
+    model = timm.create_model(ckpt["backbone"], num_classes=2)
+    model.load_state_dict(ckpt["state_dict"])
+    val = read_split(DataConfig(root=str(tiny_data)), "val")
+    prob = predict_proba(model, load_images(val, 32), torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]),
+                         torch.device("cpu"))
+    assert binary_metrics(val.targets, prob)["val_auc"] == pytest.approx(best["val_auc"])
+
+
+def test_resume_continues_after_saved_epoch(tiny_data, tmp_path):
+    s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=1)
+    saved = tmp_path / "ckpt"
+
+    def keep(metrics, folder):
+        import shutil
+        shutil.copytree(folder, saved)
+
+    train_trial(s, DataConfig(root=str(tiny_data)), keep)
+    _, reports = run(s.model_copy(update={"epochs": 2}), tiny_data, resume_from=saved)
+    assert [m["epoch"] for m, _, _ in reports] == [2]
+    assert reports[0][2]["step"] == 2 * (48 // 8)
