@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -64,6 +66,7 @@ def create_model(backbone: str, pretrained: bool | str = False, drop_rate: float
                 f"pretrained: cannot load {str(path)!r} into {backbone}: {str(exc).splitlines()[0][:200]}; "
                 "check that the file holds this backbone's state dict"
             ) from None
+    _check_weights_reachable(backbone)
     try:
         return timm.create_model(backbone, pretrained=True, **kwargs)
     except Exception as exc:
@@ -71,6 +74,40 @@ def create_model(backbone: str, pretrained: bool | str = False, drop_rate: float
             f"pretrained: true, but the weights of {backbone} can't be had "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); connect to the model hub once "
             "to fill the cache, give a local weights file path, or set pretrained: false"
+        ) from None
+
+
+def _check_weights_reachable(backbone: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes of retries, when timm's weights are neither cached nor reachable."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm.models.get_arch_name(backbone) if "." not in backbone else backbone)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ConfigError(f"pretrained: timm has no pretrained weights for {backbone}; set pretrained: false "
+                          "or give a weights file path")
+    if cfg.file and Path(cfg.file).is_file():
+        return
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str)
+               for f in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin")):
+            return
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    else:
+        import torch.hub
+
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return
+        host = urlparse(cfg.url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"pretrained: true, but the weights of {backbone} are not cached and {host} can't be reached "
+            f"({exc}); connect once to fill the cache, give a local weights file path, or set pretrained: false"
         ) from None
 
 

@@ -8,6 +8,7 @@ final status).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -33,8 +34,9 @@ from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
 
 __all__ = ["SearchOutcome", "run_search", "search_dir"]
 
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+# Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
+# Tune warns about it on every report, though a local snapshot costs milliseconds.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 @dataclass
@@ -71,6 +73,7 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
     from ffdi_tune.config import DataConfig
     from ffdi_tune.train import train_trial
 
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     # A reused worker keeps process state: reset what a trial must not inherit.
     torch.set_num_threads(max(1, int(cpus)))
     if use_gpu and torch.cuda.is_available():

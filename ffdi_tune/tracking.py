@@ -12,6 +12,7 @@ runs again by tags instead of creating duplicates:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
