@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ffdi_tune.errors import FfdiError
+from ffdi_tune.errors import FfdiError, SearchInterrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -35,6 +35,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print()
     uri, _ = resolve_tracking(cfg.tracking)
     ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
+    failed = sum(r.status == "FAILED" for r in outcome.rows)
+    if failed:
+        print(f"{failed} trial(s) failed: the tag ffdi.error of their MLflow runs says why")
     print(f"done in {outcome.wall_s:.0f} s")
     print(f"trials table:   {outcome.trials_csv}")
     print(f"ray results:    {outcome.storage_path}")
@@ -114,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FfdiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SearchInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        name = getattr(args, "name", None) or "the search"
-        print(f"interrupted; continue {name} with the same command plus --resume", file=sys.stderr)
+        print("interrupted; a search continues with the same command plus --resume", file=sys.stderr)
         return 130
 
 

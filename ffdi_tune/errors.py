@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "SearchError",
     "TrackingError",
+    "SearchInterrupted",
     "did_you_mean",
 ]
 
@@ -38,6 +39,10 @@ class SearchError(FfdiError):
 
 class TrackingError(FfdiError):
     """The MLflow tracking store cannot be used as configured."""
+
+
+class SearchInterrupted(Exception):
+    """The search was stopped (Ctrl-C, SIGTERM) with its state saved; the message says how to resume."""
 
 
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:

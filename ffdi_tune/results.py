@@ -18,7 +18,7 @@ __all__ = ["TrialRow", "trials_frame", "write_trials_csv", "write_atomic", "form
 class TrialRow:
     trial_id: str
     run_id: str
-    status: str  # FINISHED, STOPPED (by ASHA) or FAILED
+    status: str  # FINISHED, STOPPED (by ASHA), FAILED, or INTERRUPTED (driver stopped first)
     best: float  # best value of the search metric over the trial's epochs (NaN if none)
     epochs_run: int
     params: dict[str, Any] = field(default_factory=dict)

@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ffdi_tune.config import SearchConfig
+from ffdi_tune.config import DataConfig, SearchConfig
 from ffdi_tune.data import check_dataset, ensure_dataset
-from ffdi_tune.errors import SearchError
+from ffdi_tune.errors import SearchError, SearchInterrupted
+from ffdi_tune.models import check_pretrained
 from ffdi_tune.results import TrialRow, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
 from ffdi_tune.tracking import Tracker, resolve_tracking
-from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
+from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, train_trial
 
 __all__ = ["SearchOutcome", "run_search", "search_dir"]
 
@@ -68,11 +70,6 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
                cpus: float, use_gpu: bool) -> None:
     """One Ray Tune trial. Runs in a (possibly reused) worker process."""
     started = time.perf_counter()
-    import torch
-
-    from ffdi_tune.config import DataConfig
-    from ffdi_tune.train import train_trial
-
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
     # A reused worker keeps process state: reset what a trial must not inherit.
     torch.set_num_threads(max(1, int(cpus)))
@@ -168,7 +165,12 @@ def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) ->
                 best = float(series.max() if mode == "max" else series.min())
         settings = trial_settings(fixed, trial.config)
         epochs_run = int((trial.last_result or {}).get("epoch", 0))
-        status = "FAILED" if result.error else ("STOPPED" if epochs_run < settings.epochs else "FINISHED")
+        if result.error:
+            status = "FAILED"
+        elif trial.status not in ("TERMINATED", "ERROR"):
+            status = "INTERRUPTED"  # pending, running or paused when the driver stopped
+        else:
+            status = "STOPPED" if epochs_run < settings.epochs else "FINISHED"
         rows.append(TrialRow(
             trial_id=trial.trial_id, run_id=run_ids.get(trial.trial_id, ""), status=status,
             best=best, epochs_run=epochs_run, params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},
@@ -177,9 +179,65 @@ def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) ->
     return rows
 
 
+def _make_tuner(cfg: SearchConfig, trainable, callback: MlflowTrials, storage_path: str, exp_path: str,
+                resume: bool) -> tune.Tuner:
+    if resume:
+        # The restored run config brings back its pickled MlflowTrials, which finds the same
+        # parent run and re-attaches to existing child runs by their ffdi.trial_id tag.
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+    if cfg.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            metric=cfg.search.metric, mode=cfg.search.mode, time_attr="epoch",
+            max_t=cfg.scheduler.max_epochs or cfg.max_epochs(), grace_period=cfg.scheduler.grace_period,
+            reduction_factor=cfg.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    searcher = OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric,
+                            mode=cfg.search.mode, seed=cfg.search.seed)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=cfg.search.reuse_actors),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=storage_path, verbose=1, callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
+    )
+
+
+def _summarise(tracker: Tracker, parent_id: str, rows: list[TrialRow], metric: str, mode: str,
+               trials_csv: Path) -> None:
+    """Log the search's totals and best trial on the parent run."""
+    finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
+    tracker.log_metrics(parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
+    if finished:
+        best = max(finished, key=lambda r: r.best if mode == "max" else -r.best)
+        tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
+        tracker.set_tags(parent_id, {"ffdi.best_trial_id": best.trial_id, "ffdi.best_run_id": best.run_id})
+    tracker.log_artifact(parent_id, trials_csv)
+
+
+def _prepare_data(cfg: SearchConfig, echo) -> DataConfig:
+    """Generate the demo data if asked, check the dataset, and make its root absolute."""
+    # Trials run in other working directories (and on other nodes): give them an absolute root.
+    data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
+    ensure_dataset(data)
+    summary = check_dataset(data)
+    echo("data: " + ", ".join(f"{k} {v['images']}" + (f" ({v['fake']} fake)" if "fake" in v else "")
+                              for k, v in summary.items()))
+    pretrained = [cfg.train.pretrained] + (list(cfg.space["pretrained"].choice) if "pretrained" in cfg.space else [])
+    check_pretrained(cfg.backbones(), pretrained)
+    return data
+
+
 def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None = None,
                echo=print) -> SearchOutcome:
-    """Run (or resume) the search ``cfg`` to the end and return its ranked trials."""
+    """Run (or resume) the search ``cfg`` to the end and return its ranked trials.
+
+    Raises :class:`SearchError` for an existing name without ``resume`` (or nothing to resume) and
+    :class:`SearchInterrupted` when Ctrl-C / SIGTERM stopped it with its state saved.
+    """
     t0 = time.perf_counter()
     storage_path, out_dir = search_dir(cfg)
     exp_path = f"{storage_path.rstrip('/')}/{cfg.name}"
@@ -191,17 +249,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         )
     if resume and not exists:
         raise SearchError(f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume")
-
-    # Trials run in other working directories (and on other nodes): give them an absolute root.
-    data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
-    ensure_dataset(data)
-    summary = check_dataset(data)
-    echo("data: " + ", ".join(f"{k} {v['images']}" + (f" ({v['fake']} fake)" if "fake" in v else "")
-                              for k, v in summary.items()))
-    from ffdi_tune.models import check_pretrained
-
-    pretrained = [cfg.train.pretrained] + [v for v in (cfg.space.get("pretrained").choice if "pretrained" in cfg.space else [])]
-    check_pretrained(cfg.backbones(), pretrained)
+    data = _prepare_data(cfg, echo)
 
     uri, artifacts = resolve_tracking(cfg.tracking)
     tracker = Tracker(uri, artifacts)
@@ -209,10 +257,10 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved)
 
-    address = address or cfg.address
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+        ray.init(address=address or cfg.address, include_dashboard=False, configure_logging=True,
+                 logging_level="WARNING")
     status = "FAILED"
     try:
         resources = _trial_resources(cfg)
@@ -223,38 +271,18 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
                 augment_sets=cfg.augment_sets, cpus=resources["cpu"], use_gpu=resources["gpu"] > 0),
             resources,
         )
-        if resume:
-            # The restored run config brings back its pickled MlflowTrials, which finds the same
-            # parent run and re-attaches to existing child runs by their ffdi.trial_id tag.
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
-        else:
-            callback = MlflowTrials(tracker, experiment_id, parent_id, fixed)
-            if cfg.scheduler.type == "asha":
-                scheduler = ASHAScheduler(
-                    metric=cfg.search.metric, mode=cfg.search.mode, time_attr="epoch", max_t=cfg.scheduler.max_epochs or cfg.max_epochs(),
-                    grace_period=cfg.scheduler.grace_period, reduction_factor=cfg.scheduler.reduction_factor)
-            else:
-                scheduler = FIFOScheduler()
-            searcher = OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric,
-                                    mode=cfg.search.mode, seed=cfg.search.seed)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_samples,
-                    max_concurrent_trials=cfg.search.max_concurrent, reuse_actors=cfg.search.reuse_actors),
-                run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=storage_path, verbose=1, callbacks=[callback],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures)),
-            )
-        grid = tuner.fit()
+        callback = MlflowTrials(tracker, experiment_id, parent_id, fixed)
+        grid = _make_tuner(cfg, trainable, callback, storage_path, exp_path, resume).fit()
         run_ids = {r.data.tags.get("ffdi.trial_id"): r.info.run_id
                    for r in tracker.children(experiment_id, parent_id)}
         rows = _rows(grid, run_ids, fixed, cfg.search.metric, cfg.search.mode)
-        status = "FINISHED"
+        # Tune catches SIGINT/SIGTERM itself, saves its state and returns early from fit().
+        interrupted = len(rows) < cfg.search.num_samples or any(r.status == "INTERRUPTED" for r in rows)
+        status = "KILLED" if interrupted else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        raise SearchInterrupted(
+            f"search {cfg.name!r} interrupted; continue it with the same command plus --resume") from None
     finally:
         tracker.close_unfinished(experiment_id, parent_id, "KILLED")
         if status != "FINISHED":
@@ -262,15 +290,14 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         if started_ray:
             ray.shutdown()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     trials_csv = write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric, cfg.search.mode)
-    finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
-    if finished:
-        best = max(finished, key=lambda r: r.best if cfg.search.mode == "max" else -r.best)
-        tracker.log_metrics(parent_id, {f"best_{cfg.search.metric}": best.best,
-                                        "trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
-        tracker.set_tags(parent_id, {"ffdi.best_trial_id": best.trial_id, "ffdi.best_run_id": best.run_id})
-    tracker.log_artifact(parent_id, trials_csv)
+    if interrupted:
+        done = sum(r.status in ("FINISHED", "STOPPED") for r in rows)
+        raise SearchInterrupted(
+            f"search {cfg.name!r} interrupted with {done} of {cfg.search.num_samples} trials done (state "
+            f"saved in {exp_path}); continue it with the same command plus --resume"
+        )
+    _summarise(tracker, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv)
     tracker.finish(parent_id, "FINISHED")
     return SearchOutcome(cfg.name, out_dir, exp_path, uri, experiment_id, parent_id, rows, trials_csv,
                          time.perf_counter() - t0)

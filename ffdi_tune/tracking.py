@@ -38,8 +38,10 @@ def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     artifacts = cfg.artifact_location
     if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
+        # Absolute, so that the store does not depend on (or get cached across) working directories.
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
         if artifacts is None:
             artifacts = (db.parent / "mlartifacts").resolve().as_uri()
     if artifacts and "://" not in artifacts:

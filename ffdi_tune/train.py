@@ -177,13 +177,15 @@ def train_trial(
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
         scheduler.step()  # StepLR counts epochs: step after the epoch's optimizer steps
-
-        eval_model = ema.module if ema is not None else model
-        prob = predict_proba(eval_model, val_images, mean, std, device, s.batch_size * 2, amp_dtype, channels_last)
-        metrics = binary_metrics(val_split.targets, prob)
         train_loss = total_loss / max(seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
+
+        eval_model = ema.module if ema is not None else model
+        prob = predict_proba(eval_model, val_images, mean, std, device, s.batch_size * 2, amp_dtype, channels_last)
+        if not np.isfinite(prob).all():
+            raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
+        metrics = binary_metrics(val_split.targets, prob)
         metrics.update(
             epoch=epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - t0,
             train_images_per_s=seen / max(train_time, 1e-9),

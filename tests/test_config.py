@@ -151,3 +151,18 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "did you mean 'max_concurrent'" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    from ffdi_tune.config import TrackingConfig
+    from ffdi_tune.tracking import resolve_tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, artifacts = resolve_tracking(TrackingConfig())
+    assert uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert artifacts == (tmp_path / "runs" / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_tracking(TrackingConfig()) == ("http://127.0.0.1:5999", None)
+    uri, _ = resolve_tracking(TrackingConfig(uri="sqlite:///other/db.sqlite"))
+    assert uri == f"sqlite:///{tmp_path}/other/db.sqlite"
