@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ffdi_tune.errors import FfdiError, SearchInterrupted
 
@@ -22,6 +22,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "search.max_concurrent": args.max_concurrent, "train.epochs": args.epochs,
     }
     cfg = load_search_config(args.space, overrides)
+    recipe = None
+    if cfg.ensemble and not args.no_ensemble:
+        from ffdi_tune.recipe import load_recipe
+
+        recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
     from ffdi_tune.results import format_table
     from ffdi_tune.search import run_search
@@ -38,11 +43,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed = sum(r.status == "FAILED" for r in outcome.rows)
     if failed:
         print(f"{failed} trial(s) failed: the tag ffdi.error of their MLflow runs says why")
+    submission = None
+    if recipe is not None:
+        from ffdi_tune.final_stage import run_ensemble
+        from ffdi_tune.tracking import Tracker
+
+        print(f"ensemble stage: {cfg.ensemble}")
+        ens = run_ensemble(recipe, recipe.experiments or [cfg.name], Tracker(*resolve_tracking(cfg.tracking)),
+                           data_root=outcome.data.root, parent_run_id=outcome.parent_run_id,
+                           recipe_name=cfg.ensemble)
+        _print_ensemble(ens)
+        submission = ens.submission
     print(f"done in {outcome.wall_s:.0f} s")
     print(f"trials table:   {outcome.trials_csv}")
+    if submission:
+        print(f"submission:     {submission}")
     print(f"ray results:    {outcome.storage_path}")
     print(f"mlflow:         {uri} (experiment {cfg.name}, parent run {outcome.parent_run_id})")
     print(f"open the UI:    {ui}   then browse http://127.0.0.1:5000")
+    return 0
+
+
+def _print_ensemble(ens) -> None:
+    from ffdi_tune.report import format_ensemble_table
+
+    m = ens.result.metrics
+    print()
+    print(format_ensemble_table(ens.result.table))
+    print(f"ensemble of {len(ens.result.members)}: report-half AUC {m['holdout_auc']:.4f} "
+          f"(selection half {m['select_auc']:.4f}, best member {m['best_member_holdout_auc']:.4f}, "
+          f"TPR@FPR=1e-3 {m['holdout_tpr_at_fpr_0.001']:.4f})")
+    print(f"submission: {ens.submission} ({ens.n_test} rows), MLflow run {ens.run_id}")
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from ffdi_tune.final_stage import run_ensemble
+    from ffdi_tune.recipe import load_recipe
+    from ffdi_tune.tracking import Tracker, resolve_tracking
+
+    recipe = load_recipe(args.recipe)
+    ens = run_ensemble(recipe, args.experiment or recipe.experiments, Tracker(*resolve_tracking()),
+                       data_root=args.data, out=args.out, recipe_name=args.recipe)
+    _print_ensemble(ens)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ffdi_tune.config import DataConfig
+    from ffdi_tune.errors import ConfigError
+    from ffdi_tune.final_stage import predict_run
+    from ffdi_tune.tracking import Tracker, resolve_tracking
+    from ffdi_tune.tta import check_views
+
+    try:
+        views = check_views(args.tta.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--tta: {exc}") from None
+    path = predict_run(Tracker(*resolve_tracking()), args.run, DataConfig(root=args.data), views, Path(args.out))
+    print(f"wrote {path}")
     return 0
 
 
@@ -68,10 +126,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         cmd += ["--default-artifact-root", artifacts]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    # Become the server (no wrapper process left to orphan it): signals reach mlflow directly.
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
     run.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://host:10001")
     run.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    run.add_argument("--no-ensemble", action="store_true", help="skip the final ensemble stage")
     run.set_defaults(func=_cmd_run)
+
+    ens = sub.add_parser("ensemble", help="build a top-k TTA ensemble and submission from finished searches")
+    ens.add_argument("recipe", help="ensemble recipe YAML, e.g. ensembles/top5.yaml")
+    ens.add_argument("--experiment", action="append", help="search to pool trials from (repeatable)")
+    ens.add_argument("--data", help="data root (default: the one recorded on the first search)")
+    ens.add_argument("--out", help="submission CSV path (default runs/<experiment>/submission.csv)")
+    ens.set_defaults(func=_cmd_ensemble)
+
+    pred = sub.add_parser("predict", help="score the test images with one trial's best checkpoint")
+    pred.add_argument("--run", required=True, help="MLflow run id of the trial")
+    pred.add_argument("--data", required=True, help="data root")
+    pred.add_argument("--tta", default="identity", help="comma-separated TTA views, e.g. identity,hflip")
+    pred.add_argument("--out", required=True, help="output CSV (img_name,y_pred)")
+    pred.set_defaults(func=_cmd_predict)
 
     from ffdi_tune.config import DemoSpec
 

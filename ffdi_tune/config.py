@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ffdi_tune.errors import ConfigError, did_you_mean
 
 __all__ = [
+    "StrictModel",
     "Domain",
     "TrainSettings",
     "DataConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "TrackingConfig",
     "SearchConfig",
     "METRIC_MODES",
+    "check_metric",
     "load_search_config",
     "parse_search_config",
 ]
@@ -55,7 +57,14 @@ _Int = int
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class _Strict(BaseModel):
+def check_metric(v: str) -> str:
+    """A pydantic validator body: ``v`` must be one of :data:`METRIC_MODES`."""
+    if v not in METRIC_MODES:
+        raise ValueError(f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; valid metrics are {', '.join(METRIC_MODES)}")
+    return v
+
+
+class StrictModel(BaseModel):
     """Base of every config section: frozen, unknown keys rejected with a did-you-mean."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,7 +83,7 @@ class _Strict(BaseModel):
         return data
 
 
-class Domain(_Strict):
+class Domain(StrictModel):
     """One searched hyperparameter: exactly one of the keys below.
 
     ``choice`` lists values; ``uniform``/``loguniform`` are float ``[low, high]``;
@@ -116,7 +125,7 @@ class Domain(_Strict):
         return list(self.choice) if self.choice is not None else list(getattr(self, self.kind))
 
 
-class TrainSettings(_Strict):
+class TrainSettings(StrictModel):
     """Everything one trial needs to train; each key may be fixed in ``train`` or searched."""
 
     backbone: str = "resnet10t"
@@ -151,7 +160,7 @@ class TrainSettings(_Strict):
         return self
 
 
-class DemoSpec(_Strict):
+class DemoSpec(StrictModel):
     """Generate the demo dataset at ``data.root`` when it does not exist yet."""
 
     n_train: int = Field(2000, ge=4)
@@ -162,7 +171,7 @@ class DemoSpec(_Strict):
     difficulty: float = Field(0.5, ge=0, le=1)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where the FFDI-layout dataset lives; names default to the competition's."""
 
     root: str
@@ -176,7 +185,7 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
 
 
-class SearchSettings(_Strict):
+class SearchSettings(StrictModel):
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
@@ -185,22 +194,14 @@ class SearchSettings(_Strict):
     storage: str = "runs"
     reuse_actors: bool = True
 
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str) -> str:
-        if v not in METRIC_MODES:
-            raise ValueError(
-                f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; "
-                f"valid metrics are {', '.join(METRIC_MODES)}"
-            )
-        return v
+    _known_metric = field_validator("metric")(lambda v: check_metric(v))
 
     @property
     def mode(self) -> str:
         return METRIC_MODES[self.metric]
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     """``asha`` stops poor trials at rungs grace_period * reduction_factor**k; ``fifo`` never."""
 
     type: Literal["asha", "fifo"] = "asha"
@@ -209,7 +210,7 @@ class SchedulerConfig(_Strict):
     max_epochs: int | None = Field(None, ge=1)
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     """Per trial. ``gpu: auto`` is 1 when the cluster has a GPU, else 0; fractions share a GPU."""
 
     cpu: float = Field(1.0, gt=0)
@@ -223,14 +224,14 @@ class ResourcesConfig(_Strict):
         return v
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """MLflow store. ``uri`` falls back to $MLFLOW_TRACKING_URI, then sqlite:///runs/mlflow.db."""
 
     uri: str | None = None
     artifact_location: str | None = None
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     name: str
     description: str = ""
     data: DataConfig
@@ -326,7 +327,7 @@ def _check_setting(where: str, key: str, value: Any, fields: list[str], fixed: d
             raise ValueError(f"{where}: value {v!r} is invalid: {exc.errors()[0]['msg']}") from None
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def format_validation_error(source: str, exc: ValidationError) -> str:
     errs = exc.errors()
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -364,7 +365,7 @@ def parse_search_config(
     try:
         return SearchConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+        raise ConfigError(format_validation_error(source, exc)) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 import torch
 import yaml
@@ -29,6 +30,7 @@ from ffdi_tune.config import DataConfig, SearchConfig
 from ffdi_tune.data import check_dataset, ensure_dataset
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.models import check_pretrained
+from ffdi_tune.report import param_importance, plot_param_importance, plot_search_history
 from ffdi_tune.results import TrialRow, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
 from ffdi_tune.tracking import Tracker, resolve_tracking
@@ -52,6 +54,7 @@ class SearchOutcome:
     rows: list[TrialRow]
     trials_csv: Path
     wall_s: float
+    data: DataConfig  # with the absolute root the trials used
 
 
 def _is_uri(path: str) -> bool:
@@ -206,16 +209,27 @@ def _make_tuner(cfg: SearchConfig, trainable, callback: MlflowTrials, storage_pa
     )
 
 
-def _summarise(tracker: Tracker, parent_id: str, rows: list[TrialRow], metric: str, mode: str,
-               trials_csv: Path) -> None:
-    """Log the search's totals and best trial on the parent run."""
+def _summarise(tracker: Tracker, experiment_id: str, parent_id: str, rows: list[TrialRow], metric: str,
+               mode: str, trials_csv: Path, searched: list[str]) -> None:
+    """Log the search's totals, best trial, history and parameter importance on the parent run."""
     finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
     tracker.log_metrics(parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
-    if finished:
-        best = max(finished, key=lambda r: r.best if mode == "max" else -r.best)
-        tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
-        tracker.set_tags(parent_id, {"ffdi.best_trial_id": best.trial_id, "ffdi.best_run_id": best.run_id})
     tracker.log_artifact(parent_id, trials_csv)
+    if not finished:
+        return
+    best = max(finished, key=lambda r: r.best if mode == "max" else -r.best)
+    tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
+    tracker.set_tags(parent_id, {"ffdi.best_trial_id": best.trial_id, "ffdi.best_run_id": best.run_id})
+    times = {r.data.tags.get("ffdi.trial_id"): (r.info.start_time / 1000, (r.info.end_time or 0) / 1000)
+             for r in tracker.children(experiment_id, parent_id)}
+    history = pd.DataFrame([
+        {"start_time": times[r.trial_id][0], "end_time": times[r.trial_id][1], metric: r.best, **r.params}
+        for r in finished if r.trial_id in times])
+    with tempfile.TemporaryDirectory(prefix="ffdi-plots-") as tmp:
+        tracker.log_artifact(parent_id, plot_search_history(history, metric, mode, Path(tmp) / "search_history.png"))
+        importance = param_importance(history, searched, metric)
+        if importance:
+            tracker.log_artifact(parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png"))
 
 
 def _prepare_data(cfg: SearchConfig, echo) -> DataConfig:
@@ -255,7 +269,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
     tracker = Tracker(uri, artifacts)
     experiment_id = tracker.experiment_id(cfg.name)
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved)
+    parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root)
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -297,7 +311,9 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
             f"search {cfg.name!r} interrupted with {done} of {cfg.search.num_samples} trials done (state "
             f"saved in {exp_path}); continue it with the same command plus --resume"
         )
-    _summarise(tracker, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv)
+    searched = sorted({k.split(CONDITIONAL_SEP)[0] for k in cfg.space} | {
+        k for overrides in cfg.per_backbone.values() for k in overrides})
+    _summarise(tracker, experiment_id, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv, searched)
     tracker.finish(parent_id, "FINISHED")
     return SearchOutcome(cfg.name, out_dir, exp_path, uri, experiment_id, parent_id, rows, trials_csv,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, data)

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ffdi_tune.config import TrackingConfig
-from ffdi_tune.errors import TrackingError
+from ffdi_tune.errors import TrackingError, did_you_mean
 
 __all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker"]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint otherwise
 ROLE, SEARCH, TRIAL_ID = "ffdi.role", "ffdi.search", "ffdi.trial_id"
 PARENT = "mlflow.parentRunId"
+DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
 
 
 def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None]:
@@ -92,14 +94,15 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def search_run(self, experiment_id: str, name: str, resume: bool, config_yaml: str) -> str:
+    def search_run(self, experiment_id: str, name: str, resume: bool, config_yaml: str, data_root: str) -> str:
         """The parent run of search ``name``: the latest one when resuming, else a new one."""
         if resume:
             run = self._find(experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'")
             if run is not None:
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 return run.info.run_id
-        run = self.client.create_run(experiment_id, run_name=name, tags={ROLE: "search", SEARCH: name})
+        run = self.client.create_run(experiment_id, run_name=name,
+                                     tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root})
         self.client.log_text(run.info.run_id, config_yaml, "search_space.yaml")
         return run.info.run_id
 
@@ -119,6 +122,56 @@ class Tracker:
         from mlflow.entities import Param
 
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        return run.info.run_id
+
+    def search_data_root(self, experiment_name: str) -> str | None:
+        """The data root recorded on the latest search run of ``experiment_name``."""
+        exp_id = self.experiment_id(experiment_name, create=False)
+        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+        return run.data.tags.get(DATA_ROOT) if run else None
+
+    def trial_runs(self, experiment_names: list[str]) -> list:
+        """FINISHED trial runs of the named searches; an unknown name is a one-line error."""
+        runs = []
+        for name in experiment_names:
+            exp_id = self.experiment_id(name, create=False)
+            if exp_id is None:
+                known = [e.name for e in self.client.search_experiments()]
+                raise TrackingError(
+                    f"experiment {name!r} not found in {self.uri}{did_you_mean(name, known)}; run the search "
+                    "first, or pass the name of a finished one with --experiment")
+            runs += self.client.search_runs(
+                [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
+                max_results=10000)
+        return runs
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Fetch one artifact of a run into ``dst``; a missing one is a one-line error."""
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        except Exception as exc:
+            raise TrackingError(
+                f"run {run_id} has no readable artifact {artifact_path} ({type(exc).__name__}); "
+                "leave that trial out or rerun it") from None
+
+    def ensemble_run(self, experiment_id: str, name: str, parent_id: str | None, params: dict[str, Any],
+                     metrics: dict[str, float], artifacts: list[Path]) -> str:
+        """One finished run (tag ffdi.role=ensemble) holding an ensemble's recipe, scores and files."""
+        from mlflow.entities import Metric, Param
+
+        tags = {ROLE: "ensemble"}
+        if parent_id:
+            tags[PARENT] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())],
+        )
+        for path in artifacts:
+            self.client.log_artifact(run.info.run_id, str(path))
+        self.finish(run.info.run_id)
         return run.info.run_id
 
     def children(self, experiment_id: str, parent_id: str) -> list:

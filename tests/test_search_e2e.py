@@ -34,13 +34,18 @@ per_backbone:
 search: {num_samples: 4, max_concurrent: 2, seed: 0}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 resources: {cpu: 1, gpu: auto}
+ensemble: top3.yaml
 """
+TOP3 = "top_k: 3\ncombine: mean\ntta: [identity, hflip]\n"
+RANK = "top_k: 5\ncombine: rank\ntta: [identity, hflip, vflip]\nholdout_fraction: 0.4\n"
 
 
 @pytest.fixture(scope="module")
 def finished_search(tmp_path_factory):
     work = tmp_path_factory.mktemp("search")
     (work / "space.yaml").write_text(SPACE)
+    (work / "top3.yaml").write_text(TOP3)
+    (work / "rank.yaml").write_text(RANK)
     import os
 
     old = os.getcwd()
@@ -66,7 +71,8 @@ def test_mlflow_parent_and_children(finished_search):
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert "search_space.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert {"search_space.yaml", "trials.csv", "search_history.png", "param_importance.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
     assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith("runs/mlartifacts")
     for run in children:
         tags, params = run.data.tags, run.data.params
@@ -87,6 +93,75 @@ def test_mlflow_parent_and_children(finished_search):
         local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
         ckpt = torch.load(local, weights_only=True)
         assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)
+
+
+def assert_submission(path, data_root):
+    df = pd.read_csv(path)
+    names = sorted(p.name for p in (data_root / "testset").iterdir())
+    assert list(df.columns) == ["img_name", "y_pred"]
+    assert list(df["img_name"]) == names
+    assert df["y_pred"].between(0, 1).all() and df["y_pred"].notna().all()
+
+
+def test_run_ends_with_ensemble(finished_search):
+    client, exp, runs = client_and_runs(finished_search)
+    assert_submission(finished_search / "runs" / "e2e" / "submission.csv", finished_search / "data")
+    parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
+    ens = [r for r in runs if r.data.tags.get("ffdi.role") == "ensemble"]
+    assert len(ens) == 1 and ens[0].info.status == "FINISHED"
+    assert ens[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {"holdout_auc", "select_auc", "holdout_tpr_at_fpr_0.001", "best_member_holdout_auc"} <= set(ens[0].data.metrics)
+    assert len(ens[0].data.params["members"].split(",")) == 3 and ens[0].data.params["combine"] == "mean"
+    assert {"submission.csv", "members.csv", "roc.png"} <= {a.path for a in client.list_artifacts(ens[0].info.run_id)}
+    members = pd.read_csv(client.download_artifacts(ens[0].info.run_id, "members.csv", str(finished_search)))
+    assert len(members) == 5 and members["weight"].sum() == pytest.approx(2.0)  # 3 x 1/3 + ensemble row
+
+
+def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
+    """A fresh process that knows only the tracking store rebuilds an ensemble with another recipe."""
+    env_cwd = finished_search
+    out = tmp_path / "rank.csv"
+    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "rank.yaml", "--experiment", "e2e",
+                           "--out", str(out)], cwd=env_cwd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "top_k=5, but only 4 finished trial(s)" in proc.stderr
+    assert not out.exists()
+    (finished_search / "rank3.yaml").write_text(RANK.replace("top_k: 5", "top_k: 3"))
+    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "rank3.yaml", "--experiment", "e2e",
+                           "--out", str(out)], cwd=env_cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_submission(out, finished_search / "data")
+    client, _, runs = client_and_runs(finished_search)
+    rank_runs = [r for r in runs if r.data.tags.get("ffdi.role") == "ensemble" and r.data.params["combine"] == "rank"]
+    assert len(rank_runs) >= 1 and "mlflow.parentRunId" not in rank_runs[0].data.tags
+    trial = next(r for r in runs if r.data.tags.get("ffdi.role") == "trial")
+    pred = tmp_path / "one.csv"
+    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "predict", "--run", trial.info.run_id, "--data",
+                           str(finished_search / "data"), "--tta", "identity,hflip", "--out", str(pred)],
+                          cwd=env_cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_submission(pred, finished_search / "data")
+
+
+def test_ensemble_input_errors(finished_search, capsys, monkeypatch):
+    monkeypatch.chdir(finished_search)
+    assert main(["ensemble", "top3.yaml", "--experiment", "e2x", "--out", "x.csv"]) == 2
+    assert "experiment 'e2x' not found" in capsys.readouterr().err
+    (finished_search / "bad.yaml").write_text("top_k: 3\ntta: [identity, hflp]\n")
+    assert main(["ensemble", "bad.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
+    assert "unknown TTA view 'hflp'" in capsys.readouterr().err
+    assert not (finished_search / "x.csv").exists()
+
+
+def test_pooled_ensemble_of_two_searches(finished_search, monkeypatch, capsys):
+    monkeypatch.chdir(finished_search)
+    assert main(["run", "space.yaml", "--name", "e2e-b", "--num-samples", "2", "--epochs", "1", "--no-ensemble"]) == 0
+    assert main(["ensemble", "rank.yaml", "--experiment", "e2e", "--experiment", "e2e-b", "--out", "pooled.csv"]) == 0
+    assert_submission(finished_search / "pooled.csv", finished_search / "data")
+    client = MlflowClient(f"sqlite:///{finished_search}/runs/mlflow.db")
+    exp = client.get_experiment_by_name("e2e")
+    pooled = [r for r in client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
+              if r.data.params["experiments"] == "e2e,e2e-b"]
+    assert len(pooled) == 1 and len(pooled[0].data.params["members"].split(",")) == 5
 
 
 def test_no_run_left_running(finished_search):
@@ -114,11 +189,35 @@ def test_existing_name_needs_resume(finished_search, capsys, monkeypatch):
 
 def test_resume_of_finished_search_adds_no_runs(finished_search, monkeypatch):
     monkeypatch.chdir(finished_search)
-    before = {r.info.run_id for r in client_and_runs(finished_search)[2]}
+    def search_and_trials():
+        return {r.info.run_id for r in client_and_runs(finished_search)[2] if r.data.tags["ffdi.role"] != "ensemble"}
+
+    before = search_and_trials()
     assert main(["run", "space.yaml", "--resume"]) == 0
     after = client_and_runs(finished_search)[2]
-    assert {r.info.run_id for r in after} == before
+    assert search_and_trials() == before
     assert all(r.info.status == "FINISHED" for r in after)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with start_new_session=True and every process it spawned."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+    # nothing of the group may outlive the test
+    try:
+        os.killpg(proc.pid, 0)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _free_port() -> int:
@@ -130,7 +229,7 @@ def _free_port() -> int:
 def test_ui_serves_the_store(finished_search):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)], cwd=finished_search,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
         deadline = time.time() + 90
@@ -145,11 +244,7 @@ def test_ui_serves_the_store(finished_search):
                 time.sleep(0.5)
         assert body["experiment"]["name"] == "e2e"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process_group(proc)
 
 
 FAILING = """

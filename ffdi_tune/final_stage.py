@@ -1,0 +1,123 @@
+"""The final stage: from finished trials in MLflow to a submission CSV, a report and an MLflow run.
+
+Works from the tracking store alone (trial runs and their ``checkpoint/best.pt`` artifacts), so it
+runs right after a search or later on any machine that reaches the store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data import check_dataset
+from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
+from ffdi_tune.errors import ConfigError
+from ffdi_tune.predict import DecodedSplits, load_member, predict_views
+from ffdi_tune.recipe import EnsembleRecipe
+from ffdi_tune.report import plot_roc
+from ffdi_tune.results import write_atomic
+from ffdi_tune.tracking import Tracker
+
+__all__ = ["EnsembleOutcome", "run_ensemble", "predict_run", "submission_text"]
+
+
+@dataclass
+class EnsembleOutcome:
+    result: EnsembleResult
+    submission: Path
+    run_id: str
+    n_test: int
+
+
+def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
+    """``img_name,y_pred`` CSV text; refuses NaN or values outside [0, 1]."""
+    prob = np.asarray(prob, dtype=np.float64)
+    if len(prob) != len(names) or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
+        raise ValueError("submission probabilities must be finite, in [0, 1], one per test image")
+    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False, float_format="%.6f")
+
+
+def _candidates(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list:
+    runs = tracker.trial_runs(experiments)
+    keep = []
+    for r in runs:
+        epochs = int(r.data.tags.get("ffdi.epochs_run", "0"))
+        stopped = r.data.tags.get("ffdi.stopped_early") == "true"
+        if epochs >= recipe.candidates.min_epochs and (recipe.candidates.include_stopped or not stopped):
+            keep.append(r)
+    if not keep:
+        raise ConfigError(f"no finished trials in {', '.join(experiments)} pass the recipe's candidates filter; "
+                          "let a search finish trials first or loosen candidates")
+    if recipe.top_k > len(keep):
+        raise ConfigError(f"top_k={recipe.top_k}, but only {len(keep)} finished trial(s) qualify in "
+                          f"{', '.join(experiments)}; lower top_k or run more trials")
+    return keep
+
+
+def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracker, *,
+                 data_root: str | None = None, out: str | Path | None = None, parent_run_id: str | None = None,
+                 recipe_name: str = "ensemble", echo=print) -> EnsembleOutcome:
+    """Score every qualifying trial on val and test, build the ensemble, write and log it.
+
+    ``data_root`` defaults to the one recorded on the first search; ``out`` to the recipe's
+    ``output``, then ``runs/<first experiment>/submission.csv``.
+    """
+    if not experiments:
+        raise ConfigError(f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
+                          "or list them under experiments:")
+    runs = _candidates(tracker, recipe, experiments)
+    if data_root is None:
+        data_root = tracker.search_data_root(experiments[0])
+        if data_root is None:
+            raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
+    data = DataConfig(root=data_root)
+    out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
+    check_dataset(data)
+    splits = DecodedSplits(data)
+    views = ["identity"] + [v for v in recipe.tta if v != "identity"]
+    candidates = []
+    with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
+        for r in runs:
+            path = tracker.download(r.info.run_id, "checkpoint/best.pt", Path(tmp) / r.info.run_id)
+            member = load_member(path, r.info.run_id)
+            val = predict_views(member, splits.images("val", member.img_size), views, recipe.batch_size)
+            test = predict_views(member, splits.images("test", member.img_size), views, recipe.batch_size)
+            label = f"{r.data.params.get('backbone', '?')} {r.info.run_name}"
+            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test))
+            echo(f"scored {label}")
+    result = build_ensemble(candidates, splits.split("val").targets, recipe)
+    test = splits.split("test")
+    text = submission_text(test.names, result.test_pred)
+
+    with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
+        members_csv = Path(tmp) / "members.csv"
+        result.table.to_csv(members_csv, index=False)
+        roc = plot_roc(result, Path(tmp) / "roc.png")
+        sub = write_atomic(Path(tmp) / "submission.csv", text)
+        params = {"recipe": recipe_name, "experiments": ",".join(experiments), "combine": recipe.combine,
+                  "top_k": recipe.top_k, "metric": recipe.metric, "tta": ",".join(recipe.tta),
+                  "tta_select": recipe.tta_select, "holdout_fraction": recipe.holdout_fraction,
+                  "seed": recipe.seed, "members": ",".join(result.members),
+                  "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members)}
+        exp_id = tracker.experiment_id(experiments[0], create=False)
+        run_id = tracker.ensemble_run(exp_id, f"ensemble-{recipe.combine}", parent_run_id, params,
+                                      result.metrics, [sub, members_csv, roc])
+    # The submission lands last, in one rename: a failure above leaves no CSV behind.
+    submission = write_atomic(out, text)
+    return EnsembleOutcome(result, submission, run_id, len(test))
+
+
+def predict_run(tracker: Tracker, run_id: str, data: DataConfig, views: list[str], out: Path,
+                batch_size: int = 64) -> Path:
+    """Score the test split with one trial's best checkpoint (mean over ``views``)."""
+    splits = DecodedSplits(data)
+    test = splits.split("test")
+    with tempfile.TemporaryDirectory(prefix="ffdi-predict-") as tmp:
+        member = load_member(tracker.download(run_id, "checkpoint/best.pt", Path(tmp)), run_id)
+        prob = predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0)
+    return write_atomic(out, submission_text(test.names, prob))

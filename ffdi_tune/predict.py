@@ -1,0 +1,93 @@
+"""Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one decode.
+
+:class:`DecodedSplits` decodes each split once per image size and shares it across members;
+:func:`predict_views` runs each view as a tensor op on the decoded batch (on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data import Split, eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.errors import DataError
+from ffdi_tune.tta import apply_view
+
+__all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_device"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Member:
+    """A trained model and what its checkpoint says about how to feed it."""
+
+    name: str
+    model: torch.nn.Module
+    img_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    checkpoint: dict[str, Any]
+
+
+def load_member(path: str | Path, name: str, device: torch.device | None = None) -> Member:
+    """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file)."""
+    import timm
+
+    device = device or default_device()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = timm.create_model(ckpt["backbone"], num_classes=2)
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
+        raise DataError(f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}); rerun that trial or leave it out") from None
+    model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return Member(name, model, int(ckpt["img_size"]), torch.tensor(ckpt["mean"], device=device),
+                  torch.tensor(ckpt["std"], device=device), ckpt)
+
+
+class DecodedSplits:
+    """Each split decoded once per image size, shared by every member that uses that size."""
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+        self.splits: dict[str, Split] = {}
+        self._images: dict[tuple[str, int], torch.Tensor] = {}
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            self.splits[name] = read_split(self.data, name)
+        return self.splits[name]
+
+    def images(self, name: str, img_size: int) -> torch.Tensor:
+        key = (name, img_size)
+        if key not in self._images:
+            self._images[key] = load_images(self.split(name), img_size)
+        return self._images[key]
+
+
+@torch.no_grad()
+def predict_views(member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64) -> np.ndarray:
+    """Probability of fake for each view and image: array ``len(views) x len(images)``."""
+    device = member.mean.device
+    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    out = np.empty((len(views), len(images)), dtype=np.float64)
+    start = 0
+    for batch in eval_loader(images, batch_size):
+        x = to_model_input(batch, member.mean, member.std, device, device.type == "cuda")
+        for v, view in enumerate(views):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = member.model(apply_view(view, x))
+            out[v, start : start + len(batch)] = logits.float().softmax(1)[:, 1].cpu().numpy()
+        start += len(batch)
+    return out

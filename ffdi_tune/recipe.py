@@ -1,0 +1,62 @@
+"""Ensemble recipes (``ensembles/*.yaml``): which trials, how to combine them, which TTA views.
+
+::
+
+    top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
+    metric: val_auc           # ranks candidates, on the selection half of valset
+    combine: mean             # mean | rank | greedy
+    tta: [identity, hflip]    # views averaged per member; tta_select keeps them only where they help
+    holdout_fraction: 0.5     # share of valset kept for the reported (honest) estimate
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from ffdi_tune.config import StrictModel, check_metric, format_validation_error, read_yaml
+from ffdi_tune.errors import ConfigError
+from ffdi_tune.tta import check_views
+
+__all__ = ["EnsembleRecipe", "CandidateFilter", "load_recipe"]
+
+
+class CandidateFilter(StrictModel):
+    """Which trials may join: only FINISHED runs with a checkpoint, having run at least min_epochs."""
+
+    min_epochs: int = Field(1, ge=1)
+    include_stopped: bool = True  # trials ASHA stopped early (FINISHED, ffdi.stopped_early=true)
+
+
+class EnsembleRecipe(StrictModel):
+    experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
+    top_k: int = Field(5, ge=1)
+    metric: str = "val_auc"
+    candidates: CandidateFilter = CandidateFilter()
+    combine: Literal["mean", "rank", "greedy"] = "mean"
+    tta: list[str] = ["identity", "hflip"]
+    tta_select: bool = True
+    holdout_fraction: float = Field(0.5, gt=0, lt=1)
+    seed: int = 0
+    output: str | None = None  # default runs/<first experiment>/submission.csv
+    batch_size: int = Field(64, ge=1)
+
+    _known_metric = field_validator("metric")(lambda v: check_metric(v))
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, v: list[str]) -> list[str]:
+        return check_views(v)
+
+
+def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:
+    """Load and validate an ensemble recipe; errors are one-line ConfigErrors naming file and key."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys, but got {type(raw).__name__}")
+    try:
+        return EnsembleRecipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None
