@@ -23,7 +23,7 @@ from ffdi_tune.report import plot_roc
 from ffdi_tune.results import write_atomic
 from ffdi_tune.tracking import Tracker
 
-__all__ = ["EnsembleOutcome", "run_ensemble", "predict_run", "submission_text"]
+__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "predict_run", "submission_text"]
 
 
 @dataclass
@@ -42,7 +42,8 @@ def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
     return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False, float_format="%.6f")
 
 
-def _candidates(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list:
+def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list:
+    """The FINISHED trial runs of ``experiments`` that pass the recipe's filter (at least top_k)."""
     runs = tracker.trial_runs(experiments)
     keep = []
     for r in runs:
@@ -59,6 +60,23 @@ def _candidates(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]
     return keep
 
 
+def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: list[str], batch_size: int = 64,
+                     echo=print) -> list[MemberPredictions]:
+    """Every run's probabilities on val and test for identity plus each view of ``tta``."""
+    views = ["identity"] + [v for v in tta if v != "identity"]
+    candidates = []
+    with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
+        for r in runs:
+            path = tracker.download(r.info.run_id, "checkpoint/best.pt", Path(tmp) / r.info.run_id)
+            member = load_member(path, r.info.run_id)
+            val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
+            test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
+            label = f"{r.data.params.get('backbone', '?')} {r.info.run_name}"
+            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test))
+            echo(f"scored {label}")
+    return candidates
+
+
 def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracker, *,
                  data_root: str | None = None, out: str | Path | None = None, parent_run_id: str | None = None,
                  recipe_name: str = "ensemble", echo=print) -> EnsembleOutcome:
@@ -70,7 +88,7 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
     if not experiments:
         raise ConfigError(f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
                           "or list them under experiments:")
-    runs = _candidates(tracker, recipe, experiments)
+    runs = candidate_runs(tracker, recipe, experiments)
     if data_root is None:
         data_root = tracker.search_data_root(experiments[0])
         if data_root is None:
@@ -79,17 +97,7 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
     check_dataset(data)
     splits = DecodedSplits(data)
-    views = ["identity"] + [v for v in recipe.tta if v != "identity"]
-    candidates = []
-    with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
-        for r in runs:
-            path = tracker.download(r.info.run_id, "checkpoint/best.pt", Path(tmp) / r.info.run_id)
-            member = load_member(path, r.info.run_id)
-            val = predict_views(member, splits.images("val", member.img_size), views, recipe.batch_size)
-            test = predict_views(member, splits.images("test", member.img_size), views, recipe.batch_size)
-            label = f"{r.data.params.get('backbone', '?')} {r.info.run_name}"
-            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test))
-            echo(f"scored {label}")
+    candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo)
     result = build_ensemble(candidates, splits.split("val").targets, recipe)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)

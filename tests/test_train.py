@@ -70,3 +70,23 @@ def test_resume_continues_after_saved_epoch(tiny_data, tmp_path):
     _, reports = run(s.model_copy(update={"epochs": 2}), tiny_data, resume_from=saved)
     assert [m["epoch"] for m, _, _ in reports] == [2]
     assert reports[0][2]["step"] == 2 * (48 // 8)
+
+
+def test_member_loads_from_best_checkpoint_and_rejects_garbage(tiny_data, tmp_path):
+    from ffdi_tune.errors import DataError
+    from ffdi_tune.predict import DecodedSplits, load_member, predict_views
+
+    s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=1)
+    _, reports = run(s, tiny_data)
+    torch.save(reports[-1][1], tmp_path / "best.pt")
+    member = load_member(tmp_path / "best.pt", "m", torch.device("cpu"))
+    splits = DecodedSplits(DataConfig(root=str(tiny_data)))
+    probs = predict_views(member, splits.images("val", member.img_size), ["identity", "hflip", "rot90"], 16)
+    assert probs.shape == (3, 24) and ((0 <= probs) & (probs <= 1)).all()
+    # the identity view reproduces the checkpoint's own val AUC
+    from ffdi_tune.metrics import binary_metrics
+    assert binary_metrics(splits.split("val").targets, probs[0])["val_auc"] == pytest.approx(
+        reports[-1][1]["metrics"]["val_auc"])
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="can't be loaded"):
+        load_member(tmp_path / "bad.pt", "bad")
