@@ -190,6 +190,7 @@ class SearchSettings(StrictModel):
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
     metric: str = "val_auc"
+    tpe_startup_trials: int = Field(10, ge=1)  # random trials before TPE models the space (Optuna's default)
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import ray
 import torch
@@ -195,8 +196,9 @@ def _make_tuner(cfg: SearchConfig, trainable, callback: MlflowTrials, storage_pa
             reduction_factor=cfg.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
+    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials)
     searcher = OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric,
-                            mode=cfg.search.mode, seed=cfg.search.seed)
+                            mode=cfg.search.mode, sampler=sampler)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
