@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +26,8 @@ from torchvision.transforms import v2
 
 from ffdi_tune.errors import did_you_mean
 
-__all__ = ["AUGMENT_SETS", "build_augment", "check_augment_name", "check_augment_sets", "augment_names"]
+__all__ = ["AUGMENT_SETS", "BATCH_SETS", "BatchFlips", "build_augment", "batch_augment", "check_augment_name",
+           "check_augment_sets", "augment_names"]
 
 _TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
 
@@ -72,6 +74,55 @@ AUGMENT_SETS: dict[str, Callable[[int], list[torch.nn.Module]]] = {
     "augmix": lambda s: [v2.AugMix(), v2.RandomHorizontalFlip()],
     "jpeg": lambda s: [_p(v2.JPEG(quality=(30, 95)), 0.5), v2.RandomHorizontalFlip()],
 }
+
+
+@dataclass(frozen=True)
+class BatchFlips:
+    """Random flips drawn per image, applied to a whole uint8 batch (``B x C x H x W``).
+
+    The loader can apply them for free while it gathers a batch on the CPU (numpy views), or
+    :meth:`__call__` applies them on the device; both draw the same distribution as the per-image
+    ``RandomHorizontalFlip`` / ``RandomVerticalFlip``.
+    """
+
+    hflip: float = 0.0
+    vflip: float = 0.0
+
+    def then(self, other: BatchFlips) -> BatchFlips:
+        """Both sets in a row: an image ends flipped when exactly one of them flipped it."""
+        odd = lambda p, q: p + q - 2 * p * q  # noqa: E731
+        return BatchFlips(odd(self.hflip, other.hflip), odd(self.vflip, other.vflip))
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(2, n, generator=generator)
+        return u[0] < self.hflip, u[1] < self.vflip
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        h, v = (m.to(batch.device).view(-1, 1, 1, 1) for m in self.draw(len(batch), generator))
+        if self.hflip:
+            batch = torch.where(h, batch.flip(-1), batch)
+        if self.vflip:
+            batch = torch.where(v, batch.flip(-2), batch)
+        return batch
+
+
+# Sets with a batched form: no per-image Python in the training loop.
+BATCH_SETS: dict[str, BatchFlips] = {
+    "none": BatchFlips(),
+    "hflip": BatchFlips(hflip=0.5),
+    "flips": BatchFlips(hflip=0.5, vflip=0.5),
+}
+
+
+def batch_augment(name: str) -> BatchFlips | None:
+    """The batched form of set ``name`` (or ``a+b``), or None when it has none."""
+    parts = name.split("+")
+    if not all(p in BATCH_SETS for p in parts):
+        return None
+    out = BatchFlips()
+    for p in parts:
+        out = out.then(BATCH_SETS[p])
+    return out
 
 
 class TimmAutoAugment(torch.nn.Module):

@@ -20,6 +20,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = {
         "data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
         "search.max_concurrent": args.max_concurrent, "train.epochs": args.epochs,
+        "data.cache": False if args.no_cache else None,
     }
     cfg = load_search_config(args.space, overrides)
     recipe = None
@@ -28,6 +29,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
+    from ffdi_tune.cache import cache_size_mb
+    from ffdi_tune.data import cache_dir_of
     from ffdi_tune.results import format_table
     from ffdi_tune.search import run_search
     from ffdi_tune.tracking import resolve_tracking
@@ -59,6 +62,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if submission:
         print(f"submission:     {submission}")
     print(f"ray results:    {outcome.storage_path}")
+    cache = cache_dir_of(outcome.data)
+    if cache is not None:
+        print(f"decode cache:   {cache} ({cache_size_mb(cache):.0f} MB on this node; --no-cache turns it off)")
     print(f"mlflow:         {uri} (experiment {cfg.name}, parent run {outcome.parent_run_id})")
     print(f"open the UI:    {ui}   then browse http://127.0.0.1:5000")
     return 0
@@ -146,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://host:10001")
     run.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
     run.add_argument("--no-ensemble", action="store_true", help="skip the final ensemble stage")
+    run.add_argument("--no-cache", action="store_true", help="decode images in every trial (data.cache: false)")
     run.set_defaults(func=_cmd_run)
 
     ens = sub.add_parser("ensemble", help="build a top-k TTA ensemble and submission from finished searches")

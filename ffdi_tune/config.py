@@ -183,6 +183,8 @@ class DataConfig(StrictModel):
     test_list: str | None = None
     demo: DemoSpec | None = None
     num_workers: int = Field(0, ge=0)
+    cache: bool = True  # decode each split once per node and size, into cache_dir
+    cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
 
 
 class SearchSettings(StrictModel):

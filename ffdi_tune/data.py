@@ -3,8 +3,9 @@
 The small interface the rest of the code uses:
 
 - :func:`read_split` -> :class:`Split` (image names, paths, targets) for ``train``/``val``/``test``;
-- :func:`load_images` -> uint8 ``N x 3 x S x S`` tensor, every image decoded and resized once;
-- :func:`train_loader` / :func:`eval_loader` -> batches of uint8 images and targets;
+- :func:`load_images` -> uint8 ``N x 3 x S x S`` tensor, every image decoded and resized once
+  (through the per-node decode-once cache of :mod:`ffdi_tune.cache` when one is given);
+- :func:`train_batches` / :func:`eval_loader` -> batches of uint8 images (and targets);
 - :func:`to_model_input` -> float, normalised, on the device (normalisation happens there, as in
   timm's PrefetchLoader, so the loader moves 4x fewer bytes).
 
@@ -25,6 +26,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from ffdi_tune.cache import cached_array, default_cache_dir
 from ffdi_tune.config import DataConfig
 from ffdi_tune.errors import DataError
 
@@ -35,7 +37,8 @@ __all__ = [
     "check_dataset",
     "ensure_dataset",
     "load_images",
-    "train_loader",
+    "cache_dir_of",
+    "train_batches",
     "eval_loader",
     "to_model_input",
 ]
@@ -174,17 +177,36 @@ def _decode(path: Path, img_size: int) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file") from None
 
 
-def load_images(split: Split, img_size: int, threads: int | None = None) -> torch.Tensor:
-    """Decode and resize every image of ``split`` once: uint8 tensor ``N x 3 x S x S``."""
-    threads = threads or max(1, min(8, torch.get_num_threads(), os.cpu_count() or 1))
-    out = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
-
+def _decode_into(paths: tuple[Path, ...], img_size: int, out: np.ndarray, threads: int) -> None:
     def work(i: int) -> None:
-        out[i] = _decode(split.paths[i], img_size)
+        out[i] = _decode(paths[i], img_size)
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, range(len(split))))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        list(pool.map(work, range(len(paths))))
+
+
+def cache_dir_of(cfg: DataConfig) -> Path | None:
+    """Where decoded arrays are cached for ``cfg`` (None when data.cache is off)."""
+    if not cfg.cache:
+        return None
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+
+
+def load_images(split: Split, img_size: int, threads: int | None = None,
+                cache_dir: Path | None = None) -> torch.Tensor:
+    """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``.
+
+    With ``cache_dir`` the pixels come from (or go into) the decode-once cache there; the tensor is
+    then a view of a memory-mapped file, so a large split does not have to fit in memory.
+    """
+    threads = threads or max(1, min(8, torch.get_num_threads(), os.cpu_count() or 1))
+    if cache_dir is not None:
+        arr, _ = cached_array(split.paths, img_size,
+                              lambda out: _decode_into(split.paths, img_size, out, threads), cache_dir)
+    else:
+        arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
+        _decode_into(split.paths, img_size, arr, threads)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
 class _AugmentedImages(Dataset):
@@ -198,15 +220,44 @@ class _AugmentedImages(Dataset):
         return self.transform(self.images[i]), self.targets[i]
 
 
-def train_loader(images: torch.Tensor, targets: np.ndarray, transform, batch_size: int,
-                 seed: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches of augmented uint8 images; the last short batch is dropped (MixUp needs pairs)."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        _AugmentedImages(images, targets, transform), batch_size=min(batch_size, len(images)),
-        shuffle=True, drop_last=True, generator=gen, num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
+def _gather(images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
+    """Copy images ``idx`` into a new NCHW batch, flipping on the way (numpy views: no extra pass)."""
+    nhwc = images.permute(0, 2, 3, 1).numpy()  # the decoded (often memory-mapped) array itself
+    out = np.empty((len(idx), 3, nhwc.shape[1], nhwc.shape[2]), dtype=np.uint8)
+    for j, (i, h, v) in enumerate(zip(idx.tolist(), hflip.tolist(), vflip.tolist())):
+        src = nhwc[i]
+        if v:
+            src = src[::-1]
+        if h:
+            src = src[:, ::-1]
+        out[j] = src.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def train_batches(images: torch.Tensor, targets: np.ndarray, batch_size: int, generator: torch.Generator,
+                  sample_transform=None, flips=None, num_workers: int = 0, pin_memory: bool = False):
+    """One epoch of shuffled uint8 batches ``(images, targets)``; the last short batch is dropped.
+
+    ``flips`` (a :class:`~ffdi_tune.augment.BatchFlips`) are applied while the batch is gathered.
+    A per-image ``sample_transform`` runs in ``num_workers`` DataLoader processes when asked, else
+    inline. With neither, a batch is one gather from the decoded array (augment it on the device).
+    """
+    y = torch.tensor(targets)
+    batch_size = min(batch_size, len(images))
+    if sample_transform is not None and num_workers > 0:
+        yield from DataLoader(
+            _AugmentedImages(images, targets, sample_transform), batch_size=batch_size, shuffle=True,
+            drop_last=True, generator=generator, num_workers=num_workers, pin_memory=pin_memory)
+        return
+    order = torch.randperm(len(images), generator=generator)
+    no_flip = torch.zeros(batch_size, dtype=torch.bool)
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        idx = order[start : start + batch_size]
+        h, v = flips.draw(batch_size, generator) if flips is not None else (no_flip, no_flip)
+        batch = _gather(images, idx, h, v)
+        if sample_transform is not None:
+            batch = torch.stack([sample_transform(img) for img in batch])
+        yield (batch.pin_memory() if pin_memory else batch), y[idx]
 
 
 def eval_loader(images: torch.Tensor, batch_size: int):
@@ -218,6 +269,7 @@ def eval_loader(images: torch.Tensor, batch_size: int):
 def to_model_input(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
                    channels_last: bool = False) -> torch.Tensor:
     """uint8 ``B x 3 x H x W`` -> normalised float on ``device``."""
-    x = batch.to(device, non_blocking=True).float().div_(255.0)
-    x = x.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+    # (x / 255 - mean) / std as two in-place passes over the batch
+    x = batch.to(device, non_blocking=True).float()
+    x = x.sub_((mean * 255).view(1, 3, 1, 1)).mul_((1 / (std * 255)).view(1, 3, 1, 1))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

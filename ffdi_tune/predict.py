@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import Split, eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.data import Split, cache_dir_of, eval_loader, load_images, read_split, to_model_input
 from ffdi_tune.errors import DataError
 from ffdi_tune.tta import apply_view
 
@@ -72,7 +72,7 @@ class DecodedSplits:
     def images(self, name: str, img_size: int) -> torch.Tensor:
         key = (name, img_size)
         if key not in self._images:
-            self._images[key] = load_images(self.split(name), img_size)
+            self._images[key] = load_images(self.split(name), img_size, cache_dir=cache_dir_of(self.data))
         return self._images[key]
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import build_augment
+from ffdi_tune.augment import batch_augment, build_augment
 from ffdi_tune.config import METRIC_MODES, DataConfig, TrainSettings
-from ffdi_tune.data import eval_loader, load_images, read_split, to_model_input, train_loader
+from ffdi_tune.data import cache_dir_of, eval_loader, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.metrics import binary_metrics
 from ffdi_tune.models import create_model
 
@@ -124,11 +124,16 @@ def train_trial(
     mixup = _make_mixup(s)
 
     train_split, val_split = read_split(data, "train"), read_split(data, "val")
-    train_images = load_images(train_split, s.img_size)
-    val_images = load_images(val_split, s.img_size)
-    loader = train_loader(train_images, train_split.targets, build_augment(s.augment, s.img_size, augment_sets),
-                          s.batch_size, seed=s.seed, num_workers=data.num_workers,
-                          pin_memory=device.type == "cuda")
+    cache_dir = cache_dir_of(data)
+    train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
+    val_images = load_images(val_split, s.img_size, cache_dir=cache_dir)
+    # A set with a batched form augments whole batches: while gathering on a CPU, on the device on a
+    # GPU. Other sets go image by image.
+    batched = batch_augment(s.augment) if s.augment not in (augment_sets or {}) else None
+    per_image = None if batched is not None else build_augment(s.augment, s.img_size, augment_sets)
+    on_device = batched if batched is not None and device.type != "cpu" else None
+    in_loader = batched if batched is not None and device.type == "cpu" else None
+    generator = torch.Generator()
 
     start_epoch, best_value, best_metrics, step = 1, None, {}, 0
     best_state: dict[str, Any] | None = None
@@ -146,12 +151,15 @@ def train_trial(
     first_batch_s = None
     for epoch in range(start_epoch, s.epochs + 1):
         torch.manual_seed(s.seed * 1000 + epoch)
-        loader.generator.manual_seed(s.seed * 1000 + epoch)
+        generator.manual_seed(s.seed * 1000 + epoch)
         model.train()
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         total_loss, seen = 0.0, 0
-        for batch, target in loader:
+        for batch, target in train_batches(train_images, train_split.targets, s.batch_size, generator, per_image,
+                                           in_loader, data.num_workers, pin_memory=device.type == "cuda"):
+            if on_device is not None:
+                batch = on_device(batch.to(device, non_blocking=True))
             x = to_model_input(batch, mean, std, device, channels_last)
             y = target.to(device, non_blocking=True)
             if mixup is not None:

@@ -22,7 +22,8 @@ TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rot180": lambda x: x.rot90(2, (-2, -1)),
     "rot270": lambda x: x.rot90(3, (-2, -1)),
     "transpose": lambda x: x.transpose(-2, -1),
-}
+    "antitranspose": lambda x: x.rot90(2, (-2, -1)).transpose(-2, -1),
+}  # the eight symmetries of the square
 
 
 def check_views(views: list[str]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,15 @@ from ffdi_tune.demo_data import write_demo_dataset
 REPO = Path(__file__).resolve().parents[1]
 # Keep every test (and the Ray workers it starts) to the machine's two cores, one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache():
+    """The decode-once cache of every test (and of the Ray workers they start) stays out of ~/.cache."""
+    folder = tempfile.mkdtemp(prefix="ffdi-test-cache-")
+    os.environ["FFDI_TUNE_CACHE"] = folder
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,45 @@ def test_user_defined_set(image):
 def test_unknown_set_lists_valid_names():
     with pytest.raises(ValueError, match="valid sets are .*flips"):
         build_augment("flipz", 48)
+
+
+@pytest.mark.parametrize("name", ["hflip", "flips", "flips+hflip"])
+def test_batched_sets_flip_each_image_independently(name, image):
+    from ffdi_tune.augment import batch_augment
+
+    torch.manual_seed(0)
+    batch = image.unsqueeze(0).repeat(400, 1, 1, 1)
+    out = batch_augment(name)(batch)
+    check_flip_mix(name, out, image)
+
+
+@pytest.mark.parametrize("name", ["hflip", "flips"])
+def test_loader_applies_batched_flips_while_gathering(name, image):
+    from ffdi_tune.augment import batch_augment
+    from ffdi_tune.data import train_batches
+
+    images = image.unsqueeze(0).repeat(400, 1, 1, 1)
+    batches = list(train_batches(images, torch.zeros(400, dtype=torch.long).numpy(), 400,
+                                 torch.Generator().manual_seed(0), flips=batch_augment(name)))
+    check_flip_mix(name, batches[0][0], image)
+
+
+def check_flip_mix(name, out, image):
+    """Each image is the original or one of its flips, drawn independently with the set's odds."""
+    assert out.shape == (400, *image.shape) and out.dtype == torch.uint8
+
+    def share(img):
+        return float((out == img).flatten(1).all(1).float().mean())
+
+    unchanged, h, v, hv = share(image), share(image.flip(-1)), share(image.flip(-2)), share(image.flip(-1).flip(-2))
+    if name == "hflip":
+        assert 0.4 < h < 0.6 and h + unchanged == pytest.approx(1)
+    else:  # each of the four outcomes about 1/4
+        assert all(0.15 < x < 0.35 for x in (unchanged, h, v, hv)) and unchanged + h + v + hv == pytest.approx(1)
+
+
+def test_sets_without_batched_form_fall_back():
+    from ffdi_tune.augment import batch_augment
+
+    assert batch_augment("randaugment") is None and batch_augment("flips+jpeg") is None
+    assert batch_augment("none") is not None

@@ -1,0 +1,77 @@
+"""Decode-once cache: each split's images, resized, as one uint8 array on local disk per node.
+
+The first trial that needs a split at a given ``img_size`` decodes every image once and writes
+``<key>.npy`` (N x S x S x 3, uint8) under the cache folder; every later trial and epoch on that
+node maps the file instead of decoding JPEGs. The key hashes the file list, each file's size and
+mtime, the size and the resize policy, so a changed dataset gets a new entry. Concurrent trials
+take a file lock, and the array is written under a temporary name and renamed when complete, so a
+half-written cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+__all__ = ["default_cache_dir", "cache_key", "cached_array", "cache_size_mb", "RESIZE_POLICY"]
+
+# Bump when decoding or resizing changes, so old entries are not reused.
+RESIZE_POLICY = "full-frame-bilinear-draft-v1"
+
+
+def default_cache_dir() -> Path:
+    """``$FFDI_TUNE_CACHE``, else ``$XDG_CACHE_HOME/ffdi-tune``, else ``~/.cache/ffdi-tune``."""
+    if os.environ.get("FFDI_TUNE_CACHE"):
+        return Path(os.environ["FFDI_TUNE_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ffdi-tune"
+
+
+def cache_key(paths: tuple[Path, ...], img_size: int) -> str:
+    """Hash of what the decoded array depends on: files (path, size, mtime), size and policy."""
+    h = hashlib.sha256(f"{RESIZE_POLICY}|{img_size}|{len(paths)}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir: Path) -> tuple[np.ndarray, bool]:
+    """The uint8 array of ``paths`` at ``img_size``, building it once with ``decode_into(out)``.
+
+    Returns ``(array, built)``: a copy-on-write memory map of the cache file, and whether this call
+    decoded it. ``decode_into`` fills an ``N x S x S x 3`` uint8 array in place.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(paths, img_size)
+    final = cache_dir / f"{key}.npy"
+    built = False
+    if not final.exists():
+        with FileLock(str(cache_dir / f"{key}.lock")):
+            if not final.exists():  # another process may have built it while we waited
+                tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npy"
+                try:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                                    shape=(len(paths), img_size, img_size, 3))
+                    decode_into(out)
+                    out.flush()
+                    del out
+                    (cache_dir / f"{key}.json").write_text(json.dumps(
+                        {"images": len(paths), "img_size": img_size, "policy": RESIZE_POLICY,
+                         "first": str(paths[0]) if paths else ""}))
+                    os.replace(tmp, final)
+                    built = True
+                finally:
+                    if tmp.exists():
+                        tmp.unlink()
+    return np.load(final, mmap_mode="c"), built
+
+
+def cache_size_mb(cache_dir: Path) -> float:
+    """Megabytes the finished cache entries in ``cache_dir`` take on disk."""
+    return sum(p.stat().st_size for p in Path(cache_dir).glob("*.npy")) / 1e6 if Path(cache_dir).is_dir() else 0.0
