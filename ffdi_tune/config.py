@@ -148,6 +148,7 @@ class TrainSettings(StrictModel):
     drop_rate: float = Field(0.0, ge=0, lt=1)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: Union[bool, Literal["auto"]] = "auto"
+    compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -165,11 +165,20 @@ def ensure_dataset(cfg: DataConfig) -> None:
                        seed=d.seed, difficulty=d.difficulty)
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: grayscale, palette, CMYK, alpha, and 16/32-bit (scaled, not clipped)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
+        return Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
 def _decode(path: Path, img_size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
-            rgb = im.convert("RGB")
+            rgb = _to_rgb(im)
             if rgb.size != (img_size, img_size):
                 rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
             return np.asarray(rgb, dtype=np.uint8)

@@ -111,7 +111,8 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
                   "top_k": recipe.top_k, "metric": recipe.metric, "tta": ",".join(recipe.tta),
                   "tta_select": recipe.tta_select, "holdout_fraction": recipe.holdout_fraction,
                   "seed": recipe.seed, "members": ",".join(result.members),
-                  "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members)}
+                  "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
+                  "member_views": ",".join("+".join(result.views[m]) for m in result.members)}
         exp_id = tracker.experiment_id(experiments[0], create=False)
         run_id = tracker.ensemble_run(exp_id, f"ensemble-{recipe.combine}", parent_run_id, params,
                                       result.metrics, [sub, members_csv, roc])

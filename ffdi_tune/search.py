@@ -267,19 +267,25 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         raise SearchError(f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume")
     data = _prepare_data(cfg, echo)
 
-    uri, artifacts = resolve_tracking(cfg.tracking)
-    tracker = Tracker(uri, artifacts)
-    experiment_id = tracker.experiment_id(cfg.name)
-    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root)
-
     started_ray = not ray.is_initialized()
     if started_ray:
+        # Ray notes on every start that token authentication (its default) is on; that is not news.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address=address or cfg.address, include_dashboard=False, configure_logging=True,
                  logging_level="WARNING")
+    try:
+        resources = _trial_resources(cfg)  # before anything is written to the tracking store
+        uri, artifacts = resolve_tracking(cfg.tracking)
+        tracker = Tracker(uri, artifacts)
+        experiment_id = tracker.experiment_id(cfg.name)
+        resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     status = "FAILED"
     try:
-        resources = _trial_resources(cfg)
         fixed = cfg.train.model_dump()
         trainable = tune.with_resources(
             tune.with_parameters(

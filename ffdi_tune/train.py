@@ -81,6 +81,23 @@ def _make_mixup(s: TrainSettings):
     )
 
 
+def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, amp_dtype) -> float:
+    """One optimiser step on a normalised batch; returns the batch loss."""
+    if mixup is not None:
+        x, y_soft = mixup(x, y)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(x)
+    if mixup is not None:
+        loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    else:
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
 def train_trial(
     settings: TrainSettings,
     data: DataConfig,
@@ -112,6 +129,8 @@ def train_trial(
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device)
     std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device)
     amp_dtype = _amp_dtype(s.amp, device)
+    # The compiled module shares the model's parameters; checkpoints keep the plain state dict.
+    step_model = torch.compile(model) if s.compile else model
 
     from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
@@ -161,23 +180,12 @@ def train_trial(
             if on_device is not None:
                 batch = on_device(batch.to(device, non_blocking=True))
             x = to_model_input(batch, mean, std, device, channels_last)
-            y = target.to(device, non_blocking=True)
-            if mixup is not None:
-                x, y_soft = mixup(x, y)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x)
-                if mixup is not None:
-                    loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-                else:
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = _train_step(step_model, optimizer, scaler, x, target.to(device, non_blocking=True), mixup,
+                               s.label_smoothing, amp_dtype)
             step += 1
             if ema is not None:
                 ema.update(model, step=step)
-            total_loss += float(loss.detach()) * len(batch)
+            total_loss += loss * len(batch)
             seen += len(batch)
             if first_batch_s is None:
                 first_batch_s = time.perf_counter() - started_at

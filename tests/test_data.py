@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import check_dataset, load_images, read_split
@@ -122,3 +123,19 @@ def test_grayscale_and_png_images_load(data):
     x = load_images(s, 32)
     assert x.shape == (len(s), 3, 32, 32)
     assert (x[0, 0] == x[0, 1]).all()
+
+
+def test_cmyk_and_16_bit_images_load_as_rgb(data):
+    import numpy as np
+    from PIL import Image
+
+    s = read_split(DataConfig(root=str(data)), "train")
+    reference = load_images(s, 32)
+    Image.open(s.paths[0]).convert("CMYK").save(s.paths[0], "JPEG", quality=100)
+    gray = np.asarray(Image.open(s.paths[1]).convert("L"), dtype=np.uint16) * 257  # 16-bit, same picture
+    Image.fromarray(gray).save(s.paths[1], "PNG")
+    x = load_images(s, 32)
+    assert x.dtype == torch.uint8 and x.shape == reference.shape
+    assert (x[0].int() - reference[0].int()).abs().float().mean() < 12  # CMYK round trip stays close
+    expected = torch.from_numpy((gray / 257).round().astype(np.uint8))
+    assert (x[1, 0].int() - expected.int()).abs().max() <= 1 and torch.equal(x[1, 0], x[1, 2])

@@ -112,6 +112,7 @@ def test_run_ends_with_ensemble(finished_search):
     assert ens[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert {"holdout_auc", "select_auc", "holdout_tpr_at_fpr_0.001", "best_member_holdout_auc"} <= set(ens[0].data.metrics)
     assert len(ens[0].data.params["members"].split(",")) == 3 and ens[0].data.params["combine"] == "mean"
+    assert all(v in ("identity", "identity+hflip") for v in ens[0].data.params["member_views"].split(","))
     assert {"submission.csv", "members.csv", "roc.png"} <= {a.path for a in client.list_artifacts(ens[0].info.run_id)}
     members = pd.read_csv(client.download_artifacts(ens[0].info.run_id, "members.csv", str(finished_search)))
     assert len(members) == 5 and members["weight"].sum() == pytest.approx(2.0)  # 3 x 1/3 + ensemble row
@@ -321,3 +322,13 @@ def test_ctrl_c_then_resume_finishes_the_search(tmp_path):
         assert sorted(set(steps)) == [1, 2, 3, 4]
     df = pd.read_csv(tmp_path / "runs" / "interrupted" / "trials.csv")
     assert len(df) == 4 and set(df["status"]) == {"FINISHED"}
+
+
+def test_resources_beyond_the_cluster_write_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(FAILING.replace("name: diverges", "name: greedy")
+                                         + "resources: {cpu: 64, gpu: 0}\n")
+    assert main(["run", "space.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: resources: a trial asks for 64 CPU, but the Ray cluster has") and "\n" not in err
+    assert not (tmp_path / "runs" / "mlflow.db").exists() and not (tmp_path / "runs" / "greedy").exists()

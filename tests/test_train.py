@@ -90,3 +90,13 @@ def test_member_loads_from_best_checkpoint_and_rejects_garbage(tiny_data, tmp_pa
     (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DataError, match="can't be loaded"):
         load_member(tmp_path / "bad.pt", "bad")
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_plain_one(tiny_data):
+    """torch.compile (inductor on CPU here) gives the same training within float tolerance."""
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1, augment="none")
+    plain, _ = run(s, tiny_data)
+    compiled, _ = run(s.model_copy(update={"compile": True}), tiny_data)
+    assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
+    assert compiled["val_auc"] == pytest.approx(plain["val_auc"], abs=0.05)
