@@ -98,6 +98,11 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
             shutil.rmtree(resume_dir, ignore_errors=True)
 
 
+def _progress(trial, fixed: dict) -> tuple[int, int]:
+    """(epochs run, epochs planned) of a Tune trial; fewer run than planned means ASHA stopped it."""
+    return int((trial.last_result or {}).get("epoch", 0)), trial_settings(fixed, trial.config).epochs
+
+
 class MlflowTrials(tune.Callback):
     """Mirror trials into MLflow child runs from the driver (picklable: Tune saves it for resume)."""
 
@@ -122,8 +127,7 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
-        epochs_run = int((trial.last_result or {}).get("epoch", 0))
-        planned = trial_settings(self.fixed, trial.config).epochs
+        epochs_run, planned = _progress(trial, self.fixed)
         self.tracker.set_tags(run_id, {"ffdi.stopped_early": str(epochs_run < planned).lower(),
                                        "ffdi.epochs_run": str(epochs_run)})
         if trial.checkpoint is not None:
@@ -159,7 +163,10 @@ def _trial_resources(cfg: SearchConfig) -> dict[str, float]:
 
 
 def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) -> list[TrialRow]:
+    """One row per trial of a finished (or interrupted) Tune run."""
     rows = []
+    # ResultGrid keeps its results in the order of its analysis' trials; the Trial objects carry
+    # the ids and statuses that the Results lack.
     for trial, result in zip(grid._experiment_analysis.trials, grid):
         history = result.metrics_dataframe
         best = math.nan
@@ -167,14 +174,13 @@ def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) ->
             series = history[metric].dropna()
             if len(series):
                 best = float(series.max() if mode == "max" else series.min())
-        settings = trial_settings(fixed, trial.config)
-        epochs_run = int((trial.last_result or {}).get("epoch", 0))
+        epochs_run, planned = _progress(trial, fixed)
         if result.error:
             status = "FAILED"
         elif trial.status not in ("TERMINATED", "ERROR"):
             status = "INTERRUPTED"  # pending, running or paused when the driver stopped
         else:
-            status = "STOPPED" if epochs_run < settings.epochs else "FINISHED"
+            status = "STOPPED" if epochs_run < planned else "FINISHED"
         rows.append(TrialRow(
             trial_id=trial.trial_id, run_id=run_ids.get(trial.trial_id, ""), status=status,
             best=best, epochs_run=epochs_run, params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},

@@ -30,8 +30,3 @@ def tiny_data(tmp_path_factory) -> Path:
     """48 train, 24 val, 8 test portraits at 32 px."""
     root = tmp_path_factory.mktemp("data") / "ffdi"
     return write_demo_dataset(root, n_train=48, n_val=24, n_test=8, size=32, seed=3, difficulty=0.2)
-
-
-def write_yaml(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path

@@ -166,3 +166,26 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert resolve_tracking(TrackingConfig()) == ("http://127.0.0.1:5999", None)
     uri, _ = resolve_tracking(TrackingConfig(uri="sqlite:///other/db.sqlite"))
     assert uri == f"sqlite:///{tmp_path}/other/db.sqlite"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "ensembles").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    from ffdi_tune.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    assert recipe.top_k >= 1 and recipe.combine in ("mean", "rank", "greedy") and "identity" in recipe.tta
+
+
+def test_recipe_errors_name_file_and_key(tmp_path):
+    from ffdi_tune.recipe import load_recipe
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("top_k: 0\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: top_k: .*greater than or equal to 1"):
+        load_recipe(bad)
+    bad.write_text("combine: average\n")
+    with pytest.raises(ConfigError, match=r"combine: .*'mean', 'rank' or 'greedy'"):
+        load_recipe(bad)
+    bad.write_text("holdout: 0.3\n")
+    with pytest.raises(ConfigError, match="unknown key 'holdout'.*holdout_fraction"):
+        load_recipe(bad)
