@@ -35,6 +35,7 @@ __all__ = [
     "Split",
     "read_split",
     "check_dataset",
+    "require_both_classes",
     "ensure_dataset",
     "load_images",
     "cache_dir_of",
@@ -141,16 +142,22 @@ def check_dataset(cfg: DataConfig) -> dict[str, dict[str, int]]:
     for split in SPLITS:
         s = read_split(cfg, split)
         if s.targets is not None:
-            n_fake = int(s.targets.sum())
-            if n_fake in (0, len(s)):
-                raise DataError(
-                    f"split {split} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC is "
-                    "undefined; include both real (0) and fake (1) images"
-                )
+            n_fake = require_both_classes(s)
             summary[split] = {"images": len(s), "fake": n_fake, "real": len(s) - n_fake}
         else:
             summary[split] = {"images": len(s)}
     return summary
+
+
+def require_both_classes(split: Split) -> int:
+    """Raise DataError unless a labelled split holds real and fake images; return the fake count."""
+    n_fake = int(split.targets.sum())
+    if n_fake in (0, len(split)):
+        raise DataError(
+            f"split {split.name} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC is "
+            "undefined; include both real (0) and fake (1) images"
+        )
+    return n_fake
 
 
 def ensure_dataset(cfg: DataConfig) -> None:

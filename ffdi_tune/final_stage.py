@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import check_dataset
+from ffdi_tune.data import require_both_classes
 from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.predict import DecodedSplits, load_member, predict_views
@@ -95,8 +95,9 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
             raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
     data = DataConfig(root=data_root)
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
-    check_dataset(data)
-    splits = DecodedSplits(data)
+    splits = DecodedSplits(data)  # only val and test are read: trainset need not be on this machine
+    require_both_classes(splits.split("val"))
+    splits.split("test")
     candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo)
     result = build_ensemble(candidates, splits.split("val").targets, recipe)
     test = splits.split("test")

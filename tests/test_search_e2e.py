@@ -332,3 +332,18 @@ def test_resources_beyond_the_cluster_write_nothing(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: resources: a trial asks for 64 CPU, but the Ray cluster has") and "\n" not in err
     assert not (tmp_path / "runs" / "mlflow.db").exists() and not (tmp_path / "runs" / "greedy").exists()
+
+
+def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
+    """Another machine with the tracking store and only valset/testset can rebuild a submission."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(finished_search / "data" / "valset", data / "valset")
+    shutil.copytree(finished_search / "data" / "testset", data / "testset")
+    shutil.copy(finished_search / "data" / "valset_label.txt", data)
+    out = tmp_path / "sub.csv"
+    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "top3.yaml", "--experiment", "e2e",
+                           "--data", str(data), "--out", str(out)], cwd=finished_search, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_submission(out, data)
