@@ -18,7 +18,7 @@ from ffdi_tune.data import Split, cache_dir_of, eval_loader, load_images, read_s
 from ffdi_tune.errors import DataError
 from ffdi_tune.tta import apply_view
 
-__all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_device"]
+__all__ = ["Member", "load_member", "DecodedSplits", "view_probabilities", "predict_views", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -77,17 +77,29 @@ class DecodedSplits:
 
 
 @torch.no_grad()
-def predict_views(member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64) -> np.ndarray:
-    """Probability of fake for each view and image: array ``len(views) x len(images)``."""
-    device = member.mean.device
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+def view_probabilities(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                       views: list[str], batch_size: int = 64, amp_dtype: torch.dtype | None = None,
+                       channels_last: bool = False) -> np.ndarray:
+    """Probability of fake for each view and uint8 image: array ``len(views) x len(images)``.
+
+    Each batch is moved and normalised once; every view is a tensor op on it, on the device.
+    """
+    model.eval()
+    device = mean.device
     out = np.empty((len(views), len(images)), dtype=np.float64)
     start = 0
     for batch in eval_loader(images, batch_size):
-        x = to_model_input(batch, member.mean, member.std, device, device.type == "cuda")
+        x = to_model_input(batch, mean, std, device, channels_last)
         for v, view in enumerate(views):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = member.model(apply_view(view, x))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(apply_view(view, x))
             out[v, start : start + len(batch)] = logits.float().softmax(1)[:, 1].cpu().numpy()
         start += len(batch)
     return out
+
+
+def predict_views(member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64) -> np.ndarray:
+    """A member's probabilities for each view (bf16 autocast on a GPU that has it)."""
+    cuda = member.mean.device.type == "cuda"
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    return view_probabilities(member.model, images, member.mean, member.std, views, batch_size, amp, cuda)

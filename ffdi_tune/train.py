@@ -23,11 +23,12 @@ import torch.nn.functional as F
 
 from ffdi_tune.augment import batch_augment, build_augment
 from ffdi_tune.config import METRIC_MODES, DataConfig, TrainSettings
-from ffdi_tune.data import cache_dir_of, eval_loader, load_images, read_split, to_model_input, train_batches
+from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.metrics import binary_metrics
 from ffdi_tune.models import create_model
+from ffdi_tune.predict import view_probabilities
 
-__all__ = ["train_trial", "predict_proba", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -52,21 +53,6 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-@torch.no_grad()
-def predict_proba(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                  device: torch.device, batch_size: int = 128, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> np.ndarray:
-    """Probability of fake for every uint8 image, in order."""
-    model.eval()
-    out = []
-    for batch in eval_loader(images, batch_size):
-        x = to_model_input(batch, mean, std, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-        out.append(logits.float().softmax(dim=1)[:, 1].cpu())
-    return torch.cat(out).numpy()
 
 
 def _make_mixup(s: TrainSettings):
@@ -198,7 +184,8 @@ def train_trial(
             raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
 
         eval_model = ema.module if ema is not None else model
-        prob = predict_proba(eval_model, val_images, mean, std, device, s.batch_size * 2, amp_dtype, channels_last)
+        prob = view_probabilities(eval_model, val_images, mean, std, ["identity"], s.batch_size * 2, amp_dtype,
+                                  channels_last)[0]
         if not np.isfinite(prob).all():
             raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
         metrics = binary_metrics(val_split.targets, prob)

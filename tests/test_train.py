@@ -8,7 +8,8 @@ import torch
 
 from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data import load_images, read_split
-from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, LAST_FILE, predict_proba, train_trial
+from ffdi_tune.predict import view_probabilities
+from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, LAST_FILE, train_trial
 
 
 def run(settings, data, resume_from=None):
@@ -53,8 +54,8 @@ def test_best_checkpoint_reproduces_reported_auc(tiny_data):
     model = timm.create_model(ckpt["backbone"], num_classes=2)
     model.load_state_dict(ckpt["state_dict"])
     val = read_split(DataConfig(root=str(tiny_data)), "val")
-    prob = predict_proba(model, load_images(val, 32), torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]),
-                         torch.device("cpu"))
+    prob = view_probabilities(model, load_images(val, 32), torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]),
+                              ["identity"])[0]
     assert binary_metrics(val.targets, prob)["val_auc"] == pytest.approx(best["val_auc"])
 
 
