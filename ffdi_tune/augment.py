@@ -125,6 +125,36 @@ def batch_augment(name: str) -> BatchFlips | None:
     return out
 
 
+def _posterize_zero_ok(img, bits_to_keep, **kwargs):
+    """timm's posterize, keeping its meaning for 0 bits (a black image) under Pillow >= 12.
+
+    At high magnitudes (e.g. ``rand-m9-mstd0.5-inc1`` drawing 10) timm asks to keep 0 bits; older
+    Pillow returned black, current Pillow raises ValueError, which would crash a trial at random.
+    """
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def _patch_posterize(transform) -> None:
+    """Point every posterize op inside a timm auto-augment transform at :func:`_posterize_zero_ok`."""
+    from timm.data.auto_augment import posterize
+
+    stack = [transform]
+    while stack:
+        obj = stack.pop()
+        if getattr(obj, "aug_fn", None) is posterize:
+            obj.aug_fn = _posterize_zero_ok
+        for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
+            if isinstance(value, (list, tuple)):
+                stack.extend(value)
+        if isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+
+
 class TimmAutoAugment(torch.nn.Module):
     """timm's auto-augment strings (PIL-only ops) applied to a uint8 tensor."""
 
@@ -143,6 +173,7 @@ class TimmAutoAugment(torch.nn.Module):
             self.transform = augment_and_mix_transform(config_str, hparams)
         else:
             self.transform = auto_augment_transform(config_str, hparams)
+        _patch_posterize(self.transform)
         self.config_str = config_str
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from ffdi_tune.augment import AUGMENT_SETS, build_augment
 from ffdi_tune.config import DataConfig
@@ -82,3 +84,20 @@ def test_sets_without_batched_form_fall_back():
 
     assert batch_augment("randaugment") is None and batch_augment("flips+jpeg") is None
     assert batch_augment("none") is not None
+
+
+def test_timm_posterize_at_full_magnitude_does_not_crash(image):
+    """rand-...-inc1 at magnitude 10 keeps 0 bits: black, as timm meant, not Pillow's ValueError."""
+    import random
+
+    from ffdi_tune.augment import TimmAutoAugment
+
+    t = TimmAutoAugment("rand-m10-n1-inc1", 48)
+    posterize_op = next(op for op in t.transform.ops if op.name == "PosterizeIncreasing")
+    posterize_op.prob = 1.0
+    black = posterize_op(v2.functional.to_pil_image(image))
+    assert not np.asarray(black).any()
+    random.seed(0)
+    for _ in range(300):  # every op at magnitude 10, posterize among them
+        out = t(image)
+        assert out.shape == image.shape
