@@ -39,7 +39,7 @@ def main() -> None:
     views = args.tta.split(",")
     recipes = {c: EnsembleRecipe(top_k=args.top_k, combine=c, tta=views) for c in ("mean", "rank", "greedy")}
     runs = candidate_runs(tracker, recipes["mean"], [args.experiment])
-    root = args.data or tracker.search_data_root(args.experiment) or "runs/demo-data"
+    root = args.data or tracker.search_tags(args.experiment).get("ffdi.data_root") or "runs/demo-data"
     splits = DecodedSplits(DataConfig(root=root))
     candidates = score_candidates(tracker, runs, splits, views, echo=lambda *_: None)
     targets = splits.split("val").targets

@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 from ffdi_tune.errors import did_you_mean
 
-__all__ = ["AUGMENT_SETS", "BATCH_SETS", "BatchFlips", "build_augment", "batch_augment", "check_augment_name",
+__all__ = ["AUGMENT_SETS", "AugmentParams", "BATCH_SETS", "BatchFlips", "build_augment", "batch_augment", "check_augment_name",
            "check_augment_sets", "augment_names"]
 
 _TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
@@ -36,31 +36,39 @@ def _p(t: torch.nn.Module, p: float) -> torch.nn.Module:
     return v2.RandomApply([t], p=p)
 
 
-# name -> factory(img_size) -> transforms applied in order to a uint8 CHW tensor.
-AUGMENT_SETS: dict[str, Callable[[int], list[torch.nn.Module]]] = {
-    "none": lambda s: [],
-    "hflip": lambda s: [v2.RandomHorizontalFlip()],
-    "flips": lambda s: [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()],
-    "crop": lambda s: [v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True)],
-    "rotate": lambda s: [v2.RandomRotation(15)],
-    "affine": lambda s: [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)],
-    "perspective": lambda s: [v2.RandomPerspective(distortion_scale=0.2, p=0.5)],
-    "geometric": lambda s: [
+@dataclass(frozen=True)
+class AugmentParams:
+    """Searchable strengths of the parametrised sets (the trial's ``jpeg_quality`` and ``jpeg_p``)."""
+
+    jpeg_quality: tuple[int, int] = (30, 95)  # JPEG quality range, both ends included
+    jpeg_p: float = 0.5  # share of images the jpeg set re-compresses
+
+
+# name -> factory(img_size, params) -> transforms applied in order to a uint8 CHW tensor.
+AUGMENT_SETS: dict[str, Callable[[int, AugmentParams], list[torch.nn.Module]]] = {
+    "none": lambda s, a: [],
+    "hflip": lambda s, a: [v2.RandomHorizontalFlip()],
+    "flips": lambda s, a: [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()],
+    "crop": lambda s, a: [v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True)],
+    "rotate": lambda s, a: [v2.RandomRotation(15)],
+    "affine": lambda s, a: [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)],
+    "perspective": lambda s, a: [v2.RandomPerspective(distortion_scale=0.2, p=0.5)],
+    "geometric": lambda s, a: [
         v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         _p(v2.RandomAffine(degrees=10, translate=(0.05, 0.05), shear=5), 0.5),
         v2.RandomPerspective(distortion_scale=0.15, p=0.3),
     ],
-    "color": lambda s: [_p(v2.ColorJitter(0.3, 0.3, 0.3, 0.03), 0.8), v2.RandomHorizontalFlip()],
-    "grayscale": lambda s: [v2.RandomGrayscale(p=0.2)],
-    "blur": lambda s: [_p(v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.3)],
-    "invert": lambda s: [v2.RandomInvert(p=0.2)],
-    "posterize": lambda s: [v2.RandomPosterize(bits=4, p=0.2)],
-    "solarize": lambda s: [v2.RandomSolarize(threshold=192, p=0.2)],
-    "sharpness": lambda s: [v2.RandomAdjustSharpness(sharpness_factor=2, p=0.3)],
-    "equalize": lambda s: [v2.RandomEqualize(p=0.2)],
-    "autocontrast": lambda s: [v2.RandomAutocontrast(p=0.3)],
-    "photometric": lambda s: [
+    "color": lambda s, a: [_p(v2.ColorJitter(0.3, 0.3, 0.3, 0.03), 0.8), v2.RandomHorizontalFlip()],
+    "grayscale": lambda s, a: [v2.RandomGrayscale(p=0.2)],
+    "blur": lambda s, a: [_p(v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.3)],
+    "invert": lambda s, a: [v2.RandomInvert(p=0.2)],
+    "posterize": lambda s, a: [v2.RandomPosterize(bits=4, p=0.2)],
+    "solarize": lambda s, a: [v2.RandomSolarize(threshold=192, p=0.2)],
+    "sharpness": lambda s, a: [v2.RandomAdjustSharpness(sharpness_factor=2, p=0.3)],
+    "equalize": lambda s, a: [v2.RandomEqualize(p=0.2)],
+    "autocontrast": lambda s, a: [v2.RandomAutocontrast(p=0.3)],
+    "photometric": lambda s, a: [
         _p(v2.ColorJitter(0.3, 0.3, 0.3, 0.03), 0.8),
         v2.RandomGrayscale(p=0.1),
         _p(v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.2),
@@ -68,11 +76,11 @@ AUGMENT_SETS: dict[str, Callable[[int], list[torch.nn.Module]]] = {
         v2.RandomAutocontrast(p=0.2),
         v2.RandomHorizontalFlip(),
     ],
-    "autoaugment": lambda s: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), v2.RandomHorizontalFlip()],
-    "randaugment": lambda s: [v2.RandAugment(num_ops=2, magnitude=9), v2.RandomHorizontalFlip()],
-    "trivialaugment": lambda s: [v2.TrivialAugmentWide(), v2.RandomHorizontalFlip()],
-    "augmix": lambda s: [v2.AugMix(), v2.RandomHorizontalFlip()],
-    "jpeg": lambda s: [_p(v2.JPEG(quality=(30, 95)), 0.5), v2.RandomHorizontalFlip()],
+    "autoaugment": lambda s, a: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), v2.RandomHorizontalFlip()],
+    "randaugment": lambda s, a: [v2.RandAugment(num_ops=2, magnitude=9), v2.RandomHorizontalFlip()],
+    "trivialaugment": lambda s, a: [v2.TrivialAugmentWide(), v2.RandomHorizontalFlip()],
+    "augmix": lambda s, a: [v2.AugMix(), v2.RandomHorizontalFlip()],
+    "jpeg": lambda s, a: [_p(v2.JPEG(quality=a.jpeg_quality), a.jpeg_p), v2.RandomHorizontalFlip()],
 }
 
 
@@ -184,7 +192,8 @@ class TimmAutoAugment(torch.nn.Module):
         return repr(self.config_str)
 
 
-def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[dict]]) -> list[torch.nn.Module]:
+def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[dict]],
+               params: AugmentParams = AugmentParams()) -> list[torch.nn.Module]:
     spec = dict(spec)
     name = spec.pop("name", None)
     if not isinstance(name, str):
@@ -193,7 +202,7 @@ def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[di
     if name in AUGMENT_SETS or _TIMM_AA.match(name):
         if spec:
             raise ValueError(f"set {name!r} takes no arguments, but got {sorted(spec)}")
-        out = build_augment(name, img_size, user_sets).transforms
+        out = build_augment(name, img_size, user_sets, params=params).transforms
     else:
         cls = getattr(v2, name, None)
         if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
@@ -247,8 +256,11 @@ def check_augment_sets(user_sets: dict[str, list[dict]], img_size: int) -> None:
             raise ValueError(f"augment_sets.{name}: {exc}") from None
 
 
-def build_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None) -> v2.Compose:
+def build_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None, *,
+                  params: AugmentParams = AugmentParams()) -> v2.Compose:
     """The train-time transform of a named set, for uint8 CHW tensors of side ``img_size``.
+
+    ``params`` sets the strengths of the parametrised sets (``jpeg``), also inside user sets.
 
     >>> t = build_augment("flips+jpeg", 64)
     >>> t(torch.zeros(3, 64, 64, dtype=torch.uint8)).shape
@@ -259,11 +271,11 @@ def build_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | N
     ops: list[torch.nn.Module] = []
     for part in name.split("+"):
         if part in AUGMENT_SETS:
-            ops.extend(AUGMENT_SETS[part](img_size))
+            ops.extend(AUGMENT_SETS[part](img_size, params))
         elif part in user_sets:
             rest = {k: v for k, v in user_sets.items() if k != part}
             for spec in user_sets[part]:
-                ops.extend(_from_spec(spec, img_size, rest))
+                ops.extend(_from_spec(spec, img_size, rest, params))
         else:
             ops.append(TimmAutoAugment(part, img_size))
     return v2.Compose(ops or [v2.Identity()])

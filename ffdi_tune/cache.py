@@ -3,7 +3,8 @@
 The first trial that needs a split at a given ``img_size`` decodes every image once and writes
 ``<key>.npy`` (N x S x S x 3, uint8) under the cache folder; every later trial and epoch on that
 node maps the file instead of decoding JPEGs. The key hashes the file list, each file's size and
-mtime, the size and the resize policy, so a changed dataset gets a new entry. Concurrent trials
+mtime, the size, the resize policy and a ``variant`` (the recipe of a perturbed copy, see
+:mod:`ffdi_tune.perturb`), so a changed dataset or recipe gets a new entry. Concurrent trials
 take a file lock, and the array is written under a temporary name and renamed when complete, so a
 half-written cache is never read.
 """
@@ -32,23 +33,27 @@ def default_cache_dir() -> Path:
     return base / "ffdi-tune"
 
 
-def cache_key(paths: tuple[Path, ...], img_size: int) -> str:
-    """Hash of what the decoded array depends on: files (path, size, mtime), size and policy."""
-    h = hashlib.sha256(f"{RESIZE_POLICY}|{img_size}|{len(paths)}".encode())
+def cache_key(paths: tuple[Path, ...], img_size: int, variant: str = "") -> str:
+    """Hash of what the decoded array depends on: files (path, size, mtime), size, policy, variant."""
+    # The plain decode keeps the key it always had, so existing entries stay valid.
+    extra = f"|{variant}" if variant else ""
+    h = hashlib.sha256(f"{RESIZE_POLICY}|{img_size}|{len(paths)}{extra}".encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
-def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir: Path) -> tuple[np.ndarray, bool]:
+def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir: Path,
+                 variant: str = "") -> tuple[np.ndarray, bool]:
     """The uint8 array of ``paths`` at ``img_size``, building it once with ``decode_into(out)``.
 
     Returns ``(array, built)``: a copy-on-write memory map of the cache file, and whether this call
-    decoded it. ``decode_into`` fills an ``N x S x S x 3`` uint8 array in place.
+    decoded it. ``decode_into`` fills an ``N x S x S x 3`` uint8 array in place; ``variant`` names
+    anything else its pixels depend on (e.g. a perturbation recipe).
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(paths, img_size)
+    key = cache_key(paths, img_size, variant)
     final = cache_dir / f"{key}.npy"
     built = False
     if not final.exists():
@@ -63,7 +68,7 @@ def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir:
                     del out
                     (cache_dir / f"{key}.json").write_text(json.dumps(
                         {"images": len(paths), "img_size": img_size, "policy": RESIZE_POLICY,
-                         "first": str(paths[0]) if paths else ""}))
+                         "variant": variant, "first": str(paths[0]) if paths else ""}))
                     os.replace(tmp, final)
                     built = True
                 finally:

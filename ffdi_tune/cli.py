@@ -47,7 +47,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} trial(s) failed: the tag ffdi.error of their MLflow runs says why")
     submission = None
-    if recipe is not None:
+    if recipe is not None and outcome.tracking_pending:
+        print("ensemble stage skipped: it reads the trials from MLflow, which is unreachable; run "
+              f"ffdi-tune sync {cfg.name}, then ffdi-tune ensemble {cfg.ensemble} --experiment {cfg.name}")
+    elif recipe is not None:
         from ffdi_tune.final_stage import run_ensemble
         from ffdi_tune.tracking import Tracker
 
@@ -89,7 +92,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     ens = run_ensemble(recipe, args.experiment or recipe.experiments, Tracker(*resolve_tracking()),
-                       data_root=args.data, out=args.out, recipe_name=args.recipe)
+                       data_root=args.data, out=args.out, recipe_name=args.recipe,
+                       allow_changed_data=args.allow_changed_data)
     _print_ensemble(ens)
     return 0
 
@@ -114,8 +118,21 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     from ffdi_tune.demo_data import write_demo_dataset
 
     root = write_demo_dataset(args.dir, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                              size=args.size, seed=args.seed, difficulty=args.difficulty)
+                              size=args.size, seed=args.seed, difficulty=args.difficulty,
+                              unseen_forgery=args.unseen_forgery)
     print(f"wrote {args.n_train} train, {args.n_val} val, {args.n_test} test images to {root}")
+    if args.unseen_forgery:
+        print(f"forgery kind {args.unseen_forgery} is in testset only; test labels in {root / 'testset_label.txt'}")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from ffdi_tune.spool import SPOOL_DIR
+    from ffdi_tune.tracking import replay_spool
+
+    folder = Path(args.storage).expanduser().resolve() / args.name / SPOOL_DIR
+    n = replay_spool(folder)
+    print(f"search {args.name}: " + (f"{n} kept tracking write(s) replayed" if n else "nothing to sync"))
     return 0
 
 
@@ -160,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--experiment", action="append", help="search to pool trials from (repeatable)")
     ens.add_argument("--data", help="data root (default: the one recorded on the first search)")
     ens.add_argument("--out", help="submission CSV path (default runs/<experiment>/submission.csv)")
+    ens.add_argument("--allow-changed-data", action="store_true",
+                     help="score valset/testset even if they changed since the search ran")
     ens.set_defaults(func=_cmd_ensemble)
 
     pred = sub.add_parser("predict", help="score the test images with one trial's best checkpoint")
@@ -180,7 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=d.size, help="image side in pixels")
     demo.add_argument("--seed", type=int, default=d.seed)
     demo.add_argument("--difficulty", type=float, default=d.difficulty, help="0 (obvious traces) .. 1 (faint)")
+    demo.add_argument("--unseen-forgery", metavar="KIND",
+                      help="keep this forgery kind out of trainset and valset; every test fake carries it")
     demo.set_defaults(func=_cmd_demo_data)
+
+    sync = sub.add_parser("sync", help="replay tracking writes kept while the MLflow server was unreachable")
+    sync.add_argument("name", help="search name")
+    sync.add_argument("--storage", default="runs", help="the search's search.storage folder (default runs)")
+    sync.set_defaults(func=_cmd_sync)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
     ui.add_argument("--port", type=int, default=5000)

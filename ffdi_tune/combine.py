@@ -48,19 +48,24 @@ def greedy_select(probs: np.ndarray, targets: np.ndarray, max_rounds: int = 50) 
 
     Each round adds the member (possibly again) whose addition gives the highest AUC of the mean;
     it stops when no addition raises the AUC. Ties go to the lower index (better-ranked member).
+    ``probs`` is ``members x images``, or ``valsets x members x images`` (e.g. clean and perturbed
+    copies of the same images): the AUC is then the lowest over the valsets, so a member is added
+    only when the ensemble's worst case improves.
     """
-    counts = np.zeros(len(probs), dtype=np.int64)
-    total = np.zeros(probs.shape[1])
+    sets = probs[None] if probs.ndim == 2 else probs
+    counts = np.zeros(sets.shape[1], dtype=np.int64)
+    total = np.zeros((len(sets), sets.shape[2]))
     best_auc = -np.inf
     for _ in range(max_rounds):
         k = counts.sum() + 1
-        aucs = [roc_auc_score(targets, (total + p) / k) for p in probs]
+        aucs = [min(roc_auc_score(targets, (total[v] + sets[v, m]) / k) for v in range(len(sets)))
+                for m in range(sets.shape[1])]
         j = int(np.argmax(aucs))
         if aucs[j] <= best_auc:
             break
         best_auc = aucs[j]
         counts[j] += 1
-        total += probs[j]
+        total += sets[:, j]
     return counts
 
 

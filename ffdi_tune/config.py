@@ -16,15 +16,18 @@ augmentation sets raise :class:`~ffdi_tune.errors.ConfigError` naming the file a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ffdi_tune.errors import ConfigError, did_you_mean
+from ffdi_tune.perturb import PerturbKinds, RobustValConfig
+from ffdi_tune.strict import StrictModel, range_validator
 
 __all__ = [
     "StrictModel",
@@ -36,8 +39,11 @@ __all__ = [
     "SchedulerConfig",
     "ResourcesConfig",
     "TrackingConfig",
+    "RobustValConfig",
+    "PerturbKinds",
     "SearchConfig",
     "METRIC_MODES",
+    "ROBUST_METRICS",
     "check_metric",
     "load_search_config",
     "parse_search_config",
@@ -49,7 +55,11 @@ METRIC_MODES: dict[str, str] = {
     "val_tpr_at_fpr_0.001": "max",
     "val_acc": "max",
     "val_loss": "min",
+    "val_robust_auc": "max",  # AUC on the perturbed copy of valset (see robust_val)
+    "val_worst_auc": "max",  # the lower of val_auc and val_robust_auc
 }
+# Metrics that need the perturbed valset.
+ROBUST_METRICS = ("val_robust_auc", "val_worst_auc")
 
 # Domain has a field named ``int``; annotations use this alias so they never see the field.
 _Int = int
@@ -62,25 +72,6 @@ def check_metric(v: str) -> str:
     if v not in METRIC_MODES:
         raise ValueError(f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; valid metrics are {', '.join(METRIC_MODES)}")
     return v
-
-
-class StrictModel(BaseModel):
-    """Base of every config section: frozen, unknown keys rejected with a did-you-mean."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            valid = list(cls.model_fields)
-            for key in data:
-                if key not in cls.model_fields:
-                    raise ValueError(
-                        f"unknown key {key!r}{did_you_mean(str(key), valid)}; "
-                        f"valid keys are {', '.join(valid)}"
-                    )
-        return data
 
 
 class Domain(StrictModel):
@@ -150,6 +141,23 @@ class TrainSettings(StrictModel):
     channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
     seed: int = 0
+    eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
+    input: Literal["rgb", "rgb+srm"] = "rgb"  # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
+    jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
+    jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
+
+    @field_validator("jpeg_quality", mode="before")
+    @classmethod
+    def _quality_from_label(cls, v: Any) -> Any:
+        # A searched choice of ranges reaches a trial as its JSON label (see space.suggest).
+        if isinstance(v, str) and v.strip().startswith("["):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                pass
+        return v
+
+    _quality_range = range_validator("jpeg_quality", 1, 100)
 
     @model_validator(mode="after")
     def _even_batch_for_mix(self) -> TrainSettings:
@@ -159,6 +167,11 @@ class TrainSettings(StrictModel):
                 f"but got {self.batch_size}"
             )
         return self
+
+    @property
+    def eval_size(self) -> int:
+        """The side validation and prediction feed the model (``eval_img_size`` or ``img_size``)."""
+        return self.eval_img_size or self.img_size
 
 
 class DemoSpec(StrictModel):
@@ -170,6 +183,14 @@ class DemoSpec(StrictModel):
     size: int = Field(64, ge=32, le=1024)
     seed: int = 0
     difficulty: float = Field(0.5, ge=0, le=1)
+    unseen_forgery: str | None = None  # a forgery kind kept out of train/val: every test fake carries it
+
+    @field_validator("unseen_forgery")
+    @classmethod
+    def _known_kind(cls, v: str | None) -> str | None:
+        from ffdi_tune.demo_data import check_forgery_kind
+
+        return None if v is None else check_forgery_kind(v)
 
 
 class DataConfig(StrictModel):
@@ -186,6 +207,11 @@ class DataConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     cache: bool = True  # decode each split once per node and size, into cache_dir
     cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
+    # What the pre-check does with image files that cannot be decoded (empty, truncated, not an
+    # image): stop with the list ("error"), or leave them out of trainset/valset ("skip").
+    on_bad_image: Literal["error", "skip"] = "error"
+    # Images left out per split ("train", "val"), by img_name; the pre-check adds skipped ones here.
+    exclude: dict[Literal["train", "val"], list[str]] = {}
 
 
 class SearchSettings(StrictModel):
@@ -241,12 +267,13 @@ class SearchConfig(StrictModel):
     data: DataConfig
     train: TrainSettings = TrainSettings()
     space: dict[str, Domain] = {}
-    per_backbone: dict[str, dict[str, Union[Domain, bool, int, float, str, None]]] = {}
+    per_backbone: dict[str, dict[str, Union[Domain, bool, int, float, str, list, None]]] = {}
     augment_sets: dict[str, list[dict[str, Any]]] = {}
     search: SearchSettings = SearchSettings()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    robust_val: RobustValConfig = RobustValConfig()
     ensemble: str | None = None
     address: str | None = None
 
@@ -287,6 +314,11 @@ class SearchConfig(StrictModel):
             )
         for augment in self.augment_names():
             check_augment_name(augment, self.augment_sets)
+        if self.search.metric in ROBUST_METRICS and not self.robust_val.enabled:
+            raise ValueError(
+                f"search.metric={self.search.metric} is scored on the perturbed valset, but "
+                "robust_val.enabled is false; set robust_val.enabled: true or use metric val_auc"
+            )
         if self.scheduler.max_epochs is not None and self.scheduler.max_epochs < self.max_epochs():
             raise ValueError(
                 f"scheduler.max_epochs={self.scheduler.max_epochs} is below the largest epochs "

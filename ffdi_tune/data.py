@@ -34,8 +34,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Split",
     "read_split",
-    "check_dataset",
-    "require_both_classes",
+    "scan_split",
+    "problems_message",
+    "single_class_problem",
     "ensure_dataset",
     "load_images",
     "cache_dir_of",
@@ -72,92 +73,104 @@ def _split_dirs(cfg: DataConfig, split: str) -> tuple[Path, Path | None]:
     raise ValueError(f"unknown split {split!r}; valid splits are {', '.join(SPLITS)}")
 
 
-def _safe_name(name: str, label_file: Path, row: int) -> str:
+def _safe_name(name: str) -> bool:
     p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or not name.strip():
-        raise DataError(
-            f"{label_file}: row {row}: img_name {name!r} is not a plain relative name (path traversal "
-            "is refused); list files inside the split folder only"
-        )
-    return name
+    return bool(name.strip()) and not p.is_absolute() and ".." not in p.parts
 
 
-def _read_labels(label_file: Path, with_target: bool) -> pd.DataFrame:
+def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd.DataFrame | None:
+    """The label table with only its good rows; every bad row (or the whole file) adds a problem."""
     if not label_file.is_file():
-        raise DataError(f"label file {label_file} is missing; write a CSV with header img_name,target")
+        problems.append(f"label file {label_file} is missing; write a CSV with header img_name,target")
+        return None
     try:
         df = pd.read_csv(label_file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{label_file} is not a readable CSV ({str(exc).splitlines()[0]}); "
-                        "write a CSV with header img_name,target") from None
+        problems.append(f"{label_file} is not a readable CSV ({str(exc).splitlines()[0]}); "
+                        "write a CSV with header img_name,target")
+        return None
     expected = ["img_name", "target"] if with_target else ["img_name"]
     if list(df.columns)[: len(expected)] != expected or (with_target and len(df.columns) != 2):
-        raise DataError(
+        problems.append(
             f"{label_file}: header is {','.join(map(str, df.columns))!r}, but {','.join(expected)} is needed; "
-            "fix the first line of the file"
-        )
-    dup = df["img_name"][df["img_name"].duplicated()]
-    if len(dup):
-        raise DataError(f"{label_file}: img_name {dup.iloc[0]!r} is listed more than once; keep one row per image")
+            "fix the first line of the file")
+        return None
+    good = np.ones(len(df), dtype=bool)
+    for i, name in enumerate(df["img_name"]):
+        if not _safe_name(name):
+            problems.append(f"{label_file}: row {i + 2}: img_name {name!r} is not a plain relative name (path "
+                            "traversal is refused); list files inside the split folder only")
+            good[i] = False
+    for i in np.flatnonzero(df["img_name"].duplicated().to_numpy()):
+        problems.append(f"{label_file}: row {i + 2}: img_name {df['img_name'].iloc[i]!r} is listed more than "
+                        "once; keep one row per image")
+        good[i] = False
     if with_target:
-        bad = ~df["target"].str.strip().isin(["0", "1"])
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise DataError(
-                f"{label_file}: row {row}: target {df['target'][bad].iloc[0]!r} is not 0 or 1; "
-                "use 1 for fake and 0 for real"
-            )
-    return df
+        for i in np.flatnonzero(~df["target"].str.strip().isin(["0", "1"]).to_numpy()):
+            problems.append(f"{label_file}: row {i + 2}: target {df['target'].iloc[i]!r} is not 0 or 1; "
+                            "use 1 for fake and 0 for real")
+            good[i] = False
+    return df[good]
 
 
-def read_split(cfg: DataConfig, split: str) -> Split:
-    """Read one split's file list (and labels) and check every listed image exists."""
+def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
+    """One split's good rows whose image files exist, and a line for every problem found.
+
+    Images listed in ``data.exclude`` are left out. The files are not decoded here (see
+    :mod:`ffdi_tune.data_check` for that).
+    """
     folder, label_file = _split_dirs(cfg, split)
+    problems: list[str] = []
     if not folder.is_dir():
-        raise DataError(f"split folder {folder} does not exist; check data.root and data.{split}_dir")
+        return None, [f"split folder {folder} does not exist; check data.root and data.{split}_dir"]
     if label_file is None:
         names = sorted(
             p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         targets = None
     else:
-        df = _read_labels(label_file, with_target=split != "test")
-        names = [_safe_name(n, label_file, i + 2) for i, n in enumerate(df["img_name"])]
+        df = _read_labels(label_file, split != "test", problems)
+        if df is None:
+            return None, problems
+        names = list(df["img_name"])
         targets = df["target"].str.strip().astype(np.int64).to_numpy() if split != "test" else None
-    if not names:
-        raise DataError(f"split {split} ({folder}) has no images; add image files or fix the paths")
-    paths = tuple(folder / n for n in names)
-    missing = [n for n, p in zip(names, paths) if not p.is_file()]
-    if missing:
-        raise DataError(
-            f"{label_file}: {len(missing)} listed image(s) are missing from {folder}, first {missing[0]!r}; "
-            "remove those rows or add the files"
-        )
-    return Split(split, tuple(names), paths, targets)
+    keep = [i for i, n in enumerate(names) if (folder / n).is_file()]
+    for i in sorted(set(range(len(names))) - set(keep)):
+        problems.append(f"{label_file}: image {names[i]!r} is missing from {folder}; remove its row or add the file")
+    excluded = set(cfg.exclude.get(split, ()))
+    keep = [i for i in keep if names[i] not in excluded]
+    names = [names[i] for i in keep]
+    if targets is not None:
+        targets = targets[keep]
+    if not names and not problems:
+        problems.append(f"split {split} ({folder}) has no images; add image files or fix the paths")
+    return Split(split, tuple(names), tuple(folder / n for n in names), targets), problems
 
 
-def check_dataset(cfg: DataConfig) -> dict[str, dict[str, int]]:
-    """Check the layout and labels of all splits; return image counts per split and class."""
-    summary: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        s = read_split(cfg, split)
-        if s.targets is not None:
-            n_fake = require_both_classes(s)
-            summary[split] = {"images": len(s), "fake": n_fake, "real": len(s) - n_fake}
-        else:
-            summary[split] = {"images": len(s)}
-    return summary
+def problems_message(problems: list[str], shown: int = 5) -> str:
+    """One line for a list of data problems: all of them when few, else the first ``shown`` and a count."""
+    if len(problems) == 1:
+        return problems[0]
+    head = " | ".join(problems[:shown])
+    more = f" | and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f"{len(problems)} problems in the dataset: {head}{more}"
 
 
-def require_both_classes(split: Split) -> int:
-    """Raise DataError unless a labelled split holds real and fake images; return the fake count."""
+def read_split(cfg: DataConfig, split: str) -> Split:
+    """Read one split's file list (and labels) and check every listed image exists."""
+    s, problems = scan_split(cfg, split)
+    if problems:
+        raise DataError(problems_message(problems))
+    return s
+
+
+def single_class_problem(split: Split) -> str | None:
+    """Why ROC AUC cannot be computed on a labelled split (only one class in it), or None."""
     n_fake = int(split.targets.sum())
     if n_fake in (0, len(split)):
-        raise DataError(
-            f"split {split.name} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC is "
-            "undefined; include both real (0) and fake (1) images"
-        )
-    return n_fake
+        return (f"split {split.name} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC is "
+                "undefined; include both real (0) and fake (1) images")
+    return None
 
 
 def ensure_dataset(cfg: DataConfig) -> None:
@@ -169,7 +182,7 @@ def ensure_dataset(cfg: DataConfig) -> None:
 
     d = cfg.demo
     write_demo_dataset(root, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, size=d.size,
-                       seed=d.seed, difficulty=d.difficulty)
+                       seed=d.seed, difficulty=d.difficulty, unseen_forgery=d.unseen_forgery)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -181,11 +194,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(path: Path, img_size: int) -> np.ndarray:
+def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
+            if perturb is None:  # a perturbation works on the file's own pixels: no draft then
+                im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
             rgb = _to_rgb(im)
+            if perturb is not None:
+                rgb = perturb(rgb, name)
             if rgb.size != (img_size, img_size):
                 rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
             return np.asarray(rgb, dtype=np.uint8)
@@ -193,9 +209,10 @@ def _decode(path: Path, img_size: int) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file") from None
 
 
-def _decode_into(paths: tuple[Path, ...], img_size: int, out: np.ndarray, threads: int) -> None:
+def _decode_into(paths: tuple[Path, ...], img_size: int, out: np.ndarray, threads: int,
+                 perturb=None, names: tuple[str, ...] = ()) -> None:
     def work(i: int) -> None:
-        out[i] = _decode(paths[i], img_size)
+        out[i] = _decode(paths[i], img_size, perturb, names[i] if names else "")
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(len(paths))))
@@ -209,19 +226,24 @@ def cache_dir_of(cfg: DataConfig) -> Path | None:
 
 
 def load_images(split: Split, img_size: int, threads: int | None = None,
-                cache_dir: Path | None = None) -> torch.Tensor:
+                cache_dir: Path | None = None, perturb=None) -> torch.Tensor:
     """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``.
 
     With ``cache_dir`` the pixels come from (or go into) the decode-once cache there; the tensor is
     then a view of a memory-mapped file, so a large split does not have to fit in memory.
+    ``perturb`` (a :class:`~ffdi_tune.perturb.Perturber`) alters each decoded image, by its name,
+    before the resize; its recipe is part of the cache key.
     """
     threads = threads or max(1, min(8, torch.get_num_threads(), os.cpu_count() or 1))
+
+    def decode(out: np.ndarray) -> None:
+        _decode_into(split.paths, img_size, out, threads, perturb, split.names)
+
     if cache_dir is not None:
-        arr, _ = cached_array(split.paths, img_size,
-                              lambda out: _decode_into(split.paths, img_size, out, threads), cache_dir)
+        arr, _ = cached_array(split.paths, img_size, decode, cache_dir, perturb.key if perturb else "")
     else:
         arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
-        _decode_into(split.paths, img_size, arr, threads)
+        decode(arr)
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 

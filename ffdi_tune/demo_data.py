@@ -14,6 +14,12 @@ trace confined to the face region, one of :data:`FORGERY_KINDS`:
 Reals carry global versions of some of these (whole-image blur, JPEG, colour casts), so only the
 *local* inconsistency tells the classes apart. ``difficulty`` (0..1) scales trace strength down;
 each fake also draws its own strength, so a few are almost invisible and AUC stays below 1.
+
+``unseen_forgery`` simulates a distribution shift: that kind is kept out of trainset and valset,
+and every fake of testset carries it, so test AUC measures how well a detector (and the way it
+was selected) generalises to a forgery it never saw. ``testset_label.txt`` (always written, never
+read by training: the test split is a folder listing) and ``demo_manifest.csv`` (each image's
+split, target and kind) are there for that evaluation.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ffdi_tune.errors import DataError
+from ffdi_tune.errors import DataError, did_you_mean
 
-__all__ = ["FORGERY_KINDS", "render_portrait", "write_demo_dataset"]
+__all__ = ["FORGERY_KINDS", "MANIFEST", "check_forgery_kind", "render_portrait", "write_demo_dataset"]
 
 FORGERY_KINDS = ("blend", "checkerboard", "smooth", "double_jpeg", "noise")
+MANIFEST = "demo_manifest.csv"  # img_name,split,target,kind of every image (kind empty for reals)
 
 _SKIN = np.array([[255, 224, 196], [241, 194, 157], [224, 172, 130], [198, 134, 94],
                   [161, 102, 68], [120, 75, 48], [88, 56, 38]], dtype=np.float32)
@@ -150,15 +157,34 @@ def _image_name(seed: int, split: str, i: int) -> str:
     return hashlib.sha1(f"{seed}/{split}/{i}".encode()).hexdigest()[:20] + ".jpg"
 
 
+def check_forgery_kind(kind: str) -> str:
+    """Return ``kind`` or raise ValueError naming the valid kinds."""
+    if kind not in FORGERY_KINDS:
+        raise ValueError(f"unknown forgery kind {kind!r}{did_you_mean(kind, FORGERY_KINDS)}; "
+                         f"valid kinds are {', '.join(FORGERY_KINDS)}")
+    return kind
+
+
 def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, n_test: int = 200,
                        size: int = 64, seed: int = 0, difficulty: float = 0.5,
-                       kinds: tuple[str, ...] = FORGERY_KINDS) -> Path:
+                       kinds: tuple[str, ...] = FORGERY_KINDS, unseen_forgery: str | None = None) -> Path:
     """Write ``trainset/``, ``valset/``, ``testset/`` and label CSVs under ``root`` (atomically).
 
+    With ``unseen_forgery`` that kind appears in testset only (as every test fake's trace).
     The same arguments always give the same files, byte for byte.
     >>> write_demo_dataset("/tmp/demo", n_train=8, n_val=8, n_test=4)  # doctest: +SKIP
     """
     root = Path(root)
+    if unseen_forgery is not None:
+        try:
+            check_forgery_kind(unseen_forgery)
+        except ValueError as exc:
+            raise DataError(f"unseen forgery: {exc}") from None
+        if unseen_forgery not in kinds or len(kinds) < 2:
+            raise DataError(f"unseen forgery {unseen_forgery!r} must be one of at least two kinds drawn "
+                            f"({', '.join(kinds)}); pick one of them")
+    seen = tuple(k for k in kinds if k != unseen_forgery)
+    split_kinds = {"trainset": seen, "valset": seen, "testset": (unseen_forgery,) if unseen_forgery else kinds}
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{root} already exists and is not empty; pick a new folder or delete it")
     if not 0.0 <= difficulty <= 1.0:
@@ -169,6 +195,7 @@ def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, 
         raise DataError(f"size must be between 32 and 1024 pixels, but got {size}")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    manifest = []
     try:
         for split, n in (("trainset", n_train), ("valset", n_val), ("testset", n_test)):
             (tmp / split).mkdir()
@@ -177,19 +204,24 @@ def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, 
                 rng = np.random.default_rng([seed, {"trainset": 0, "valset": 1, "testset": 2}[split], i])
                 # Alternate classes so every split has both, in file order independent of n.
                 target = i % 2
-                kind = kinds[rng.integers(len(kinds))] if target else None
+                drawn = split_kinds[split]
+                kind = drawn[rng.integers(len(drawn))] if target else None
                 strength = _strength(rng, difficulty)
                 arr = render_portrait(rng, size, kind, strength)
                 name = _image_name(seed, split, i)
                 Image.fromarray(arr.astype(np.uint8)).save(
                     tmp / split / name, "JPEG", quality=int(rng.integers(82, 97)))
                 rows.append((name, target))
+                manifest.append((name, split, target, kind or ""))
             rows.sort()
             lines = "img_name,target\n" + "".join(f"{n},{t}\n" for n, t in rows)
             if split == "testset":
                 (tmp / "testset_label.txt").write_text(lines)  # kept for evaluation, never for training
             else:
                 (tmp / f"{split}_label.txt").write_text(lines)
+        manifest.sort()
+        (tmp / MANIFEST).write_text("img_name,split,target,kind\n" + "".join(",".join(map(str, r)) + "\n"
+                                                                          for r in manifest))
         if root.exists():
             root.rmdir()
         tmp.rename(root)

@@ -12,18 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+from pydantic import ValidationError
 
-from ffdi_tune.config import DataConfig
-from ffdi_tune.data import require_both_classes
+from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, format_validation_error
+from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
-from ffdi_tune.errors import ConfigError
+from ffdi_tune.errors import ConfigError, DataError
+from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import DecodedSplits, load_member, predict_views
 from ffdi_tune.recipe import EnsembleRecipe
 from ffdi_tune.report import plot_roc
 from ffdi_tune.results import write_atomic
-from ffdi_tune.tracking import Tracker
+from ffdi_tune.tracking import DATA_ROOT, Tracker
 
-__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "predict_run", "submission_text"]
+__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_robust_val", "predict_run",
+           "submission_text"]
 
 
 @dataclass
@@ -61,8 +65,11 @@ def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[s
 
 
 def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: list[str], batch_size: int = 64,
-                     echo=print) -> list[MemberPredictions]:
-    """Every run's probabilities on val and test for identity plus each view of ``tta``."""
+                     echo=print, perturb=None) -> list[MemberPredictions]:
+    """Every run's probabilities on val and test for identity plus each view of ``tta``.
+
+    With ``perturb`` (a :class:`~ffdi_tune.perturb.Perturber`), also on the perturbed copy of val.
+    """
     views = ["identity"] + [v for v in tta if v != "identity"]
     candidates = []
     with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
@@ -71,34 +78,71 @@ def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: l
             member = load_member(path, r.info.run_id)
             val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
             test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
+            robust = (predict_views(member, splits.images("val", member.img_size, perturb), views, batch_size)
+                      if perturb is not None else None)
             label = f"{r.data.params.get('backbone', '?')} {r.info.run_name}"
-            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test))
+            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test, robust))
             echo(f"scored {label}")
     return candidates
 
 
+def search_robust_val(tracker: Tracker, experiment: str) -> RobustValConfig:
+    """The perturbation recipe the search ``experiment`` scored with (the default when none is logged)."""
+    text = tracker.search_config_text(experiment)
+    raw = yaml.safe_load(text) if text else None
+    recorded = raw.get("robust_val") if isinstance(raw, dict) else None
+    try:
+        recipe = RobustValConfig.model_validate(recorded) if isinstance(recorded, dict) else RobustValConfig()
+    except ValidationError as exc:
+        raise ConfigError(f"search {experiment!r}: {format_validation_error('robust_val', exc)}; rank with "
+                          "metric val_auc, or rerun the search with a valid robust_val") from None
+    return recipe.model_copy(update={"enabled": True})
+
+
+def _same_data_as_searches(check: DataCheck, searches: dict[str, dict[str, str]]) -> None:
+    """Refuse val/test files that changed since a search at the same root fingerprinted them."""
+    here = Path(check.data.root).resolve()
+    for name, tags in searches.items():
+        if not tags.get(DATA_ROOT) or Path(tags[DATA_ROOT]).resolve() != here:
+            continue  # another root is scored on purpose
+        for split in ("val", "test"):
+            then, now = tags.get(f"ffdi.data_fingerprint.{split}"), check.fingerprints.get(split)
+            if then and now and then != now:
+                raise DataError(
+                    f"{split}set in {here} changed since search {name!r} ran (images added, removed, rewritten "
+                    f"or relabelled: fingerprint {then} then, {now} now); restore it, or pass "
+                    "--allow-changed-data to score the files as they are now")
+
+
 def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracker, *,
                  data_root: str | None = None, out: str | Path | None = None, parent_run_id: str | None = None,
-                 recipe_name: str = "ensemble", echo=print) -> EnsembleOutcome:
+                 recipe_name: str = "ensemble", allow_changed_data: bool = False, echo=print) -> EnsembleOutcome:
     """Score every qualifying trial on val and test, build the ensemble, write and log it.
 
     ``data_root`` defaults to the one recorded on the first search; ``out`` to the recipe's
-    ``output``, then ``runs/<first experiment>/submission.csv``.
+    ``output``, then ``runs/<first experiment>/submission.csv``. Val and test files that changed
+    since a search at the same root ran are refused unless ``allow_changed_data``.
     """
     if not experiments:
         raise ConfigError(f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
                           "or list them under experiments:")
     runs = candidate_runs(tracker, recipe, experiments)
+    searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
-        data_root = tracker.search_data_root(experiments[0])
+        data_root = searches[experiments[0]].get(DATA_ROOT)
         if data_root is None:
             raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
-    data = DataConfig(root=data_root)
+    # Only val and test are read: trainset need not be on this machine.
+    check = check_dataset(DataConfig(root=data_root, on_bad_image=searches[experiments[0]].get(
+        "ffdi.on_bad_image", "error")), splits=("val", "test"))
+    if not allow_changed_data:
+        _same_data_as_searches(check, searches)
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
-    splits = DecodedSplits(data)  # only val and test are read: trainset need not be on this machine
-    require_both_classes(splits.split("val"))
-    splits.split("test")
-    candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo)
+    splits = DecodedSplits(check.data)
+    # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
+    robust = search_robust_val(tracker, experiments[0]) if recipe.metric in ROBUST_METRICS else None
+    candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo,
+                                  Perturber(robust) if robust is not None else None)
     result = build_ensemble(candidates, splits.split("val").targets, recipe)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
@@ -114,6 +158,8 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
                   "seed": recipe.seed, "members": ",".join(result.members),
                   "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
                   "member_views": ",".join("+".join(result.views[m]) for m in result.members)}
+        if robust is not None:
+            params["robust_val"] = robust.model_dump_json()
         exp_id = tracker.experiment_id(experiments[0], create=False)
         run_id = tracker.ensemble_run(exp_id, f"ensemble-{recipe.combine}", parent_run_id, params,
                                       result.metrics, [sub, members_csv, roc])

@@ -12,7 +12,7 @@ import torch
 
 from ffdi_tune.errors import ConfigError, did_you_mean
 
-__all__ = ["check_backbone", "create_model", "check_pretrained"]
+__all__ = ["INPUT_MODES", "check_backbone", "create_model", "check_pretrained"]
 
 # Bounded waits so that an unreachable hub fails fast instead of hanging a trial.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
@@ -37,16 +37,38 @@ def check_backbone(name: str) -> None:
         )
 
 
-def create_model(backbone: str, pretrained: bool | str = False, drop_rate: float = 0.0) -> torch.nn.Module:
+def _srm_input(model: torch.nn.Module) -> torch.nn.Module:
+    from ffdi_tune.srm import SrmInput
+
+    return SrmInput(model)
+
+
+# What the model sees besides RGB: setting ``input`` -> wrapper around the timm backbone.
+INPUT_MODES = {
+    "rgb": lambda model: model,
+    "rgb+srm": _srm_input,  # SRM noise residuals through a learned 6->3 adapter (ffdi_tune.srm)
+}
+
+
+def create_model(backbone: str, pretrained: bool | str = False, drop_rate: float = 0.0,
+                 input_mode: str = "rgb") -> torch.nn.Module:
     """A timm classifier with two outputs (0 = real, 1 = fake).
 
     ``pretrained`` is False, True (timm's own source: hub or local cache) or the path of a weights
     file (``.pth``/``.pt``/``.bin``/``.safetensors``, loaded with ``weights_only`` semantics;
-    a 1000-class head is dropped and re-initialised).
+    a 1000-class head is dropped and re-initialised). ``input_mode`` is a key of
+    :data:`INPUT_MODES` (``rgb+srm`` puts :class:`~ffdi_tune.srm.SrmInput` in front).
 
     >>> create_model("resnet10t").num_classes
     2
     """
+    if input_mode not in INPUT_MODES:
+        raise ConfigError(f"input: unknown input mode {input_mode!r}{did_you_mean(input_mode, INPUT_MODES)}; "
+                          f"valid modes are {', '.join(INPUT_MODES)}")
+    return INPUT_MODES[input_mode](_timm_model(backbone, pretrained, drop_rate))
+
+
+def _timm_model(backbone: str, pretrained: bool | str, drop_rate: float) -> torch.nn.Module:
     import timm
 
     kwargs = {"num_classes": 2, "drop_rate": drop_rate}

@@ -31,20 +31,24 @@ class Member:
 
     name: str
     model: torch.nn.Module
-    img_size: int
+    img_size: int  # the side it is fed at (the trial's evaluation size)
     mean: torch.Tensor
     std: torch.Tensor
     checkpoint: dict[str, Any]
 
 
 def load_member(path: str | Path, name: str, device: torch.device | None = None) -> Member:
-    """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file)."""
-    import timm
+    """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file).
+
+    The model is rebuilt as the trial built it (backbone and ``input`` mode) and fed images at the
+    checkpoint's evaluation size (``eval_img_size`` when the trial set one, else ``img_size``).
+    """
+    from ffdi_tune.models import create_model
 
     device = device or default_device()
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = timm.create_model(ckpt["backbone"], num_classes=2)
+        model = create_model(ckpt["backbone"], input_mode=ckpt.get("input", "rgb"))
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
         raise DataError(f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
@@ -52,27 +56,30 @@ def load_member(path: str | Path, name: str, device: torch.device | None = None)
     model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return Member(name, model, int(ckpt["img_size"]), torch.tensor(ckpt["mean"], device=device),
+    img_size = int(ckpt.get("eval_img_size") or ckpt["img_size"])
+    return Member(name, model, img_size, torch.tensor(ckpt["mean"], device=device),
                   torch.tensor(ckpt["std"], device=device), ckpt)
 
 
 class DecodedSplits:
-    """Each split decoded once per image size, shared by every member that uses that size."""
+    """Each split decoded once per image size (and perturbation), shared by every member using it."""
 
     def __init__(self, data: DataConfig):
         self.data = data
         self.splits: dict[str, Split] = {}
-        self._images: dict[tuple[str, int], torch.Tensor] = {}
+        self._images: dict[tuple[str, int, str], torch.Tensor] = {}
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
             self.splits[name] = read_split(self.data, name)
         return self.splits[name]
 
-    def images(self, name: str, img_size: int) -> torch.Tensor:
-        key = (name, img_size)
+    def images(self, name: str, img_size: int, perturb=None) -> torch.Tensor:
+        """Split ``name`` at ``img_size``; with ``perturb`` (a Perturber), its perturbed copy."""
+        key = (name, img_size, perturb.key if perturb is not None else "")
         if key not in self._images:
-            self._images[key] = load_images(self.split(name), img_size, cache_dir=cache_dir_of(self.data))
+            self._images[key] = load_images(self.split(name), img_size, cache_dir=cache_dir_of(self.data),
+                                            perturb=perturb)
         return self._images[key]
 
 

@@ -3,7 +3,9 @@
 ::
 
     top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
-    metric: val_auc           # ranks candidates, on the selection half of valset
+    metric: val_auc           # ranks candidates, on the selection half of valset; val_robust_auc or
+                              # val_worst_auc rank (and choose views and greedy weights) on the
+                              # perturbed copy of valset, or on the lower of the two AUCs
     combine: mean             # mean | rank | greedy
     tta: [identity, hflip]    # views averaged per member; tta_select keeps them only where they help
     holdout_fraction: 0.5     # share of valset kept for the reported (honest) estimate
@@ -33,7 +35,7 @@ class CandidateFilter(StrictModel):
 class EnsembleRecipe(StrictModel):
     experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
     top_k: int = Field(5, ge=1)
-    metric: str = "val_auc"
+    metric: str = "val_auc"  # val_robust_auc / val_worst_auc: views, ranking and greedy on the perturbed valset
     candidates: CandidateFilter = CandidateFilter()
     combine: Literal["mean", "rank", "greedy"] = "mean"
     tta: list[str] = ["identity", "hflip"]

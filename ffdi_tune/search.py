@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -27,17 +28,22 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ffdi_tune.config import DataConfig, SearchConfig
-from ffdi_tune.data import check_dataset, ensure_dataset
+from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
+from ffdi_tune.data import ensure_dataset
+from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.models import check_pretrained
 from ffdi_tune.report import param_importance, plot_param_importance, plot_search_history
-from ffdi_tune.results import TrialRow, write_trials_csv
+from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
+from ffdi_tune.spool import SPOOL_DIR
 from ffdi_tune.tracking import Tracker, resolve_tracking
 from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, train_trial
 
-__all__ = ["SearchOutcome", "run_search", "search_dir"]
+__all__ = ["SearchOutcome", "run_search", "search_dir", "make_searcher", "ray_address", "check_cluster_paths",
+           "experiment_path"]
+
+NODE_ID_KEY = "node_id"  # in every reported result: the Ray node that ran the epoch
 
 # Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
 # Tune warns about it on every report, though a local snapshot costs milliseconds.
@@ -56,6 +62,7 @@ class SearchOutcome:
     trials_csv: Path
     wall_s: float
     data: DataConfig  # with the absolute root the trials used
+    tracking_pending: int = 0  # writes kept in the spool because the tracking store was unreachable
 
 
 def _is_uri(path: str) -> bool:
@@ -65,13 +72,14 @@ def _is_uri(path: str) -> bool:
 def search_dir(cfg: SearchConfig) -> tuple[str, Path]:
     """(Ray storage path, local output folder) of the search; the storage path may be a URI."""
     if _is_uri(cfg.search.storage):
-        return cfg.search.storage, Path("runs") / cfg.name
+        # Ray keeps its state in the bucket; the trials table and submission stay on this machine.
+        return cfg.search.storage, Path("runs").resolve() / cfg.name
     storage = Path(cfg.search.storage.removeprefix("file://")).expanduser().resolve()
     return str(storage), storage / cfg.name
 
 
 def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, augment_sets: dict,
-               cpus: float, use_gpu: bool) -> None:
+               cpus: float, use_gpu: bool, robust_val: dict | None = None) -> None:
     """One Ray Tune trial. Runs in a (possibly reused) worker process."""
     started = time.perf_counter()
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
@@ -81,8 +89,11 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
         torch.cuda.empty_cache()
     settings = trial_settings(fixed, config)
 
+    # Which node ran each epoch: on a cluster the driver tags the trial's MLflow run with it.
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, float], folder: Path) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        tune.report({**metrics, NODE_ID_KEY: node_id}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     checkpoint = tune.get_checkpoint()
@@ -92,7 +103,8 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
         checkpoint.to_directory(str(resume_dir))
     try:
         train_trial(settings, DataConfig.model_validate(data), report, metric=metric,
-                    augment_sets=augment_sets, resume_from=resume_dir, device=device, started_at=started)
+                    augment_sets=augment_sets, resume_from=resume_dir, device=device, started_at=started,
+                    robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
@@ -124,6 +136,11 @@ class MlflowTrials(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: result[k] for k in (*EPOCH_METRICS, "time_to_first_batch_s") if k in result}
         self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
+        # Tag only on a change of node (a retry after a node loss may move the trial), not per epoch.
+        nodes = self.__dict__.setdefault("node_ids", {})  # absent in a callback pickled before it existed
+        if result.get(NODE_ID_KEY) and nodes.get(trial.trial_id) != result[NODE_ID_KEY]:
+            nodes[trial.trial_id] = result[NODE_ID_KEY]
+            self.tracker.set_tags(self._run(trial), {"ffdi.node_id": result[NODE_ID_KEY]})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
@@ -162,6 +179,164 @@ def _trial_resources(cfg: SearchConfig) -> dict[str, float]:
     return {"cpu": need["CPU"], "gpu": need["GPU"]}
 
 
+# -- Beyond one machine: which Ray to use, and what every node must see -------------------------
+# (Local imports in this block keep it self-contained within a module that several people edit.)
+
+NODE_CHECK_TIMEOUT_S = 120.0  # a node whose check has not answered by then counts as blind (hung mount)
+
+
+def ray_address(address: str | None) -> str:
+    """The Ray a search uses: ``address`` (``--address`` or YAML), else $RAY_ADDRESS, else a new local one.
+
+    Ray's own default, ``ray.init()``, joins the cluster that ``ray start`` last started on this
+    machine, which may be someone else's; a search without an address starts a private Ray
+    instead. ``auto`` joins that cluster on purpose.
+
+    >>> ray_address(None)  # doctest: +SKIP  (with RAY_ADDRESS unset)
+    'local'
+    """
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _connect(address: str) -> None:
+    """Start a local Ray or join a cluster; a cluster that cannot be joined is a one-line SearchError."""
+    # Ray notes on every start that token authentication (its default) is on; that is not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    except (ConnectionError, ValueError, ray.exceptions.RayError) as exc:
+        if address == "local":
+            raise  # not a user's mistake: keep the traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SearchError(
+            f"cannot join the Ray cluster at {address!r} ({type(exc).__name__}: {first}); check the address "
+            "(auto, HOST:6379 or ray://HOST:10001, the last needs ray[client]) and that the cluster runs; a "
+            "cluster with token authentication also needs RAY_AUTH_MODE=token and its token on this machine "
+            "(~/.ray/auth_token or $RAY_AUTH_TOKEN)") from None
+
+
+def experiment_path(storage_path: str, name: str) -> str:
+    """``<storage>/<name>``; a URI keeps its query (``s3://b/p?endpoint_override=...``) at the end."""
+    base, sep, query = storage_path.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def _checkpoint_location(checkpoint) -> str:
+    """A checkpoint's folder as a path, or as a URI (``s3://bucket/...``) when it lives in a bucket."""
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def _node_can_host(node_resources: dict[str, float], resources: dict[str, float]) -> bool:
+    return (node_resources.get("CPU", 0.0) + 1e-9 >= resources["cpu"]
+            and node_resources.get("GPU", 0.0) + 1e-9 >= resources["gpu"])
+
+
+def _paths_trials_read(data: DataConfig) -> list[tuple[str, str, str, int | None]]:
+    """(key, path, kind, entries on the driver) of what every trial opens; counts catch stale copies."""
+    root = Path(data.root)
+    items: list[tuple[str, str, str, int | None]] = [("data.root", str(root), "dir", None)]
+    for key in ("train_dir", "val_dir"):
+        path = root / getattr(data, key)
+        items.append((f"data.{key}", str(path), "dir", sum(1 for _ in os.scandir(path))))
+    for key in ("train_labels", "val_labels"):
+        items.append((f"data.{key}", str(root / getattr(data, key)), "file", None))
+    return items
+
+
+def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str, float],
+                        timeout_s: float = NODE_CHECK_TIMEOUT_S) -> int:
+    """Check that every alive node that can host a trial sees what the trials read; return how many.
+
+    One small task per node (no CPU asked, pinned with ``NodeAffinitySchedulingStrategy``) looks at
+    ``data.root``, the train/val folders (same number of entries as on the driver) and label files,
+    and, when ``storage_path`` is a local path, at a file the driver just wrote there: Ray keeps
+    trial checkpoints in that folder, and the driver copies them into MLflow, so it must be one
+    shared folder. Nodes too small for one trial (e.g. a head started with ``--num-cpus 0``) run no
+    trial and are not asked, nor is the driver's own node when it is the only one (a local Ray).
+    Raises :class:`DataError` (:class:`SearchError` when only the storage is missing) whose message
+    has a line per node that cannot see them.
+    """
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ffdi_tune.errors import DataError
+
+    nodes = [n for n in ray.nodes() if n["Alive"] and _node_can_host(n["Resources"], resources)]
+    if not nodes:
+        raise SearchError(
+            f"resources: a trial asks for {resources['cpu']:g} CPU and {resources['gpu']:g} GPU, but no single "
+            "node of the Ray cluster has that much (a trial runs on one node); lower resources or add a bigger node")
+    if len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
+        return 1  # one machine, the driver's own: it has just checked the dataset itself
+    items = _paths_trials_read(data)
+    marker, made = None, []
+    if not _is_uri(storage_path):
+        storage = Path(storage_path)
+        made = [p for p in (storage, *storage.parents) if not p.exists()]  # deepest first
+        storage.mkdir(parents=True, exist_ok=True)
+        marker = storage / f".ffdi-node-check-{uuid.uuid4().hex}"
+        marker.touch()
+        items.append(("search.storage", str(marker), "marker", None))
+
+    def look(items: list[tuple[str, str, str, int | None]]) -> str | None:
+        # A nested function travels by value: the node imports neither this package nor torch.
+        import os
+
+        for key, path, kind, count in items:
+            if kind == "marker":
+                if not os.path.isfile(path):
+                    return (f"search.storage {os.path.dirname(path)} is not the driver's folder there (a file the "
+                            "driver wrote in it is missing)")
+                continue
+            if kind == "dir" and not os.path.isdir(path):
+                return f"{key} {path} is not a directory there"
+            if kind == "file" and not os.path.isfile(path):
+                return f"{key} {path} does not exist there"
+            if not os.access(path, os.R_OK):
+                return f"{key} {path} is not readable there"
+            if count is not None:
+                seen = sum(1 for _ in os.scandir(path))
+                if seen != count:
+                    return f"{key} {path} has {seen} entries there but {count} on the driver"
+        return None
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(look)
+    try:
+        refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(items): n for n in nodes}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        lines = []
+        for ref, node in refs.items():
+            if ref not in ready:
+                why = f"the check did not answer within {timeout_s:g} s (a hung mount?)"
+            else:
+                try:
+                    why = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    why = f"the check failed there ({type(exc).__name__})"
+            if why:
+                lines.append(f"  node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {why}")
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+        for folder in made:  # leave no empty storage folder behind a refused search
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    if lines:
+        only_storage = all(": search.storage " in line for line in lines)
+        need = "search.storage on a shared filesystem (or s3://...)" if only_storage else (
+            f"data.root ({data.root}) at the same path, with the same files" + (
+                ", and search.storage on a shared filesystem (or s3://...)" if marker is not None else ""))
+        raise (SearchError if only_storage else DataError)(
+            f"{len(lines)} of {len(nodes)} Ray node(s) that can run trials cannot see what the trials read; every "
+            f"such node needs {need}:\n" + "\n".join(lines))
+    return len(nodes)
+
+
 def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) -> list[TrialRow]:
     """One row per trial of a finished (or interrupted) Tune run."""
     rows = []
@@ -184,9 +359,16 @@ def _rows(grid, run_ids: dict[str, str], fixed: dict, metric: str, mode: str) ->
         rows.append(TrialRow(
             trial_id=trial.trial_id, run_id=run_ids.get(trial.trial_id, ""), status=status,
             best=best, epochs_run=epochs_run, params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},
-            checkpoint=str(Path(result.checkpoint.path)) if result.checkpoint else "",
+            checkpoint=_checkpoint_location(result.checkpoint) if result.checkpoint else "",
         ))
     return rows
+
+
+def make_searcher(cfg: SearchConfig) -> OptunaSearch:
+    """Optuna TPE over the config's space, seeded by ``search.seed``: same config, same proposals."""
+    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials)
+    return OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric, mode=cfg.search.mode,
+                        sampler=sampler)
 
 
 def _make_tuner(cfg: SearchConfig, trainable, callback: MlflowTrials, storage_path: str, exp_path: str,
@@ -202,9 +384,7 @@ def _make_tuner(cfg: SearchConfig, trainable, callback: MlflowTrials, storage_pa
             reduction_factor=cfg.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials)
-    searcher = OptunaSearch(space=DefineByRun.from_config(cfg), metric=cfg.search.metric,
-                            mode=cfg.search.mode, sampler=sampler)
+    searcher = make_searcher(cfg)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -240,17 +420,37 @@ def _summarise(tracker: Tracker, experiment_id: str, parent_id: str, rows: list[
             tracker.log_artifact(parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png"))
 
 
-def _prepare_data(cfg: SearchConfig, echo) -> DataConfig:
-    """Generate the demo data if asked, check the dataset, and make its root absolute."""
+def _prepare_data(cfg: SearchConfig, echo) -> DataCheck:
+    """Generate the demo data if asked, check the dataset in one pass, and make its root absolute."""
     # Trials run in other working directories (and on other nodes): give them an absolute root.
     data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
     ensure_dataset(data)
-    summary = check_dataset(data)
+    check = check_dataset(data)
     echo("data: " + ", ".join(f"{k} {v['images']}" + (f" ({v['fake']} fake)" if "fake" in v else "")
-                              for k, v in summary.items()))
+                              for k, v in check.summary.items()))
+    if check.skipped:
+        listed = ", ".join(f"{split}/{name} ({why})" for split, name, why in check.skipped[:10])
+        more = f" and {len(check.skipped) - 10} more" if len(check.skipped) > 10 else ""
+        echo(f"data: left out {len(check.skipped)} image(s) that do not decode (data.on_bad_image: skip): "
+             f"{listed}{more}")
     pretrained = [cfg.train.pretrained] + (list(cfg.space["pretrained"].choice) if "pretrained" in cfg.space else [])
     check_pretrained(cfg.backbones(), pretrained)
-    return data
+    return check
+
+
+def _provenance(check: DataCheck) -> dict[str, str]:
+    """Tags that make a search reproducible: package versions and the data's fingerprints."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"ffdi.version.python": platform.python_version()}
+    for package in ("ffdi-tune", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "numpy", "pillow"):
+        try:
+            tags[f"ffdi.version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    tags |= {f"ffdi.data_fingerprint.{split}": value for split, value in check.fingerprints.items()}
+    tags |= {"ffdi.on_bad_image": check.data.on_bad_image, "ffdi.skipped_images": str(len(check.skipped))}
+    return tags
 
 
 def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None = None,
@@ -262,7 +462,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
     """
     t0 = time.perf_counter()
     storage_path, out_dir = search_dir(cfg)
-    exp_path = f"{storage_path.rstrip('/')}/{cfg.name}"
+    exp_path = experiment_path(storage_path, cfg.name)
     exists = tune.Tuner.can_restore(exp_path)
     if exists and not resume:
         raise SearchError(
@@ -271,21 +471,26 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         )
     if resume and not exists:
         raise SearchError(f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume")
-    data = _prepare_data(cfg, echo)
+    check = _prepare_data(cfg, echo)
+    data = check.data
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        # Ray notes on every start that token authentication (its default) is on; that is not news.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address=address or cfg.address, include_dashboard=False, configure_logging=True,
-                 logging_level="WARNING")
+        _connect(ray_address(address or cfg.address))
     try:
         resources = _trial_resources(cfg)  # before anything is written to the tracking store
+        check_cluster_paths(data, storage_path, resources)
         uri, artifacts = resolve_tracking(cfg.tracking)
-        tracker = Tracker(uri, artifacts)
+        tracker = Tracker(uri, artifacts, spool_dir=out_dir.resolve() / SPOOL_DIR)
         experiment_id = tracker.experiment_id(cfg.name)
+        tracker.replay()  # writes a killed driver kept while the store was down go first
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root)
+        parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root, _provenance(check))
+        if check.skipped:
+            with tempfile.TemporaryDirectory(prefix="ffdi-skipped-") as tmp:
+                listing = pd.DataFrame(check.skipped, columns=["split", "img_name", "reason"])
+                tracker.log_artifact(parent_id, write_atomic(Path(tmp) / "skipped_images.csv",
+                                                             listing.to_csv(index=False)))
     except BaseException:
         if started_ray:
             ray.shutdown()
@@ -296,13 +501,17 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         trainable = tune.with_resources(
             tune.with_parameters(
                 _trainable, fixed=fixed, data=data.model_dump(), metric=cfg.search.metric,
-                augment_sets=cfg.augment_sets, cpus=resources["cpu"], use_gpu=resources["gpu"] > 0),
+                augment_sets=cfg.augment_sets, cpus=resources["cpu"], use_gpu=resources["gpu"] > 0,
+                robust_val=cfg.robust_val.model_dump(mode="json")),
             resources,
         )
         callback = MlflowTrials(tracker, experiment_id, parent_id, fixed)
         grid = _make_tuner(cfg, trainable, callback, storage_path, exp_path, resume).fit()
-        run_ids = {r.data.tags.get("ffdi.trial_id"): r.info.run_id
-                   for r in tracker.children(experiment_id, parent_id)}
+        if tracker.replay():
+            run_ids = {r.data.tags.get("ffdi.trial_id"): r.info.run_id
+                       for r in tracker.children(experiment_id, parent_id)}
+        else:  # the store is still down: what this driver knows
+            run_ids = {t: tracker.resolve(r) for t, r in callback.run_ids.items()}
         rows = _rows(grid, run_ids, fixed, cfg.search.metric, cfg.search.mode)
         # Tune catches SIGINT/SIGTERM itself, saves its state and returns early from fit().
         interrupted = len(rows) < cfg.search.num_samples or any(r.status == "INTERRUPTED" for r in rows)
@@ -327,7 +536,15 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         )
     searched = sorted({k.split(CONDITIONAL_SEP)[0] for k in cfg.space} | {
         k for overrides in cfg.per_backbone.values() for k in overrides})
-    _summarise(tracker, experiment_id, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv, searched)
+    if tracker.pending():
+        tracker.log_artifact(parent_id, trials_csv)  # kept; the plots need the store's run times
+    else:
+        _summarise(tracker, experiment_id, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv,
+                   searched)
     tracker.finish(parent_id, "FINISHED")
+    if tracker.pending():
+        storage = "" if cfg.search.storage == "runs" else f" --storage {cfg.search.storage}"
+        echo(f"MLflow at {uri} is unreachable: {tracker.pending()} tracking write(s) are kept in "
+             f"{tracker.spool.folder}, nothing is lost; once it is back, run: ffdi-tune sync {cfg.name}{storage}")
     return SearchOutcome(cfg.name, out_dir, exp_path, uri, experiment_id, parent_id, rows, trials_csv,
-                         time.perf_counter() - t0, data)
+                         time.perf_counter() - t0, data, tracker.pending())

@@ -8,6 +8,7 @@ both back into one :class:`~ffdi_tune.config.TrainSettings`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ffdi_tune.config import Domain, SearchConfig, TrainSettings
@@ -21,7 +22,10 @@ def suggest(trial: Any, name: str, domain: Domain) -> Any:
     """Ask an Optuna trial (or Ray's captor of one) for a value of ``domain``."""
     kind = domain.kind
     if kind == "choice":
-        return trial.suggest_categorical(name, list(domain.choice))
+        # Optuna's categorical values are scalars; a list (a range such as jpeg_quality's) is
+        # offered as its JSON text, which the setting's validator reads back.
+        return trial.suggest_categorical(name, [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+                                                for v in domain.choice])
     low, high = getattr(domain, kind)
     if kind == "uniform":
         return trial.suggest_float(name, low, high)

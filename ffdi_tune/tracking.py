@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ffdi_tune.config import TrackingConfig
 from ffdi_tune.errors import TrackingError, did_you_mean
+from ffdi_tune.spool import Spool
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker"]
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker", "replay_spool"]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint otherwise
+# MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a search
+# the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+log = logging.getLogger(__name__)
 ROLE, SEARCH, TRIAL_ID = "ffdi.role", "ffdi.search", "ffdi.trial_id"
 PARENT = "mlflow.parentRunId"
 DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
@@ -51,15 +60,44 @@ def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None
     return uri, artifacts
 
 
-class Tracker:
-    """Thin, picklable wrapper over ``MlflowClient`` with the project's run layout."""
+def _unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the store cannot be reached right now, not that it refused a request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in _NETWORK_ERRORS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return bool(_UNREACHABLE.search(str(exc)))
 
-    def __init__(self, uri: str, artifact_location: str | None = None):
+
+_NETWORK_ERRORS = {"ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeout", "ReadTimeout",
+                   "Timeout", "RemoteDisconnected", "ProtocolError", "ChunkedEncodingError"}
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|"
+                          r"error code 5\d\d|database is locked")
+
+
+class Tracker:
+    """Thin, picklable wrapper over ``MlflowClient`` with the project's run layout.
+
+    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept
+    in a local :class:`~ffdi_tune.spool.Spool` instead of failing, and replayed in their original
+    order as soon as the store answers again (tried at most every ``PROBE_S`` seconds), at the
+    end of the search, or by ``ffdi-tune sync``. A child run created during an outage gets a
+    placeholder id ``pending:<experiment>:<parent>:<trial>`` that later writes resolve by tags.
+    """
+
+    PROBE_S = 10.0
+
+    def __init__(self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None):
         self.uri, self.artifact_location = uri, artifact_location
+        self.spool = Spool(spool_dir) if spool_dir else None
         self._client = None
+        self._ids: dict[str, str] = {}  # placeholder -> run id, once known
+        self._last_try = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "artifact_location": self.artifact_location, "_client": None}
+        return {"uri": self.uri, "artifact_location": self.artifact_location, "spool": self.spool,
+                "_client": None, "_ids": dict(self._ids), "_last_try": 0.0}
 
     @property
     def client(self):
@@ -94,21 +132,54 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def search_run(self, experiment_id: str, name: str, resume: bool, config_yaml: str, data_root: str) -> str:
-        """The parent run of search ``name``: the latest one when resuming, else a new one."""
+    def search_run(self, experiment_id: str, name: str, resume: bool, config_yaml: str, data_root: str,
+                   tags: dict[str, str] | None = None) -> str:
+        """The parent run of search ``name``: the latest one when resuming, else a new one.
+
+        ``tags`` (package versions, data fingerprints) are set on it either way, so a resumed
+        search records what it continued with.
+        """
+        run_id = None
         if resume:
             run = self._find(experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'")
             if run is not None:
-                self.client.update_run(run.info.run_id, status="RUNNING")
-                return run.info.run_id
-        run = self.client.create_run(experiment_id, run_name=name,
-                                     tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root})
-        self.client.log_text(run.info.run_id, config_yaml, "search_space.yaml")
-        return run.info.run_id
+                run_id = run.info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+        if run_id is None:
+            run_id = self.client.create_run(experiment_id, run_name=name,
+                                            tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root}).info.run_id
+            self.client.log_text(run_id, config_yaml, "search_space.yaml")
+        self.set_tags(run_id, tags or {})
+        return run_id
+
+    def search_tags(self, experiment_name: str) -> dict[str, str]:
+        """The tags of the latest search run of ``experiment_name`` (empty when there is none)."""
+        exp_id = self.experiment_id(experiment_name, create=False)
+        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+        return dict(run.data.tags) if run else {}
+
+    def search_config_text(self, experiment_name: str) -> str | None:
+        """The resolved YAML (``search_space.yaml``) of the latest search run of ``experiment_name``."""
+        import tempfile
+
+        exp_id = self.experiment_id(experiment_name, create=False)
+        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+        if run is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="ffdi-config-") as tmp:
+            try:
+                return Path(self.client.download_artifacts(run.info.run_id, "search_space.yaml", tmp)).read_text()
+            except Exception:  # an older or foreign run without the artifact
+                return None
 
     def trial_run(self, experiment_id: str, parent_id: str, trial_id: str, params: dict[str, Any],
                   run_name: str | None = None) -> str:
         """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
+        return self._write("trial_run", f"pending:{experiment_id}:{parent_id}:{trial_id}", params=params,
+                           run_name=run_name)
+
+    def _trial_run_now(self, experiment_id: str, parent_id: str, trial_id: str, params: dict[str, Any] | None,
+                       run_name: str | None = None) -> str:
         query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
         run = self._find(experiment_id, query)
         if run is not None:
@@ -121,14 +192,8 @@ class Tracker:
         )
         from mlflow.entities import Param
 
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())])
         return run.info.run_id
-
-    def search_data_root(self, experiment_name: str) -> str | None:
-        """The data root recorded on the latest search run of ``experiment_name``."""
-        exp_id = self.experiment_id(experiment_name, create=False)
-        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
-        return run.data.tags.get(DATA_ROOT) if run else None
 
     def trial_runs(self, experiment_names: list[str]) -> list:
         """FINISHED trial runs of the named searches; an unknown name is a one-line error."""
@@ -178,29 +243,137 @@ class Tracker:
         return self.client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'",
                                        max_results=10000)
 
-    # -- logging --------------------------------------------------------------------------
+    # -- logging (through the spool when one is set) -----------------------------------------
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        self.client.log_batch(run_id, metrics=batch)
+        self._write("metrics", run_id, metrics={k: float(v) for k, v in metrics.items()}, step=int(step),
+                    time=int(time.time() * 1000))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, v)
+        if tags:
+            self._write("tags", run_id, tags={k: str(v) for k, v in tags.items()})
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._write("finish", run_id, status=status, time=int(time.time() * 1000))
 
-    def close_unfinished(self, experiment_id: str, parent_id: str, status: str = "KILLED") -> int:
-        """Mark every child still RUNNING as ``status``; return how many there were."""
-        n = 0
-        for run in self.children(experiment_id, parent_id):
-            if run.info.status == "RUNNING":
-                self.finish(run.info.run_id, status)
-                n += 1
-        return n
+    def close_unfinished(self, experiment_id: str, parent_id: str, status: str = "KILLED") -> None:
+        """Mark every child of ``parent_id`` still RUNNING as ``status``."""
+        self._write("close_unfinished", parent_id, experiment_id=experiment_id, status=status)
+
+    # -- the spool ------------------------------------------------------------------------
+    def pending(self) -> int:
+        """How many writes wait in the spool for the store to come back."""
+        return len(self.spool) if self.spool else 0
+
+    def resolve(self, run_id: str) -> str:
+        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if not created yet."""
+        try:
+            return self._resolve(run_id)
+        except Exception:
+            return ""
+
+    def _resolve(self, run_id: str) -> str:
+        if not run_id.startswith("pending:"):
+            return run_id
+        if run_id not in self._ids:
+            _, experiment_id, parent_id, trial_id = run_id.split(":", 3)
+            run = self._find(experiment_id, f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
+            if run is None:
+                raise LookupError(f"no run was created for {run_id}")
+            self._ids[run_id] = run.info.run_id
+        return self._ids[run_id]
+
+    def _apply(self, entry: dict[str, Any]) -> str | None:
+        from mlflow.entities import Metric, RunTag
+
+        op, run = entry["op"], entry["run"]
+        if op == "trial_run":
+            _, experiment_id, parent_id, trial_id = run.split(":", 3)
+            self._ids[run] = self._trial_run_now(experiment_id, parent_id, trial_id, entry.get("params"),
+                                                 entry.get("run_name"))
+            return self._ids[run]
+        run_id = self._resolve(run)
+        if op == "metrics":
+            self.client.log_batch(run_id, metrics=[Metric(k, v, entry["time"], entry["step"])
+                                                   for k, v in entry["metrics"].items()])
+        elif op == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+        elif op == "artifact":
+            self.client.log_artifact(run_id, entry["path"], entry.get("artifact_path"))
+        elif op == "finish":
+            self.client.set_terminated(run_id, status=entry["status"], end_time=entry.get("time"))
+        elif op == "close_unfinished":
+            for child in self.children(entry["experiment_id"], run_id):
+                if child.info.status == "RUNNING":
+                    self.client.set_terminated(child.info.run_id, status=entry["status"])
+        else:
+            raise ValueError(f"unknown tracking operation {op!r}; valid: trial_run, metrics, tags, artifact, "
+                             "finish, close_unfinished")
+        return None
+
+    def _write(self, op: str, run: str, **args) -> str | None:
+        """Apply one write now, or keep it in the spool while the store is unreachable."""
+        entry = {"op": op, "run": run, **args}
+        result = None
+        if self.spool is None:
+            result = self._apply(entry)
+        elif self.pending() and not self.replay(wait=False):
+            self.spool.append(entry, self._store())  # still unreachable: queue behind the others, in order
+        else:
+            try:
+                result = self._apply(entry)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                log.warning("MLflow at %s is unreachable (%s); keeping its writes in %s until it is back",
+                            self.uri, str(exc).splitlines()[0][:200], self.spool.folder)
+                self._last_try = time.monotonic()
+                self.spool.append(entry, self._store())
+        if op == "trial_run":
+            return result or run
+        return result
+
+    def _store(self) -> dict[str, Any]:
+        return {"uri": self.uri, "artifact_location": self.artifact_location}
+
+    def replay(self, wait: bool = True) -> bool:
+        """Apply the spooled writes in order; True when none is left.
+
+        Without ``wait`` it tries at most every ``PROBE_S`` seconds, so an outage costs the training
+        loop one failed request per interval rather than one per write.
+        """
+        if not self.pending():
+            return True
+        if not wait and time.monotonic() - self._last_try < self.PROBE_S:
+            return False
+        self._last_try = time.monotonic()
+        entries = self.spool.entries()
+        for i, entry in enumerate(entries):
+            try:
+                self._apply(entry)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                self.spool.keep(entries[i:])
+                return False
+            if entry.get("path"):
+                shutil.rmtree(Path(entry["path"]).parent, ignore_errors=True)
+        self.spool.keep([])
+        log.warning("MLflow at %s answers again: %d kept write(s) replayed", self.uri, len(entries))
+        return True
+
+
+def replay_spool(folder: str | Path) -> int:
+    """Replay the tracking writes kept in ``folder`` into their store; return how many there were."""
+    spool = Spool(folder)
+    n = len(spool)
+    if not n:
+        return 0
+    store = spool.store()
+    tracker = Tracker(store["uri"], store.get("artifact_location"), folder)
+    if not tracker.replay():
+        raise TrackingError(f"MLflow at {tracker.uri} is still unreachable; {tracker.pending()} write(s) wait in "
+                            f"{folder}; run ffdi-tune sync again once it answers")
+    return n

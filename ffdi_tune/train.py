@@ -3,8 +3,13 @@
 :func:`train_trial` runs the epochs and hands each epoch's metrics and checkpoint folder to a
 ``report`` callback (the search runner forwards them to ``ray.tune.report``; tests collect them).
 A checkpoint folder holds ``last.pt`` (full state, to resume) and ``best.pt`` (the weights that
-scored best on the search metric so far, with what prediction needs: backbone, size,
-normalisation and the trial's settings). Both load with ``torch.load(..., weights_only=True)``.
+scored best on the search metric so far, with what prediction needs: backbone, input mode,
+training and evaluation size, normalisation and the trial's settings; with ``ema_decay`` these
+are the EMA weights, which are also the ones evaluated). Both load with
+``torch.load(..., weights_only=True)``.
+
+Each epoch scores valset (``val_auc``...) and, when ``robust_val`` is on, its perturbed copy
+(``val_robust_auc``, and ``val_worst_auc``, the lower of the two; see :mod:`ffdi_tune.perturb`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import batch_augment, build_augment
-from ffdi_tune.config import METRIC_MODES, DataConfig, TrainSettings
+from ffdi_tune.augment import AugmentParams, batch_augment, build_augment
+from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings
 from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
+from ffdi_tune.errors import ConfigError
 from ffdi_tune.metrics import binary_metrics
 from ffdi_tune.models import create_model
+from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import view_probabilities
 
 __all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
@@ -34,7 +41,7 @@ BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 EPOCH_METRICS = (
     "val_auc", "val_tpr_at_fpr_0.001", "val_acc", "val_loss",
-    "train_loss", "lr", "epoch_time_s", "train_images_per_s",
+    "train_loss", "lr", "epoch_time_s", "train_images_per_s", "val_robust_auc", "val_worst_auc",
 )
 
 # report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
@@ -94,20 +101,27 @@ def train_trial(
     resume_from: Path | None = None,
     device: torch.device | str | None = None,
     started_at: float | None = None,
+    robust_val: RobustValConfig | None = RobustValConfig(),
 ) -> dict[str, Any]:
     """Train ``settings.epochs`` epochs, reporting after each; return the best epoch's metrics.
 
     ``resume_from`` is a checkpoint folder written by an earlier call; training continues after its
     epoch. ``started_at`` (a ``time.perf_counter()`` value) is when the caller began the trial, for
-    the ``time_to_first_batch_s`` figure.
+    the ``time_to_first_batch_s`` figure. ``robust_val`` (on by default, as in YAML; None or
+    ``enabled=False`` turns it off) adds the perturbed-valset metrics; ``metric`` may then be
+    ``val_robust_auc`` or ``val_worst_auc``.
     """
     started_at = time.perf_counter() if started_at is None else started_at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     s = settings
+    robust_on = robust_val is not None and robust_val.enabled
+    if metric in ROBUST_METRICS and not robust_on:
+        raise ConfigError(f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
+                          "enable robust_val or use val_auc")
     _seed_everything(s.seed)
     higher_is_better = METRIC_MODES[metric] == "max"
 
-    model = create_model(s.backbone, s.pretrained, s.drop_rate).to(device)
+    model = create_model(s.backbone, s.pretrained, s.drop_rate, input_mode=s.input).to(device)
     channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -131,11 +145,15 @@ def train_trial(
     train_split, val_split = read_split(data, "train"), read_split(data, "val")
     cache_dir = cache_dir_of(data)
     train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
-    val_images = load_images(val_split, s.img_size, cache_dir=cache_dir)
+    # Validation (and best.pt's prediction) may run at a larger side than training.
+    val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
+    robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
+                     if robust_on else None)
     # A set with a batched form augments whole batches: while gathering on a CPU, on the device on a
     # GPU. Other sets go image by image.
     batched = batch_augment(s.augment) if s.augment not in (augment_sets or {}) else None
-    per_image = None if batched is not None else build_augment(s.augment, s.img_size, augment_sets)
+    per_image = None if batched is not None else build_augment(
+        s.augment, s.img_size, augment_sets, params=AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p))
     on_device = batched if batched is not None and device.type != "cpu" else None
     in_loader = batched if batched is not None and device.type == "cpu" else None
     generator = torch.Generator()
@@ -189,6 +207,11 @@ def train_trial(
         if not np.isfinite(prob).all():
             raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
         metrics = binary_metrics(val_split.targets, prob)
+        if robust_images is not None:
+            robust = view_probabilities(eval_model, robust_images, mean, std, ["identity"], s.batch_size * 2,
+                                        amp_dtype, channels_last)[0]
+            metrics["val_robust_auc"] = binary_metrics(val_split.targets, robust)["val_auc"]
+            metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
         metrics.update(
             epoch=epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - t0,
             train_images_per_s=seen / max(train_time, 1e-9),
@@ -200,7 +223,7 @@ def train_trial(
             best_value, best_metrics = value, dict(metrics)
             best_state = {
                 "state_dict": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()},
-                "backbone": s.backbone, "img_size": s.img_size,
+                "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
                 "mean": [float(v) for v in mean.cpu()], "std": [float(v) for v in std.cpu()],
                 "settings": s.model_dump(), "epoch": epoch, "metric": metric, "metrics": dict(metrics),
             }

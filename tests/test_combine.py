@@ -145,3 +145,56 @@ def test_submission_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_atomic(target, text)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_greedy_on_two_valsets_maximises_the_worst_auc():
+    y = np.array([0, 0, 1, 1])
+    # a is perfect on the clean images and inverted on the perturbed ones; b is fair on both
+    a_clean, a_robust = np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.8, 0.2, 0.1])
+    b_clean, b_robust = np.array([0.1, 0.6, 0.5, 0.9]), np.array([0.1, 0.6, 0.5, 0.9])
+    clean, robust = np.stack([a_clean, b_clean]), np.stack([a_robust, b_robust])
+    assert greedy_select(clean, y).tolist() == [1, 0]  # clean AUC alone: a (1.0)
+    # worst case: a is 0.0, b 0.75; a+b -> clean 1.0, robust [.5,.7,.35,.5] -> 0.25: b alone stays best
+    assert greedy_select(np.stack([clean, robust]), y).tolist() == [0, 1]
+
+
+def _robust_member(name, clean, robust):
+    from ffdi_tune.ensemble import MemberPredictions
+
+    val, rob = np.stack([clean, clean]), np.stack([robust, robust])
+    return MemberPredictions(name, name, ["identity", "hflip"], val, val[:, :3], rob)
+
+
+@pytest.mark.parametrize("metric,first", [("val_auc", "brittle"), ("val_robust_auc", "steady"),
+                                          ("val_worst_auc", "steady")])
+def test_ranking_on_the_perturbed_valset(metric, first):
+    from ffdi_tune.ensemble import build_ensemble
+    from ffdi_tune.recipe import EnsembleRecipe
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 50)
+    sel, rep = holdout_split(y, 0.5, 0)
+    brittle_clean = np.where(y == 1, 0.8, 0.2) + rng.normal(0, 0.05, 100)  # near perfect on clean images
+    brittle_robust = rng.random(100)  # chance once they are perturbed
+    steady = np.where(y == 1, 0.6, 0.4) + rng.normal(0, 0.15, 100)  # good, and as good perturbed
+    members = [_robust_member("brittle", brittle_clean, brittle_robust), _robust_member("steady", steady, steady)]
+    for combine in ("mean", "greedy"):
+        result = build_ensemble(members, y, EnsembleRecipe(top_k=1 if combine == "mean" else 2, metric=metric,
+                                                           combine=combine))
+        assert result.members == [first]
+        table = result.table.set_index("member")
+        expected = {"val_auc": roc_auc_score(y[sel], brittle_clean[sel]),
+                    "val_robust_auc": roc_auc_score(y[sel], steady[sel]),
+                    "val_worst_auc": roc_auc_score(y[sel], steady[sel])}[metric]
+        assert table.loc[first, "rank_score"] == pytest.approx(expected)
+        assert table.loc["brittle", "holdout_robust_auc"] == pytest.approx(roc_auc_score(y[rep], brittle_robust[rep]))
+        assert result.metrics["holdout_worst_auc"] <= result.metrics["holdout_auc"]
+
+
+def test_robust_metric_needs_perturbed_predictions():
+    from ffdi_tune.ensemble import build_ensemble
+    from ffdi_tune.recipe import EnsembleRecipe
+
+    y = np.array([0, 1] * 10)
+    with pytest.raises(ValueError, match="perturbed valset"):
+        build_ensemble([_member("m", [y * 0.5, y * 0.5])], y, EnsembleRecipe(top_k=1, metric="val_robust_auc"))

@@ -10,7 +10,8 @@ from PIL import Image
 
 from ffdi_tune.cli import main
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import check_dataset, read_split
+from ffdi_tune.data import read_split
+from ffdi_tune.data_check import check_dataset
 from ffdi_tune.demo_data import write_demo_dataset
 from ffdi_tune.errors import DataError
 
@@ -35,7 +36,7 @@ def test_layout_and_classes(tiny_data):
             with Image.open(tiny_data / split / name) as im:
                 assert im.format == "JPEG" and im.size == (32, 32) and im.mode == "RGB"
     assert len(list((tiny_data / "testset").glob("*.jpg"))) == 8
-    summary = check_dataset(DataConfig(root=str(tiny_data)))
+    summary = check_dataset(DataConfig(root=str(tiny_data))).summary
     assert summary["train"] == {"images": 48, "fake": 24, "real": 24}
     assert summary["test"] == {"images": 8}
 

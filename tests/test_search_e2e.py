@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
+from procs import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +23,7 @@ name: e2e
 data:
   root: data
   demo: {n_train: 48, n_val: 24, n_test: 8, size: 32, seed: 1, difficulty: 0.2}
+  on_bad_image: skip
 train: {backbone: resnet10t, img_size: 32, batch_size: 16, epochs: 2}
 space:
   backbone: {choice: [resnet10t, mobilenetv3_small_050]}
@@ -48,6 +49,12 @@ def finished_search(tmp_path_factory):
     (work / "rank.yaml").write_text(RANK)
     import os
 
+    from ffdi_tune.demo_data import write_demo_dataset
+
+    data = write_demo_dataset(work / "data", n_train=48, n_val=24, n_test=8, size=32, seed=1, difficulty=0.2)
+    victim = sorted((data / "trainset").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: left out (on_bad_image: skip)
+
     old = os.getcwd()
     os.chdir(work)
     try:
@@ -71,9 +78,13 @@ def test_mlflow_parent_and_children(finished_search):
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert {"search_space.yaml", "trials.csv", "search_history.png", "param_importance.png"} <= {
+    assert {"search_space.yaml", "trials.csv", "search_history.png", "param_importance.png", "skipped_images.csv"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith("runs/mlartifacts")
+    tags = parent.data.tags  # what reproducing the search needs
+    assert tags["ffdi.version.torch"] == torch.__version__.split("+")[0] and tags["ffdi.version.ray"]
+    assert all(len(tags[f"ffdi.data_fingerprint.{s}"]) == 16 for s in ("train", "val", "test"))
+    assert tags["ffdi.on_bad_image"] == "skip" and tags["ffdi.skipped_images"] == "1"
     for run in children:
         tags, params = run.data.tags, run.data.params
         assert run.info.status == "FINISHED"  # ASHA-stopped trials are FINISHED too
@@ -150,6 +161,12 @@ def test_ensemble_input_errors(finished_search, capsys, monkeypatch):
     (finished_search / "bad.yaml").write_text("top_k: 3\ntta: [identity, hflp]\n")
     assert main(["ensemble", "bad.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
     assert "unknown TTA view 'hflp'" in capsys.readouterr().err
+    (finished_search / "big.yaml").write_text("top_k: 50\n")
+    assert main(["ensemble", "big.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
+    assert "top_k=50, but only 4 finished trial(s) qualify" in capsys.readouterr().err
+    (finished_search / "none.yaml").write_text("top_k: 1\ncandidates: {min_epochs: 99}\n")
+    assert main(["ensemble", "none.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
+    assert "no finished trials in e2e pass the recipe's candidates filter" in capsys.readouterr().err
     assert not (finished_search / "x.csv").exists()
 
 
@@ -200,35 +217,8 @@ def test_resume_of_finished_search_adds_no_runs(finished_search, monkeypatch):
     assert all(r.info.status == "FINISHED" for r in after)
 
 
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """Stop a server started with start_new_session=True and every process it spawned."""
-    import os
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-    # nothing of the group may outlive the test
-    try:
-        os.killpg(proc.pid, 0)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_store(finished_search):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)], cwd=finished_search,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -245,7 +235,7 @@ def test_ui_serves_the_store(finished_search):
                 time.sleep(0.5)
         assert body["experiment"]["name"] == "e2e"
     finally:
-        stop_process_group(proc)
+        stop_group(proc)
 
 
 FAILING = """
@@ -347,3 +337,21 @@ def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
                            "--data", str(data), "--out", str(out)], cwd=finished_search, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, data)
+
+
+def test_ensemble_refuses_a_changed_test_set(finished_search, capsys, monkeypatch):
+    import os
+
+    monkeypatch.chdir(finished_search)
+    victim = sorted((finished_search / "data" / "testset").iterdir())[0]
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten since the search ran
+    try:
+        assert main(["ensemble", "top3.yaml", "--experiment", "e2e", "--out", "changed.csv"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: testset in ") and "changed since search 'e2e' ran" in err and "\n" not in err
+        assert "--allow-changed-data" in err and not (finished_search / "changed.csv").exists()
+        assert main(["ensemble", "top3.yaml", "--experiment", "e2e", "--out", "changed.csv",
+                     "--allow-changed-data"]) == 0
+    finally:
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))

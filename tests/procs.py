@@ -1,0 +1,74 @@
+"""Processes tests start and must stop: a real `mlflow server` on 127.0.0.1, process groups, ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with start_new_session=True and everything it spawned."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may outlive the test
+    except ProcessLookupError:
+        pass
+
+
+class MlflowServer:
+    """``mlflow server`` with a sqlite backend and proxied artifacts under ``folder``; restartable."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> MlflowServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server on port {self.port} did not start")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Stop the server and everything it spawned, by process group."""
+        if self.proc is not None:
+            stop_group(self.proc, timeout=20)
+            self.proc = None

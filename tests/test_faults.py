@@ -1,0 +1,212 @@
+"""Faults caused for real: a killed driver, a killed trial worker, a tracking server that goes away.
+
+Each test runs `ffdi-tune run` in its own process (its own local Ray), breaks something mid-search,
+and checks that every finished result is kept and the search completes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from procs import MlflowServer, stop_group
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: {name}
+data: {{root: data, demo: {{n_train: 600, n_val: 64, n_test: 4, size: 32, seed: 4}}}}
+train: {{backbone: test_resnet, img_size: 32, batch_size: 16, epochs: {epochs}}}
+space: {{lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
+search: {{num_samples: {trials}, max_concurrent: 2, max_failures: 1, tpe_startup_trials: 2}}
+scheduler: {{type: fifo}}
+"""
+
+
+def write_space(folder: Path, name: str, trials: int = 4, epochs: int = 4, extra: str = "") -> list[str]:
+    (folder / "space.yaml").write_text(SPACE.format(name=name, trials=trials, epochs=epochs) + extra)
+    return [sys.executable, "-m", "ffdi_tune", "run", "space.yaml", "--no-ensemble"]
+
+
+def runs_of(client: MlflowClient, name: str) -> tuple[list, list]:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return [], []
+    runs = client.search_runs([exp.experiment_id])
+    return ([r for r in runs if r.data.tags.get("ffdi.role") == "search"],
+            [r for r in runs if r.data.tags.get("ffdi.role") == "trial"])
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str = ""):
+    deadline = time.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"ffdi-tune run ended (rc {proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def assert_complete(client: MlflowClient, name: str, trials: int, epochs: int, folder: Path) -> list:
+    """Every trial of Ray's results once in MLflow, FINISHED, with one val_auc per epoch and its
+    checkpoint; any other run is one the killed driver had started but Ray had not saved yet: it
+    ran no epoch and is closed as KILLED. Nothing is left RUNNING."""
+    parents, children = runs_of(client, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    df = pd.read_csv(folder / "runs" / name / "trials.csv")
+    assert len(df) == trials and set(df["status"]) == {"FINISHED"}
+    ids = set(df["trial_id"].astype(str))
+    kept = [r for r in children if r.data.tags["ffdi.trial_id"] in ids]
+    assert len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids  # one run per trial
+    for run in children:
+        if run in kept:
+            continue
+        assert run.info.status == "KILLED" and "val_auc" not in run.data.metrics
+    for run in kept:
+        assert run.info.status == "FINISHED", run.data.tags.get("ffdi.error")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
+        assert sorted(set(steps)) == list(range(1, epochs + 1))
+        assert "checkpoint/best.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    return kept
+
+
+def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+    cmd = write_space(tmp_path, "killed", trials=4, epochs=3)
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        def one_finished():
+            if not (tmp_path / "runs" / "mlflow.db").exists():
+                return None
+            _, children = runs_of(client, "killed")
+            done = [r for r in children if r.info.status == "FINISHED"]
+            return done if done and len(children) >= 2 else None
+
+        finished = wait_for(one_finished, proc, what="a finished trial")
+        before = {r.data.tags["ffdi.trial_id"]: (r.info.run_id, [
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_auc")]) for r in finished}
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray processes notice on their own
+        proc.wait(timeout=60)
+    finally:
+        stop_group(proc)  # whatever of that Ray is still around
+    _, children = runs_of(client, "killed")
+    assert any(r.info.status == "RUNNING" for r in children)  # left behind by the killed driver
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.startswith("error: search 'killed' already exists")
+    assert "--resume" in again.stderr
+
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = assert_complete(client, "killed", trials=4, epochs=3, folder=tmp_path)
+    by_trial = {r.data.tags["ffdi.trial_id"]: r for r in children}
+    for trial_id, (run_id, history) in before.items():  # finished work kept as it was
+        assert by_trial[trial_id].info.run_id == run_id
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_auc")] == history
+    lrs = [float(r.data.params["lr"]) for r in children]
+    assert len(set(lrs)) == 4  # the searcher continued instead of proposing its first points again
+
+
+def _trial_workers(marker: str) -> list[int]:
+    """Pids of the Ray trial worker processes of the run whose environment carries ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "ImplicitFunc" in cmdline and marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
+    cmd = write_space(tmp_path, "workerkill", trials=2, epochs=4)
+    marker = f"FFDI_FAULT_TEST={uuid.uuid4().hex}"
+    env = dict(os.environ, FFDI_FAULT_TEST=marker.split("=", 1)[1])
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        def reported_epoch():
+            if not (tmp_path / "runs" / "mlflow.db").exists():
+                return None
+            _, children = runs_of(client, "workerkill")
+            running = [r for r in children if r.info.status == "RUNNING" and "val_auc" in r.data.metrics]
+            workers = _trial_workers(marker)
+            return (running, workers) if running and workers else None
+
+        _, workers = wait_for(reported_epoch, proc, what="a trial's first epoch")
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert_complete(client, "workerkill", trials=2, epochs=4, folder=tmp_path)
+
+
+def test_tracking_server_outage_loses_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    cmd = write_space(tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{server.uri}'}}\n")
+    client = MlflowClient(server.uri)
+    spool = tmp_path / "runs" / "outage" / "mlflow-spool" / "entries.jsonl"
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for(lambda: any("val_auc" in r.data.metrics for r in runs_of(client, "outage")[1]), proc,
+                 what="a first metric in MLflow")
+        server.stop()
+        wait_for(lambda: spool.is_file() and len(spool.read_text().splitlines()) >= 3, proc,
+                 what="writes kept during the outage")
+        server.start()  # same port, same database: the search notices and replays
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert not spool.exists()
+        assert_complete(client, "outage", trials=4, epochs=4, folder=tmp_path)
+    finally:
+        stop_group(proc)
+        server.stop()
+
+
+def test_tracking_server_gone_for_good_then_sync(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    cmd = write_space(tmp_path, "gone", trials=2, epochs=2, extra=f"tracking: {{uri: '{server.uri}'}}\n")
+    client = MlflowClient(server.uri)
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for(lambda: runs_of(client, "gone")[1], proc, what="a trial run in MLflow")
+        server.stop()
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "ffdi-tune sync gone" in out and "nothing is lost" in out
+        df = pd.read_csv(tmp_path / "runs" / "gone" / "trials.csv")  # Ray's results are intact
+        assert len(df) == 2 and set(df["status"]) == {"FINISHED"}
+
+        server.start()
+        sync = subprocess.run([sys.executable, "-m", "ffdi_tune", "sync", "gone"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0 and "replayed" in sync.stdout, sync.stderr
+        assert_complete(client, "gone", trials=2, epochs=2, folder=tmp_path)
+    finally:
+        stop_group(proc)
+        server.stop()
