@@ -15,6 +15,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
 from ffdi_tune.data import ensure_dataset
 from ffdi_tune.data_check import DataCheck, check_dataset
-from ffdi_tune.errors import SearchError, SearchInterrupted
+from ffdi_tune.errors import DataError, SearchError, SearchInterrupted
 from ffdi_tune.models import check_pretrained
 from ffdi_tune.report import param_importance, plot_param_importance, plot_search_history
 from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
@@ -180,7 +182,6 @@ def _trial_resources(cfg: SearchConfig) -> dict[str, float]:
 
 
 # -- Beyond one machine: which Ray to use, and what every node must see -------------------------
-# (Local imports in this block keep it self-contained within a module that several people edit.)
 
 NODE_CHECK_TIMEOUT_S = 120.0  # a node whose check has not answered by then counts as blind (hung mount)
 
@@ -257,12 +258,6 @@ def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str
     Raises :class:`DataError` (:class:`SearchError` when only the storage is missing) whose message
     has a line per node that cannot see them.
     """
-    import uuid
-
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ffdi_tune.errors import DataError
-
     nodes = [n for n in ray.nodes() if n["Alive"] and _node_can_host(n["Resources"], resources)]
     if not nodes:
         raise SearchError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pandas as pd
 import pytest
 import torch
@@ -39,17 +40,11 @@ WORST = "top_k: 2\ncombine: greedy\nmetric: val_worst_auc\ntta: [identity, hflip
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    import os
-
     work = tmp_path_factory.mktemp("robust")
     (work / "space.yaml").write_text(SPACE)
     (work / "worst.yaml").write_text(WORST)
-    old = os.getcwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(work):
         assert main(["run", "space.yaml"]) == 0
-    finally:
-        os.chdir(old)
     client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("robust").experiment_id])
     return work, client, runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
+from ffdi_tune.demo_data import write_demo_dataset
 from procs import free_port, stop_group
 
 pytestmark = pytest.mark.slow
@@ -47,20 +49,13 @@ def finished_search(tmp_path_factory):
     (work / "space.yaml").write_text(SPACE)
     (work / "top3.yaml").write_text(TOP3)
     (work / "rank.yaml").write_text(RANK)
-    import os
-
-    from ffdi_tune.demo_data import write_demo_dataset
 
     data = write_demo_dataset(work / "data", n_train=48, n_val=24, n_test=8, size=32, seed=1, difficulty=0.2)
     victim = sorted((data / "trainset").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated: left out (on_bad_image: skip)
 
-    old = os.getcwd()
-    os.chdir(work)
-    try:
+    with contextlib.chdir(work):
         assert main(["run", "space.yaml"]) == 0
-    finally:
-        os.chdir(old)
     return work
 
 
