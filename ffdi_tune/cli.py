@@ -127,11 +127,10 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from ffdi_tune.spool import SPOOL_DIR
+    from ffdi_tune.spool import search_spool
     from ffdi_tune.tracking import replay_spool
 
-    folder = Path(args.storage).expanduser().resolve() / args.name / SPOOL_DIR
-    n = replay_spool(folder)
+    n = replay_spool(search_spool(args.storage, args.name))
     print(f"search {args.name}: " + (f"{n} kept tracking write(s) replayed" if n else "nothing to sync"))
     return 0
 

@@ -126,9 +126,11 @@ def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, threads: in
             split = _without(split, set(bad))
         elif bad:
             hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
-            folder = split.paths[0].parent
-            problems += [f"{folder / n}: {why}; replace or remove the file{hint}" for n, why in bad.items()]
+            where = dict(zip(split.names, split.paths))
+            problems += [f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in bad.items()]
             split = _without(split, set(bad))
+        if bad and not len(split) and cfg.on_bad_image == "skip":
+            problems.append(f"split {name}: none of its {len(bad)} image(s) decodes; replace them or fix data.root")
         if split.targets is not None and len(split) and not found:
             single = single_class_problem(split)
             if single:

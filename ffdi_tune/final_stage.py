@@ -86,6 +86,19 @@ def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: l
     return candidates
 
 
+def search_data(tracker: Tracker, experiment: str, root: str, on_bad_image: str = "error") -> DataConfig:
+    """The data section the search ``experiment`` ran with (layout names, exclusions), at ``root``."""
+    text = tracker.search_config_text(experiment)
+    raw = yaml.safe_load(text) if text else None
+    section = raw.get("data") if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else {}
+    # The demo generator and a cache folder belong to the machine that searched, not this one.
+    keep = {k: v for k, v in section.items() if k not in ("root", "demo", "cache_dir")}
+    try:
+        return DataConfig.model_validate({"on_bad_image": on_bad_image, **keep, "root": root})
+    except ValidationError:
+        return DataConfig(root=root, on_bad_image=on_bad_image)
+
+
 def search_robust_val(tracker: Tracker, experiment: str) -> RobustValConfig:
     """The perturbation recipe the search ``experiment`` scored with (the default when none is logged)."""
     text = tracker.search_config_text(experiment)
@@ -133,8 +146,8 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
         if data_root is None:
             raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
     # Only val and test are read: trainset need not be on this machine.
-    check = check_dataset(DataConfig(root=data_root, on_bad_image=searches[experiments[0]].get(
-        "ffdi.on_bad_image", "error")), splits=("val", "test"))
+    data = search_data(tracker, experiments[0], data_root, searches[experiments[0]].get("ffdi.on_bad_image", "error"))
+    check = check_dataset(data, splits=("val", "test"))
     if not allow_changed_data:
         _same_data_as_searches(check, searches)
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")

@@ -39,7 +39,7 @@ from ffdi_tune.report import param_importance, plot_param_importance, plot_searc
 from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
 from ffdi_tune.spool import SPOOL_DIR
-from ffdi_tune.tracking import Tracker, resolve_tracking
+from ffdi_tune.tracking import Tracker, resolve_tracking, unreachable
 from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, train_trial
 
 __all__ = ["SearchOutcome", "run_search", "search_dir", "make_searcher", "ray_address", "check_cluster_paths",
@@ -534,11 +534,17 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
     if tracker.pending():
         tracker.log_artifact(parent_id, trials_csv)  # kept; the plots need the store's run times
     else:
-        _summarise(tracker, experiment_id, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv,
-                   searched)
+        try:
+            _summarise(tracker, experiment_id, parent_id, rows, cfg.search.metric, cfg.search.mode, trials_csv,
+                       searched)
+        except Exception as exc:  # the store went away just now: the trials are safe, the plots can wait
+            if not unreachable(exc):
+                raise
+            echo(f"MLflow at {uri} stopped answering; the search history plots are skipped")
+            tracker.log_artifact(parent_id, trials_csv)
     tracker.finish(parent_id, "FINISHED")
     if tracker.pending():
-        storage = "" if cfg.search.storage == "runs" else f" --storage {cfg.search.storage}"
+        storage = "" if cfg.search.storage == "runs" or _is_uri(cfg.search.storage) else f" --storage {cfg.search.storage}"
         echo(f"MLflow at {uri} is unreachable: {tracker.pending()} tracking write(s) are kept in "
              f"{tracker.spool.folder}, nothing is lost; once it is back, run: ffdi-tune sync {cfg.name}{storage}")
     return SearchOutcome(cfg.name, out_dir, exp_path, uri, experiment_id, parent_id, rows, trials_csv,

@@ -12,14 +12,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 from ffdi_tune.results import write_atomic
 
-__all__ = ["Spool", "SPOOL_DIR"]
+__all__ = ["Spool", "SPOOL_DIR", "search_spool"]
 
 SPOOL_DIR = "mlflow-spool"  # under a search's output folder
+
+
+def search_spool(storage: str, name: str) -> Path:
+    """The spool folder of search ``name``: under ``search.storage``, or under ``./runs`` for a bucket URI."""
+    from ffdi_tune.errors import TrackingError
+
+    local = "runs" if "://" in storage and not storage.startswith("file://") else storage.removeprefix("file://")
+    search = Path(local).expanduser().resolve() / name
+    if not search.is_dir():
+        raise TrackingError(f"no search {name!r} under {search.parent}; pass its name, and --storage with its "
+                            "search.storage when that is not runs")
+    return search / SPOOL_DIR
 
 
 class Spool:
@@ -55,18 +68,28 @@ class Spool:
             write_atomic(self.folder / "tracking.json", json.dumps(store))
         if entry.get("path"):
             src = Path(entry["path"])
-            copy = self.folder / "files" / f"{len(self.entries()):06d}" / src.name  # the name is the artifact's
+            copy = self.folder / "files" / uuid.uuid4().hex / src.name  # the name is the artifact's
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, copy)
             entry = dict(entry, path=str(copy))
-        with open(self.journal, "a") as f:
+        with open(self.journal, "a+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():  # after a process killed mid-line, start a fresh line
+                f.seek(f.tell() - 1)
+                if f.read(1) != "\n":
+                    f.write("\n")
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
+    def reject(self, entry: dict[str, Any], why: str) -> None:
+        """Set aside an entry the store refused (kept in ``rejected.jsonl`` for a person to read)."""
+        with open(self.folder / "rejected.jsonl", "a") as f:
+            f.write(json.dumps(dict(entry, error=why)) + "\n")
+
     def keep(self, entries: list[dict[str, Any]]) -> None:
         """Replace the journal with ``entries`` (those not replayed yet); clear it when empty."""
-        if entries:
+        if entries or (self.folder / "rejected.jsonl").is_file():
             write_atomic(self.journal, "".join(json.dumps(e) + "\n" for e in entries))
             return
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -24,7 +24,7 @@ from ffdi_tune.config import TrackingConfig
 from ffdi_tune.errors import TrackingError, did_you_mean
 from ffdi_tune.spool import Spool
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker", "replay_spool"]
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker", "replay_spool", "unreachable"]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint otherwise
@@ -60,7 +60,7 @@ def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None
     return uri, artifacts
 
 
-def _unreachable(exc: BaseException) -> bool:
+def unreachable(exc: BaseException) -> bool:
     """True when ``exc`` means the store cannot be reached right now, not that it refused a request."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -98,6 +98,10 @@ class Tracker:
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "artifact_location": self.artifact_location, "spool": self.spool,
                 "_client": None, "_ids": dict(self._ids), "_last_try": 0.0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A search saved by an older version pickled only the first three fields.
+        self.__dict__.update({"spool": None, "_ids": {}, "_last_try": 0.0, **state})
 
     @property
     def client(self):
@@ -149,7 +153,7 @@ class Tracker:
             run_id = self.client.create_run(experiment_id, run_name=name,
                                             tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root}).info.run_id
             self.client.log_text(run_id, config_yaml, "search_space.yaml")
-        self.set_tags(run_id, tags or {})
+        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})  # a resume may read another root
         return run_id
 
     def search_tags(self, experiment_name: str) -> dict[str, str]:
@@ -176,18 +180,22 @@ class Tracker:
                   run_name: str | None = None) -> str:
         """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
         return self._write("trial_run", f"pending:{experiment_id}:{parent_id}:{trial_id}", params=params,
-                           run_name=run_name)
+                           run_name=run_name, time=int(time.time() * 1000))
 
     def _trial_run_now(self, experiment_id: str, parent_id: str, trial_id: str, params: dict[str, Any] | None,
-                       run_name: str | None = None) -> str:
+                       run_name: str | None = None, start_time: int | None = None) -> str:
         query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
         run = self._find(experiment_id, query)
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
+            if params and not run.data.params:  # created just before an outage cut its params off
+                from mlflow.entities import Param
+
+                self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
             return run.info.run_id
         run = self.client.create_run(
-            experiment_id, run_name=run_name or trial_id,
+            experiment_id, run_name=run_name or trial_id, start_time=start_time,
             tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
         )
         from mlflow.entities import Param
@@ -279,10 +287,8 @@ class Tracker:
             return run_id
         if run_id not in self._ids:
             _, experiment_id, parent_id, trial_id = run_id.split(":", 3)
-            run = self._find(experiment_id, f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'")
-            if run is None:
-                raise LookupError(f"no run was created for {run_id}")
-            self._ids[run_id] = run.info.run_id
+            # Found by its tags; created now (without params) if the write that made it was lost.
+            self._ids[run_id] = self._trial_run_now(experiment_id, parent_id, trial_id, None)
         return self._ids[run_id]
 
     def _apply(self, entry: dict[str, Any]) -> str | None:
@@ -292,7 +298,7 @@ class Tracker:
         if op == "trial_run":
             _, experiment_id, parent_id, trial_id = run.split(":", 3)
             self._ids[run] = self._trial_run_now(experiment_id, parent_id, trial_id, entry.get("params"),
-                                                 entry.get("run_name"))
+                                                 entry.get("run_name"), entry.get("time"))
             return self._ids[run]
         run_id = self._resolve(run)
         if op == "metrics":
@@ -325,7 +331,7 @@ class Tracker:
             try:
                 result = self._apply(entry)
             except Exception as exc:
-                if not _unreachable(exc):
+                if not unreachable(exc):
                     raise
                 log.warning("MLflow at %s is unreachable (%s); keeping its writes in %s until it is back",
                             self.uri, str(exc).splitlines()[0][:200], self.spool.folder)
@@ -348,19 +354,27 @@ class Tracker:
             return True
         if not wait and time.monotonic() - self._last_try < self.PROBE_S:
             return False
-        self._last_try = time.monotonic()
         entries = self.spool.entries()
-        for i, entry in enumerate(entries):
-            try:
-                self._apply(entry)
-            except Exception as exc:
-                if not _unreachable(exc):
-                    raise
-                self.spool.keep(entries[i:])
-                return False
-            if entry.get("path"):
-                shutil.rmtree(Path(entry["path"]).parent, ignore_errors=True)
-        self.spool.keep([])
+        done = 0
+        try:
+            for entry in entries:
+                try:
+                    self._apply(entry)
+                except Exception as exc:
+                    if unreachable(exc):
+                        return False
+                    # Refused (a run deleted meanwhile, a lost file): set aside, never block the rest.
+                    self.spool.reject(entry, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+                    log.warning("MLflow refused a kept %s write (%s); it is set aside in %s", entry["op"],
+                                type(exc).__name__, self.spool.folder / "rejected.jsonl")
+                done += 1
+        finally:
+            # Progress first, files after: a replay killed in between repeats writes, never loses one.
+            self._last_try = time.monotonic()
+            self.spool.keep(entries[done:])
+            for entry in entries[:done]:
+                if entry.get("path"):
+                    shutil.rmtree(Path(entry["path"]).parent, ignore_errors=True)
         log.warning("MLflow at %s answers again: %d kept write(s) replayed", self.uri, len(entries))
         return True
 

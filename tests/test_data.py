@@ -267,3 +267,10 @@ def test_run_with_broken_data_writes_nothing(data, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: 3 problems in the dataset: ") and "\n" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_skip_that_leaves_a_split_empty_is_an_error(data):
+    for path in (data / "valset").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(DataError, match="split val: none of its .* image\\(s\\) decodes"):
+        check(data, on_bad_image="skip")

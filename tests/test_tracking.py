@@ -8,7 +8,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ffdi_tune.tracking import Tracker, _unreachable, replay_spool
+from ffdi_tune.tracking import Tracker, unreachable, replay_spool
 from procs import MlflowServer
 
 
@@ -31,7 +31,7 @@ def test_refused_requests_are_not_mistaken_for_an_outage(server, tmp_path):
     exp = tracker.experiment_id("refused")
     with pytest.raises(Exception) as info:
         tracker.log_metrics("0" * 32, {"val_auc": 0.5}, step=1)  # no such run: a bug, not an outage
-    assert not _unreachable(info.value) and tracker.pending() == 0
+    assert not unreachable(info.value) and tracker.pending() == 0
     assert exp
 
 
@@ -102,3 +102,42 @@ def test_sync_replays_from_a_fresh_process(server, tmp_path):
     assert child.info.status == "FINISHED" and child.data.metrics["val_auc"] == 0.8
     assert client.get_run(parent).info.status == "FINISHED"
     assert replay_spool(spool) == 0  # nothing left
+
+
+def test_a_refused_write_is_set_aside_and_the_rest_replayed(tmp_path):
+    """A kept write the store refuses (its run was deleted meanwhile) must not block the others."""
+    from ffdi_tune.spool import Spool
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, spool_dir=tmp_path / "spool")
+    exp = tracker.experiment_id("refusals")
+    parent = tracker.search_run(exp, "refusals", False, "name: refusals\n", str(tmp_path))
+    spool = Spool(tmp_path / "spool")
+    store = {"uri": uri, "artifact_location": None}
+    spool.append({"op": "metrics", "run": "f" * 32, "metrics": {"val_auc": 0.1}, "step": 1, "time": 1}, store)
+    spool.append({"op": "tags", "run": parent, "tags": {"after": "yes"}}, store)
+    assert tracker.replay() and tracker.pending() == 0
+    assert MlflowClient(uri).get_run(parent).data.tags["after"] == "yes"
+    rejected = (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and '"run": "' + "f" * 32 in rejected[0]
+
+
+def test_a_line_cut_by_a_killed_process_costs_only_itself(tmp_path):
+    from ffdi_tune.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    spool.append({"op": "tags", "run": "a", "tags": {}}, {"uri": "x"})
+    with open(spool.journal, "a") as f:
+        f.write('{"op": "tags", "ru')  # the process died here
+    spool.append({"op": "finish", "run": "b", "status": "FINISHED"}, {"uri": "x"})
+    assert [e["run"] for e in spool.entries()] == ["a", "b"]
+
+
+def test_a_tracker_pickled_by_an_older_version_still_works(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    old = Tracker.__new__(Tracker)
+    old.__setstate__({"uri": uri, "artifact_location": None, "_client": None})
+    exp = old.experiment_id("old")
+    parent = old.search_run(exp, "old", False, "name: old\n", str(tmp_path))
+    old.finish(parent)
+    assert old.pending() == 0 and MlflowClient(uri).get_run(parent).info.status == "FINISHED"
