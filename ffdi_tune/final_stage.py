@@ -26,8 +26,8 @@ from ffdi_tune.report import plot_roc
 from ffdi_tune.results import write_atomic
 from ffdi_tune.tracking import DATA_ROOT, Tracker
 
-__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_robust_val", "predict_run",
-           "submission_text"]
+__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_config", "search_data",
+           "search_robust_val", "predict_run", "submission_text"]
 
 
 @dataclass
@@ -86,11 +86,16 @@ def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: l
     return candidates
 
 
-def search_data(tracker: Tracker, experiment: str, root: str, on_bad_image: str = "error") -> DataConfig:
-    """The data section the search ``experiment`` ran with (layout names, exclusions), at ``root``."""
+def search_config(tracker: Tracker, experiment: str) -> dict:
+    """The resolved YAML the search ``experiment`` ran with, parsed (empty when none is logged)."""
     text = tracker.search_config_text(experiment)
     raw = yaml.safe_load(text) if text else None
-    section = raw.get("data") if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def search_data(config: dict, root: str, on_bad_image: str = "error") -> DataConfig:
+    """The data section of a search's ``config`` (layout names, exclusions), at ``root``."""
+    section = config.get("data") if isinstance(config.get("data"), dict) else {}
     # The demo generator and a cache folder belong to the machine that searched, not this one.
     keep = {k: v for k, v in section.items() if k not in ("root", "demo", "cache_dir")}
     try:
@@ -99,11 +104,9 @@ def search_data(tracker: Tracker, experiment: str, root: str, on_bad_image: str 
         return DataConfig(root=root, on_bad_image=on_bad_image)
 
 
-def search_robust_val(tracker: Tracker, experiment: str) -> RobustValConfig:
-    """The perturbation recipe the search ``experiment`` scored with (the default when none is logged)."""
-    text = tracker.search_config_text(experiment)
-    raw = yaml.safe_load(text) if text else None
-    recorded = raw.get("robust_val") if isinstance(raw, dict) else None
+def search_robust_val(config: dict, experiment: str) -> RobustValConfig:
+    """The perturbation recipe the search ``experiment`` (its ``config``) scored with; default when none."""
+    recorded = config.get("robust_val")
     try:
         recipe = RobustValConfig.model_validate(recorded) if isinstance(recorded, dict) else RobustValConfig()
     except ValidationError as exc:
@@ -146,14 +149,15 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
         if data_root is None:
             raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
     # Only val and test are read: trainset need not be on this machine.
-    data = search_data(tracker, experiments[0], data_root, searches[experiments[0]].get("ffdi.on_bad_image", "error"))
+    config = search_config(tracker, experiments[0])  # the first search's layout and perturbation recipe
+    data = search_data(config, data_root, searches[experiments[0]].get("ffdi.on_bad_image", "error"))
     check = check_dataset(data, splits=("val", "test"))
     if not allow_changed_data:
         _same_data_as_searches(check, searches)
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
     splits = DecodedSplits(check.data)
     # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
-    robust = search_robust_val(tracker, experiments[0]) if recipe.metric in ROBUST_METRICS else None
+    robust = search_robust_val(config, experiments[0]) if recipe.metric in ROBUST_METRICS else None
     candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo,
                                   Perturber(robust) if robust is not None else None)
     result = build_ensemble(candidates, splits.split("val").targets, recipe)

@@ -156,18 +156,20 @@ class Tracker:
         self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})  # a resume may read another root
         return run_id
 
+    def _latest_search(self, experiment_name: str):
+        exp_id = self.experiment_id(experiment_name, create=False)
+        return self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+
     def search_tags(self, experiment_name: str) -> dict[str, str]:
         """The tags of the latest search run of ``experiment_name`` (empty when there is none)."""
-        exp_id = self.experiment_id(experiment_name, create=False)
-        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+        run = self._latest_search(experiment_name)
         return dict(run.data.tags) if run else {}
 
     def search_config_text(self, experiment_name: str) -> str | None:
         """The resolved YAML (``search_space.yaml``) of the latest search run of ``experiment_name``."""
         import tempfile
 
-        exp_id = self.experiment_id(experiment_name, create=False)
-        run = self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+        run = self._latest_search(experiment_name)
         if run is None:
             return None
         with tempfile.TemporaryDirectory(prefix="ffdi-config-") as tmp:
