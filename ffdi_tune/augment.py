@@ -26,8 +26,8 @@ from torchvision.transforms import v2
 
 from ffdi_tune.errors import did_you_mean
 
-__all__ = ["AUGMENT_SETS", "AugmentParams", "BATCH_SETS", "BatchFlips", "build_augment", "batch_augment", "check_augment_name",
-           "check_augment_sets", "augment_names"]
+__all__ = ["AUGMENT_SETS", "AugmentParams", "BATCH_SETS", "BatchFlips", "DEVICE_SETS", "DeviceAugment", "build_augment",
+           "batch_augment", "check_augment_name", "check_augment_sets", "augment_names", "device_augment"]
 
 _TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
 
@@ -131,6 +131,107 @@ def batch_augment(name: str) -> BatchFlips | None:
     for p in parts:
         out = out.then(BATCH_SETS[p])
     return out
+
+
+# Sets with a batched form for the accelerator (kornia): whole batches, parameters drawn per image.
+# The rest (randaugment and trivialaugment, whose kornia policies use other operations and
+# magnitudes than torchvision's; augmix; jpeg, which needs a real JPEG codec; timm strings and
+# user-defined sets) always run image by image in the loader.
+DEVICE_SETS = frozenset({
+    "none", "hflip", "flips", "crop", "rotate", "affine", "perspective", "geometric", "color", "grayscale", "blur",
+    "invert", "posterize", "solarize", "sharpness", "equalize", "autocontrast", "photometric", "autoaugment",
+})
+
+
+class _PolicyPerGroup(torch.nn.Module):
+    """A kornia auto-augment policy applied to groups of ``group`` images, each group drawing its own ops.
+
+    kornia draws one sub-policy per call; torchvision draws one per image. Groups of 8 keep a batch
+    as varied as per-image draws would (64 images see 8 sub-policies) at an eighth of the calls.
+    """
+
+    def __init__(self, policy: torch.nn.Module, group: int = 8):
+        super().__init__()
+        self.policy, self.group = policy, group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.policy(chunk) for chunk in x.split(self.group)])
+
+
+def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]:
+    """name -> factory(img_size) -> kornia transforms mirroring the torchvision set of that name.
+
+    Same operations, ranges and odds as :data:`AUGMENT_SETS` (``tests/test_augment.py`` compares
+    what both do to the same images); they work on float ``B x C x H x W`` batches in [0, 1].
+    """
+    import kornia.augmentation as K
+    from kornia.augmentation.auto import AutoAugment
+
+    def jitter():
+        return K.ColorJitter(0.3, 0.3, 0.3, 0.03, p=0.8)
+
+    def crop(s):
+        return K.RandomResizedCrop((s, s), scale=(0.6, 1.0))
+
+    return {
+        "none": lambda s: [],
+        "hflip": lambda s: [K.RandomHorizontalFlip()],
+        "flips": lambda s: [K.RandomHorizontalFlip(), K.RandomVerticalFlip()],
+        "crop": lambda s: [crop(s)],
+        "rotate": lambda s: [K.RandomRotation(15.0, resample="nearest", p=1.0)],
+        "affine": lambda s: [K.RandomAffine(10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5.0,
+                                            resample="nearest", p=1.0)],
+        "perspective": lambda s: [K.RandomPerspective(0.2, p=0.5)],
+        "geometric": lambda s: [
+            crop(s), K.RandomHorizontalFlip(),
+            K.RandomAffine(10.0, translate=(0.05, 0.05), shear=5.0, resample="nearest", p=0.5),
+            K.RandomPerspective(0.15, p=0.3),
+        ],
+        "color": lambda s: [jitter(), K.RandomHorizontalFlip()],
+        "grayscale": lambda s: [K.RandomGrayscale(p=0.2)],
+        "blur": lambda s: [K.RandomGaussianBlur(5, (0.1, 1.5), p=0.3)],
+        "invert": lambda s: [K.RandomInvert(p=0.2)],
+        "posterize": lambda s: [K.RandomPosterize(bits=(4.0, 4.0), p=0.2)],
+        "solarize": lambda s: [K.RandomSolarize(thresholds=(192 / 255, 192 / 255), additions=(0.0, 0.0), p=0.2)],
+        "sharpness": lambda s: [K.RandomSharpness(sharpness=(2.0, 2.0), p=0.3)],
+        "equalize": lambda s: [K.RandomEqualize(p=0.2)],
+        "autocontrast": lambda s: [K.RandomAutoContrast(p=0.3)],
+        "photometric": lambda s: [
+            jitter(), K.RandomGrayscale(p=0.1), K.RandomGaussianBlur(5, (0.1, 1.5), p=0.2),
+            K.RandomSharpness(sharpness=(2.0, 2.0), p=0.2), K.RandomAutoContrast(p=0.2), K.RandomHorizontalFlip(),
+        ],
+        "autoaugment": lambda s: [_PolicyPerGroup(AutoAugment("imagenet")), K.RandomHorizontalFlip()],
+    }
+
+
+class DeviceAugment(torch.nn.Module):
+    """A set's batched form: uint8 ``B x C x H x W`` on any device -> float on the 0-255 scale.
+
+    Runs where the batch is (a GPU in a search), so the loader only gathers cached uint8 images.
+    The output stays float (no rounding back to uint8); :func:`ffdi_tune.data.to_model_input`
+    normalises it like a uint8 batch.
+    """
+
+    def __init__(self, name: str, img_size: int):
+        super().__init__()
+        factories = _device_set_factories()
+        self.name = name
+        self.ops = torch.nn.Sequential(*(op for part in name.split("+") for op in factories[part](img_size)))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = self.ops(batch.float().div_(255))
+        return x.clamp_(0, 1).mul_(255)
+
+    def extra_repr(self) -> str:
+        return repr(self.name)
+
+
+def device_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None) -> DeviceAugment | None:
+    """The batched device form of set ``name`` (or ``a+b``), or None when a part has none."""
+    parts = name.split("+")
+    if any(p in (user_sets or {}) or p not in DEVICE_SETS for p in parts):
+        return None
+    return DeviceAugment(name, img_size)
 
 
 def _posterize_zero_ok(img, bits_to_keep, **kwargs):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import AugmentParams, batch_augment, build_augment
+from ffdi_tune.augment import AugmentParams, batch_augment, build_augment, device_augment
 from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings
 from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.errors import ConfigError
@@ -91,6 +91,25 @@ def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, a
     return float(loss.detach())
 
 
+def _augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device):
+    """(on the device, while gathering, per image in the loader): how the trial's set is applied.
+
+    Flips sets are drawn per image as a batch is gathered (on a GPU: on the device). Sets with a
+    kornia form augment whole batches on the device when ``device_augment`` allows. Everything else
+    goes image by image through torchvision in the loader.
+    """
+    user = any(part in (augment_sets or {}) for part in s.augment.split("+"))
+    flips = None if user else batch_augment(s.augment)
+    if flips is not None:
+        return (flips, None, None) if device.type != "cpu" else (None, flips, None)
+    if s.device_augment == "on" or (s.device_augment == "auto" and device.type == "cuda"):
+        batched = device_augment(s.augment, s.img_size, augment_sets)
+        if batched is not None:
+            return batched.to(device), None, None
+    params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
+    return None, None, build_augment(s.augment, s.img_size, augment_sets, params=params)
+
+
 def train_trial(
     settings: TrainSettings,
     data: DataConfig,
@@ -149,13 +168,7 @@ def train_trial(
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
     robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
                      if robust_on else None)
-    # A set with a batched form augments whole batches: while gathering on a CPU, on the device on a
-    # GPU. Other sets go image by image.
-    batched = batch_augment(s.augment) if s.augment not in (augment_sets or {}) else None
-    per_image = None if batched is not None else build_augment(
-        s.augment, s.img_size, augment_sets, params=AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p))
-    on_device = batched if batched is not None and device.type != "cpu" else None
-    in_loader = batched if batched is not None and device.type == "cpu" else None
+    on_device, in_loader, per_image = _augmenters(s, augment_sets, device)
     generator = torch.Generator()
 
     start_epoch, best_value, best_metrics, step = 1, None, {}, 0

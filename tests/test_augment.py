@@ -101,3 +101,69 @@ def test_timm_posterize_at_full_magnitude_does_not_crash(image):
     for _ in range(300):  # every op at magnitude 10, posterize among them
         out = t(image)
         assert out.shape == image.shape
+
+
+# --- batched device forms (kornia) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    """512 distinct real portraits (decoded JPEGs) at 32 px."""
+    from ffdi_tune.demo_data import write_demo_dataset
+
+    root = write_demo_dataset(tmp_path_factory.mktemp("many") / "d", n_train=512, n_val=4, n_test=2, size=32, seed=5)
+    return load_images(read_split(DataConfig(root=str(root)), "train"), 32)
+
+
+def test_device_sets_are_a_subset_with_one_factory_each():
+    from ffdi_tune.augment import DEVICE_SETS, _device_set_factories
+
+    assert set(_device_set_factories()) == DEVICE_SETS and DEVICE_SETS <= set(AUGMENT_SETS)
+
+
+def test_sets_without_device_form_fall_back():
+    from ffdi_tune.augment import device_augment
+
+    for name in ["jpeg", "flips+jpeg", "randaugment", "augmix", "rand-m9-mstd0.5-inc1"]:
+        assert device_augment(name, 32) is None
+    sets = {"mine": [{"name": "RandomHorizontalFlip"}]}
+    assert device_augment("mine", 32, sets) is None and device_augment("color+mine", 32, sets) is None
+    assert device_augment("flips+color", 32) is not None
+
+
+def change_stats(out, images):
+    """Share of images changed, and the mean absolute change (0-255) of those that changed."""
+    diff = (out.float() - images.float()).abs().flatten(1).mean(1)
+    changed = diff > 0.5
+    return float(changed.float().mean()), float(diff[changed].mean()) if changed.any() else 0.0
+
+
+@pytest.mark.parametrize("name", sorted(__import__("ffdi_tune.augment").augment.DEVICE_SETS - {"none"}))
+def test_device_form_gives_the_same_kind_of_images(name, many_images):
+    """Batched form vs torchvision image by image, on the same 512 images: as many images changed,
+    by about as much, and each image drawn on its own (not one draw for the whole batch)."""
+    from ffdi_tune.augment import device_augment
+
+    torch.manual_seed(0)
+    t = build_augment(name, 32)
+    reference = torch.stack([t(img) for img in many_images])
+    out = device_augment(name, 32)(many_images)
+    assert out.shape == many_images.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    ref_share, ref_size = change_stats(reference, many_images)
+    share, size = change_stats(out, many_images)
+    assert abs(share - ref_share) < 0.1, (share, ref_share)
+    assert 0.6 < size / ref_size < 1.6, (size, ref_size)
+    # drawn per image: 64 copies of one image do not all come out the same
+    copies = device_augment(name, 32)(many_images[:1].repeat(64, 1, 1, 1))
+    assert len(torch.unique(copies.flatten(1), dim=0)) > 1
+
+
+def test_device_form_follows_the_seed(many_images):
+    from ffdi_tune.augment import device_augment
+
+    t = device_augment("photometric", 32)
+    outs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outs.append(t(many_images[:64]))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])

@@ -101,3 +101,39 @@ def test_compiled_model_trains_like_the_plain_one(tiny_data):
     compiled, _ = run(s.model_copy(update={"compile": True}), tiny_data)
     assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
     assert compiled["val_auc"] == pytest.approx(plain["val_auc"], abs=0.05)
+
+
+@pytest.mark.parametrize("mode,batched", [("on", True), ("auto", False), ("off", False)])
+def test_device_augment_setting_picks_where_sets_run(tiny_data, monkeypatch, mode, batched):
+    """device_augment=on runs a set's batched form on the device (here the CPU) instead of the loader's
+    per-image path; auto does so only on a GPU."""
+    import ffdi_tune.augment as augment
+    import ffdi_tune.train as train
+
+    calls = {"batched": 0, "per_image": 0}
+    forward = augment.DeviceAugment.forward
+
+    def spy_forward(self, batch):
+        calls["batched"] += 1
+        return forward(self, batch)
+
+    build = train.build_augment
+
+    def spy_build(*args, **kwargs):
+        inner = build(*args, **kwargs)
+
+        def per_image(img):
+            calls["per_image"] += 1
+            return inner(img)
+        return per_image
+
+    monkeypatch.setattr(augment.DeviceAugment, "forward", spy_forward)
+    monkeypatch.setattr(train, "build_augment", spy_build)
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1, augment="color",
+                      device_augment=mode)
+    best, _ = run(s, tiny_data)
+    assert 0.0 <= best["val_auc"] <= 1.0 and np.isfinite(best["train_loss"])
+    if batched:
+        assert calls == {"batched": 48 // 8, "per_image": 0}
+    else:
+        assert calls == {"batched": 0, "per_image": 48}
