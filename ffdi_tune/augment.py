@@ -134,28 +134,14 @@ def batch_augment(name: str) -> BatchFlips | None:
 
 
 # Sets with a batched form for the accelerator (kornia): whole batches, parameters drawn per image.
-# The rest (randaugment and trivialaugment, whose kornia policies use other operations and
-# magnitudes than torchvision's; augmix; jpeg, which needs a real JPEG codec; timm strings and
-# user-defined sets) always run image by image in the loader.
+# The rest always run image by image in the loader: autoaugment, randaugment and trivialaugment
+# (kornia draws one sub-policy per call, not per image, and its randaugment / trivialaugment use
+# other operations and magnitudes than torchvision's), augmix, jpeg (a real JPEG codec), timm
+# strings and user-defined sets.
 DEVICE_SETS = frozenset({
     "none", "hflip", "flips", "crop", "rotate", "affine", "perspective", "geometric", "color", "grayscale", "blur",
-    "invert", "posterize", "solarize", "sharpness", "equalize", "autocontrast", "photometric", "autoaugment",
+    "invert", "posterize", "solarize", "sharpness", "equalize", "autocontrast", "photometric",
 })
-
-
-class _PolicyPerGroup(torch.nn.Module):
-    """A kornia auto-augment policy applied to groups of ``group`` images, each group drawing its own ops.
-
-    kornia draws one sub-policy per call; torchvision draws one per image. Groups of 8 keep a batch
-    as varied as per-image draws would (64 images see 8 sub-policies) at an eighth of the calls.
-    """
-
-    def __init__(self, policy: torch.nn.Module, group: int = 8):
-        super().__init__()
-        self.policy, self.group = policy, group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.policy(chunk) for chunk in x.split(self.group)])
 
 
 def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]:
@@ -165,7 +151,6 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
     what both do to the same images); they work on float ``B x C x H x W`` batches in [0, 1].
     """
     import kornia.augmentation as K
-    from kornia.augmentation.auto import AutoAugment
 
     def jitter():
         return K.ColorJitter(0.3, 0.3, 0.3, 0.03, p=0.8)
@@ -200,7 +185,6 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
             jitter(), K.RandomGrayscale(p=0.1), K.RandomGaussianBlur(5, (0.1, 1.5), p=0.2),
             K.RandomSharpness(sharpness=(2.0, 2.0), p=0.2), K.RandomAutoContrast(p=0.2), K.RandomHorizontalFlip(),
         ],
-        "autoaugment": lambda s: [_PolicyPerGroup(AutoAugment("imagenet")), K.RandomHorizontalFlip()],
     }
 
 

@@ -94,11 +94,11 @@ def param_importance(trials: pd.DataFrame, params: list[str], metric: str) -> di
 
 def plot_param_importance(importance: dict[str, float], path: Path) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * max(1, len(importance))))
+    # room for the title and axis label even with a single parameter
+    fig, ax = plt.subplots(figsize=(5, 1.6 + 0.4 * len(importance)), layout="constrained")
     names = list(importance)[::-1]
     ax.barh(names, [importance[n] for n in names])
     ax.set(xlabel="fANOVA importance", title="what mattered in this search")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

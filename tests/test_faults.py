@@ -1,4 +1,4 @@
-"""Faults caused for real: a killed driver, a killed trial worker, a tracking server that goes away.
+"""Faults caused for real: Ctrl-C, a killed driver, a killed trial worker, a tracking server that goes away.
 
 Each test runs `ffdi-tune run` in its own process (its own local Ray), breaks something mid-search,
 and checks that every finished result is kept and the search completes.
@@ -83,15 +83,34 @@ def assert_complete(client: MlflowClient, name: str, trials: int, epochs: int, f
     return kept
 
 
-def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+    """Ctrl-C stops cleanly; the resumed search, SIGKILLed mid-way, resumes again and finishes.
+
+    Ctrl-C: exit 130, the last line says how to resume, the parent run is KILLED and no run is left
+    RUNNING. SIGKILL: runs are left RUNNING; running again without --resume is refused; --resume
+    finishes with the finished trials' runs and metrics untouched and no point proposed twice.
+    """
     cmd = write_space(tmp_path, "killed", trials=4, epochs=3)
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
+        wait_for(lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint_*")), proc,
+                 what="a first checkpoint")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err.strip().splitlines()[-1]
+    parents, children = runs_of(client, "killed")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert children and all(r.info.status != "RUNNING" for r in children)
+
+    proc = subprocess.Popen(cmd + ["--resume"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
         def one_finished():
-            if not (tmp_path / "runs" / "mlflow.db").exists():
-                return None
             _, children = runs_of(client, "killed")
             done = [r for r in children if r.info.status == "FINISHED"]
             return done if done and len(children) >= 2 else None

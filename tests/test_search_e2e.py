@@ -262,53 +262,6 @@ def test_crashing_trials_are_retried_then_failed(tmp_path, monkeypatch, capsys):
     assert list(df["status"]) == ["FAILED", "FAILED"]
 
 
-SLOW = """
-name: interrupted
-data: {root: data, demo: {n_train: 800, n_val: 64, n_test: 4, size: 32, seed: 4}}
-train: {backbone: test_resnet, img_size: 32, batch_size: 16, epochs: 4}
-space: {lr: {loguniform: [1.0e-3, 1.0e-2]}}
-search: {num_samples: 4, max_concurrent: 2}
-scheduler: {type: fifo}
-"""
-
-
-def test_ctrl_c_then_resume_finishes_the_search(tmp_path):
-    import glob
-    import signal
-
-    (tmp_path / "space.yaml").write_text(SLOW)
-    cmd = [sys.executable, "-m", "ffdi_tune", "run", "space.yaml"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not glob.glob(str(tmp_path / "runs" / "interrupted" / "*" / "checkpoint_*")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "--resume" in err.strip().splitlines()[-1]
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    exp = client.get_experiment_by_name("interrupted")
-    runs = client.search_runs([exp.experiment_id])
-    assert all(r.info.status != "RUNNING" for r in runs)
-    assert next(r for r in runs if r.data.tags["ffdi.role"] == "search").info.status == "KILLED"
-
-    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags["ffdi.role"] == "search"]
-    children = [r for r in runs if r.data.tags["ffdi.role"] == "trial"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and len({r.data.tags["ffdi.trial_id"] for r in children}) == 4
-    for run in children:
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
-        assert sorted(set(steps)) == [1, 2, 3, 4]
-    df = pd.read_csv(tmp_path / "runs" / "interrupted" / "trials.csv")
-    assert len(df) == 4 and set(df["status"]) == {"FINISHED"}
-
-
 def test_resources_beyond_the_cluster_write_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(FAILING.replace("name: diverges", "name: greedy")
