@@ -162,6 +162,12 @@ class TrainSettings(StrictModel):
 
     _quality_range = range_validator("jpeg_quality", 1, 100)
 
+    @field_validator("device_augment", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _even_batch_for_mix(self) -> TrainSettings:
         if self.mix != "none" and self.batch_size % 2:

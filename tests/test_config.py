@@ -189,3 +189,14 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     bad.write_text("holdout: 0.3\n")
     with pytest.raises(ConfigError, match="unknown key 'holdout'.*holdout_fraction"):
         load_recipe(bad)
+
+
+def test_device_augment_reads_bare_yaml_on_and_off():
+    import yaml
+
+    from ffdi_tune.config import TrainSettings
+
+    for text, want in [("on", "on"), ("off", "off"), ("auto", "auto"), ("true", "on"), ("'on'", "on")]:
+        assert TrainSettings(**yaml.safe_load(f"device_augment: {text}")).device_augment == want
+    with pytest.raises(ValueError, match="device_augment"):
+        TrainSettings(device_augment="gpu")

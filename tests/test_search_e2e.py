@@ -26,12 +26,12 @@ data:
   root: data
   demo: {n_train: 48, n_val: 24, n_test: 8, size: 32, seed: 1, difficulty: 0.2}
   on_bad_image: skip
-train: {backbone: resnet10t, img_size: 32, batch_size: 16, epochs: 2}
+train: {backbone: resnet10t, img_size: 32, batch_size: 16, epochs: 2, device_augment: on}
 space:
   backbone: {choice: [resnet10t, mobilenetv3_small_050]}
   lr: {loguniform: [1.0e-3, 1.0e-2]}
   gamma: {uniform: [0.5, 0.9]}
-  augment: {choice: [none, flips]}
+  augment: {choice: [none, flips, color, photometric]}
 per_backbone:
   mobilenetv3_small_050: {lr: {loguniform: [1.0e-3, 3.0e-3]}}
 search: {num_samples: 4, max_concurrent: 2, seed: 0}
@@ -99,6 +99,8 @@ def test_mlflow_parent_and_children(finished_search):
         local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
         ckpt = torch.load(local, weights_only=True)
         assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)
+    # device_augment: on puts these sets' batched (kornia) forms inside the Ray trials
+    assert {"color", "photometric"} & {r.data.params["augment"] for r in children}
 
 
 def assert_submission(path, data_root):
