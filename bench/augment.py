@@ -30,7 +30,7 @@ from ffdi_tune.config import DataConfig
 from ffdi_tune.data import load_images, read_split
 from ffdi_tune.demo_data import write_demo_dataset
 
-PER_IMAGE_ONLY = ["randaugment", "trivialaugment", "augmix", "jpeg"]
+PER_IMAGE_ONLY = ["autoaugment", "randaugment", "trivialaugment", "augmix", "jpeg"]
 
 
 def per_image_ms(name: str, batch: torch.Tensor) -> float:
