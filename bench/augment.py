@@ -7,8 +7,8 @@ demo images (sources twice the side, resized once), same batch size, runs altern
 A loader worker that pays ``per_image_ms`` feeds at most ``1000 / per_image_ms`` images/s, so
 ``workers_for_4000_img_s`` says how many CPU cores the slowest set needs to keep a GPU that trains
 4,000 images/s busy without the device forms.
-``batched_call_overhead_ms`` is one batched call on 16 px images: its fixed host-side cost (Python,
-parameter draws), paid per batch on a GPU whatever the image size.
+``batched_call_overhead_ms`` is one batched call on 16 px images on this CPU: its fixed cost
+(Python, parameter draws), an estimate of the host time a GPU run pays per batch whatever the size.
 
     python bench/augment.py [--size 256] [--batch-size 64] [--reps 3]
 Last line: JSON with batched_vs_per_image_cpu (median over the sets with a batched form).
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from ffdi_tune.augment import DEVICE_SETS, build_augment, device_augment
+from ffdi_tune.augment import AUGMENT_SETS, DEVICE_SETS, build_augment, device_augment
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import load_images, read_split
 from ffdi_tune.demo_data import write_demo_dataset
 
-PER_IMAGE_ONLY = ["autoaugment", "randaugment", "trivialaugment", "augmix", "jpeg"]
+PER_IMAGE_ONLY = sorted(set(AUGMENT_SETS) - DEVICE_SETS)
 
 
 def per_image_ms(name: str, batch: torch.Tensor) -> float:

@@ -7,11 +7,20 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-python -c "import ffdi_tune" 2>/dev/null || pip install -q -e .
+python -c "import ffdi_tune, kornia" 2>/dev/null || pip install -q -e .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# The dataset once (800 images at 512 px, decoded to 256 px), shared by every run below.
 data=$(mktemp -d)/d
-timeout 120 python bench/gpu_throughput.py --data "$data" --steps 80 --concurrent 1
-timeout 110 python bench/gpu_throughput.py --data "$data" --steps 40 --concurrent 4
-timeout 80 python bench/gpu_throughput.py --data "$data" --steps 60 --augment photometric
-timeout 80 python bench/gpu_throughput.py --data "$data" --steps 60 --augment photometric --augment-on loader --workers 12
-timeout 80 python bench/augment.py --reps 1
+timeout 150 python - "$data" <<'PY'
+import sys
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data import load_images, read_split
+from ffdi_tune.demo_data import write_demo_dataset
+root = write_demo_dataset(sys.argv[1], n_train=800, n_val=4, n_test=2, size=512)
+load_images(read_split(DataConfig(root=str(root)), "train"), 256, cache_dir=root / "cache")
+PY
+timeout 70 python bench/gpu_throughput.py --data "$data" --steps 80 --concurrent 1
+timeout 80 python bench/gpu_throughput.py --data "$data" --steps 40 --concurrent 4
+timeout 50 python bench/gpu_throughput.py --data "$data" --steps 60 --augment photometric
+timeout 50 python bench/gpu_throughput.py --data "$data" --steps 60 --augment photometric --augment-on loader --workers 12
+timeout 60 python bench/augment.py --reps 1

@@ -33,18 +33,28 @@ from ffdi_tune.demo_data import write_demo_dataset
 from ffdi_tune.models import create_model
 
 
+def augmenters(augment: str, augment_on: str, size: int, device: torch.device):
+    """(on the device, per image in the loader), placed as ``train_trial`` places them."""
+    if augment_on == "device":
+        flips = batch_augment(augment)
+        if flips is not None:
+            return flips, None
+        batched = device_augment(augment, size)
+        if batched is not None:
+            return batched.to(device), None
+    return None, build_augment(augment, size)
+
+
 def run(device: torch.device, steps: int, size: int, batch_size: int, root: Path | None, backbone: str,
-        augment: str = "flips", augment_on: str = "device", workers: int = 0) -> float:
+        augment: str | None = "flips", augment_on: str = "device", workers: int = 0) -> float:
+    """Train images/s; ``root`` None is the ceiling (random batches on the device, no augmentation)."""
     torch.manual_seed(0)
     model = create_model(backbone).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     amp = torch.bfloat16 if device.type == "cuda" else None
     mean = torch.tensor((0.485, 0.456, 0.406), device=device)
     std = torch.tensor((0.229, 0.224, 0.225), device=device)
-    on_device = batch_augment(augment) or device_augment(augment, size) if augment_on == "device" else None
-    per_image = build_augment(augment, size) if on_device is None else None
-    if on_device is None and root is None:
-        raise SystemExit("error: the ceiling has no loader; use --augment-on device")
+    on_device, per_image = augmenters(augment, augment_on, size, device) if root is not None else (None, None)
     if root is None:
         data = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
         batches = ((data, torch.randint(0, 2, (batch_size,))) for _ in iter(int, 1))
@@ -95,13 +105,15 @@ def main() -> None:
                     help="batched on the GPU, or per image in DataLoader workers")
     ap.add_argument("--workers", type=int, default=8, help="DataLoader workers for --augment-on loader")
     ap.add_argument("--data", help="dataset folder to reuse across runs (generated there when missing)")
-    ap.add_argument("--only", choices=["ceiling", "pipeline"], help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["pipeline"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
-    aug = (args.augment, args.augment_on, args.workers if args.augment_on == "loader" else 0)
+    on_device, _ = augmenters(args.augment, args.augment_on, args.size, device)
+    where = "device" if on_device is not None else "loader"  # a set without a batched form: loader
+    aug = (args.augment, where, args.workers if where == "loader" else 0)
     if args.only:  # a child of --concurrent
-        root = Path(args.root) if args.only == "pipeline" else None
+        root = Path(args.root)
         print(json.dumps({"img_s": run(device, args.steps, args.size, args.batch_size, root, args.backbone,
                                        *aug)}))
         return
@@ -114,18 +126,18 @@ def main() -> None:
         for kind in ("ceiling", "pipeline"):
             out[f"{kind}_img_s"] = round(run(device, args.steps, args.size, args.batch_size,
                                              root if kind == "pipeline" else None, args.backbone,
-                                             *(aug if kind == "pipeline" else ("none", "device", 0))), 1)
+                                             *aug), 1)
         if args.concurrent > 1:
             cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--size",
                    str(args.size), "--batch-size", str(args.batch_size), "--backbone", args.backbone,
                    "--only", "pipeline", "--root", str(root), "--augment", args.augment, "--augment-on",
-                   args.augment_on, "--workers", str(args.workers)]
+                   where, "--workers", str(args.workers)]
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.concurrent)]
             rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["img_s"] for p in procs]
             out[f"pipeline_{args.concurrent}_trials_total_img_s"] = round(sum(rates), 1)
     out["pipeline_vs_ceiling"] = round(out["pipeline_img_s"] / out["ceiling_img_s"], 3)
     out.update(device=str(device), backbone=args.backbone, size=args.size, batch_size=args.batch_size,
-               augment=args.augment, augment_on=args.augment_on, workers=aug[2],
+               augment=args.augment, augment_on=where, workers=aug[2],
                gpu=torch.cuda.get_device_name() if device.type == "cuda" else None)
     print(json.dumps(out))
 

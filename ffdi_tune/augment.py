@@ -27,7 +27,8 @@ from torchvision.transforms import v2
 from ffdi_tune.errors import did_you_mean
 
 __all__ = ["AUGMENT_SETS", "AugmentParams", "BATCH_SETS", "BatchFlips", "DEVICE_SETS", "DeviceAugment", "build_augment",
-           "batch_augment", "check_augment_name", "check_augment_sets", "augment_names", "device_augment"]
+           "batch_augment", "check_augment_name", "check_augment_sets", "augment_names", "device_augment",
+           "has_device_form"]
 
 _TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
 
@@ -106,7 +107,11 @@ class BatchFlips:
         return u[0] < self.hflip, u[1] < self.vflip
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        h, v = (m.to(batch.device).view(-1, 1, 1, 1) for m in self.draw(len(batch), generator))
+        if generator is None:  # drawn where the batch is: no host-to-device copy in the step
+            u = torch.rand(2, len(batch), 1, 1, 1, device=batch.device)
+            h, v = u[0] < self.hflip, u[1] < self.vflip
+        else:
+            h, v = (m.to(batch.device).view(-1, 1, 1, 1) for m in self.draw(len(batch), generator))
         if self.hflip:
             batch = torch.where(h, batch.flip(-1), batch)
         if self.vflip:
@@ -148,15 +153,17 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
     """name -> factory(img_size) -> kornia transforms mirroring the torchvision set of that name.
 
     Same operations, ranges and odds as :data:`AUGMENT_SETS` (``tests/test_augment.py`` compares
-    what both do to the same images); they work on float ``B x C x H x W`` batches in [0, 1].
+    what both do to the same images); they work on float ``B x C x H x W`` batches in [0, 1]. One
+    difference: kornia's ColorJitter shuffles the order of its four steps once per batch, torchvision
+    once per image; the strengths are still drawn per image.
     """
     import kornia.augmentation as K
 
     def jitter():
         return K.ColorJitter(0.3, 0.3, 0.3, 0.03, p=0.8)
 
-    def crop(s):
-        return K.RandomResizedCrop((s, s), scale=(0.6, 1.0))
+    def crop(s):  # torchvision resizes with align_corners=False; kornia's default is True
+        return K.RandomResizedCrop((s, s), scale=(0.6, 1.0), align_corners=False)
 
     return {
         "none": lambda s: [],
@@ -192,8 +199,8 @@ class DeviceAugment(torch.nn.Module):
     """A set's batched form: uint8 ``B x C x H x W`` on any device -> float on the 0-255 scale.
 
     Runs where the batch is (a GPU in a search), so the loader only gathers cached uint8 images.
-    The output stays float (no rounding back to uint8); :func:`ffdi_tune.data.to_model_input`
-    normalises it like a uint8 batch.
+    The output is rounded to whole values like the uint8 images of the per-image path and of
+    validation, but stays float; :func:`ffdi_tune.data.to_model_input` normalises it like uint8.
     """
 
     def __init__(self, name: str, img_size: int):
@@ -203,19 +210,21 @@ class DeviceAugment(torch.nn.Module):
         self.ops = torch.nn.Sequential(*(op for part in name.split("+") for op in factories[part](img_size)))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        x = self.ops(batch.float().div_(255))
-        return x.clamp_(0, 1).mul_(255)
+        x = self.ops(batch.float() / 255)  # a new tensor: the caller's batch is left as it was
+        return x.clamp_(0, 1).mul_(255).round_()
 
     def extra_repr(self) -> str:
         return repr(self.name)
 
 
+def has_device_form(name: str, user_sets: dict[str, list[dict]] | None = None) -> bool:
+    """Whether every part of set ``name`` (or ``a+b``) has a batched device form."""
+    return all(p in DEVICE_SETS and p not in (user_sets or {}) for p in name.split("+"))
+
+
 def device_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None) -> DeviceAugment | None:
     """The batched device form of set ``name`` (or ``a+b``), or None when a part has none."""
-    parts = name.split("+")
-    if any(p in (user_sets or {}) or p not in DEVICE_SETS for p in parts):
-        return None
-    return DeviceAugment(name, img_size)
+    return DeviceAugment(name, img_size) if has_device_form(name, user_sets) else None
 
 
 def _posterize_zero_ok(img, bits_to_keep, **kwargs):

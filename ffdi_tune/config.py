@@ -140,8 +140,9 @@ class TrainSettings(StrictModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
-    # Where sets with a batched form (augment.DEVICE_SETS) augment: auto = on the device when it is
-    # a GPU, else image by image in the loader; on = on the device even on a CPU; off = in the loader.
+    # Where sets with a kornia form (augment.DEVICE_SETS, other than the flips sets, which always
+    # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
+    # image by image in the loader; on = on the device even on a CPU; off = in the loader.
     device_augment: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side

@@ -306,7 +306,8 @@ def eval_loader(images: torch.Tensor, batch_size: int):
 
 def to_model_input(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
                    channels_last: bool = False) -> torch.Tensor:
-    """uint8 ``B x 3 x H x W`` -> normalised float on ``device``."""
+    """``B x 3 x H x W`` on the 0-255 scale (uint8, or float from a device augmentation) -> normalised
+    float on ``device``."""
     # (x / 255 - mean) / std as two in-place passes over the batch
     x = batch.to(device, non_blocking=True).float()
     x = x.sub_((mean * 255).view(1, 3, 1, 1)).mul_((1 / (std * 255)).view(1, 3, 1, 1))

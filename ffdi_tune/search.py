@@ -40,12 +40,15 @@ from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
 from ffdi_tune.spool import SPOOL_DIR
 from ffdi_tune.tracking import Tracker, resolve_tracking, unreachable
-from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, train_trial
+from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, augment_placement, train_trial
 
 __all__ = ["SearchOutcome", "run_search", "search_dir", "make_searcher", "ray_address", "check_cluster_paths",
            "experiment_path"]
 
 NODE_ID_KEY = "node_id"  # in every reported result: the Ray node that ran the epoch
+AUGMENT_ON_KEY = "augment_on"  # and where its augmentation ran (train.augment_placement)
+# result key -> tag on the trial's MLflow run, set when the value first appears or changes
+RESULT_TAGS = {NODE_ID_KEY: "ffdi.node_id", AUGMENT_ON_KEY: "ffdi.augment_on"}
 
 # Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
 # Tune warns about it on every report, though a local snapshot costs milliseconds.
@@ -91,13 +94,15 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
         torch.cuda.empty_cache()
     settings = trial_settings(fixed, config)
 
-    # Which node ran each epoch: on a cluster the driver tags the trial's MLflow run with it.
-    node_id = ray.get_runtime_context().get_node_id()
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    # Which node ran each epoch (on a cluster) and where augmentation ran: the driver tags the
+    # trial's MLflow run with both.
+    where = {NODE_ID_KEY: ray.get_runtime_context().get_node_id(),
+             AUGMENT_ON_KEY: augment_placement(settings, augment_sets, torch.device(device))}
 
     def report(metrics: dict[str, float], folder: Path) -> None:
-        tune.report({**metrics, NODE_ID_KEY: node_id}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     checkpoint = tune.get_checkpoint()
     resume_dir = None
     if checkpoint is not None:
@@ -138,11 +143,13 @@ class MlflowTrials(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: result[k] for k in (*EPOCH_METRICS, "time_to_first_batch_s") if k in result}
         self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
-        # Tag only on a change of node (a retry after a node loss may move the trial), not per epoch.
-        nodes = self.__dict__.setdefault("node_ids", {})  # absent in a callback pickled before it existed
-        if result.get(NODE_ID_KEY) and nodes.get(trial.trial_id) != result[NODE_ID_KEY]:
-            nodes[trial.trial_id] = result[NODE_ID_KEY]
-            self.tracker.set_tags(self._run(trial), {"ffdi.node_id": result[NODE_ID_KEY]})
+        # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
+        tagged = self.__dict__.setdefault("result_tags", {})  # absent in a callback pickled before it existed
+        tags = {tag: str(result[key]) for key, tag in RESULT_TAGS.items()
+                if result.get(key) and tagged.get((trial.trial_id, tag)) != str(result[key])}
+        if tags:
+            tagged.update({(trial.trial_id, tag): value for tag, value in tags.items()})
+            self.tracker.set_tags(self._run(trial), tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)

@@ -20,13 +20,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import AugmentParams, batch_augment, build_augment, device_augment
+from ffdi_tune.augment import AugmentParams, BatchFlips, batch_augment, build_augment, device_augment, has_device_form
 from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings
 from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.errors import ConfigError
@@ -35,7 +35,7 @@ from ffdi_tune.models import create_model
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import view_probabilities
 
-__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "augment_placement", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -91,23 +91,39 @@ def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, a
     return float(loss.detach())
 
 
-def _augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device):
-    """(on the device, while gathering, per image in the loader): how the trial's set is applied.
+def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | None,
+                      device: torch.device) -> Literal["device", "gather", "loader"]:
+    """Where the trial's augmentation set runs.
 
-    Flips sets are drawn per image as a batch is gathered (on a GPU: on the device). Sets with a
-    kornia form augment whole batches on the device when ``device_augment`` allows. Everything else
-    goes image by image through torchvision in the loader.
+    ``device``: whole batches on the training device (the flips sets on a GPU; sets with a kornia
+    form when ``device_augment`` allows). ``gather``: the flips sets on a CPU, drawn per image as
+    a batch is gathered from the decode cache. ``loader``: torchvision, image by image, in the
+    DataLoader's workers when ``data.num_workers`` asks for them.
     """
     user = any(part in (augment_sets or {}) for part in s.augment.split("+"))
-    flips = None if user else batch_augment(s.augment)
-    if flips is not None:
-        return (flips, None, None) if device.type != "cpu" else (None, flips, None)
-    if s.device_augment == "on" or (s.device_augment == "auto" and device.type == "cuda"):
-        batched = device_augment(s.augment, s.img_size, augment_sets)
-        if batched is not None:
-            return batched.to(device), None, None
+    if not user and batch_augment(s.augment) is not None:
+        return "device" if device.type != "cpu" else "gather"
+    wants_device = s.device_augment == "on" or (s.device_augment == "auto" and device.type == "cuda")
+    return "device" if wants_device and has_device_form(s.augment, augment_sets) else "loader"
+
+
+class Augmenters(NamedTuple):
+    """The trial's augmentation, in the one place :func:`augment_placement` chose (the others None)."""
+
+    on_device: Callable[[torch.Tensor], torch.Tensor] | None
+    while_gathering: BatchFlips | None
+    per_image: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def _augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device) -> Augmenters:
+    where = augment_placement(s, augment_sets, device)
+    flips = batch_augment(s.augment)
+    if where == "gather":
+        return Augmenters(None, flips, None)
+    if where == "device":
+        return Augmenters(flips if flips is not None else device_augment(s.augment, s.img_size).to(device), None, None)
     params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
-    return None, None, build_augment(s.augment, s.img_size, augment_sets, params=params)
+    return Augmenters(None, None, build_augment(s.augment, s.img_size, augment_sets, params=params))
 
 
 def train_trial(
@@ -168,7 +184,7 @@ def train_trial(
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
     robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
                      if robust_on else None)
-    on_device, in_loader, per_image = _augmenters(s, augment_sets, device)
+    on_device, while_gathering, per_image = _augmenters(s, augment_sets, device)
     generator = torch.Generator()
 
     start_epoch, best_value, best_metrics, step = 1, None, {}, 0
@@ -193,7 +209,7 @@ def train_trial(
         lr = optimizer.param_groups[0]["lr"]
         total_loss, seen = 0.0, 0
         for batch, target in train_batches(train_images, train_split.targets, s.batch_size, generator, per_image,
-                                           in_loader, data.num_workers, pin_memory=device.type == "cuda"):
+                                           while_gathering, data.num_workers, pin_memory=device.type == "cuda"):
             if on_device is not None:
                 batch = on_device(batch.to(device, non_blocking=True))
             x = to_model_input(batch, mean, std, device, channels_last)

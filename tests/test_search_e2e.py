@@ -99,8 +99,11 @@ def test_mlflow_parent_and_children(finished_search):
         local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
         ckpt = torch.load(local, weights_only=True)
         assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)
-    # device_augment: on puts these sets' batched (kornia) forms inside the Ray trials
-    assert {"color", "photometric"} & {r.data.params["augment"] for r in children}
+    # device_augment: on runs these sets' batched (kornia) forms inside the Ray trials; flips are
+    # drawn while a batch is gathered (CPU trials)
+    where = {r.data.params["augment"]: r.data.tags["ffdi.augment_on"] for r in children}
+    assert {"color", "photometric"} & set(where)
+    assert all(on == ("device" if aug in ("color", "photometric") else "gather") for aug, on in where.items())
 
 
 def assert_submission(path, data_root):

@@ -108,12 +108,12 @@ def test_a_refused_write_is_set_aside_and_the_rest_replayed(tmp_path):
     """A kept write the store refuses (its run was deleted meanwhile) must not block the others."""
     from ffdi_tune.spool import Spool
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = Tracker(uri, spool_dir=tmp_path / "spool")
+    uri, artifacts = f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "artifacts").as_uri()
+    tracker = Tracker(uri, artifacts, spool_dir=tmp_path / "spool")
     exp = tracker.experiment_id("refusals")
     parent = tracker.search_run(exp, "refusals", False, "name: refusals\n", str(tmp_path))
     spool = Spool(tmp_path / "spool")
-    store = {"uri": uri, "artifact_location": None}
+    store = {"uri": uri, "artifact_location": artifacts}
     spool.append({"op": "metrics", "run": "f" * 32, "metrics": {"val_auc": 0.1}, "step": 1, "time": 1}, store)
     spool.append({"op": "tags", "run": parent, "tags": {"after": "yes"}}, store)
     assert tracker.replay() and tracker.pending() == 0
@@ -136,7 +136,7 @@ def test_a_line_cut_by_a_killed_process_costs_only_itself(tmp_path):
 def test_a_tracker_pickled_by_an_older_version_still_works(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     old = Tracker.__new__(Tracker)
-    old.__setstate__({"uri": uri, "artifact_location": None, "_client": None})
+    old.__setstate__({"uri": uri, "artifact_location": (tmp_path / "artifacts").as_uri(), "_client": None})
     exp = old.experiment_id("old")
     parent = old.search_run(exp, "old", False, "name: old\n", str(tmp_path))
     old.finish(parent)

@@ -131,9 +131,28 @@ def test_device_augment_setting_picks_where_sets_run(tiny_data, monkeypatch, mod
     monkeypatch.setattr(train, "build_augment", spy_build)
     s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1, augment="color",
                       device_augment=mode)
-    best, _ = run(s, tiny_data)
+    assert train.augment_placement(s, None, torch.device("cpu")) == ("device" if batched else "loader")
+    best = train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: None, device="cpu")
     assert 0.0 <= best["val_auc"] <= 1.0 and np.isfinite(best["train_loss"])
     if batched:
         assert calls == {"batched": 48 // 8, "per_image": 0}
     else:
         assert calls == {"batched": 0, "per_image": 48}
+
+
+def test_augment_placement_for_every_kind_of_set():
+    from ffdi_tune.train import augment_placement
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # only compared, never used
+    mine = {"mine": [{"name": "RandomHorizontalFlip"}]}
+    cases = [  # set, device_augment, device, user sets -> where
+        ("flips", "off", gpu, None, "device"), ("flips", "auto", cpu, None, "gather"),
+        ("color", "auto", gpu, None, "device"), ("color", "auto", cpu, None, "loader"),
+        ("color", "off", gpu, None, "loader"), ("color", "on", cpu, None, "device"),
+        ("flips+color", "auto", gpu, None, "device"), ("flips+jpeg", "auto", gpu, None, "loader"),
+        ("randaugment", "on", gpu, None, "loader"), ("mine", "on", gpu, mine, "loader"),
+        ("color+mine", "on", gpu, mine, "loader"),
+    ]
+    for name, mode, device, user_sets, where in cases:
+        s = TrainSettings(augment=name, device_augment=mode)
+        assert augment_placement(s, user_sets, device) == where, (name, mode, device)
