@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--augment", default="flips", help="augmentation set (default flips)")
     ap.add_argument("--augment-on", choices=["device", "loader"], default="device",
                     help="batched on the GPU, or per image in DataLoader workers")
-    ap.add_argument("--workers", type=int, default=8, help="DataLoader workers for --augment-on loader")
+    ap.add_argument("--workers", type=int, default=8, help="DataLoader workers when the set runs image by image")
     ap.add_argument("--data", help="dataset folder to reuse across runs (generated there when missing)")
     ap.add_argument("--only", choices=["pipeline"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
