@@ -20,7 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -214,7 +214,9 @@ class DataConfig(StrictModel):
     val_labels: str = "valset_label.txt"
     test_list: str | None = None
     demo: DemoSpec | None = None
-    num_workers: int = Field(0, ge=0)
+    # DataLoader processes for augmentation run image by image; auto: on a GPU trial all but one of
+    # its CPU threads, on a CPU trial none (they would take cores from the model).
+    num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
     cache: bool = True  # decode each split once per node and size, into cache_dir
     cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
     # What the pre-check does with image files that cannot be decoded (empty, truncated, not an

@@ -35,7 +35,7 @@ from ffdi_tune.models import create_model
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import view_probabilities
 
-__all__ = ["train_trial", "augment_placement", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "augment_placement", "loader_workers", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -107,9 +107,24 @@ def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | No
     return "device" if wants_device and has_device_form(s.augment, augment_sets) else "loader"
 
 
+def loader_workers(num_workers: int | str, where: str, device: torch.device) -> int:
+    """DataLoader processes for the per-image path (``where == "loader"``), else none.
+
+    ``auto``: on a GPU trial all but one of the CPU threads the trial has (the search gives each
+    trial as many as its ``resources.cpu``), so augmentation keeps up with the GPU; on a CPU trial
+    none, since worker processes would take cores from the model.
+    """
+    if where != "loader":
+        return 0
+    if num_workers != "auto":
+        return int(num_workers)
+    return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 0
+
+
 class Augmenters(NamedTuple):
     """The trial's augmentation, in the one place :func:`augment_placement` chose (the others None)."""
 
+    where: str
     on_device: Callable[[torch.Tensor], torch.Tensor] | None
     while_gathering: BatchFlips | None
     per_image: Callable[[torch.Tensor], torch.Tensor] | None
@@ -119,11 +134,12 @@ def _augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, de
     where = augment_placement(s, augment_sets, device)
     flips = batch_augment(s.augment)
     if where == "gather":
-        return Augmenters(None, flips, None)
+        return Augmenters(where, None, flips, None)
     if where == "device":
-        return Augmenters(flips if flips is not None else device_augment(s.augment, s.img_size).to(device), None, None)
+        batched = flips if flips is not None else device_augment(s.augment, s.img_size).to(device)
+        return Augmenters(where, batched, None, None)
     params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
-    return Augmenters(None, None, build_augment(s.augment, s.img_size, augment_sets, params=params))
+    return Augmenters(where, None, None, build_augment(s.augment, s.img_size, augment_sets, params=params))
 
 
 def train_trial(
@@ -184,7 +200,8 @@ def train_trial(
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
     robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
                      if robust_on else None)
-    on_device, while_gathering, per_image = _augmenters(s, augment_sets, device)
+    where, on_device, while_gathering, per_image = _augmenters(s, augment_sets, device)
+    workers = loader_workers(data.num_workers, where, device)
     generator = torch.Generator()
 
     start_epoch, best_value, best_metrics, step = 1, None, {}, 0
@@ -209,7 +226,7 @@ def train_trial(
         lr = optimizer.param_groups[0]["lr"]
         total_loss, seen = 0.0, 0
         for batch, target in train_batches(train_images, train_split.targets, s.batch_size, generator, per_image,
-                                           while_gathering, data.num_workers, pin_memory=device.type == "cuda"):
+                                           while_gathering, workers, pin_memory=device.type == "cuda"):
             if on_device is not None:
                 batch = on_device(batch.to(device, non_blocking=True))
             x = to_model_input(batch, mean, std, device, channels_last)

@@ -178,3 +178,17 @@ def test_device_form_follows_the_seed(many_images):
         torch.manual_seed(seed)
         outs.append(t(many_images[:64]))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_loader_workers_pair_each_image_with_its_target():
+    """The per-image path in DataLoader worker processes: every image once per epoch, with its target."""
+    from ffdi_tune.data import train_batches
+
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
+    targets = (torch.arange(20) % 2).numpy()
+    batches = list(train_batches(images, targets, 5, torch.Generator().manual_seed(0), v2.Identity(), None,
+                                 num_workers=1))
+    assert len(batches) == 4 and all(b.shape == (5, 3, 4, 4) and b.dtype == torch.uint8 for b, _ in batches)
+    ids = torch.cat([b[:, 0, 0, 0] for b, _ in batches]).long()
+    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(range(20))  # all, shuffled
+    assert torch.equal(torch.cat([y for _, y in batches]), ids % 2)

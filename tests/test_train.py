@@ -156,3 +156,15 @@ def test_augment_placement_for_every_kind_of_set():
     for name, mode, device, user_sets, where in cases:
         s = TrainSettings(augment=name, device_augment=mode)
         assert augment_placement(s, user_sets, device) == where, (name, mode, device)
+
+
+def test_loader_workers_feed_a_gpu_and_leave_a_cpu_alone(monkeypatch):
+    from ffdi_tune.train import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # only compared, never used
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # the trial's resources.cpu
+    assert loader_workers("auto", "loader", gpu) == 3 and loader_workers("auto", "loader", cpu) == 0
+    assert loader_workers("auto", "device", gpu) == 0 and loader_workers("auto", "gather", cpu) == 0
+    assert loader_workers(2, "loader", cpu) == 2 and loader_workers(2, "device", gpu) == 0
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert loader_workers("auto", "loader", gpu) == 1
