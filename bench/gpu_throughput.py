@@ -26,23 +26,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import batch_augment, build_augment, device_augment
-from ffdi_tune.config import DataConfig
+from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data import load_images, read_split, to_model_input, train_batches
 from ffdi_tune.demo_data import write_demo_dataset
 from ffdi_tune.models import create_model
+from ffdi_tune.train import Augmenters, augmenters
 
 
-def augmenters(augment: str, augment_on: str, size: int, device: torch.device):
-    """(on the device, per image in the loader), placed as ``train_trial`` places them."""
-    if augment_on == "device":
-        flips = batch_augment(augment)
-        if flips is not None:
-            return flips, None
-        batched = device_augment(augment, size)
-        if batched is not None:
-            return batched.to(device), None
-    return None, build_augment(augment, size)
+def placed(augment: str, augment_on: str, size: int, device: torch.device) -> Augmenters:
+    """Set ``augment`` built where ``train_trial`` puts it (``augment_on``: device_augment on / off)."""
+    settings = TrainSettings(augment=augment, img_size=size, device_augment="on" if augment_on == "device" else "off")
+    return augmenters(settings, None, device)
 
 
 def run(device: torch.device, steps: int, size: int, batch_size: int, root: Path | None, backbone: str,
@@ -54,7 +48,7 @@ def run(device: torch.device, steps: int, size: int, batch_size: int, root: Path
     amp = torch.bfloat16 if device.type == "cuda" else None
     mean = torch.tensor((0.485, 0.456, 0.406), device=device)
     std = torch.tensor((0.229, 0.224, 0.225), device=device)
-    on_device, per_image = augmenters(augment, augment_on, size, device) if root is not None else (None, None)
+    aug = placed(augment, augment_on, size, device) if root is not None else Augmenters("none", None, None, None)
     if root is None:
         data = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
         batches = ((data, torch.randint(0, 2, (batch_size,))) for _ in iter(int, 1))
@@ -65,8 +59,8 @@ def run(device: torch.device, steps: int, size: int, batch_size: int, root: Path
 
         def forever():
             while True:
-                yield from train_batches(images, split.targets, batch_size, gen, per_image, None, workers,
-                                         pin_memory=device.type == "cuda")
+                yield from train_batches(images, split.targets, batch_size, gen, aug.per_image, aug.while_gathering,
+                                         workers, pin_memory=device.type == "cuda")
 
         batches = forever()
     done, t0 = 0, None
@@ -76,7 +70,8 @@ def run(device: torch.device, steps: int, size: int, batch_size: int, root: Path
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         batch = batch.to(device, non_blocking=True)
-        x = to_model_input(on_device(batch) if on_device is not None else batch, mean, std, device, channels_last=True)
+        x = to_model_input(aug.on_device(batch) if aug.on_device is not None else batch, mean, std, device,
+                           channels_last=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = F.cross_entropy(model(x).float(), y.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
@@ -109,9 +104,8 @@ def main() -> None:
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
-    on_device, _ = augmenters(args.augment, args.augment_on, args.size, device)
-    where = "device" if on_device is not None else "loader"  # a set without a batched form: loader
-    aug = (args.augment, where, args.workers if where == "loader" else 0)
+    where = placed(args.augment, args.augment_on, args.size, device).where  # without a batched form: loader
+    aug = (args.augment, args.augment_on, args.workers if where == "loader" else 0)
     if args.only:  # a child of --concurrent
         root = Path(args.root)
         print(json.dumps({"img_s": run(device, args.steps, args.size, args.batch_size, root, args.backbone,
@@ -131,7 +125,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--size",
                    str(args.size), "--batch-size", str(args.batch_size), "--backbone", args.backbone,
                    "--only", "pipeline", "--root", str(root), "--augment", args.augment, "--augment-on",
-                   where, "--workers", str(args.workers)]
+                   args.augment_on, "--workers", str(args.workers)]
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.concurrent)]
             rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["img_s"] for p in procs]
             out[f"pipeline_{args.concurrent}_trials_total_img_s"] = round(sum(rates), 1)

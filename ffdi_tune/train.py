@@ -35,7 +35,7 @@ from ffdi_tune.models import create_model
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import view_probabilities
 
-__all__ = ["train_trial", "augment_placement", "loader_workers", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "augment_placement", "augmenters", "loader_workers", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -130,7 +130,8 @@ class Augmenters(NamedTuple):
     per_image: Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device) -> Augmenters:
+def augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device) -> Augmenters:
+    """The trial's set, built for the place :func:`augment_placement` picks."""
     where = augment_placement(s, augment_sets, device)
     flips = batch_augment(s.augment)
     if where == "gather":
@@ -200,7 +201,7 @@ def train_trial(
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
     robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
                      if robust_on else None)
-    where, on_device, while_gathering, per_image = _augmenters(s, augment_sets, device)
+    where, on_device, while_gathering, per_image = augmenters(s, augment_sets, device)
     workers = loader_workers(data.num_workers, where, device)
     generator = torch.Generator()
 
