@@ -130,6 +130,9 @@ class TrainSettings(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     step_size: int = Field(1, ge=1)
     gamma: float = Field(0.5, gt=0, le=1)
+    # Linear warm-up from lr / 100, over this many epochs (counted in steps), before StepLR starts.
+    warmup_epochs: float = Field(0.0, ge=0)
+    head_lr_mult: float = Field(1.0, gt=0)  # the new classifier's lr is lr * head_lr_mult
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     ema_decay: float | None = Field(None, gt=0, lt=1)
     augment: str = "flips"
@@ -137,6 +140,7 @@ class TrainSettings(StrictModel):
     mixup_alpha: float = Field(0.4, gt=0)
     cutmix_alpha: float = Field(1.0, gt=0)
     drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)  # stochastic depth; None: the model's default
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
@@ -343,24 +347,32 @@ class SearchConfig(StrictModel):
         dom = self.space.get("backbone")
         return [str(b) for b in dom.choice] if dom is not None else [self.train.backbone]
 
-    def augment_names(self) -> list[str]:
-        names = {self.train.augment}
-        for dom in [self.space.get("augment")] + [o.get("augment") for o in self.per_backbone.values()]:
+    def pretrained_choices(self) -> dict[str, list[bool | str]]:
+        """Every ``pretrained`` value each backbone can be trained with (per_backbone, space, train)."""
+        out = {}
+        for backbone in self.backbones():
+            dom = self.per_backbone.get(backbone, {}).get("pretrained", self.space.get("pretrained"))
             if isinstance(dom, Domain):
-                names.update(str(v) for v in dom.values_to_check())
-            elif isinstance(dom, str):
-                names.add(dom)
-        return sorted(names)
+                out[backbone] = list(dom.values_to_check())
+            else:
+                out[backbone] = [self.train.pretrained if dom is None else dom]
+        return out
+
+    def setting_values(self, key: str) -> list[Any]:
+        """Every value a train setting can take in this search (fixed, searched or per backbone)."""
+        values = [getattr(self.train, key)]
+        given = ([self.space[key]] if key in self.space else []) + [
+            o[key] for o in self.per_backbone.values() if key in o]
+        for dom in given:
+            values.extend(dom.values_to_check() if isinstance(dom, Domain) else [dom])
+        return list(dict.fromkeys(values))
+
+    def augment_names(self) -> list[str]:
+        return sorted({str(v) for v in self.setting_values("augment")})
 
     def max_epochs(self) -> int:
         """The most epochs any trial can run (the ASHA horizon)."""
-        candidates = [self.train.epochs]
-        for dom in [self.space.get("epochs")] + [o.get("epochs") for o in self.per_backbone.values()]:
-            if isinstance(dom, Domain):
-                candidates.extend(int(v) for v in dom.values_to_check())
-            elif isinstance(dom, int):
-                candidates.append(dom)
-        return max(candidates)
+        return max(int(v) for v in self.setting_values("epochs"))
 
 
 def _check_setting(where: str, key: str, value: Any, fields: list[str], fixed: dict) -> None:
@@ -435,4 +447,17 @@ def load_search_config(path: str | os.PathLike, overrides: dict[str, Any] | None
 
     >>> cfg = load_search_config("search_spaces/demo.yaml", {"search.num_samples": 2})
     """
-    return parse_search_config(read_yaml(path), source=str(path), overrides=overrides)
+    cfg = parse_search_config(read_yaml(path), source=str(path), overrides=overrides)
+    return cfg.model_copy(update={"ensemble": _near(cfg.ensemble, Path(path))}) if cfg.ensemble else cfg
+
+
+def _near(relative: str, yaml_file: Path) -> str:
+    """A path from a YAML file: as written when it exists from here, else beside the file or one folder
+    up (so ``ensemble: ensembles/top5.yaml`` in ``search_spaces/`` works from any working directory)."""
+    given = Path(relative).expanduser()
+    if given.is_absolute() or given.exists():
+        return relative
+    for base in (yaml_file.parent, yaml_file.parent.parent):
+        if (base / given).exists():
+            return str(base / given)
+    return relative

@@ -34,7 +34,7 @@ from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
 from ffdi_tune.data import ensure_dataset
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.errors import DataError, SearchError, SearchInterrupted
-from ffdi_tune.models import check_pretrained
+from ffdi_tune.models import check_weights, resolve_weights
 from ffdi_tune.report import param_importance, plot_param_importance, plot_search_history
 from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
 from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun, trial_settings
@@ -48,7 +48,8 @@ __all__ = ["SearchOutcome", "run_search", "search_dir", "make_searcher", "ray_ad
 NODE_ID_KEY = "node_id"  # in every reported result: the Ray node that ran the epoch
 AUGMENT_ON_KEY = "augment_on"  # and where its augmentation ran (train.augment_placement)
 # result key -> tag on the trial's MLflow run, set when the value first appears or changes
-RESULT_TAGS = {NODE_ID_KEY: "ffdi.node_id", AUGMENT_ON_KEY: "ffdi.augment_on"}
+RESULT_TAGS = {NODE_ID_KEY: "ffdi.node_id", AUGMENT_ON_KEY: "ffdi.augment_on",
+               "weights_source": "ffdi.weights_source", "weights_sha256": "ffdi.weights_sha256"}
 
 # Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
 # Tune warns about it on every report, though a local snapshot costs milliseconds.
@@ -97,8 +98,11 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     # Which node ran each epoch (on a cluster) and where augmentation ran: the driver tags the
     # trial's MLflow run with both.
+    # and the weights it starts from, as this node resolves them (their hash is computed once per process).
+    weights = resolve_weights(settings.backbone, settings.pretrained)
     where = {NODE_ID_KEY: ray.get_runtime_context().get_node_id(),
-             AUGMENT_ON_KEY: augment_placement(settings, augment_sets, torch.device(device))}
+             AUGMENT_ON_KEY: augment_placement(settings, augment_sets, torch.device(device)),
+             "weights_source": weights.source, "weights_sha256": weights.sha256}
 
     def report(metrics: dict[str, float], folder: Path) -> None:
         tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -426,6 +430,8 @@ def _prepare_data(cfg: SearchConfig, echo) -> DataCheck:
     """Generate the demo data if asked, check the dataset in one pass, and make its root absolute."""
     # Trials run in other working directories (and on other nodes): give them an absolute root.
     data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
+    # Weights first: finding out about them after minutes of image checks wastes the user's time.
+    check_weights(cfg.pretrained_choices(), cfg.setting_values("drop_path_rate"), echo)
     ensure_dataset(data)
     check = check_dataset(data)
     echo("data: " + ", ".join(f"{k} {v['images']}" + (f" ({v['fake']} fake)" if "fake" in v else "")
@@ -435,8 +441,6 @@ def _prepare_data(cfg: SearchConfig, echo) -> DataCheck:
         more = f" and {len(check.skipped) - 10} more" if len(check.skipped) > 10 else ""
         echo(f"data: left out {len(check.skipped)} image(s) that do not decode (data.on_bad_image: skip): "
              f"{listed}{more}")
-    pretrained = [cfg.train.pretrained] + (list(cfg.space["pretrained"].choice) if "pretrained" in cfg.space else [])
-    check_pretrained(cfg.backbones(), pretrained)
     return check
 
 

@@ -31,7 +31,7 @@ from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustVal
 from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.metrics import binary_metrics
-from ffdi_tune.models import create_model
+from ffdi_tune.models import create_model, resolve_weights
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import view_probabilities
 
@@ -89,6 +89,50 @@ def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, a
     scaler.step(optimizer)
     scaler.update()
     return float(loss.detach())
+
+
+def _classifier(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "backbone", model).get_classifier()  # through the SRM wrapper
+
+
+def _make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """timm's optimizer; with ``head_lr_mult`` the new classifier's groups carry an ``lr_scale``.
+
+    timm's schedulers multiply a group's lr by its ``lr_scale``; the weight-decay split (none on
+    biases and norms) is timm's own.
+    """
+    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+
+    kwargs = {"opt": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay, "momentum": s.momentum}
+    if s.head_lr_mult == 1.0:
+        return create_optimizer_v2(model, **kwargs)
+
+    def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
+        head = {id(p) for p in _classifier(m).parameters()}
+        base = param_groups_weight_decay(m, s.weight_decay) if s.weight_decay else [{"params": list(m.parameters())}]
+        out = []
+        for group in base:
+            for in_head in (False, True):
+                params = [p for p in group["params"] if (id(p) in head) == in_head]
+                if params:
+                    out.append({**group, "params": params} | ({"lr_scale": s.head_lr_mult} if in_head else {}))
+        return out
+
+    return create_optimizer_v2(model, param_group_fn=groups, **kwargs)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int):
+    """StepLR counted in optimizer steps, after ``warmup_epochs`` of linear warm-up from lr / 100.
+
+    Set per step (``step_update(steps done)``), so an epoch trains at ``lr * gamma ** (epochs after
+    warm-up // step_size)``, as torch's StepLR stepped after each epoch, and a resumed trial needs
+    only its step count.
+    """
+    from timm.scheduler import StepLRScheduler
+
+    return StepLRScheduler(optimizer, decay_t=s.step_size * steps_per_epoch, decay_rate=s.gamma,
+                           warmup_t=round(s.warmup_epochs * steps_per_epoch), warmup_lr_init=s.lr / 100,
+                           warmup_prefix=True, t_in_epochs=False)
 
 
 def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | None,
@@ -173,7 +217,9 @@ def train_trial(
     _seed_everything(s.seed)
     higher_is_better = METRIC_MODES[metric] == "max"
 
-    model = create_model(s.backbone, s.pretrained, s.drop_rate, input_mode=s.input).to(device)
+    weights = resolve_weights(s.backbone, s.pretrained)
+    model = create_model(s.backbone, weights, s.drop_rate, input_mode=s.input,
+                         drop_path_rate=s.drop_path_rate).to(device)
     channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -184,12 +230,9 @@ def train_trial(
     # The compiled module shares the model's parameters; checkpoints keep the plain state dict.
     step_model = torch.compile(model) if s.compile else model
 
-    from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
 
-    optimizer = create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay,
-                                    momentum=s.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    optimizer = _make_optimizer(model, s)
     ema = ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     mixup = _make_mixup(s)
@@ -201,6 +244,7 @@ def train_trial(
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
     robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
                      if robust_on else None)
+    scheduler = _make_scheduler(optimizer, s, len(train_images) // min(s.batch_size, len(train_images)))
     where, on_device, while_gathering, per_image = augmenters(s, augment_sets, device)
     workers = loader_workers(data.num_workers, where, device)
     generator = torch.Generator()
@@ -211,7 +255,6 @@ def train_trial(
         state = torch.load(Path(resume_from) / LAST_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
         start_epoch, best_value, step = state["epoch"] + 1, state["best_value"], state["step"]
@@ -224,12 +267,14 @@ def train_trial(
         generator.manual_seed(s.seed * 1000 + epoch)
         model.train()
         t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step_update(step)
+        lr = optimizer.param_groups[0]["lr"]  # the body's (a head group comes after it)
         total_loss, seen = 0.0, 0
         for batch, target in train_batches(train_images, train_split.targets, s.batch_size, generator, per_image,
                                            while_gathering, workers, pin_memory=device.type == "cuda"):
             if on_device is not None:
                 batch = on_device(batch.to(device, non_blocking=True))
+            scheduler.step_update(step)
             x = to_model_input(batch, mean, std, device, channels_last)
             loss = _train_step(step_model, optimizer, scaler, x, target.to(device, non_blocking=True), mixup,
                                s.label_smoothing, amp_dtype)
@@ -243,7 +288,6 @@ def train_trial(
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t0
-        scheduler.step()  # StepLR counts epochs: step after the epoch's optimizer steps
         train_loss = total_loss / max(seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
@@ -272,13 +316,13 @@ def train_trial(
                 "state_dict": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()},
                 "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
                 "mean": [float(v) for v in mean.cpu()], "std": [float(v) for v in std.cpu()],
-                "settings": s.model_dump(), "epoch": epoch, "metric": metric, "metrics": dict(metrics),
+                "settings": s.model_dump(), "weights_source": weights.source, "weights_sha256": weights.sha256,
+                "epoch": epoch, "metric": metric, "metrics": dict(metrics),
             }
         with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
             torch.save(best_state, Path(tmp) / BEST_FILE)
             last = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                 "best_value": best_value, "best_metrics": best_metrics,
             }
             if ema is not None:

@@ -168,3 +168,35 @@ def test_loader_workers_feed_a_gpu_and_leave_a_cpu_alone(monkeypatch):
     assert loader_workers(2, "loader", cpu) == 2 and loader_workers(2, "device", gpu) == 0
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert loader_workers("auto", "loader", gpu) == 1
+
+
+def test_warmup_then_step_lr(tiny_data):
+    """warmup_epochs ramps lr up from lr / 100 step by step; StepLR counts epochs after the warm-up."""
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=3, lr=4e-3, step_size=1,
+                      gamma=0.5, warmup_epochs=1)
+    _, reports = run(s, tiny_data)
+    assert [m["lr"] for m, _, _ in reports] == pytest.approx([4e-5, 4e-3, 2e-3])
+
+
+def test_head_lr_multiplier_scales_only_the_new_classifier(tiny_data):
+    """With a near-zero head multiplier the classifier keeps its initial weights while the body learns."""
+    from ffdi_tune.models import create_model
+    from ffdi_tune.train import _seed_everything
+
+    s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=1, lr=3e-3, head_lr_mult=1e-9,
+                      weight_decay=0.01)
+    _, reports = run(s, tiny_data)
+    _seed_everything(s.seed)
+    initial = create_model("resnet10t").state_dict()  # the same draw the trial made
+    trained = reports[-1][1]["state_dict"]
+    assert torch.allclose(trained["fc.weight"], initial["fc.weight"], atol=1e-6)
+    assert not torch.allclose(trained["conv1.0.weight"], initial["conv1.0.weight"], atol=1e-4)
+    assert reports[-1][0]["lr"] == pytest.approx(3e-3)  # the body's rate is what is logged
+
+
+def test_pretrained_trial_records_its_weights(tiny_data):
+    s = TrainSettings(backbone="tf_efficientnet_lite0", pretrained=True, img_size=32, batch_size=8, epochs=1)
+    _, reports = run(s, tiny_data)
+    best = reports[-1][1]
+    assert best["weights_source"] == "package" and len(best["weights_sha256"]) == 64
+    assert best["mean"] == [0.5, 0.5, 0.5]  # the normalisation these weights were trained with
