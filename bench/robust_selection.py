@@ -7,7 +7,7 @@ testset, and prints the test AUC of:
 
 - the best trial by ``val_auc``, by ``val_robust_auc`` and by ``val_worst_auc``;
 - ensembles (mean of the top 3, and greedy from all trials) ranked / fit by each of the three,
-  on the selection half of valset as the final stage does.
+  on the selection part of valset (the search's split) as the final stage does.
 
 Test labels come from the dataset's ``testset_label.txt`` (never read by training). The search
 state and its MLflow store go to a temporary folder; the dataset to ``runs/demo-shift-data``.
@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from ffdi_tune.config import load_search_config
 from ffdi_tune.ensemble import build_ensemble
+from ffdi_tune.holdout import split_valset
 from ffdi_tune.final_stage import score_candidates
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import DecodedSplits
@@ -58,6 +59,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     y_val = splits.split("val").targets
+    holdout = split_valset(splits.split("val"), cfg.search.holdout.fraction, cfg.search.holdout.seed)  # the search's
     labels = pd.read_csv(Path(outcome.data.root) / "testset_label.txt").set_index("img_name")["target"]
     y_test = labels.loc[list(splits.split("test").names)].to_numpy()
 
@@ -79,7 +81,7 @@ def main() -> None:
         for name, recipe in (("mean3", EnsembleRecipe(top_k=3, metric=metric, combine="mean", tta=VIEWS)),
                              ("greedy", EnsembleRecipe(top_k=len(candidates), metric=metric, combine="greedy",
                                                        tta=VIEWS))):
-            result = build_ensemble(candidates, y_val, recipe)
+            result = build_ensemble(candidates, y_val, recipe, *holdout.indices(splits.split("val").names))
             figures[f"{name}_by_{metric}_test_auc"] = round(float(roc_auc_score(y_test, result.test_pred)), 4)
             figures[f"{name}_by_{metric}_members"] = len(result.members)
     figures.update(

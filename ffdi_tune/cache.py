@@ -2,8 +2,8 @@
 
 The first trial that needs a split at a given ``img_size`` decodes every image once and writes
 ``<key>.npy`` (N x S x S x 3, uint8) under the cache folder; every later trial and epoch on that
-node maps the file instead of decoding JPEGs. The key hashes the file list, each file's size and
-mtime, the size, the resize policy and a ``variant`` (the recipe of a perturbed copy, see
+node maps the file instead of decoding JPEGs. The key hashes the file list, each file's size,
+mtime, inode and ctime, the size, the resize policy and a ``variant`` (the recipe of a perturbed copy, see
 :mod:`ffdi_tune.perturb`), so a changed dataset or recipe gets a new entry. Concurrent trials
 take a file lock, and the array is written under a temporary name and renamed when complete, so a
 half-written cache is never read.
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-__all__ = ["default_cache_dir", "cache_key", "cached_array", "cache_size_mb", "RESIZE_POLICY"]
+__all__ = ["default_cache_dir", "file_stamp", "cache_key", "cached_array", "cache_size_mb", "RESIZE_POLICY"]
 
 # Bump when decoding or resizing changes, so old entries are not reused.
 RESIZE_POLICY = "full-frame-bilinear-draft-v1"
@@ -33,14 +33,22 @@ def default_cache_dir() -> Path:
     return base / "ffdi-tune"
 
 
+def file_stamp(path: Path) -> str:
+    """What identifies a file's current content without reading it: size, mtime, inode and ctime.
+
+    ``cp -p``, ``rsync -a`` or ``touch -r`` can give a rewritten file its old size and mtime, but
+    not its old inode change time (ctime), which only the kernel sets.
+    """
+    st = path.stat()
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
+
+
 def cache_key(paths: tuple[Path, ...], img_size: int, variant: str = "") -> str:
-    """Hash of what the decoded array depends on: files (path, size, mtime), size, policy, variant."""
-    # The plain decode keeps the key it always had, so existing entries stay valid.
+    """Hash of what the decoded array depends on: each file (path, :func:`file_stamp`), size, policy, variant."""
     extra = f"|{variant}" if variant else ""
     h = hashlib.sha256(f"{RESIZE_POLICY}|{img_size}|{len(paths)}{extra}".encode())
     for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.resolve()}|{file_stamp(p)}\n".encode())
     return h.hexdigest()[:32]
 
 

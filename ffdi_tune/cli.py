@@ -76,12 +76,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _print_ensemble(ens) -> None:
     from ffdi_tune.report import format_ensemble_table
 
-    m = ens.result.metrics
+    r, m = ens.result, ens.result.metrics
     print()
-    print(format_ensemble_table(ens.result.table))
-    print(f"ensemble of {len(ens.result.members)}: report-half AUC {m['holdout_auc']:.4f} "
-          f"(selection half {m['select_auc']:.4f}, best member {m['best_member_holdout_auc']:.4f}, "
-          f"TPR@FPR=1e-3 {m['holdout_tpr_at_fpr_0.001']:.4f})")
+    print(format_ensemble_table(r.table))
+    shipped = f"ensemble {r.chosen} ({len(r.members)} member{'s' if len(r.members) > 1 else ''})"
+    if r.honest:
+        print(f"{shipped}: report-part AUC {m['holdout_auc']:.4f} (TPR@FPR=1e-3 {m['holdout_tpr_at_fpr_0.001']:.4f}); "
+              f"best member {m['best_member_holdout_auc']:.4f}; on the selection part, which chose it, "
+              f"{m['select_auc']:.4f} vs {m['best_member_select_auc']:.4f}")
+    else:
+        print(f"{shipped}: no honest estimate: search.holdout.fraction is 0, so every valset image took part in "
+              f"choosing; its selection-part AUC {m['select_auc']:.4f} is optimistic")
     print(f"submission: {ens.submission} ({ens.n_test} rows), MLflow run {ens.run_id}")
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "DataConfig",
     "DemoSpec",
     "SearchSettings",
+    "HoldoutSettings",
     "SchedulerConfig",
     "ResourcesConfig",
     "TrackingConfig",
@@ -148,7 +149,9 @@ class TrainSettings(StrictModel):
     # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
     # image by image in the loader; on = on the device even on a CPU; off = in the loader.
     device_augment: Literal["auto", "on", "off"] = "auto"
-    seed: int = 0
+    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its own,
+    # derived from search.seed and the trial's number, so ensemble members differ; a number fixes it.
+    seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
     input: Literal["rgb", "rgb+srm"] = "rgb"  # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
     jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
@@ -230,6 +233,14 @@ class DataConfig(StrictModel):
     exclude: dict[Literal["train", "val"], list[str]] = {}
 
 
+class HoldoutSettings(StrictModel):
+    """The valset split fixed at search start: ``fraction`` of it (stratified, seeded) is kept for the
+    final stage's estimate and never read by the search; 0 keeps none (no honest estimate)."""
+
+    fraction: float = Field(0.5, ge=0, lt=1)
+    seed: int = 0
+
+
 class SearchSettings(StrictModel):
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
@@ -239,6 +250,7 @@ class SearchSettings(StrictModel):
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True
+    holdout: HoldoutSettings = HoldoutSettings()
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
 

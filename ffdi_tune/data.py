@@ -61,6 +61,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.names)
 
+    def only(self, names) -> Split:
+        """The images of this split named in ``names``, in the split's own order."""
+        keep = set(names)
+        idx = [i for i, n in enumerate(self.names) if n in keep]
+        targets = None if self.targets is None else self.targets[idx]
+        return Split(self.name, tuple(self.names[i] for i in idx), tuple(self.paths[i] for i in idx), targets)
+
+    def without(self, names) -> Split:
+        """This split less the images named in ``names``."""
+        drop = set(names)
+        return self.only([n for n in self.names if n not in drop])
+
 
 def _split_dirs(cfg: DataConfig, split: str) -> tuple[Path, Path | None]:
     root = Path(cfg.root).expanduser()
@@ -195,18 +207,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarray:
+    """One image, whole frame, at ``img_size``; ``perturb`` then alters it at that size.
+
+    Clean and perturbed copies share the decode and the resize, so the difference between their
+    scores is the perturbation's alone, and its strengths (blur sigma, JPEG quality...) act on the
+    pixels the model sees, whatever the file's resolution.
+    """
     try:
         with Image.open(path) as im:
-            if perturb is None:  # a perturbation works on the file's own pixels: no draft then
-                im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
+            im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
             rgb = _to_rgb(im)
-            if perturb is not None:
-                rgb = perturb(rgb, name)
             if rgb.size != (img_size, img_size):
                 rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
-            return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file") from None
+    if perturb is not None:
+        rgb = perturb(rgb, name)
+        if rgb.size != (img_size, img_size):  # a crop: back to the side every other image has
+            rgb = rgb.resize((img_size, img_size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _decode_into(paths: tuple[Path, ...], img_size: int, out: np.ndarray, threads: int,

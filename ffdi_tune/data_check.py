@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ffdi_tune.cache import cache_key
+from ffdi_tune.cache import cache_key, file_stamp
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import SPLITS, Split, cache_dir_of, problems_message, scan_split, single_class_problem
 from ffdi_tune.errors import DataError
@@ -84,22 +84,16 @@ def _bad_images(split: Split, cache_dir: Path | None, threads: int) -> dict[str,
 
 
 def fingerprint(split: Split) -> str:
-    """A short hash of a split's file names, sizes, modification times and labels.
+    """A short hash of a split's file names, file stamps (:func:`~ffdi_tune.cache.file_stamp`) and labels.
 
-    Any added, removed, renamed, rewritten or relabelled image changes it.
+    Any added, removed, renamed, rewritten (even with its old size and mtime put back) or relabelled
+    image changes it.
     """
     h = hashlib.sha256(split.name.encode())
     for i, (name, path) in enumerate(zip(split.names, split.paths)):
-        st = path.stat()
         target = "" if split.targets is None else int(split.targets[i])
-        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}|{target}\n".encode())
+        h.update(f"{name}|{file_stamp(path)}|{target}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _without(split: Split, names: set[str]) -> Split:
-    keep = [i for i, n in enumerate(split.names) if n not in names]
-    targets = None if split.targets is None else split.targets[keep]
-    return Split(split.name, tuple(split.names[i] for i in keep), tuple(split.paths[i] for i in keep), targets)
 
 
 def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, threads: int | None = None) -> DataCheck:
@@ -123,12 +117,12 @@ def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, threads: in
         if bad and cfg.on_bad_image == "skip" and name != "test":
             skipped += [(name, n, why) for n, why in bad.items()]
             exclude.setdefault(name, []).extend(bad)
-            split = _without(split, set(bad))
+            split = split.without(bad)
         elif bad:
             hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
             where = dict(zip(split.names, split.paths))
             problems += [f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in bad.items()]
-            split = _without(split, set(bad))
+            split = split.without(bad)
         if bad and not len(split) and cfg.on_bad_image == "skip":
             problems.append(f"split {name}: none of its {len(bad)} image(s) decodes; replace them or fix data.root")
         if split.targets is not None and len(split) and not found:

@@ -19,7 +19,9 @@ from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, format
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.errors import ConfigError, DataError
+from ffdi_tune.holdout import NO_REPORT_HASH, split_valset
 from ffdi_tune.perturb import Perturber
+from ffdi_tune.inference import probability
 from ffdi_tune.predict import DecodedSplits, load_member, predict_views
 from ffdi_tune.recipe import EnsembleRecipe
 from ffdi_tune.report import plot_roc
@@ -27,7 +29,7 @@ from ffdi_tune.results import write_atomic
 from ffdi_tune.tracking import DATA_ROOT, Tracker
 
 __all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_config", "search_data",
-           "search_robust_val", "predict_run", "submission_text"]
+           "search_robust_val", "search_holdout", "predict_run", "submission_text"]
 
 
 @dataclass
@@ -39,11 +41,16 @@ class EnsembleOutcome:
 
 
 def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
-    """``img_name,y_pred`` CSV text; refuses NaN or values outside [0, 1]."""
+    """``img_name,y_pred`` CSV text; refuses NaN or values outside [0, 1].
+
+    Each value is written with as many digits as it takes to read back the same float64, so two
+    different scores are never written alike (rounding to a fixed 6 decimals would tie confident
+    images, which decides AUC and TPR at low FPR).
+    """
     prob = np.asarray(prob, dtype=np.float64)
     if len(prob) != len(names) or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
         raise ValueError("submission probabilities must be finite, in [0, 1], one per test image")
-    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False, float_format="%.6f")
+    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False)  # repr: round trip
 
 
 def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list:
@@ -115,6 +122,25 @@ def search_robust_val(config: dict, experiment: str) -> RobustValConfig:
     return recipe.model_copy(update={"enabled": True})
 
 
+def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str]:
+    """(fraction, seed, report hash) of the valset split the pooled searches share.
+
+    Searches whose splits differ cannot be pooled honestly (one's report part may be another's
+    selection part): that is a one-line error. A search that recorded no split (made by an older
+    version, which chose on all of valset) counts as ``fraction 0``.
+    """
+    splits = {name: (float(tags.get("ffdi.holdout.fraction", 0)), int(tags.get("ffdi.holdout.seed", 0)),
+                     tags.get("ffdi.holdout.report_hash", NO_REPORT_HASH)) for name, tags in searches.items()}
+    first, (fraction, seed, digest) = next(iter(splits.items()))
+    for name, (f, sd, h) in splits.items():
+        if h != digest:
+            raise ConfigError(
+                f"searches {first!r} and {name!r} split valset differently (fraction {fraction:g} seed {seed}, report "
+                f"part {digest}; fraction {f:g} seed {sd}, report part {h}), so neither report part is unseen by "
+                f"the other's trials; ensemble them separately, or rerun one with the other's search.holdout")
+    return fraction, seed, digest
+
+
 def _same_data_as_searches(check: DataCheck, searches: dict[str, dict[str, str]]) -> None:
     """Refuse val/test files that changed since a search at the same root fingerprinted them."""
     here = Path(check.data.root).resolve()
@@ -156,30 +182,39 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
         _same_data_as_searches(check, searches)
     out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
     splits = DecodedSplits(check.data)
+    fraction, seed, recorded = search_holdout(searches)
+    val = splits.split("val")
+    holdout = split_valset(val, fraction, seed)
+    if holdout.report_hash != recorded and not allow_changed_data:
+        raise DataError(
+            f"valset's report part is not the one search {experiments[0]!r} kept aside (hash {recorded} then, "
+            f"{holdout.report_hash} now: images added, removed or renamed); restore valset, or pass "
+            "--allow-changed-data to split the current valset the same way (its estimate is then less sure)")
     # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
     robust = search_robust_val(config, experiments[0]) if recipe.metric in ROBUST_METRICS else None
     candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo,
                                   Perturber(robust) if robust is not None else None)
-    result = build_ensemble(candidates, splits.split("val").targets, recipe)
+    result = build_ensemble(candidates, val.targets, recipe, *holdout.indices(val.names))
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
 
     with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
         members_csv = Path(tmp) / "members.csv"
         result.table.to_csv(members_csv, index=False)
-        roc = plot_roc(result, Path(tmp) / "roc.png")
+        figures = [plot_roc(result, Path(tmp) / "roc.png")] if result.honest else []
         sub = write_atomic(Path(tmp) / "submission.csv", text)
         params = {"recipe": recipe_name, "experiments": ",".join(experiments), "combine": recipe.combine,
-                  "top_k": recipe.top_k, "metric": recipe.metric, "tta": ",".join(recipe.tta),
-                  "tta_select": recipe.tta_select, "holdout_fraction": recipe.holdout_fraction,
-                  "seed": recipe.seed, "members": ",".join(result.members),
+                  "average": recipe.average, "top_k": recipe.top_k, "metric": recipe.metric,
+                  "tta": ",".join(recipe.tta), "tta_select": recipe.tta_select, "holdout_fraction": fraction,
+                  "holdout_seed": seed, "members": ",".join(result.members),
                   "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
                   "member_views": ",".join("+".join(result.views[m]) for m in result.members)}
         if robust is not None:
             params["robust_val"] = robust.model_dump_json()
         exp_id = tracker.experiment_id(experiments[0], create=False)
-        run_id = tracker.ensemble_run(exp_id, f"ensemble-{recipe.combine}", parent_run_id, params,
-                                      result.metrics, [sub, members_csv, roc])
+        tags = {"ffdi.combine_chosen": result.chosen, **holdout.tags()}
+        run_id = tracker.ensemble_run(exp_id, f"ensemble-{result.chosen}", parent_run_id, params, result.metrics,
+                                      [sub, members_csv, *figures], tags)
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     submission = write_atomic(out, text)
     return EnsembleOutcome(result, submission, run_id, len(test))
@@ -192,5 +227,5 @@ def predict_run(tracker: Tracker, run_id: str, data: DataConfig, views: list[str
     test = splits.split("test")
     with tempfile.TemporaryDirectory(prefix="ffdi-predict-") as tmp:
         member = load_member(tracker.download(run_id, "checkpoint/best.pt", Path(tmp)), run_id)
-        prob = predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0)
+        prob = probability(predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0))
     return write_atomic(out, submission_text(test.names, prob))

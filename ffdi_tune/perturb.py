@@ -5,13 +5,15 @@ resized or filtered on their way to the test set. :class:`Perturber` applies one
 kinds below to each image, with parameters drawn from a generator seeded by the recipe's seed and
 the image's name, so every trial (and every ensemble member) is scored on the very same pixels:
 
-- ``crop``: keep a window of 85-97 % of each side (the full-frame resize follows);
+- ``crop``: keep a window of 85-97 % of each side, resized back to ``img_size``;
 - ``rescale``: shrink, then scale back up (detail lost to a thumbnail round trip);
 - ``color``: gamma and per-channel gain (another camera, another white balance);
 - ``blur``: Gaussian blur;
 - ``jpeg``: JPEG re-compression at quality 30-70 (platforms re-encode uploads).
 
-Kinds are applied in that order (a re-encode comes last, as on upload). Ranges and the on/off
+Kinds are applied in that order (a re-encode comes last, as on upload), to the image as the model
+sees it: decoded and resized to the trial's ``img_size`` exactly as the clean copy, so strengths are
+relative to that size and ``val_robust_auc - val_auc`` measures the perturbation alone. Ranges and the on/off
 switch of each kind come from :class:`RobustValConfig` (``robust_val:`` in a search's YAML).
 
 >>> p = Perturber(RobustValConfig(seed=1))
@@ -47,7 +49,7 @@ class JpegPerturb(StrictModel):
 
 
 class BlurPerturb(StrictModel):
-    """Gaussian blur with sigma (in pixels of the image file) drawn from ``sigma``."""
+    """Gaussian blur with sigma (in pixels at the trial's img_size) drawn from ``sigma``."""
 
     sigma: tuple[float, float] = (0.5, 1.5)
 
@@ -73,7 +75,7 @@ class ColorPerturb(StrictModel):
 
 
 class CropPerturb(StrictModel):
-    """Keep a window of ``keep`` (drawn) of each side at a random place (the resize follows)."""
+    """Keep a window of ``keep`` (drawn) of each side at a random place, resized back to img_size."""
 
     keep: tuple[float, float] = (0.85, 0.97)
 
@@ -116,7 +118,7 @@ class RobustValConfig(StrictModel):
 
 
 # Bump when what a plan does to an image changes, so cached perturbed arrays are rebuilt.
-PERTURB_POLICY = "perturb-v1"
+PERTURB_POLICY = "perturb-v2"  # v2: applied after the resize to img_size
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

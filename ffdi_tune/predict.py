@@ -1,7 +1,8 @@
 """Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one decode.
 
 :class:`DecodedSplits` decodes each split once per image size and shares it across members;
-:func:`predict_views` runs each view as a tensor op on the decoded batch (on the device).
+:func:`predict_views` runs each view as a tensor op on the decoded batch (on the device) and
+returns log-odds of fake (see :mod:`ffdi_tune.inference`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import numpy as np
 import torch
 
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import Split, cache_dir_of, eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.data import Split, cache_dir_of, load_images, read_split
 from ffdi_tune.errors import DataError
-from ffdi_tune.tta import apply_view
+from ffdi_tune.inference import view_log_odds
 
-__all__ = ["Member", "load_member", "DecodedSplits", "view_probabilities", "predict_views", "default_device"]
+__all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -83,30 +84,9 @@ class DecodedSplits:
         return self._images[key]
 
 
-@torch.no_grad()
-def view_probabilities(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                       views: list[str], batch_size: int = 64, amp_dtype: torch.dtype | None = None,
-                       channels_last: bool = False) -> np.ndarray:
-    """Probability of fake for each view and uint8 image: array ``len(views) x len(images)``.
-
-    Each batch is moved and normalised once; every view is a tensor op on it, on the device.
-    """
-    model.eval()
-    device = mean.device
-    out = np.empty((len(views), len(images)), dtype=np.float64)
-    start = 0
-    for batch in eval_loader(images, batch_size):
-        x = to_model_input(batch, mean, std, device, channels_last)
-        for v, view in enumerate(views):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(apply_view(view, x))
-            out[v, start : start + len(batch)] = logits.float().softmax(1)[:, 1].cpu().numpy()
-        start += len(batch)
-    return out
-
-
 def predict_views(member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64) -> np.ndarray:
-    """A member's probabilities for each view (bf16 autocast on a GPU that has it)."""
+    """A member's log-odds of fake for each view (the body in bf16 on a GPU that has it, the head in
+    float32): ``len(views) x len(images)``."""
     cuda = member.mean.device.type == "cuda"
     amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-    return view_probabilities(member.model, images, member.mean, member.std, views, batch_size, amp, cuda)
+    return view_log_odds(member.model, images, member.mean, member.std, views, batch_size, amp, cuda)

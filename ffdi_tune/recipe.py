@@ -3,26 +3,31 @@
 ::
 
     top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
-    metric: val_auc           # ranks candidates, on the selection half of valset; val_robust_auc or
-                              # val_worst_auc rank (and choose views and greedy weights) on the
-                              # perturbed copy of valset, or on the lower of the two AUCs
-    combine: mean             # mean | rank | greedy
+    metric: val_auc           # ranks candidates, on the selection part of valset; val_robust_auc or
+                              # val_worst_auc rank (and choose views, weights and the combination) on
+                              # the perturbed copy of valset, or on the lower of the two AUCs
+    combine: auto             # auto | best | mean | rank | greedy
+    average: prob             # prob | logit: what mean and greedy average
     tta: [identity, hflip]    # views averaged per member; tta_select keeps them only where they help
-    holdout_fraction: 0.5     # share of valset kept for the reported (honest) estimate
+
+The valset split into a selection and a report part is the search's (``search.holdout``), not
+the recipe's: the final stage reuses it, so the report part stays unseen by everything.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ffdi_tune.config import StrictModel, check_metric, format_validation_error, read_yaml
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.tta import check_views
 
 __all__ = ["EnsembleRecipe", "CandidateFilter", "load_recipe"]
+
+_MOVED = ("holdout_fraction", "seed")  # keys of older recipes that now belong to the search
 
 
 class CandidateFilter(StrictModel):
@@ -35,17 +40,28 @@ class CandidateFilter(StrictModel):
 class EnsembleRecipe(StrictModel):
     experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
     top_k: int = Field(5, ge=1)
-    metric: str = "val_auc"  # val_robust_auc / val_worst_auc: views, ranking and greedy on the perturbed valset
+    metric: str = "val_auc"  # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
     candidates: CandidateFilter = CandidateFilter()
-    combine: Literal["mean", "rank", "greedy"] = "mean"
+    # auto builds every combination below and ships the best on the selection part
+    combine: Literal["auto", "best", "mean", "rank", "greedy"] = "auto"
+    average: Literal["prob", "logit"] = "prob"  # for mean and greedy: probabilities or log-odds
     tta: list[str] = ["identity", "hflip"]
     tta_select: bool = True
-    holdout_fraction: float = Field(0.5, gt=0, lt=1)
-    seed: int = 0
     output: str | None = None  # default runs/<first experiment>/submission.csv
     batch_size: int = Field(64, ge=1)
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_belongs_to_the_search(cls, data: Any) -> Any:
+        moved = [k for k in _MOVED if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(
+                f"{' and '.join(moved)} no longer {'belongs' if len(moved) == 1 else 'belong'} in a recipe: the ensemble reuses the valset split its "
+                "search fixed before it started (search.holdout: {fraction, seed} in the search-space YAML); "
+                f"remove {', '.join(moved)} from the recipe")
+        return data
 
     @field_validator("tta")
     @classmethod

@@ -105,12 +105,14 @@ def plot_param_importance(importance: dict[str, float], path: Path) -> Path:
 
 
 def format_ensemble_table(table: pd.DataFrame) -> str:
+    """The members, then every combination, on both parts of valset; ``*`` marks what ships."""
     view = table.copy()
     # The perturbed-valset columns are there when the members were scored on it too.
     robust = [c for c in ("select_robust_auc", "holdout_robust_auc") if c in view]
     for c in ("select_auc_no_tta", "select_auc_tta", "holdout_auc_no_tta", "holdout_auc_tta", "weight", *robust):
         view[c] = view[c].map(lambda v: "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}")
-    view["member"] = view["member"].map(lambda m: m if m == "ensemble" else m[:12])
+    view["member"] = [("* " if shipped else "  ") + (m if kind == "ensemble" else m[:12])
+                      for m, kind, shipped in zip(view["member"], view["kind"], view["shipped"])]
     cols = ["member", "label", "views", "weight", "select_auc_no_tta", "select_auc_tta",
             "holdout_auc_no_tta", "holdout_auc_tta", *robust]
     return view[cols].to_string(index=False)

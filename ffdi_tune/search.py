@@ -31,9 +31,10 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
-from ffdi_tune.data import ensure_dataset
+from ffdi_tune.data import ensure_dataset, read_split
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.errors import DataError, SearchError, SearchInterrupted
+from ffdi_tune.holdout import NO_REPORT_HASH, Holdout, save_holdout, saved_holdout, split_valset
 from ffdi_tune.models import check_weights, resolve_weights
 from ffdi_tune.report import param_importance, plot_param_importance, plot_search_history
 from ffdi_tune.results import TrialRow, write_atomic, write_trials_csv
@@ -85,7 +86,8 @@ def search_dir(cfg: SearchConfig) -> tuple[str, Path]:
 
 
 def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, augment_sets: dict,
-               cpus: float, use_gpu: bool, robust_val: dict | None = None) -> None:
+               cpus: float, use_gpu: bool, robust_val: dict | None = None,
+               val_names: tuple[str, ...] | None = None) -> None:
     """One Ray Tune trial. Runs in a (possibly reused) worker process."""
     started = time.perf_counter()
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
@@ -115,7 +117,8 @@ def _trainable(config: dict[str, Any], fixed: dict, data: dict, metric: str, aug
     try:
         train_trial(settings, DataConfig.model_validate(data), report, metric=metric,
                     augment_sets=augment_sets, resume_from=resume_dir, device=device, started_at=started,
-                    robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None)
+                    robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None,
+                    val_names=val_names)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
@@ -129,14 +132,17 @@ def _progress(trial, fixed: dict) -> tuple[int, int]:
 class MlflowTrials(tune.Callback):
     """Mirror trials into MLflow child runs from the driver (picklable: Tune saves it for resume)."""
 
-    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, fixed: dict):
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, fixed: dict, val_images: int):
         self.tracker, self.experiment_id, self.parent_id, self.fixed = tracker, experiment_id, parent_id, fixed
+        self.val_images = val_images  # how many valset images each epoch's metrics use (the selection part)
         self.run_ids: dict[str, str] = {}
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             params = trial_settings(self.fixed, trial.config).model_dump()
             params.update({k: v for k, v in trial.config.items() if CONDITIONAL_SEP in k})
+            if getattr(self, "val_images", None):  # absent in a callback pickled before it existed
+                params["val_images"] = self.val_images
             self.run_ids[trial.trial_id] = self.tracker.trial_run(
                 self.experiment_id, self.parent_id, trial.trial_id, params, run_name=f"trial-{trial.trial_id}")
         return self.run_ids[trial.trial_id]
@@ -444,6 +450,32 @@ def _prepare_data(cfg: SearchConfig, echo) -> DataCheck:
     return check
 
 
+def search_holdout(cfg: SearchConfig, data: DataConfig, out_dir: Path, resume: bool, echo) -> Holdout:
+    """The valset split of the search: from ``search.holdout``, or the one it started with on a resume."""
+    fraction, seed = cfg.search.holdout.fraction, cfg.search.holdout.seed
+    before = saved_holdout(out_dir) if resume else None
+    if resume and before is None:  # started by a version that scored all of valset during the search
+        before = {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
+    if before is not None:
+        if (before["fraction"], before["seed"]) != (fraction, seed):
+            echo(f"holdout: --resume keeps the valset split the search started with (fraction {before['fraction']:g}, "
+                 f"seed {before['seed']}), not search.holdout's (fraction {fraction:g}, seed {seed})")
+        fraction, seed = before["fraction"], before["seed"]
+    holdout = split_valset(read_split(data, "val"), fraction, seed)
+    if before is not None and holdout.report_hash != before["report_hash"]:
+        raise SearchError(
+            f"--resume: valset changed since search {cfg.name!r} started (its report part was {before['report_hash']}, "
+            f"now {holdout.report_hash}), so the trials so far chose on other images; restore valset, or start a "
+            "new search with --name NEW")
+    if holdout.honest:
+        echo(f"holdout: {len(holdout.select_names)} valset images choose (trials, epochs, members), "
+             f"{len(holdout.report_names)} are kept unseen for the final estimate (search.holdout)")
+    else:
+        echo("holdout: none (search.holdout.fraction is 0): every valset image chooses, so the final stage has no "
+             "honest estimate")
+    return holdout
+
+
 def _provenance(check: DataCheck) -> dict[str, str]:
     """Tags that make a search reproducible: package versions and the data's fingerprints."""
     from importlib.metadata import PackageNotFoundError, version
@@ -479,6 +511,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         raise SearchError(f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume")
     check = _prepare_data(cfg, echo)
     data = check.data
+    holdout = search_holdout(cfg, data, out_dir, resume, echo)
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -491,7 +524,9 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
         experiment_id = tracker.experiment_id(cfg.name)
         tracker.replay()  # writes a killed driver kept while the store was down go first
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root, _provenance(check))
+        parent_id = tracker.search_run(experiment_id, cfg.name, resume, resolved, data.root,
+                                       _provenance(check) | holdout.tags())
+        save_holdout(out_dir, holdout)
         if check.skipped:
             with tempfile.TemporaryDirectory(prefix="ffdi-skipped-") as tmp:
                 listing = pd.DataFrame(check.skipped, columns=["split", "img_name", "reason"])
@@ -508,10 +543,10 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, address: str | None =
             tune.with_parameters(
                 _trainable, fixed=fixed, data=data.model_dump(), metric=cfg.search.metric,
                 augment_sets=cfg.augment_sets, cpus=resources["cpu"], use_gpu=resources["gpu"] > 0,
-                robust_val=cfg.robust_val.model_dump(mode="json")),
+                robust_val=cfg.robust_val.model_dump(mode="json"), val_names=holdout.select_names),
             resources,
         )
-        callback = MlflowTrials(tracker, experiment_id, parent_id, fixed)
+        callback = MlflowTrials(tracker, experiment_id, parent_id, fixed, len(holdout.select_names))
         grid = _make_tuner(cfg, trainable, callback, storage_path, exp_path, resume).fit()
         if tracker.replay():
             run_ids = {r.data.tags.get("ffdi.trial_id"): r.info.run_id

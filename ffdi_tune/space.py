@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from ffdi_tune.config import Domain, SearchConfig, TrainSettings
 
-__all__ = ["DefineByRun", "suggest", "trial_settings", "CONDITIONAL_SEP"]
+__all__ = ["DefineByRun", "suggest", "trial_settings", "trial_seed", "CONDITIONAL_SEP"]
 
 CONDITIONAL_SEP = ":"
 
@@ -41,14 +43,17 @@ def suggest(trial: Any, name: str, domain: Domain) -> Any:
 class DefineByRun:
     """Picklable ``fn(trial)`` for ``OptunaSearch(space=fn)``; returns the constant overrides."""
 
-    def __init__(self, space: dict[str, Domain], per_backbone: dict[str, dict[str, Any]], backbone: str):
+    def __init__(self, space: dict[str, Domain], per_backbone: dict[str, dict[str, Any]], backbone: str,
+                 seed_base: int | None = None):
         self.space = dict(space)
         self.per_backbone = {k: dict(v) for k, v in per_backbone.items()}
         self.fixed_backbone = backbone
+        self.seed_base = seed_base  # give each trial its own seed, derived from this and its number
 
     @classmethod
     def from_config(cls, cfg: SearchConfig) -> DefineByRun:
-        return cls(cfg.space, cfg.per_backbone, cfg.train.backbone)
+        fixed = cfg.train.seed is not None or "seed" in cfg.space or any("seed" in o for o in cfg.per_backbone.values())
+        return cls(cfg.space, cfg.per_backbone, cfg.train.backbone, None if fixed else cfg.search.seed)
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         if "backbone" in self.space:
@@ -65,7 +70,19 @@ class DefineByRun:
                 suggest(trial, f"{key}{CONDITIONAL_SEP}{backbone}", value)
             else:
                 constants[key] = value
+        if getattr(self, "seed_base", None) is not None:  # absent in a searcher pickled before it existed
+            constants["seed"] = trial_seed(self.seed_base, trial.number)
         return constants or None
+
+
+def trial_seed(search_seed: int, number: int) -> int:
+    """The seed of the ``number``-th trial (0, 1, ...) of a search seeded ``search_seed``: distinct per
+    trial, the same on every run of the same search.
+
+    >>> trial_seed(0, 0) != trial_seed(0, 1)
+    True
+    """
+    return int(np.random.SeedSequence([search_seed, number]).generate_state(1)[0])
 
 
 def trial_settings(fixed: TrainSettings | dict[str, Any], config: dict[str, Any]) -> TrainSettings:

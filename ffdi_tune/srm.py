@@ -76,5 +76,14 @@ class SrmInput(nn.Module):
         grey = (x * self.grey.to(x.dtype)).sum(1, keepdim=True)
         return F.conv2d(grey, self.srm.to(x.dtype), padding=2)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(self.adapter(torch.cat([x, self.residuals(x)], dim=1)))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(features)
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.adapter(torch.cat([x, self.residuals(x)], dim=1)))
+        return self.forward_head(self.forward_features(x))

@@ -230,11 +230,11 @@ class Tracker:
                 "leave that trial out or rerun it") from None
 
     def ensemble_run(self, experiment_id: str, name: str, parent_id: str | None, params: dict[str, Any],
-                     metrics: dict[str, float], artifacts: list[Path]) -> str:
+                     metrics: dict[str, float], artifacts: list[Path], tags: dict[str, str] | None = None) -> str:
         """One finished run (tag ffdi.role=ensemble) holding an ensemble's recipe, scores and files."""
         from mlflow.entities import Metric, Param
 
-        tags = {ROLE: "ensemble"}
+        tags = {**(tags or {}), ROLE: "ensemble"}
         if parent_id:
             tags[PARENT] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags=tags)

@@ -30,10 +30,10 @@ from ffdi_tune.augment import AugmentParams, BatchFlips, batch_augment, build_au
 from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings
 from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.errors import ConfigError
-from ffdi_tune.metrics import binary_metrics
+from ffdi_tune.metrics import binary_metrics, roc_auc
 from ffdi_tune.models import create_model, resolve_weights
 from ffdi_tune.perturb import Perturber
-from ffdi_tune.predict import view_probabilities
+from ffdi_tune.inference import view_log_odds
 
 __all__ = ["train_trial", "augment_placement", "augmenters", "loader_workers", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
@@ -198,6 +198,7 @@ def train_trial(
     device: torch.device | str | None = None,
     started_at: float | None = None,
     robust_val: RobustValConfig | None = RobustValConfig(),
+    val_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Train ``settings.epochs`` epochs, reporting after each; return the best epoch's metrics.
 
@@ -205,7 +206,8 @@ def train_trial(
     epoch. ``started_at`` (a ``time.perf_counter()`` value) is when the caller began the trial, for
     the ``time_to_first_batch_s`` figure. ``robust_val`` (on by default, as in YAML; None or
     ``enabled=False`` turns it off) adds the perturbed-valset metrics; ``metric`` may then be
-    ``val_robust_auc`` or ``val_worst_auc``.
+    ``val_robust_auc`` or ``val_worst_auc``. ``val_names`` limits validation to those valset images
+    (the search passes its selection part, see :mod:`ffdi_tune.holdout`); the others are never read.
     """
     started_at = time.perf_counter() if started_at is None else started_at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -214,7 +216,8 @@ def train_trial(
     if metric in ROBUST_METRICS and not robust_on:
         raise ConfigError(f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
                           "enable robust_val or use val_auc")
-    _seed_everything(s.seed)
+    seed = 0 if s.seed is None else s.seed  # a search gives every trial its own (space.trial_seed)
+    _seed_everything(seed)
     higher_is_better = METRIC_MODES[metric] == "max"
 
     weights = resolve_weights(s.backbone, s.pretrained)
@@ -238,6 +241,8 @@ def train_trial(
     mixup = _make_mixup(s)
 
     train_split, val_split = read_split(data, "train"), read_split(data, "val")
+    if val_names is not None:  # the search's selection part: the report part is never read here
+        val_split = val_split.only(val_names)
     cache_dir = cache_dir_of(data)
     train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
     # Validation (and best.pt's prediction) may run at a larger side than training.
@@ -263,8 +268,8 @@ def train_trial(
 
     first_batch_s = None
     for epoch in range(start_epoch, s.epochs + 1):
-        torch.manual_seed(s.seed * 1000 + epoch)
-        generator.manual_seed(s.seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        generator.manual_seed(seed * 1000 + epoch)
         model.train()
         t0 = time.perf_counter()
         scheduler.step_update(step)
@@ -293,15 +298,15 @@ def train_trial(
             raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
 
         eval_model = ema.module if ema is not None else model
-        prob = view_probabilities(eval_model, val_images, mean, std, ["identity"], s.batch_size * 2, amp_dtype,
-                                  channels_last)[0]
-        if not np.isfinite(prob).all():
+        score = view_log_odds(eval_model, val_images, mean, std, ["identity"], s.batch_size * 2, amp_dtype,
+                              channels_last)[0]
+        if not np.isfinite(score).all():
             raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
-        metrics = binary_metrics(val_split.targets, prob)
+        metrics = binary_metrics(val_split.targets, score)
         if robust_images is not None:
-            robust = view_probabilities(eval_model, robust_images, mean, std, ["identity"], s.batch_size * 2,
-                                        amp_dtype, channels_last)[0]
-            metrics["val_robust_auc"] = binary_metrics(val_split.targets, robust)["val_auc"]
+            robust = view_log_odds(eval_model, robust_images, mean, std, ["identity"], s.batch_size * 2,
+                                   amp_dtype, channels_last)[0]
+            metrics["val_robust_auc"] = roc_auc(val_split.targets, robust)
             metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
         metrics.update(
             epoch=epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - t0,
@@ -313,7 +318,8 @@ def train_trial(
         if best_value is None or (value > best_value if higher_is_better else value < best_value):
             best_value, best_metrics = value, dict(metrics)
             best_state = {
-                "state_dict": {k: v.detach().cpu() for k, v in eval_model.state_dict().items()},
+                # a copy: on a CPU .cpu() would alias the live weights, and later epochs would overwrite "best"
+                "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()},
                 "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
                 "mean": [float(v) for v in mean.cpu()], "std": [float(v) for v in std.cpu()],
                 "settings": s.model_dump(), "weights_source": weights.source, "weights_sha256": weights.sha256,

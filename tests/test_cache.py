@@ -57,6 +57,23 @@ def test_changed_file_invalidates(data, tmp_path):
     assert fresh[0, 0].float().mean() > 200 and fresh[0, 2].float().mean() < 50  # the new red image
 
 
+def test_rewrite_with_old_size_and_mtime_invalidates(data, tmp_path):
+    """cp -p, rsync -a or touch -r can put back a file's size and mtime, not its inode change time."""
+    cache = tmp_path / "cache"
+    s = split(data)
+    before = load_images(s, 24, cache_dir=cache)
+    sizes = [p.stat().st_size for p in s.paths]
+    small, big = sizes.index(min(sizes)), sizes.index(max(sizes))
+    victim, st = s.paths[big], s.paths[big].stat()
+    other = s.paths[small].read_bytes()
+    victim.write_bytes(other + b"\0" * (st.st_size - len(other)))  # another image, padded to the old size
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
+    after = load_images(split(data), 24, cache_dir=cache)
+    assert torch.equal(after[big], before[small]) and not torch.equal(after[big], before[big])  # decoded again
+    assert len([p for p in cache.iterdir() if p.suffix == ".npy"]) == 2
+
+
 def test_failed_build_leaves_nothing_readable(data, tmp_path):
     cache = tmp_path / "cache"
     s = split(data)

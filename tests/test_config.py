@@ -168,12 +168,19 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert uri == f"sqlite:///{tmp_path}/other/db.sqlite"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "ensembles").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_recipes_load(path):
+SHIPPED_RECIPES = {  # file -> (combine, average, top_k, metric)
+    "top5.yaml": ("auto", "prob", 5, "val_auc"), "rank.yaml": ("rank", "prob", 5, "val_auc"),
+    "greedy.yaml": ("greedy", "logit", 8, "val_auc"), "robust.yaml": ("auto", "prob", 5, "val_worst_auc"),
+}
+
+
+def test_shipped_recipes_load_as_documented():
     from ffdi_tune.recipe import load_recipe
 
-    recipe = load_recipe(path)
-    assert recipe.top_k >= 1 and recipe.combine in ("mean", "rank", "greedy") and "identity" in recipe.tta
+    assert {p.name for p in (REPO / "ensembles").glob("*.yaml")} == set(SHIPPED_RECIPES)
+    for name, expected in SHIPPED_RECIPES.items():
+        recipe = load_recipe(REPO / "ensembles" / name)
+        assert (recipe.combine, recipe.average, recipe.top_k, recipe.metric) == expected and "identity" in recipe.tta
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
@@ -184,10 +191,13 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"r.yaml: top_k: .*greater than or equal to 1"):
         load_recipe(bad)
     bad.write_text("combine: average\n")
-    with pytest.raises(ConfigError, match=r"combine: .*'mean', 'rank' or 'greedy'"):
+    with pytest.raises(ConfigError, match=r"combine: .*'auto', 'best', 'mean', 'rank' or 'greedy'"):
         load_recipe(bad)
     bad.write_text("holdout: 0.3\n")
-    with pytest.raises(ConfigError, match="unknown key 'holdout'.*holdout_fraction"):
+    with pytest.raises(ConfigError, match="unknown key 'holdout'"):
+        load_recipe(bad)
+    bad.write_text("top_k: 3\nholdout_fraction: 0.3\n")  # it belongs to the search now
+    with pytest.raises(ConfigError, match="holdout_fraction no longer belongs in a recipe.*search.holdout"):
         load_recipe(bad)
 
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -143,6 +144,12 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_auc")] == history
     lrs = [float(r.data.params["lr"]) for r in children]
     assert len(set(lrs)) == 4  # the searcher continued instead of proposing its first points again
+    # each trial trained with the seed its run records, also the ones continued after the kill
+    for run in children:
+        best = torch.load(client.download_artifacts(run.info.run_id, "checkpoint/best.pt",
+                                                    str(tmp_path / "seeds" / run.info.run_id)), weights_only=True)
+        assert str(best["settings"]["seed"]) == run.data.params["seed"]
+    assert len({r.data.params["seed"] for r in children}) == 4
 
 
 def _trial_workers(marker: str) -> list[int]:

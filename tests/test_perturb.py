@@ -85,14 +85,27 @@ def test_recipe_is_in_the_resolved_config():
 
 
 def test_tiny_training_reports_the_three_metrics(tiny_data):
+    import timm
+
+    from ffdi_tune.inference import view_log_odds
+    from ffdi_tune.metrics import roc_auc
+    from ffdi_tune.train import BEST_FILE
+
     reports = []
     s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1)
-    best = train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: reports.append(m),
+    best = train_trial(s, DataConfig(root=str(tiny_data)),
+                       lambda m, f: reports.append((m, torch.load(f / BEST_FILE, weights_only=True))),
                        metric="val_worst_auc", robust_val=RobustValConfig())
-    m = reports[0]
+    m, ckpt = reports[0]
     assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(m) and "val_robust_auc" in EPOCH_METRICS
-    assert m["val_worst_auc"] == min(m["val_auc"], m["val_robust_auc"])
-    assert 0 <= m["val_robust_auc"] <= 1 and best == m
+    assert m["val_worst_auc"] == min(m["val_auc"], m["val_robust_auc"]) and best == m
+    # val_robust_auc is the checkpoint's AUC on the perturbed copy of valset, decoded like the clean one
+    model = timm.create_model("test_resnet", num_classes=2)
+    model.load_state_dict(ckpt["state_dict"])
+    val = read_split(DataConfig(root=str(tiny_data)), "val")
+    perturbed = load_images(val, 32, perturb=Perturber(RobustValConfig()))
+    score = view_log_odds(model, perturbed, torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]), ["identity"])[0]
+    assert roc_auc(val.targets, score) == pytest.approx(m["val_robust_auc"])
     # switched off, the robust metrics are absent and cannot be the metric
     plain = []
     train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: plain.append(m),
@@ -139,3 +152,31 @@ def test_perturbation_leaves_the_source_unchanged(val):
     before = np.asarray(src).copy()
     Perturber(RobustValConfig())(src, val.names[0])
     assert np.array_equal(np.asarray(src), before)
+
+
+def _only(**kinds) -> RobustValConfig:
+    off = {k: None for k in PERTURB_KINDS}
+    return RobustValConfig(ops_per_image=(1, 1), kinds={**off, **kinds})
+
+
+def test_perturbed_copy_is_decoded_like_the_clean_one(tiny_data):
+    """A perturbation that changes nothing (a crop keeping the whole frame) gives the clean pixels exactly."""
+    val = read_split(DataConfig(root=str(tiny_data)), "val")
+    clean = load_images(val, 32)
+    unchanged = load_images(val, 32, perturb=Perturber(_only(crop={"keep": [1.0, 1.0]})))
+    assert torch.equal(clean, unchanged)
+
+
+def test_perturbation_strength_acts_at_the_trial_size(tiny_data):
+    """The blur's sigma is in pixels of the image the model sees: blur(clean at img_size)."""
+    from PIL import Image, ImageFilter
+
+    recipe = _only(blur={"sigma": [1.0, 1.2]})
+    perturber = Perturber(recipe)
+    val = read_split(DataConfig(root=str(tiny_data)), "val")
+    for size in (32, 48):
+        clean = load_images(val, size)[0].permute(1, 2, 0).numpy()
+        (kind, params), = perturber.plan(val.names[0])
+        expected = np.asarray(Image.fromarray(clean).filter(ImageFilter.GaussianBlur(params["sigma"])))
+        got = load_images(val, size, perturb=perturber)[0].permute(1, 2, 0).numpy()
+        assert kind == "blur" and np.array_equal(got, expected)

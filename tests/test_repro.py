@@ -56,3 +56,21 @@ def test_same_seed_same_per_epoch_val_auc(tiny_data):
 
     first = curve()
     assert curve() == pytest.approx(first, abs=1e-6)
+
+
+def suggested(space: str, n: int = 4) -> list[dict]:
+    searcher = make_searcher(parse_search_config(yaml.safe_load(space)))
+    return [searcher.suggest(f"t{i}") for i in range(n)]
+
+
+def test_each_trial_gets_its_own_seed_unless_the_yaml_fixes_one():
+    from ffdi_tune.space import trial_seed, trial_settings
+
+    seeds = [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))]
+    assert len(set(seeds)) == 4 and seeds == [trial_seed(0, i) for i in range(4)]
+    assert [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))] == seeds  # the same search, the same seeds
+    assert not set(seeds) & {c["seed"] for c in suggested(SPACE.replace("SEED", "1"))}
+    fixed = SPACE.replace("SEED", "0").replace("train: {backbone: resnet10t}", "train: {backbone: resnet10t, seed: 7}")
+    cfg = parse_search_config(yaml.safe_load(fixed))
+    for config in suggested(fixed):
+        assert "seed" not in config and trial_settings(cfg.train, config).seed == 7

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,7 +17,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data import load_images, read_split
 from ffdi_tune.demo_data import write_demo_dataset
+from ffdi_tune.ensemble import COMBINATIONS
+from ffdi_tune.holdout import split_valset
 from procs import free_port, stop_group
 
 pytestmark = pytest.mark.slow
@@ -39,8 +45,8 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 resources: {cpu: 1, gpu: auto}
 ensemble: top3.yaml
 """
-TOP3 = "top_k: 3\ncombine: mean\ntta: [identity, hflip]\n"
-RANK = "top_k: 5\ncombine: rank\ntta: [identity, hflip, vflip]\nholdout_fraction: 0.4\n"
+TOP3 = "top_k: 3\ntta: [identity, hflip]\n"  # combine: auto
+RANK = "top_k: 5\ncombine: rank\ntta: [identity, hflip, vflip]\n"
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +126,61 @@ def test_run_ends_with_ensemble(finished_search):
     parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
     ens = [r for r in runs if r.data.tags.get("ffdi.role") == "ensemble"]
     assert len(ens) == 1 and ens[0].info.status == "FINISHED"
-    assert ens[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert {"holdout_auc", "select_auc", "holdout_tpr_at_fpr_0.001", "best_member_holdout_auc"} <= set(ens[0].data.metrics)
-    assert len(ens[0].data.params["members"].split(",")) == 3 and ens[0].data.params["combine"] == "mean"
-    assert all(v in ("identity", "identity+hflip") for v in ens[0].data.params["member_views"].split(","))
-    assert {"submission.csv", "members.csv", "roc.png"} <= {a.path for a in client.list_artifacts(ens[0].info.run_id)}
-    members = pd.read_csv(client.download_artifacts(ens[0].info.run_id, "members.csv", str(finished_search)))
-    assert len(members) == 5 and members["weight"].sum() == pytest.approx(2.0)  # 3 x 1/3 + ensemble row
+    run = ens[0]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {"holdout_auc", "select_auc", "holdout_tpr_at_fpr_0.001", "best_member_select_auc",
+            "best_member_holdout_auc"} <= set(run.data.metrics)
+    assert run.data.params["combine"] == "auto" and run.data.tags["ffdi.combine_chosen"] in COMBINATIONS
+    # the final stage scored the search's own split
+    assert run.data.tags["ffdi.holdout.report_hash"] == parent.data.tags["ffdi.holdout.report_hash"] != "none"
+    assert all(v in ("identity", "identity+hflip") for v in run.data.params["member_views"].split(","))
+    assert {"submission.csv", "members.csv", "roc.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    members = pd.read_csv(client.download_artifacts(run.info.run_id, "members.csv", str(finished_search)))
+    assert list(members["kind"]) == ["member"] * 4 + ["ensemble"] * len(COMBINATIONS)
+    assert members.loc[members["kind"] == "member", "weight"].sum() == pytest.approx(1.0)
+    shipped = members[members["shipped"]]
+    assert len(shipped) == 1 and shipped["member"].iloc[0] == run.data.tags["ffdi.combine_chosen"]
+    combos = members[members["kind"] == "ensemble"]
+    assert shipped["select_auc_tta"].iloc[0] == combos["select_auc_tta"].max()  # auto: the best on selection
+    assert run.data.metrics["select_auc"] >= run.data.metrics["best_member_select_auc"]
+    assert len(run.data.params["members"].split(",")) == run.data.metrics["n_members"]
+
+
+def test_report_part_is_fixed_before_the_search_and_never_read_by_it(finished_search):
+    """The split is recorded on the search run; trials scored only the selection part, each with its own seed."""
+    client, _, runs = client_and_runs(finished_search)
+    parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
+    val = read_split(DataConfig(root=str(finished_search / "data")), "val")
+    holdout = split_valset(val, 0.5, 0)
+    assert parent.data.tags["ffdi.holdout.fraction"] == "0.5" and parent.data.tags["ffdi.holdout.seed"] == "0"
+    assert parent.data.tags["ffdi.holdout.report_hash"] == holdout.report_hash
+    assert json.loads((finished_search / "runs" / "e2e" / "holdout.json").read_text())["report_hash"] == holdout.report_hash
+    trials = [r for r in runs if r.data.tags.get("ffdi.role") == "trial"]
+    assert {r.data.params["val_images"] for r in trials} == {str(len(holdout.select_names))} == {"12"}
+    assert len({r.data.params["seed"] for r in trials}) == len(trials)  # diverse members
+    # what the trials decoded of valset (the per-node cache records each entry's images): the selection part
+    decoded = [json.loads(p.read_text()) for p in Path(os.environ["FFDI_TUNE_CACHE"]).glob("*.json")
+               if not p.name.startswith("scan-")]
+    ours = str((finished_search / "data" / "valset").resolve())
+    val_entries = [e for e in decoded if e["first"].startswith(ours) and e["images"] != len(val)]
+    assert val_entries and all(e["images"] == len(holdout.select_names) for e in val_entries)
+    for run in trials:  # every epoch's metrics were computed on those images alone
+        ckpt = torch.load(client.download_artifacts(run.info.run_id, "checkpoint/best.pt",
+                                                    str(finished_search / f"split-{run.info.run_id}")), weights_only=True)
+        assert ckpt["metrics"]["val_auc"] == pytest.approx(_selection_auc(ckpt, finished_search, holdout))
+
+
+def _selection_auc(ckpt, root, holdout):
+    from ffdi_tune.inference import view_log_odds
+    from ffdi_tune.metrics import roc_auc
+    from ffdi_tune.models import create_model
+
+    model = create_model(ckpt["backbone"])
+    model.load_state_dict(ckpt["state_dict"])
+    val = read_split(DataConfig(root=str(root / "data")), "val").only(holdout.select_names)
+    score = view_log_odds(model, load_images(val, ckpt["eval_img_size"]), torch.tensor(ckpt["mean"]),
+                          torch.tensor(ckpt["std"]), ["identity"])[0]
+    return roc_auc(val.targets, score)
 
 
 def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
@@ -180,6 +234,15 @@ def test_pooled_ensemble_of_two_searches(finished_search, monkeypatch, capsys):
     pooled = [r for r in client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
               if r.data.params["experiments"] == "e2e,e2e-b"]
     assert len(pooled) == 1 and len(pooled[0].data.params["members"].split(",")) == 5
+    # a search that kept another part of valset aside cannot be pooled: its report part is e2e's selection part
+    (finished_search / "space_c.yaml").write_text(SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 1}}"))
+    assert main(["run", "space_c.yaml", "--name", "e2e-c", "--num-samples", "1", "--epochs", "1",
+                 "--no-ensemble"]) == 0
+    capsys.readouterr()
+    assert main(["ensemble", "rank.yaml", "--experiment", "e2e", "--experiment", "e2e-c", "--out", "mixed.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "searches 'e2e' and 'e2e-c' split valset differently" in err and "\n" not in err
+    assert not (finished_search / "mixed.csv").exists()
 
 
 def test_no_run_left_running(finished_search):
@@ -205,16 +268,40 @@ def test_existing_name_needs_resume(finished_search, capsys, monkeypatch):
     assert err.startswith("error: search 'e2e' already exists") and "--resume" in err
 
 
-def test_resume_of_finished_search_adds_no_runs(finished_search, monkeypatch):
+def test_resume_of_finished_search_adds_no_runs_and_keeps_its_split(finished_search, monkeypatch, capsys):
     monkeypatch.chdir(finished_search)
     def search_and_trials():
         return {r.info.run_id for r in client_and_runs(finished_search)[2] if r.data.tags["ffdi.role"] != "ensemble"}
 
     before = search_and_trials()
-    assert main(["run", "space.yaml", "--resume"]) == 0
+    kept = (finished_search / "runs" / "e2e" / "holdout.json").read_text()
+    # the YAML now asks for another split: a resume keeps the one the trials were chosen on
+    (finished_search / "space_moved.yaml").write_text(SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 9}}"))
+    capsys.readouterr()
+    assert main(["run", "space_moved.yaml", "--resume", "--no-ensemble"]) == 0
+    assert "--resume keeps the valset split the search started with (fraction 0.5, seed 0)" in capsys.readouterr().out
     after = client_and_runs(finished_search)[2]
     assert search_and_trials() == before
     assert all(r.info.status == "FINISHED" for r in after)
+    assert (finished_search / "runs" / "e2e" / "holdout.json").read_text() == kept
+    parent = next(r for r in after if r.data.tags.get("ffdi.role") == "search")
+    assert parent.data.tags["ffdi.holdout.seed"] == "0"
+
+
+def test_fraction_zero_says_there_is_no_honest_estimate(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(SMALL.replace("max_concurrent: 1}", "max_concurrent: 1, holdout: {fraction: 0}}")
+                                         + "ensemble: one.yaml\n")
+    (tmp_path / "one.yaml").write_text("top_k: 1\n")
+    assert main(["run", "space.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "no honest estimate: search.holdout.fraction is 0" in out and "report-part AUC" not in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    exp = client.get_experiment_by_name("small")
+    trial, = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'trial'")
+    assert trial.data.params["val_images"] == "16"  # all of valset chose
+    ensemble, = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
+    assert "holdout_auc" not in ensemble.data.metrics and ensemble.data.tags["ffdi.holdout.report_hash"] == "none"
 
 
 def test_ui_serves_the_store(finished_search):
@@ -292,19 +379,44 @@ def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
     assert_submission(out, data)
 
 
-def test_ensemble_refuses_a_changed_test_set(finished_search, capsys, monkeypatch):
-    import os
-
-    monkeypatch.chdir(finished_search)
-    victim = sorted((finished_search / "data" / "testset").iterdir())[0]
+def test_ensemble_refuses_changed_data(tmp_path, monkeypatch, capsys):
+    """A test image rewritten in place (old size and mtime put back) or a changed valset is refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(SMALL)
+    (tmp_path / "one.yaml").write_text("top_k: 1\n")
+    assert main(["run", "space.yaml", "--no-ensemble"]) == 0
+    victim = sorted((tmp_path / "data" / "testset").iterdir())[0]
     st = victim.stat()
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten since the search ran
-    try:
-        assert main(["ensemble", "top3.yaml", "--experiment", "e2e", "--out", "changed.csv"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: testset in ") and "changed since search 'e2e' ran" in err and "\n" not in err
-        assert "--allow-changed-data" in err and not (finished_search / "changed.csv").exists()
-        assert main(["ensemble", "top3.yaml", "--experiment", "e2e", "--out", "changed.csv",
-                     "--allow-changed-data"]) == 0
-    finally:
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    victim.write_bytes(victim.read_bytes())  # the same bytes, rewritten: its inode change time moves
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: testset in ") and "changed since search 'small' ran" in err and "\n" not in err
+    assert "--allow-changed-data" in err and not (tmp_path / "changed.csv").exists()
+    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed.csv",
+                 "--allow-changed-data"]) == 0
+    # a copy elsewhere (not fingerprinted: another root) whose valset lost an image: not the same split
+    import shutil
+
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    copied = tmp_path / "copy" / "valset_label.txt"
+    copied.write_text("\n".join(copied.read_text().splitlines()[:-1]) + "\n")
+    assert main(["ensemble", "one.yaml", "--experiment", "small", "--data", "copy", "--out", "copy.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "valset's report part is not the one search 'small' kept aside" in err and "\n" not in err
+    # the same in place
+    labels = tmp_path / "data" / "valset_label.txt"
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(rows[:-1]) + "\n")
+    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed2.csv",
+                 "--allow-changed-data"]) == 0  # allowed on purpose
+    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed2.csv"]) == 2
+    assert "changed since search 'small' ran" in capsys.readouterr().err
+
+
+SMALL = """
+name: small
+data: {root: data, demo: {n_train: 16, n_val: 16, n_test: 4, size: 32, seed: 4, difficulty: 0.2}}
+train: {backbone: test_resnet, img_size: 32, batch_size: 8, epochs: 1}
+search: {num_samples: 1, max_concurrent: 1}
+"""
