@@ -74,7 +74,7 @@ def one(search_seed: int, new: bool, work: Path, test_targets: np.ndarray) -> di
     outcome = run_search(cfg, echo=lambda *_: None)
     tracker = Tracker(*resolve_tracking(cfg.tracking))
     splits = DecodedSplits(outcome.data)
-    candidates = score_candidates(tracker, tracker.trial_runs([cfg.name]), splits, VIEWS, echo=lambda *_: None)
+    candidates = score_candidates(tracker, tracker.finished_trials([cfg.name]), splits, VIEWS, echo=lambda *_: None)
     val = splits.split("val")
     # old: the final stage split valset afterwards (50/50, seed 0); new: the split the search kept aside
     holdout = split_valset(val, 0.5, 0)

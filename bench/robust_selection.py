@@ -51,7 +51,7 @@ def main() -> None:
             "scheduler.type": "fifo"})
         outcome = run_search(cfg, echo=print)
         tracker = Tracker(*resolve_tracking(cfg.tracking))
-        runs = tracker.trial_runs([cfg.name])
+        runs = tracker.finished_trials([cfg.name])
         splits = DecodedSplits(outcome.data)
         candidates = score_candidates(tracker, runs, splits, VIEWS, echo=lambda *_: None,
                                       perturb=Perturber(cfg.robust_val))

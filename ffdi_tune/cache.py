@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
+
+from ffdi_tune.errors import DataError
 
 __all__ = ["default_cache_dir", "file_stamp", "cache_key", "cached_array", "cache_size_mb", "RESIZE_POLICY"]
 
@@ -67,6 +70,7 @@ def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir:
     if not final.exists():
         with FileLock(str(cache_dir / f"{key}.lock")):
             if not final.exists():  # another process may have built it while we waited
+                _check_room(cache_dir, len(paths) * img_size * img_size * 3, img_size)
                 tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npy"
                 try:
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
@@ -83,6 +87,14 @@ def cached_array(paths: tuple[Path, ...], img_size: int, decode_into, cache_dir:
                     if tmp.exists():
                         tmp.unlink()
     return np.load(final, mmap_mode="c"), built
+
+
+def _check_room(cache_dir: Path, needed: int, img_size: int) -> None:
+    free = shutil.disk_usage(cache_dir).free
+    if needed > free:
+        raise DataError(f"decode cache: {needed / 1e9:.1f} GB of images at {img_size} px do not fit in {cache_dir} "
+                        f"({free / 1e9:.1f} GB free on this node); lower img_size, put the cache on a bigger disk "
+                        "(FFDI_TUNE_CACHE or data.cache_dir), or pass --no-cache to decode in every trial")
 
 
 def cache_size_mb(cache_dir: Path) -> float:

@@ -21,8 +21,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
         "search.max_concurrent": args.max_concurrent, "train.epochs": args.epochs,
         "data.cache": False if args.no_cache else None,
+        # on a fresh search --time-budget is the budget; on a resumed one, more time (below)
+        "search.time_budget": None if args.resume else args.time_budget,
     }
     cfg = load_search_config(args.space, overrides)
+    extra_time_s = None
+    if args.resume and args.time_budget is not None:
+        from ffdi_tune.budget import parse_duration
+        from ffdi_tune.errors import ConfigError
+
+        try:
+            extra_time_s = parse_duration(args.time_budget)
+        except ValueError as exc:
+            raise ConfigError(f"--time-budget: {exc}") from None
     recipe = None
     if cfg.ensemble and not args.no_ensemble:
         from ffdi_tune.recipe import load_recipe
@@ -37,7 +48,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     print(f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time, "
           f"metric {cfg.search.metric}", flush=True)
-    outcome = run_search(cfg, resume=args.resume, address=args.address)
+    outcome = run_search(cfg, resume=args.resume, address=args.address, extra_time_s=extra_time_s,
+                         final_stage_passes=recipe.passes_per_image if recipe is not None else 0)
     print()
     print(format_table(outcome.rows, cfg.search.metric, cfg.search.mode))
     print()
@@ -171,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
     run.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
     run.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://host:10001")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the search of this name: finish its trials, then add any that a larger "
+                          "--num-samples or a new --time-budget asks for")
+    run.add_argument("--time-budget", metavar="DURATION",
+                     help="wall-clock budget, e.g. 8h, 90m (overrides search.time_budget); with --resume, "
+                          "this much more time")
     run.add_argument("--no-ensemble", action="store_true", help="skip the final ensemble stage")
     run.add_argument("--no-cache", action="store_true", help="decode images in every trial (data.cache: false)")
     run.set_defaults(func=_cmd_run)

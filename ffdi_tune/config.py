@@ -45,6 +45,7 @@ __all__ = [
     "SearchConfig",
     "METRIC_MODES",
     "ROBUST_METRICS",
+    "is_better",
     "check_metric",
     "load_search_config",
     "parse_search_config",
@@ -61,6 +62,19 @@ METRIC_MODES: dict[str, str] = {
 }
 # Metrics that need the perturbed valset.
 ROBUST_METRICS = ("val_robust_auc", "val_worst_auc")
+
+
+def is_better(metric: str, value: float, than: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``than`` in the metric's direction (anything beats None).
+
+    >>> is_better("val_loss", 0.3, 0.4), is_better("val_auc", 0.8, 0.9)
+    (True, False)
+    """
+    if than is None:
+        return True
+    return value > than if METRIC_MODES[metric] == "max" else value < than
+
+_UNSET = object()
 
 # Domain has a field named ``int``; annotations use this alias so they never see the field.
 _Int = int
@@ -226,6 +240,7 @@ class DataConfig(StrictModel):
     num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
     cache: bool = True  # decode each split once per node and size, into cache_dir
     cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
+    cache_max_gb: float | None = Field(None, gt=0)  # refuse a search whose decoded arrays would need more
     # What the pre-check does with image files that cannot be decoded (empty, truncated, not an
     # image): stop with the list ("error"), or leave them out of trainset/valset ("skip").
     on_bad_image: Literal["error", "skip"] = "error"
@@ -251,6 +266,16 @@ class SearchSettings(StrictModel):
     storage: str = "runs"
     reuse_actors: bool = True
     holdout: HoldoutSettings = HoldoutSettings()
+    # Wall-clock budget of the search (8h, 90m, 1h30m, or seconds): no trial starts that cannot fit,
+    # running ones end in time, and the final stage's share is kept; null: no budget.
+    time_budget: float | None = None
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        from ffdi_tune.budget import parse_duration
+
+        return None if v is None else parse_duration(v)
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
 
@@ -370,6 +395,13 @@ class SearchConfig(StrictModel):
                 out[backbone] = [self.train.pretrained if dom is None else dom]
         return out
 
+    def backbone_values(self, backbone: str, key: str) -> list[Any]:
+        """Every value setting ``key`` can take in a trial of ``backbone`` (per_backbone, else space, else train)."""
+        given = self.per_backbone.get(backbone, {}).get(key, self.space.get(key, _UNSET))
+        if given is _UNSET:
+            return [getattr(self.train, key)]
+        return list(given.values_to_check()) if isinstance(given, Domain) else [given]
+
     def setting_values(self, key: str) -> list[Any]:
         """Every value a train setting can take in this search (fixed, searched or per backbone)."""
         values = [getattr(self.train, key)]
@@ -434,6 +466,10 @@ def parse_search_config(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(raw, dotted, value)
+    if (overrides or {}).get("data.root") is not None and isinstance(raw.get("data"), dict):
+        # Another root is the user's own dataset: the demo generator writes only at the file's own root,
+        # so a mistyped --data is an error instead of a search on synthetic faces.
+        raw["data"] = {k: v for k, v in raw["data"].items() if k != "demo"}
     try:
         return SearchConfig.model_validate(raw)
     except ValidationError as exc:

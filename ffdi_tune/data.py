@@ -15,9 +15,8 @@ used the full frame, no face crop).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ffdi_tune.cache import cached_array, default_cache_dir
 from ffdi_tune.config import DataConfig
 from ffdi_tune.errors import DataError
+from ffdi_tune.passes import available_cpus, run_pass
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,6 +39,7 @@ __all__ = [
     "single_class_problem",
     "ensure_dataset",
     "load_images",
+    "decode_split",
     "cache_dir_of",
     "train_batches",
     "eval_loader",
@@ -228,13 +229,29 @@ def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarr
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _decode_into(paths: tuple[Path, ...], img_size: int, out: np.ndarray, threads: int,
-                 perturb=None, names: tuple[str, ...] = ()) -> None:
-    def work(i: int) -> None:
-        out[i] = _decode(paths[i], img_size, perturb, names[i] if names else "")
+def _decode_rows(out: np.ndarray | str, img_size: int, perturb, rows) -> None:
+    """Decode ``rows`` (``(index, path, name)``) into ``out``: an array, or the path of a ``.npy`` file
+    (opened here, so that a worker process writes straight into the file)."""
+    target = np.load(out, mmap_mode="r+") if isinstance(out, str) else out
+    for i, path, name in rows:
+        target[i] = _decode(path, img_size, perturb, name)
+    if isinstance(out, str):
+        target.flush()
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, range(len(paths))))
+
+def decode_split(split: Split, img_size: int, out: np.ndarray, workers: int | None = None,
+                 kind: str = "threads", perturb=None) -> None:
+    """Fill ``out`` (``N x S x S x 3`` uint8) with every image of ``split``, ``workers`` at a time.
+
+    ``kind="processes"`` needs ``out`` to be a memory map of a ``.npy`` file (the workers open it
+    themselves); threads write into any array. Progress is reported for long passes.
+    """
+    rows = [(i, p, n) for i, (p, n) in enumerate(zip(split.paths, split.names))]
+    target = str(out.filename) if kind == "processes" else out
+    if kind == "processes":
+        out.flush()
+    desc = f"decode {split.name}set at {img_size} px" + (" (perturbed)" if perturb is not None else "")
+    run_pass(partial(_decode_rows, target, img_size, perturb), rows, desc, workers, kind)
 
 
 def cache_dir_of(cfg: DataConfig) -> Path | None:
@@ -244,25 +261,27 @@ def cache_dir_of(cfg: DataConfig) -> Path | None:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
-def load_images(split: Split, img_size: int, threads: int | None = None,
-                cache_dir: Path | None = None, perturb=None) -> torch.Tensor:
+def load_images(split: Split, img_size: int, workers: int | None = None, cache_dir: Path | None = None,
+                perturb=None, kind: str = "threads") -> torch.Tensor:
     """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``.
 
     With ``cache_dir`` the pixels come from (or go into) the decode-once cache there; the tensor is
     then a view of a memory-mapped file, so a large split does not have to fit in memory.
     ``perturb`` (a :class:`~ffdi_tune.perturb.Perturber`) alters each decoded image, by its name,
-    before the resize; its recipe is part of the cache key.
+    after the resize; its recipe is part of the cache key. ``workers`` (default: the CPUs torch may
+    use here, i.e. a trial's share) decode in ``kind`` threads or processes (processes only into
+    the cache).
     """
-    threads = threads or max(1, min(8, torch.get_num_threads(), os.cpu_count() or 1))
+    workers = workers or max(1, min(torch.get_num_threads(), available_cpus()))
 
     def decode(out: np.ndarray) -> None:
-        _decode_into(split.paths, img_size, out, threads, perturb, split.names)
+        decode_split(split, img_size, out, workers, kind, perturb)
 
     if cache_dir is not None:
         arr, _ = cached_array(split.paths, img_size, decode, cache_dir, perturb.key if perturb else "")
     else:
         arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
-        decode(arr)
+        decode_split(split, img_size, arr, workers, "threads", perturb)
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +25,13 @@ from ffdi_tune.cache import cache_key, file_stamp
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import SPLITS, Split, cache_dir_of, problems_message, scan_split, single_class_problem
 from ffdi_tune.errors import DataError
-from ffdi_tune.results import write_atomic
+from ffdi_tune.passes import available_cpus, run_pass
+from ffdi_tune.files import write_atomic
 
 __all__ = ["DataCheck", "check_dataset", "image_problem", "fingerprint"]
 
 SCAN_POLICY = "scan-draft-load-v1"  # bump when image_problem changes what it accepts
+CHECK_KIND = "threads"  # the faster way here (bench/scale.py): Pillow decodes without holding the GIL
 
 
 @dataclass
@@ -66,7 +66,12 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _bad_images(split: Split, cache_dir: Path | None, threads: int) -> dict[str, str]:
+def _problems(rows) -> list[tuple[str, str]]:
+    """(img_name, reason) of the rows (``(name, path)``) whose image does not decode."""
+    return [(name, why) for name, path in rows if (why := image_problem(path))]
+
+
+def _bad_images(split: Split, cache_dir: Path | None, workers: int, kind: str) -> dict[str, str]:
     """{img_name: reason} for the images of ``split`` that do not decode (cached per file list)."""
     record = None
     if cache_dir is not None and len(split):
@@ -74,9 +79,11 @@ def _bad_images(split: Split, cache_dir: Path | None, threads: int) -> dict[str,
         record = Path(cache_dir) / f"scan-{key}.json"
         if record.is_file():
             return json.loads(record.read_text())
-    with ThreadPoolExecutor(threads) as pool:
-        verdicts = list(pool.map(image_problem, split.paths))
-    bad = {name: why for name, why in zip(split.names, verdicts) if why}
+    found: list[tuple[str, str]] = []
+    run_pass(_problems, list(zip(split.names, split.paths)), f"check {split.name}set", workers, kind,
+             chunk=128, on_result=lambda rows, problems: found.extend(problems))
+    order = {n: i for i, n in enumerate(split.names)}
+    bad = dict(sorted(found, key=lambda item: order[item[0]]))
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(record, json.dumps(bad))
@@ -96,24 +103,29 @@ def fingerprint(split: Split) -> str:
     return h.hexdigest()[:16]
 
 
-def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, threads: int | None = None) -> DataCheck:
+def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, workers: int | None = None,
+                  kind: str = CHECK_KIND) -> DataCheck:
     """Check ``splits`` of the dataset in one pass; raise one DataError listing every problem.
 
     Layout, label files (header, targets, duplicates, path traversal), missing files, images that do
     not decode, single-class and empty splits are all checked before the error is raised.
     """
-    threads = threads or min(8, os.cpu_count() or 1)
+    workers = workers or available_cpus()
     problems: list[str] = []
     summary: dict[str, dict[str, int]] = {}
     skipped: list[tuple[str, str, str]] = []
     prints: dict[str, str] = {}
     exclude = {k: list(v) for k, v in cfg.exclude.items()}
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist (or is not a folder); check --data or data.root, or "
+                        "write a demo dataset there first with ffdi-tune demo-data DIR")
     for name in splits:
         split, found = scan_split(cfg, name)
         problems += found
         if split is None:
             continue
-        bad = _bad_images(split, cache_dir_of(cfg), threads)
+        bad = _bad_images(split, cache_dir_of(cfg), workers, kind)
         if bad and cfg.on_bad_image == "skip" and name != "test":
             skipped += [(name, n, why) for n, why in bad.items()]
             exclude.setdefault(name, []).extend(bad)

@@ -25,8 +25,9 @@ from ffdi_tune.inference import probability
 from ffdi_tune.predict import DecodedSplits, load_member, predict_views
 from ffdi_tune.recipe import EnsembleRecipe
 from ffdi_tune.report import plot_roc
-from ffdi_tune.results import write_atomic
-from ffdi_tune.tracking import DATA_ROOT, Tracker
+from ffdi_tune.files import write_atomic
+from ffdi_tune import tracking
+from ffdi_tune.tracking import DATA_ROOT, Tracker, TrialRecord
 
 __all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_config", "search_data",
            "search_robust_val", "search_holdout", "predict_run", "submission_text"]
@@ -53,15 +54,11 @@ def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
     return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False)  # repr: round trip
 
 
-def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list:
+def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list[TrialRecord]:
     """The FINISHED trial runs of ``experiments`` that pass the recipe's filter (at least top_k)."""
-    runs = tracker.trial_runs(experiments)
-    keep = []
-    for r in runs:
-        epochs = int(r.data.tags.get("ffdi.epochs_run", "0"))
-        stopped = r.data.tags.get("ffdi.stopped_early") == "true"
-        if epochs >= recipe.candidates.min_epochs and (recipe.candidates.include_stopped or not stopped):
-            keep.append(r)
+    keep = [r for r in tracker.finished_trials(experiments)
+            if r.epochs_run >= recipe.candidates.min_epochs
+            and (recipe.candidates.include_stopped or not (r.stopped_early or r.budget_cut))]
     if not keep:
         raise ConfigError(f"no finished trials in {', '.join(experiments)} pass the recipe's candidates filter; "
                           "let a search finish trials first or loosen candidates")
@@ -71,7 +68,7 @@ def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[s
     return keep
 
 
-def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: list[str], batch_size: int = 64,
+def score_candidates(tracker: Tracker, runs: list[TrialRecord], splits: DecodedSplits, tta: list[str], batch_size: int = 64,
                      echo=print, perturb=None) -> list[MemberPredictions]:
     """Every run's probabilities on val and test for identity plus each view of ``tta``.
 
@@ -81,14 +78,14 @@ def score_candidates(tracker: Tracker, runs: list, splits: DecodedSplits, tta: l
     candidates = []
     with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
         for r in runs:
-            path = tracker.download(r.info.run_id, "checkpoint/best.pt", Path(tmp) / r.info.run_id)
-            member = load_member(path, r.info.run_id)
+            path = tracker.download(r.run_id, "checkpoint/best.pt", Path(tmp) / r.run_id)
+            member = load_member(path, r.run_id)
             val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
             test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
             robust = (predict_views(member, splits.images("val", member.img_size, perturb), views, batch_size)
                       if perturb is not None else None)
-            label = f"{r.data.params.get('backbone', '?')} {r.info.run_name}"
-            candidates.append(MemberPredictions(r.info.run_id, label, views, val, test, robust))
+            label = f"{r.params.get('backbone', '?')} {r.run_name}"
+            candidates.append(MemberPredictions(r.run_id, label, views, val, test, robust))
             echo(f"scored {label}")
     return candidates
 
@@ -129,8 +126,8 @@ def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str
     selection part): that is a one-line error. A search that recorded no split (made by an older
     version, which chose on all of valset) counts as ``fraction 0``.
     """
-    splits = {name: (float(tags.get("ffdi.holdout.fraction", 0)), int(tags.get("ffdi.holdout.seed", 0)),
-                     tags.get("ffdi.holdout.report_hash", NO_REPORT_HASH)) for name, tags in searches.items()}
+    splits = {name: (float(t.get(tracking.HOLDOUT_FRACTION, 0)), int(t.get(tracking.HOLDOUT_SEED, 0)),
+                     t.get(tracking.HOLDOUT_REPORT_HASH, NO_REPORT_HASH)) for name, t in searches.items()}
     first, (fraction, seed, digest) = next(iter(splits.items()))
     for name, (f, sd, h) in splits.items():
         if h != digest:
@@ -144,11 +141,11 @@ def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str
 def _same_data_as_searches(check: DataCheck, searches: dict[str, dict[str, str]]) -> None:
     """Refuse val/test files that changed since a search at the same root fingerprinted them."""
     here = Path(check.data.root).resolve()
-    for name, tags in searches.items():
-        if not tags.get(DATA_ROOT) or Path(tags[DATA_ROOT]).resolve() != here:
+    for name, t in searches.items():
+        if not t.get(DATA_ROOT) or Path(t[DATA_ROOT]).resolve() != here:
             continue  # another root is scored on purpose
         for split in ("val", "test"):
-            then, now = tags.get(f"ffdi.data_fingerprint.{split}"), check.fingerprints.get(split)
+            then, now = t.get(f"{tracking.FINGERPRINT_PREFIX}{split}"), check.fingerprints.get(split)
             if then and now and then != now:
                 raise DataError(
                     f"{split}set in {here} changed since search {name!r} ran (images added, removed, rewritten "
@@ -176,7 +173,7 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
             raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
     # Only val and test are read: trainset need not be on this machine.
     config = search_config(tracker, experiments[0])  # the first search's layout and perturbation recipe
-    data = search_data(config, data_root, searches[experiments[0]].get("ffdi.on_bad_image", "error"))
+    data = search_data(config, data_root, searches[experiments[0]].get(tracking.ON_BAD_IMAGE, "error"))
     check = check_dataset(data, splits=("val", "test"))
     if not allow_changed_data:
         _same_data_as_searches(check, searches)
@@ -212,9 +209,9 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
         if robust is not None:
             params["robust_val"] = robust.model_dump_json()
         exp_id = tracker.experiment_id(experiments[0], create=False)
-        tags = {"ffdi.combine_chosen": result.chosen, **holdout.tags()}
+        run_tags = {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout)}
         run_id = tracker.ensemble_run(exp_id, f"ensemble-{result.chosen}", parent_run_id, params, result.metrics,
-                                      [sub, members_csv, *figures], tags)
+                                      [sub, members_csv, *figures], run_tags)
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     submission = write_atomic(out, text)
     return EnsembleOutcome(result, submission, run_id, len(test))

@@ -64,11 +64,6 @@ class Holdout:
         is_report = np.array([n in report for n in names], dtype=bool)
         return np.flatnonzero(~is_report), np.flatnonzero(is_report)
 
-    def tags(self) -> dict[str, str]:
-        """What the search run records: ``ffdi.holdout.fraction``, ``.seed``, ``.report_hash``."""
-        return {"ffdi.holdout.fraction": f"{self.fraction:g}", "ffdi.holdout.seed": str(self.seed),
-                "ffdi.holdout.report_hash": self.report_hash}
-
 
 def split_valset(split: Split, fraction: float, seed: int) -> Holdout:
     """Split ``split`` (valset) into selection and report parts, stratified by target and seeded.
@@ -99,7 +94,7 @@ HOLDOUT_FILE = "holdout.json"  # in a search's output folder: the split it start
 
 def save_holdout(folder: Path, holdout: Holdout) -> Path:
     """Record the split in ``folder`` (a search's output folder), for a later ``--resume``."""
-    from ffdi_tune.results import write_atomic
+    from ffdi_tune.files import write_atomic
 
     return write_atomic(Path(folder) / HOLDOUT_FILE, json.dumps(
         {"fraction": holdout.fraction, "seed": holdout.seed, "report_hash": holdout.report_hash,

@@ -68,6 +68,13 @@ class EnsembleRecipe(StrictModel):
     def _known_views(cls, v: list[str]) -> list[str]:
         return check_views(v)
 
+    @property
+    def passes_per_image(self) -> int:
+        """How many times the final stage scores each valset and testset image with each member."""
+        from ffdi_tune.config import ROBUST_METRICS
+
+        return len(self.tta) * (2 if self.metric in ROBUST_METRICS else 1)
+
 
 def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:
     """Load and validate an ensemble recipe; errors are one-line ConfigErrors naming file and key."""

@@ -11,7 +11,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from ffdi_tune.ensemble import EnsembleResult
 
-__all__ = ["plot_roc", "plot_search_history", "param_importance", "plot_param_importance", "format_ensemble_table"]
+__all__ = ["plot_roc", "plot_search_history", "param_importance", "plot_param_importance", "format_ensemble_table",
+           "summarise_search"]
 
 
 def _pyplot():
@@ -116,3 +117,33 @@ def format_ensemble_table(table: pd.DataFrame) -> str:
     cols = ["member", "label", "views", "weight", "select_auc_no_tta", "select_auc_tta",
             "holdout_auc_no_tta", "holdout_auc_tta", *robust]
     return view[cols].to_string(index=False)
+
+
+def summarise_search(tracker, experiment_id: str, parent_id: str, rows, metric: str, mode: str,
+                     trials_csv: Path, searched: list[str]) -> None:
+    """Log a search's totals, best trial, history and parameter importance on its parent run.
+
+    ``tracker`` is a :class:`~ffdi_tune.tracking.Tracker`, ``rows`` the ranked
+    :class:`~ffdi_tune.results.TrialRow` s; the run times come from the trials' MLflow runs.
+    """
+    import tempfile
+
+    from ffdi_tune import tracking
+
+    finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
+    tracker.log_metrics(parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
+    tracker.log_artifact(parent_id, trials_csv)
+    if not finished:
+        return
+    best = max(finished, key=lambda r: r.best if mode == "max" else -r.best)
+    tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
+    tracker.set_tags(parent_id, {tracking.BEST_TRIAL_ID: best.trial_id, tracking.BEST_RUN_ID: best.run_id})
+    times = {t.trial_id: (t.start_s, t.end_s or 0.0) for t in tracker.trials_of(experiment_id, parent_id)}
+    history = pd.DataFrame([
+        {"start_time": times[r.trial_id][0], "end_time": times[r.trial_id][1], metric: r.best, **r.params}
+        for r in finished if r.trial_id in times])
+    with tempfile.TemporaryDirectory(prefix="ffdi-plots-") as tmp:
+        tracker.log_artifact(parent_id, plot_search_history(history, metric, mode, Path(tmp) / "search_history.png"))
+        importance = param_importance(history, searched, metric)
+        if importance:
+            tracker.log_artifact(parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png"))

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["TrialRow", "trials_frame", "write_trials_csv", "write_atomic", "format_table"]
+from ffdi_tune.files import write_atomic
+
+__all__ = ["TrialRow", "trials_frame", "write_trials_csv", "format_table"]
 
 
 @dataclass
@@ -41,21 +41,6 @@ def trials_frame(rows: list[TrialRow], metric: str, mode: str) -> pd.DataFrame:
     df = df.sort_values(key, ascending=mode == "min", na_position="last", kind="stable")
     df.insert(0, "rank", range(1, len(df) + 1))
     return df.reset_index(drop=True)
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_trials_csv(rows: list[TrialRow], path: Path, metric: str, mode: str) -> Path:

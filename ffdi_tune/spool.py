@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ffdi_tune.results import write_atomic
+from ffdi_tune.files import is_bucket_uri, write_atomic
 
 __all__ = ["Spool", "SPOOL_DIR", "search_spool"]
 
@@ -27,7 +27,7 @@ def search_spool(storage: str, name: str) -> Path:
     """The spool folder of search ``name``: under ``search.storage``, or under ``./runs`` for a bucket URI."""
     from ffdi_tune.errors import TrackingError
 
-    local = "runs" if "://" in storage and not storage.startswith("file://") else storage.removeprefix("file://")
+    local = "runs" if is_bucket_uri(storage) else storage.removeprefix("file://")
     search = Path(local).expanduser().resolve() / name
     if not search.is_dir():
         raise TrackingError(f"no search {name!r} under {search.parent}; pass its name, and --storage with its "

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ffdi_tune.config import TrackingConfig
 from ffdi_tune.errors import TrackingError, did_you_mean
 from ffdi_tune.spool import Spool
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "Tracker", "replay_spool", "unreachable"]
+__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "holdout_tags", "Tracker", "TrialRecord", "replay_spool", "unreachable"]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint otherwise
@@ -34,9 +35,55 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 log = logging.getLogger(__name__)
-ROLE, SEARCH, TRIAL_ID = "ffdi.role", "ffdi.search", "ffdi.trial_id"
+# -- the MLflow schema: every tag name the project writes or reads --------------------------------
+ROLE, SEARCH, TRIAL_ID = "ffdi.role", "ffdi.search", "ffdi.trial_id"  # role: search | trial | ensemble
 PARENT = "mlflow.parentRunId"
 DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
+# search run
+BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
+ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
+VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
+HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = "ffdi.holdout.fraction", "ffdi.holdout.seed", "ffdi.holdout.report_hash"
+# trial run
+STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
+BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
+NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
+WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
+# ensemble run
+COMBINE_CHOSEN = "ffdi.combine_chosen"
+# MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag
+EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the rest of the package reads of a trial's MLflow run."""
+
+    run_id: str
+    run_name: str
+    trial_id: str
+    status: str  # MLflow's: FINISHED, FAILED, KILLED, RUNNING
+    epochs_run: int
+    stopped_early: bool  # by ASHA
+    budget_cut: bool  # by the time budget
+    params: dict[str, str]
+    metrics: dict[str, float]  # the last value of each
+    start_s: float  # seconds since the epoch
+    end_s: float | None
+
+    @classmethod
+    def of(cls, run) -> TrialRecord:
+        t = run.data.tags
+        return cls(run.info.run_id, run.info.run_name or "", t.get(TRIAL_ID, ""), run.info.status,
+                   int(t.get(EPOCHS_RUN, "0")), t.get(STOPPED_EARLY) == "true", t.get(BUDGET_CUT) == "true",
+                   dict(run.data.params), dict(run.data.metrics), run.info.start_time / 1000,
+                   run.info.end_time / 1000 if run.info.end_time else None)
+
+
+def holdout_tags(holdout) -> dict[str, str]:
+    """The tags that identify a valset split (:class:`~ffdi_tune.holdout.Holdout`) on a run."""
+    return {HOLDOUT_FRACTION: f"{holdout.fraction:g}", HOLDOUT_SEED: str(holdout.seed),
+            HOLDOUT_REPORT_HASH: holdout.report_hash}
 
 
 def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None]:
@@ -119,10 +166,13 @@ class Tracker:
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
+                if create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW:  # made by an older version
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW)
                 return exp.experiment_id
             if not create:
                 return None
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+            return self.client.create_experiment(name, artifact_location=self.artifact_location,
+                                                  tags={EXPERIMENT_KIND: TRAINING_VIEW})
         except Exception as exc:
             if isinstance(exc, TrackingError):
                 raise
@@ -205,9 +255,9 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())])
         return run.info.run_id
 
-    def trial_runs(self, experiment_names: list[str]) -> list:
+    def finished_trials(self, experiment_names: list[str]) -> list[TrialRecord]:
         """FINISHED trial runs of the named searches; an unknown name is a one-line error."""
-        runs = []
+        records = []
         for name in experiment_names:
             exp_id = self.experiment_id(name, create=False)
             if exp_id is None:
@@ -215,10 +265,14 @@ class Tracker:
                 raise TrackingError(
                     f"experiment {name!r} not found in {self.uri}{did_you_mean(name, known)}; run the search "
                     "first, or pass the name of a finished one with --experiment")
-            runs += self.client.search_runs(
+            records += [TrialRecord.of(r) for r in self.client.search_runs(
                 [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
-                max_results=10000)
-        return runs
+                max_results=10000)]
+        return records
+
+    def trials_of(self, experiment_id: str, parent_id: str) -> list[TrialRecord]:
+        """Every trial run of the search run ``parent_id``."""
+        return [TrialRecord.of(r) for r in self.children(experiment_id, parent_id) if r.data.tags.get(ROLE) == "trial"]
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Fetch one artifact of a run into ``dst``; a missing one is a one-line error."""

@@ -4,12 +4,14 @@
 ``report`` callback (the search runner forwards them to ``ray.tune.report``; tests collect them).
 A checkpoint folder holds ``last.pt`` (full state, to resume) and ``best.pt`` (the weights that
 scored best on the search metric so far, with what prediction needs: backbone, input mode,
-training and evaluation size, normalisation and the trial's settings; with ``ema_decay`` these
-are the EMA weights, which are also the ones evaluated). Both load with
-``torch.load(..., weights_only=True)``.
+training and evaluation size, normalisation, the trial's settings and where its pretrained weights
+came from; with ``ema_decay`` these are the EMA weights, which are also the ones evaluated). Both
+load with ``torch.load(..., weights_only=True)``.
 
 Each epoch scores valset (``val_auc``...) and, when ``robust_val`` is on, its perturbed copy
 (``val_robust_auc``, and ``val_worst_auc``, the lower of the two; see :mod:`ffdi_tune.perturb`).
+It also logs how it ran: ``data_wait_share`` (the share of the epoch's training time the model
+waited for batches) and, on a GPU, ``peak_accelerator_memory_mb``.
 """
 
 from __future__ import annotations
@@ -19,29 +21,32 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.augment import AugmentParams, BatchFlips, batch_augment, build_augment, device_augment, has_device_form
-from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings
-from ffdi_tune.data import cache_dir_of, load_images, read_split, to_model_input, train_batches
+from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings, is_better
+from ffdi_tune.data import Split, cache_dir_of, load_images, read_split, to_model_input, train_batches
 from ffdi_tune.errors import ConfigError
-from ffdi_tune.metrics import binary_metrics, roc_auc
-from ffdi_tune.models import create_model, resolve_weights
-from ffdi_tune.perturb import Perturber
 from ffdi_tune.inference import view_log_odds
+from ffdi_tune.metrics import binary_metrics, roc_auc
+from ffdi_tune.models import Weights, create_model, resolve_weights
+from ffdi_tune.optimization import amp_dtype, make_mixup, make_optimizer, make_scheduler
+from ffdi_tune.perturb import Perturber
+from ffdi_tune.placement import Augmenters, augmenters, loader_workers
 
-__all__ = ["train_trial", "augment_placement", "augmenters", "loader_workers", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 EPOCH_METRICS = (
     "val_auc", "val_tpr_at_fpr_0.001", "val_acc", "val_loss",
     "train_loss", "lr", "epoch_time_s", "train_images_per_s", "val_robust_auc", "val_worst_auc",
+    "eval_time_s", "data_wait_share", "peak_accelerator_memory_mb", "time_to_first_batch_s",
 )
 
 # report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
@@ -54,31 +59,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def _make_mixup(s: TrainSettings):
-    if s.mix == "none":
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=s.mixup_alpha if s.mix in ("mixup", "mixup_or_cutmix") else 0.0,
-        cutmix_alpha=s.cutmix_alpha if s.mix in ("cutmix", "mixup_or_cutmix") else 0.0,
-        switch_prob=0.5, label_smoothing=s.label_smoothing, num_classes=2,
-    )
-
-
-def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, amp_dtype) -> float:
+def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, amp) -> float:
     """One optimiser step on a normalised batch; returns the batch loss."""
     if mixup is not None:
         x, y_soft = mixup(x, y)
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         logits = model(x)
     if mixup is not None:
         loss = torch.sum(-y_soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
@@ -91,100 +76,218 @@ def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, a
     return float(loss.detach())
 
 
-def _classifier(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "backbone", model).get_classifier()  # through the SRM wrapper
+class _BusyTime:
+    """Time the training steps take: on a GPU from CUDA events (no sync per step), else by the clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: list[tuple[Any, Any]] = []
+        self.seconds = 0.0
+
+    def start(self):
+        if self.cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            self.events.append((begin, end))
+        else:
+            self._t = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.seconds += time.perf_counter() - self._t
+
+    def total(self) -> float:
+        """Seconds of work (call after the epoch's last step; on a GPU it synchronises once)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(b.elapsed_time(e) for b, e in self.events) / 1000
+        return self.seconds
 
 
-def _make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """timm's optimizer; with ``head_lr_mult`` the new classifier's groups carry an ``lr_scale``.
+@dataclass
+class _Trial:
+    """Everything one trial trains and scores with, built once by :func:`_build`."""
 
-    timm's schedulers multiply a group's lr by its ``lr_scale``; the weight-decay split (none on
-    biases and norms) is timm's own.
-    """
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+    s: TrainSettings
+    metric: str
+    device: torch.device
+    seed: int
+    weights: Weights
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model, or its torch.compile'd twin (same parameters)
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    mixup: Any
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp: torch.dtype | None
+    channels_last: bool
+    train_split: Split
+    val_split: Split
+    train_images: torch.Tensor
+    val_images: torch.Tensor
+    robust_images: torch.Tensor | None
+    augment: Augmenters
+    workers: int
+    started_at: float
+    epoch: int = 0  # the last epoch done
+    step: int = 0
+    best_value: float | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Any] | None = None
+    first_batch_s: float | None = None
 
-    kwargs = {"opt": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay, "momentum": s.momentum}
-    if s.head_lr_mult == 1.0:
-        return create_optimizer_v2(model, **kwargs)
-
-    def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
-        head = {id(p) for p in _classifier(m).parameters()}
-        base = param_groups_weight_decay(m, s.weight_decay) if s.weight_decay else [{"params": list(m.parameters())}]
-        out = []
-        for group in base:
-            for in_head in (False, True):
-                params = [p for p in group["params"] if (id(p) in head) == in_head]
-                if params:
-                    out.append({**group, "params": params} | ({"lr_scale": s.head_lr_mult} if in_head else {}))
-        return out
-
-    return create_optimizer_v2(model, param_group_fn=groups, **kwargs)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int):
-    """StepLR counted in optimizer steps, after ``warmup_epochs`` of linear warm-up from lr / 100.
-
-    Set per step (``step_update(steps done)``), so an epoch trains at ``lr * gamma ** (epochs after
-    warm-up // step_size)``, as torch's StepLR stepped after each epoch, and a resumed trial needs
-    only its step count.
-    """
-    from timm.scheduler import StepLRScheduler
-
-    return StepLRScheduler(optimizer, decay_t=s.step_size * steps_per_epoch, decay_rate=s.gamma,
-                           warmup_t=round(s.warmup_epochs * steps_per_epoch), warmup_lr_init=s.lr / 100,
-                           warmup_prefix=True, t_in_epochs=False)
-
-
-def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | None,
-                      device: torch.device) -> Literal["device", "gather", "loader"]:
-    """Where the trial's augmentation set runs.
-
-    ``device``: whole batches on the training device (the flips sets on a GPU; sets with a kornia
-    form when ``device_augment`` allows). ``gather``: the flips sets on a CPU, drawn per image as
-    a batch is gathered from the decode cache. ``loader``: torchvision, image by image, in the
-    DataLoader's workers when ``data.num_workers`` asks for them.
-    """
-    user = any(part in (augment_sets or {}) for part in s.augment.split("+"))
-    if not user and batch_augment(s.augment) is not None:
-        return "device" if device.type != "cpu" else "gather"
-    wants_device = s.device_augment == "on" or (s.device_augment == "auto" and device.type == "cuda")
-    return "device" if wants_device and has_device_form(s.augment, augment_sets) else "loader"
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
 
-def loader_workers(num_workers: int | str, where: str, device: torch.device) -> int:
-    """DataLoader processes for the per-image path (``where == "loader"``), else none.
+def _build(s: TrainSettings, data: DataConfig, metric: str, augment_sets, device, started_at: float,
+           robust_val: RobustValConfig | None, val_names) -> _Trial:
+    robust_on = robust_val is not None and robust_val.enabled
+    if metric in ROBUST_METRICS and not robust_on:
+        raise ConfigError(f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
+                          "enable robust_val or use val_auc")
+    seed = 0 if s.seed is None else s.seed  # a search gives every trial its own (space.trial_seed)
+    _seed_everything(seed)
+    weights = resolve_weights(s.backbone, s.pretrained)
+    model = create_model(s.backbone, weights, s.drop_rate, input_mode=s.input,
+                         drop_path_rate=s.drop_path_rate).to(device)
+    channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = model.pretrained_cfg
+    amp = amp_dtype(s.amp, device)
+    from timm.utils import ModelEmaV3
 
-    ``auto``: on a GPU trial all but one of the CPU threads the trial has (the search gives each
-    trial as many as its ``resources.cpu``), so augmentation keeps up with the GPU; on a CPU trial
-    none, since worker processes would take cores from the model.
-    """
-    if where != "loader":
-        return 0
-    if num_workers != "auto":
-        return int(num_workers)
-    return max(1, torch.get_num_threads() - 1) if device.type == "cuda" else 0
+    optimizer = make_optimizer(model, s)
+    train_split, val_split = read_split(data, "train"), read_split(data, "val")
+    if val_names is not None:  # the search's selection part: the report part is never read here
+        val_split = val_split.only(val_names)
+    cache_dir = cache_dir_of(data)
+    train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
+    # Validation (and best.pt's prediction) may run at a larger side than training.
+    val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
+    robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
+                     if robust_on else None)
+    augment = augmenters(s, augment_sets, device)
+    return _Trial(
+        s=s, metric=metric, device=device, seed=seed, weights=weights, model=model,
+        step_model=torch.compile(model) if s.compile else model,
+        ema=ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, s, len(train_images) // min(s.batch_size, len(train_images))),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16), mixup=make_mixup(s),
+        mean=torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device),
+        std=torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device), amp=amp,
+        channels_last=channels_last, train_split=train_split, val_split=val_split, train_images=train_images,
+        val_images=val_images, robust_images=robust_images, augment=augment,
+        workers=loader_workers(data.num_workers, augment.where, device), started_at=started_at)
 
 
-class Augmenters(NamedTuple):
-    """The trial's augmentation, in the one place :func:`augment_placement` chose (the others None)."""
+def _restore(t: _Trial, folder: Path) -> None:
+    """Continue after the epoch a checkpoint folder written by an earlier call holds."""
+    state = torch.load(Path(folder) / LAST_FILE, map_location=t.device, weights_only=True)
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    if t.ema is not None and "ema" in state:
+        t.ema.load_state_dict(state["ema"])
+    t.epoch, t.best_value, t.step = state["epoch"], state["best_value"], state["step"]
+    t.best_metrics = dict(state["best_metrics"])
+    t.best_state = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
 
-    where: str
-    on_device: Callable[[torch.Tensor], torch.Tensor] | None
-    while_gathering: BatchFlips | None
-    per_image: Callable[[torch.Tensor], torch.Tensor] | None
+
+def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, float] | None:
+    """One pass over trainset; its figures, or None when ``deadline`` (``time.time()``) came first."""
+    s = t.s
+    torch.manual_seed(t.seed * 1000 + epoch)
+    generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    t.model.train()
+    t0 = time.perf_counter()
+    t.scheduler.step_update(t.step)
+    lr = t.optimizer.param_groups[0]["lr"]  # the body's (a head group comes after it)
+    total_loss, seen, busy = 0.0, 0, _BusyTime(t.device)
+    batches = train_batches(t.train_images, t.train_split.targets, s.batch_size, generator, t.augment.per_image,
+                            t.augment.while_gathering, t.workers, pin_memory=t.device.type == "cuda")
+    for batch, target in batches:
+        if deadline is not None and time.time() >= deadline:
+            return None  # the search's time budget is spent: this epoch is not scored
+        busy.start()
+        if t.augment.on_device is not None:
+            batch = t.augment.on_device(batch.to(t.device, non_blocking=True))
+        t.scheduler.step_update(t.step)
+        x = to_model_input(batch, t.mean, t.std, t.device, t.channels_last)
+        loss = _train_step(t.step_model, t.optimizer, t.scaler, x, target.to(t.device, non_blocking=True), t.mixup,
+                           s.label_smoothing, t.amp)
+        t.step += 1
+        if t.ema is not None:
+            t.ema.update(t.model, step=t.step)
+        busy.stop()
+        total_loss += loss * len(batch)
+        seen += len(batch)
+        if t.first_batch_s is None:
+            t.first_batch_s = time.perf_counter() - t.started_at
+    working = busy.total()
+    train_time = time.perf_counter() - t0
+    train_loss = total_loss / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
+    stats = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_images_per_s": seen / max(train_time, 1e-9),
+             "data_wait_share": min(1.0, max(0.0, 1 - working / max(train_time, 1e-9))), "_t0": t0}
+    if t.device.type == "cuda":
+        stats["peak_accelerator_memory_mb"] = torch.cuda.max_memory_allocated(t.device) / 2**20
+    if t.first_batch_s is not None:
+        stats["time_to_first_batch_s"] = t.first_batch_s
+    return stats
 
 
-def augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device) -> Augmenters:
-    """The trial's set, built for the place :func:`augment_placement` picks."""
-    where = augment_placement(s, augment_sets, device)
-    flips = batch_augment(s.augment)
-    if where == "gather":
-        return Augmenters(where, None, flips, None)
-    if where == "device":
-        batched = flips if flips is not None else device_augment(s.augment, s.img_size).to(device)
-        return Augmenters(where, batched, None, None)
-    params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
-    return Augmenters(where, None, None, build_augment(s.augment, s.img_size, augment_sets, params=params))
+def _evaluate(t: _Trial, epoch: int) -> dict[str, float]:
+    """The epoch's validation metrics on valset (its selection part in a search), and its perturbed copy."""
+    t0 = time.perf_counter()
+    batch = t.s.batch_size * 2
+    score = view_log_odds(t.eval_model, t.val_images, t.mean, t.std, ["identity"], batch, t.amp, t.channels_last)[0]
+    if not np.isfinite(score).all():
+        raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
+    metrics = binary_metrics(t.val_split.targets, score)
+    if t.robust_images is not None:
+        robust = view_log_odds(t.eval_model, t.robust_images, t.mean, t.std, ["identity"], batch, t.amp,
+                               t.channels_last)[0]
+        metrics["val_robust_auc"] = roc_auc(t.val_split.targets, robust)
+        metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def _keep_best(t: _Trial, metrics: dict[str, float]) -> None:
+    if not is_better(t.metric, metrics[t.metric], t.best_value):
+        return
+    s = t.s
+    t.best_value, t.best_metrics = metrics[t.metric], dict(metrics)
+    t.best_state = {
+        # a copy: on a CPU .cpu() would alias the live weights, and later epochs would overwrite "best"
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in t.eval_model.state_dict().items()},
+        "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
+        "mean": [float(v) for v in t.mean.cpu()], "std": [float(v) for v in t.std.cpu()],
+        "settings": s.model_dump(), "weights_source": t.weights.source, "weights_sha256": t.weights.sha256,
+        "epoch": metrics["epoch"], "metric": t.metric, "metrics": dict(metrics),
+    }
+
+
+def _save(t: _Trial, metrics: dict[str, float], report: Reporter) -> None:
+    """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics."""
+    with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
+        torch.save(t.best_state, Path(tmp) / BEST_FILE)
+        last = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "epoch": t.epoch,
+                "step": t.step, "best_value": t.best_value, "best_metrics": t.best_metrics}
+        if t.ema is not None:
+            last["ema"] = t.ema.state_dict()
+        torch.save(last, Path(tmp) / LAST_FILE)
+        report(metrics, Path(tmp))
 
 
 def train_trial(
@@ -199,6 +302,7 @@ def train_trial(
     started_at: float | None = None,
     robust_val: RobustValConfig | None = RobustValConfig(),
     val_names: tuple[str, ...] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train ``settings.epochs`` epochs, reporting after each; return the best epoch's metrics.
 
@@ -208,131 +312,21 @@ def train_trial(
     ``enabled=False`` turns it off) adds the perturbed-valset metrics; ``metric`` may then be
     ``val_robust_auc`` or ``val_worst_auc``. ``val_names`` limits validation to those valset images
     (the search passes its selection part, see :mod:`ffdi_tune.holdout`); the others are never read.
+    ``deadline`` (a ``time.time()`` value) ends training at the first batch past it; the epoch it
+    cuts is neither scored nor saved, the epochs before it stay.
     """
     started_at = time.perf_counter() if started_at is None else started_at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    s = settings
-    robust_on = robust_val is not None and robust_val.enabled
-    if metric in ROBUST_METRICS and not robust_on:
-        raise ConfigError(f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
-                          "enable robust_val or use val_auc")
-    seed = 0 if s.seed is None else s.seed  # a search gives every trial its own (space.trial_seed)
-    _seed_everything(seed)
-    higher_is_better = METRIC_MODES[metric] == "max"
-
-    weights = resolve_weights(s.backbone, s.pretrained)
-    model = create_model(s.backbone, weights, s.drop_rate, input_mode=s.input,
-                         drop_path_rate=s.drop_path_rate).to(device)
-    channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    cfg = model.pretrained_cfg
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device)
-    amp_dtype = _amp_dtype(s.amp, device)
-    # The compiled module shares the model's parameters; checkpoints keep the plain state dict.
-    step_model = torch.compile(model) if s.compile else model
-
-    from timm.utils import ModelEmaV3
-
-    optimizer = _make_optimizer(model, s)
-    ema = ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    mixup = _make_mixup(s)
-
-    train_split, val_split = read_split(data, "train"), read_split(data, "val")
-    if val_names is not None:  # the search's selection part: the report part is never read here
-        val_split = val_split.only(val_names)
-    cache_dir = cache_dir_of(data)
-    train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
-    # Validation (and best.pt's prediction) may run at a larger side than training.
-    val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
-    robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
-                     if robust_on else None)
-    scheduler = _make_scheduler(optimizer, s, len(train_images) // min(s.batch_size, len(train_images)))
-    where, on_device, while_gathering, per_image = augmenters(s, augment_sets, device)
-    workers = loader_workers(data.num_workers, where, device)
-    generator = torch.Generator()
-
-    start_epoch, best_value, best_metrics, step = 1, None, {}, 0
-    best_state: dict[str, Any] | None = None
+    t = _build(settings, data, metric, augment_sets, device, started_at, robust_val, val_names)
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / LAST_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        start_epoch, best_value, step = state["epoch"] + 1, state["best_value"], state["step"]
-        best_metrics = dict(state["best_metrics"])
-        best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu", weights_only=True)
-
-    first_batch_s = None
-    for epoch in range(start_epoch, s.epochs + 1):
-        torch.manual_seed(seed * 1000 + epoch)
-        generator.manual_seed(seed * 1000 + epoch)
-        model.train()
-        t0 = time.perf_counter()
-        scheduler.step_update(step)
-        lr = optimizer.param_groups[0]["lr"]  # the body's (a head group comes after it)
-        total_loss, seen = 0.0, 0
-        for batch, target in train_batches(train_images, train_split.targets, s.batch_size, generator, per_image,
-                                           while_gathering, workers, pin_memory=device.type == "cuda"):
-            if on_device is not None:
-                batch = on_device(batch.to(device, non_blocking=True))
-            scheduler.step_update(step)
-            x = to_model_input(batch, mean, std, device, channels_last)
-            loss = _train_step(step_model, optimizer, scaler, x, target.to(device, non_blocking=True), mixup,
-                               s.label_smoothing, amp_dtype)
-            step += 1
-            if ema is not None:
-                ema.update(model, step=step)
-            total_loss += loss * len(batch)
-            seen += len(batch)
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - started_at
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_time = time.perf_counter() - t0
-        train_loss = total_loss / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
-
-        eval_model = ema.module if ema is not None else model
-        score = view_log_odds(eval_model, val_images, mean, std, ["identity"], s.batch_size * 2, amp_dtype,
-                              channels_last)[0]
-        if not np.isfinite(score).all():
-            raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
-        metrics = binary_metrics(val_split.targets, score)
-        if robust_images is not None:
-            robust = view_log_odds(eval_model, robust_images, mean, std, ["identity"], s.batch_size * 2,
-                                   amp_dtype, channels_last)[0]
-            metrics["val_robust_auc"] = roc_auc(val_split.targets, robust)
-            metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
-        metrics.update(
-            epoch=epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - t0,
-            train_images_per_s=seen / max(train_time, 1e-9),
-        )
-        if first_batch_s is not None:
-            metrics["time_to_first_batch_s"] = first_batch_s
-        value = metrics[metric]
-        if best_value is None or (value > best_value if higher_is_better else value < best_value):
-            best_value, best_metrics = value, dict(metrics)
-            best_state = {
-                # a copy: on a CPU .cpu() would alias the live weights, and later epochs would overwrite "best"
-                "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()},
-                "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
-                "mean": [float(v) for v in mean.cpu()], "std": [float(v) for v in std.cpu()],
-                "settings": s.model_dump(), "weights_source": weights.source, "weights_sha256": weights.sha256,
-                "epoch": epoch, "metric": metric, "metrics": dict(metrics),
-            }
-        with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
-            torch.save(best_state, Path(tmp) / BEST_FILE)
-            last = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                "best_value": best_value, "best_metrics": best_metrics,
-            }
-            if ema is not None:
-                last["ema"] = ema.state_dict()
-            torch.save(last, Path(tmp) / LAST_FILE)
-            report(metrics, Path(tmp))
-    return best_metrics
+        _restore(t, resume_from)
+    for epoch in range(t.epoch + 1, settings.epochs + 1):
+        stats = _train_epoch(t, epoch, deadline)
+        if stats is None:
+            break
+        metrics = _evaluate(t, epoch) | stats
+        metrics["epoch_time_s"] = time.perf_counter() - metrics.pop("_t0")
+        t.epoch = epoch
+        _keep_best(t, metrics)
+        _save(t, metrics, report)
+    return t.best_metrics

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -91,29 +89,32 @@ def test_failed_build_leaves_nothing_readable(data, tmp_path):
     assert built and (arr == 3).all()
 
 
-RACE = """
-import sys, time
-from pathlib import Path
-from ffdi_tune.cache import cached_array
-from ffdi_tune.config import DataConfig
-from ffdi_tune.data import read_split, _decode_into
-s = read_split(DataConfig(root=sys.argv[1]), "train")
-def slow(out):
-    time.sleep(1.0)  # hold the lock long enough for the other process to arrive
-    _decode_into(s.paths, 24, out, 1)
-arr, built = cached_array(s.paths, 24, slow, Path(sys.argv[2]))
-print("built" if built else "reused", int(arr.sum()))
-"""
-
-
 def test_two_processes_racing_decode_once(data, tmp_path):
-    cache = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(data), str(cache)], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert sorted(o[0] for o in outs) == ["built", "reused"]
-    assert outs[0][1] == outs[1][1]  # same pixels seen by both
+    """Forced, not hoped for: the second process asks for the entry while the first is building it."""
+    import multiprocessing
+
+    from cache_race import builder, waiter
+
+    ctx = multiprocessing.get_context("spawn")
+    decoding, waiting, go, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+    cache = str(tmp_path / "cache")
+    first = ctx.Process(target=builder, args=(str(data), cache, decoding, go, out))
+    first.start()
+    try:
+        assert decoding.wait(120)  # the first holds the lock and is decoding
+        second = ctx.Process(target=waiter, args=(str(data), cache, waiting, out))
+        second.start()
+        assert waiting.wait(120)  # the second found no entry and waits for the lock
+        go.set()
+        results = [out.get(timeout=120) for _ in range(2)]
+        first.join(60), second.join(60)
+    finally:
+        go.set()
+        for p in (first, locals().get("second")):
+            if p is not None and p.is_alive():
+                p.kill()
+    assert sorted(r[0] for r in results) == ["built", "reused"]
+    assert results[0][1] == results[1][1]  # same pixels seen by both
 
 
 def test_cached_and_uncached_training_agree(data):
@@ -126,3 +127,51 @@ def test_cached_and_uncached_training_agree(data):
         train_trial(s, DataConfig(root=str(data), cache=cache), lambda m, f: out.append(m["val_auc"]))
         aucs.append(out[-1])
     assert aucs[0] == pytest.approx(aucs[1], abs=1e-6)
+
+
+def _plan(data, **search):
+    from ffdi_tune.cache_plan import planned_entries
+    from ffdi_tune.config import parse_search_config
+    from ffdi_tune.holdout import split_valset
+
+    cfg = parse_search_config({"name": "plan", "data": {"root": str(data)},
+                               "train": {"backbone": "resnet10t", "img_size": 32},
+                               "space": {"img_size": {"choice": [32, 48]}}, **search})
+    return cfg, planned_entries(cfg, cfg.data, split_valset(read_split(cfg.data, "val"), 0.5, 0))
+
+
+def test_plan_lists_what_trials_read_and_its_size(data):
+    _, entries = _plan(data)
+    labels = [e.label() for e in entries]
+    assert labels == ["trainset at 32 px", "trainset at 48 px", "valset at 32 px", "valset at 48 px",
+                      "valset at 32 px (perturbed)", "valset at 48 px (perturbed)"]
+    assert entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12  # the selection part only
+
+
+def test_a_cache_that_does_not_fit_is_refused_before_any_trial(data, tmp_path, monkeypatch):
+    import shutil as sh
+
+    from ffdi_tune import cache_plan
+    from ffdi_tune.errors import DataError
+
+    _, entries = _plan(data)
+    with pytest.raises(DataError, match=r"need 0\.0 GB .*more than data.cache_max_gb=1e-05; lower img_size"):
+        cache_plan.check_fits(entries, tmp_path / "cache", max_gb=1e-5)
+    cache_plan.check_fits(entries, tmp_path / "cache", max_gb=1.0)  # fits
+    free = sh.disk_usage(tmp_path).free
+    monkeypatch.setattr(cache_plan, "_disk_free", lambda folder: int(0.5e9))  # a nearly full disk
+    with pytest.raises(DataError, match=r"disk has 0\.5 GB free .*FFDI_TUNE_CACHE or data.cache_dir.*--no-cache"):
+        cache_plan.check_fits(entries, tmp_path / "cache", max_gb=None)
+    assert free > 0
+
+
+def test_build_fills_the_cache_with_the_pixels_trials_get(data, tmp_path):
+    from ffdi_tune.cache_plan import build
+
+    _, entries = _plan(data)
+    cache = tmp_path / "cache"
+    assert build(entries, cache, echo=lambda line: None, workers=2) == 6
+    assert all(e.built(cache) for e in entries) and build(entries, cache, echo=lambda line: None) == 0
+    for e in entries:  # built by two worker processes: the same pixels as a plain decode
+        assert torch.equal(load_images(e.split, e.img_size, cache_dir=cache, perturb=e.perturb),
+                           load_images(e.split, e.img_size, perturb=e.perturb))

@@ -214,7 +214,7 @@ def test_submission_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     import os
 
     from ffdi_tune.final_stage import submission_text
-    from ffdi_tune.results import write_atomic
+    from ffdi_tune.files import write_atomic
 
     text = submission_text(("a.jpg", "b,c.jpg"), np.array([0.25, 1.0]))
     assert text.splitlines() == ["img_name,y_pred", "a.jpg,0.25", '"b,c.jpg",1.0']

@@ -29,7 +29,7 @@ def check(root, **kw):
 
 
 def test_missing_root_or_split(data, tmp_path):
-    with pytest.raises(DataError, match="split folder .*trainset does not exist"):
+    with pytest.raises(DataError, match=r"data.root .*nope does not exist .*check --data or data.root"):
         check(tmp_path / "nope")
     shutil.rmtree(data / "valset")
     with pytest.raises(DataError, match="valset does not exist"):

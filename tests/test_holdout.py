@@ -29,8 +29,10 @@ def test_split_is_stratified_seeded_and_complete():
     assert len(quarter.report_names) == 10 and len(fake & set(quarter.report_names)) in (2, 3)
     sel, rep = h.indices(val.names)
     assert [val.names[i] for i in rep] == list(h.report_names)  # valset's own order
-    assert h.tags() == {"ffdi.holdout.fraction": "0.5", "ffdi.holdout.seed": "3",
-                        "ffdi.holdout.report_hash": h.report_hash}
+    from ffdi_tune.tracking import holdout_tags
+
+    assert holdout_tags(h) == {"ffdi.holdout.fraction": "0.5", "ffdi.holdout.seed": "3",
+                               "ffdi.holdout.report_hash": h.report_hash}
 
 
 def test_report_hash_ignores_order_and_fraction_zero_keeps_nothing_aside():

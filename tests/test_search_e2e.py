@@ -82,6 +82,7 @@ def test_mlflow_parent_and_children(finished_search):
     assert {"search_space.yaml", "trials.csv", "search_history.png", "param_importance.png", "skipped_images.csv"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
     assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith("runs/mlartifacts")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
     tags = parent.data.tags  # what reproducing the search needs
     assert tags["ffdi.version.torch"] == torch.__version__.split("+")[0] and tags["ffdi.version.ray"]
     assert all(len(tags[f"ffdi.data_fingerprint.{s}"]) == 16 for s in ("train", "val", "test"))
@@ -100,8 +101,10 @@ def test_mlflow_parent_and_children(finished_search):
         history = client.get_metric_history(run.info.run_id, "val_auc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         for key in ("val_tpr_at_fpr_0.001", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
-                    "train_images_per_s"):
+                    "train_images_per_s", "eval_time_s"):
             assert key in run.data.metrics
+        waits = client.get_metric_history(run.info.run_id, "data_wait_share")  # is the device fed? per epoch
+        assert sorted(m.step for m in waits) == list(range(1, epochs + 1)) and all(0 < m.value < 1 for m in waits)
         local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
         ckpt = torch.load(local, weights_only=True)
         assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)

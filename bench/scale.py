@@ -1,0 +1,137 @@
+"""The competition's data size: what the dataset pre-check and the decode-once cache cost per image.
+
+Generates a few thousand 512 px demo images once (``runs/scale-data/unique``) and copies them under
+new names into trainsets of 5,000 and 20,000 images (decoding cost does not depend on uniqueness).
+For each size it times, with every CPU of this machine, in threads and in processes:
+
+- the pre-check (``data_check``: every image decoded at 1/8 scale, which reads every byte);
+- building the cache entry at ``img_size`` 256 (every image decoded and resized into the memory map);
+
+and records the entry's size on disk and the peak memory (resident set) of the process and its
+workers. Prints a table per size and whether the cost per image stays flat (a linear curve); the
+last line is one JSON object with ``check_ms_per_image``, ``cache_build_ms_per_image`` (the faster
+way, at the largest size, per image of wall time with all CPUs) and ``cache_gb_per_100k_at_256``.
+About 10 minutes on 2 cores; needs ~6 GB of disk:
+
+    python bench/scale.py [--sizes 5000 20000] [--unique 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ffdi_tune.cache import cached_array
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data import decode_split, read_split
+from ffdi_tune.data_check import check_dataset
+from ffdi_tune.demo_data import write_demo_dataset
+from ffdi_tune.passes import available_cpus
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "runs" / "scale-data"
+IMG_SIZE = 256
+
+
+def unique_images(n: int) -> Path:
+    root = WORK / "unique"
+    if not (root / "trainset_label.txt").is_file() or len(list((root / "trainset").iterdir())) < n:
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        write_demo_dataset(root, n_train=n, n_val=8, n_test=4, size=512, seed=0)
+        print(f"generated {n} unique 512 px images in {time.perf_counter() - t:.0f} s", flush=True)
+    return root
+
+
+def dataset(n: int, source: Path) -> Path:
+    """A trainset of ``n`` images: copies of the unique ones under new names, with labels."""
+    root = WORK / f"train-{n}"
+    labels = pd.read_csv(source / "trainset_label.txt")
+    if (root / "trainset_label.txt").is_file():
+        return root
+    (root / "trainset").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        src = labels.iloc[i % len(labels)]
+        name = f"{i:07d}.jpg"
+        shutil.copyfile(source / "trainset" / src["img_name"], root / "trainset" / name)
+        rows.append((name, int(src["target"])))
+    pd.DataFrame(rows, columns=["img_name", "target"]).to_csv(root / "trainset_label.txt", index=False)
+    for split in ("valset", "testset"):
+        shutil.copytree(source / split, root / split, dirs_exist_ok=True)
+    shutil.copy(source / "valset_label.txt", root / "valset_label.txt")
+    return root
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024  # Linux reports kilobytes
+
+
+def measure(root: Path, workers: int) -> dict:
+    split = read_split(DataConfig(root=str(root)), "train")
+    out = {"images": len(split)}
+    for kind in ("threads", "processes"):
+        t = time.perf_counter()
+        # cache off: no verdicts kept from an earlier pass, every image is decoded
+        check = check_dataset(DataConfig(root=str(root), cache=False), splits=("train",), workers=workers, kind=kind)
+        out[f"check_{kind}_ms"] = (time.perf_counter() - t) / len(split) * 1000
+        assert check.summary["train"]["images"] == len(split)
+        with tempfile.TemporaryDirectory(prefix="ffdi-scale-", dir=WORK) as tmp:
+            t = time.perf_counter()
+            arr, built = cached_array(split.paths, IMG_SIZE, lambda a: decode_split(split, IMG_SIZE, a, workers, kind),
+                                      Path(tmp))
+            out[f"build_{kind}_ms"] = (time.perf_counter() - t) / len(split) * 1000
+            out["cache_gb"] = sum(p.stat().st_size for p in Path(tmp).glob("*.npy")) / 1e9
+            assert built and int(np.asarray(arr[-1]).sum()) > 0
+            del arr
+        out[f"peak_rss_mb_after_{kind}"] = peak_rss_mb()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    p.add_argument("--unique", type=int, default=2000)
+    args = p.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    source = unique_images(args.unique)
+    workers = available_cpus()
+    rows = []
+    for n in args.sizes:
+        r = measure(dataset(n, source), workers)
+        rows.append(r)
+        print(f"{n:>7} images: check {r['check_threads_ms']:.2f} ms/img (threads) {r['check_processes_ms']:.2f} "
+              f"(processes); cache build at {IMG_SIZE} px {r['build_threads_ms']:.2f} ms/img (threads) "
+              f"{r['build_processes_ms']:.2f} (processes); entry {r['cache_gb']:.2f} GB; peak RSS "
+              f"{r['peak_rss_mb_after_processes']:.0f} MB", flush=True)
+    small, large = rows[0], rows[-1]
+    check_kind = min(("threads", "processes"), key=lambda k: large[f"check_{k}_ms"])
+    build_kind = min(("threads", "processes"), key=lambda k: large[f"build_{k}_ms"])
+    growth = {k: large[f"{k}_ms"] / small[f"{k}_ms"] for k in (f"check_{check_kind}", f"build_{build_kind}")}
+    print(f"faster: check in {check_kind}, build in {build_kind}; cost per image from {small['images']:,} to "
+          f"{large['images']:,} images: x{growth[f'check_{check_kind}']:.2f} (check), "
+          f"x{growth[f'build_{build_kind}']:.2f} (build) ({'linear' if max(growth.values()) < 1.2 else 'NOT linear'})")
+    gb_per_100k = large["cache_gb"] / large["images"] * 100_000
+    print(json.dumps({
+        "workers": workers, "img_size": IMG_SIZE, "sizes": args.sizes,
+        "check_ms_per_image": round(large[f"check_{check_kind}_ms"], 3),
+        "cache_build_ms_per_image": round(large[f"build_{build_kind}_ms"], 3),
+        "check_kind": check_kind, "build_kind": build_kind, "cost_growth": {k: round(v, 3) for k, v in growth.items()},
+        "cache_gb_per_100k_at_256": round(gb_per_100k, 2),
+        "peak_rss_mb": round(max(r["peak_rss_mb_after_processes"] for r in rows), 0),
+        "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""A search's wall-clock budget: what is left of it, and what the final stage will need of it.
+
+``search.time_budget: 8h`` (or ``--time-budget``) is time the driver is alive: what it has used is
+kept in ``runs/<name>/budget.json`` as it goes, so a resumed search continues from there and the
+time the driver was dead does not count. The search stops proposing trials once the rest cannot fit
+one, stops a running trial when its next epoch would run into the time kept for the final stage
+(:class:`FinalStageEstimate`, measured from the trials' own scoring speed), and ends any trial still
+running at the budget's end.
+
+>>> parse_duration("1h30m"), parse_duration("90m"), parse_duration(45)
+(5400.0, 5400.0, 45.0)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ffdi_tune.files import write_atomic
+
+__all__ = ["parse_duration", "format_duration", "TimeBudget", "FinalStageEstimate", "BUDGET_FILE"]
+
+BUDGET_FILE = "budget.json"  # in a search's output folder
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in ``8h``, ``90m``, ``1h30m``, ``45s``, ``2d`` or a plain number of seconds.
+
+    Raises ValueError with the accepted forms otherwise.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        match = _DURATION.match(text)
+        if text.replace(".", "", 1).isdigit():
+            seconds = float(text)
+        elif match and text:
+            seconds = sum(float(v) * _UNITS[u] for v, u in zip(match.groups(), "dhms") if v)
+        else:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 8h, 90m, 1h30m, 45s or a number of seconds")
+    if seconds <= 0:
+        raise ValueError(f"a time budget must be positive, but got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``5400`` -> ``1h30m``, ``45`` -> ``45s``: durations as people write them.
+
+    >>> format_duration(5400), format_duration(45.2), format_duration(0)
+    ('1h30m', '45s', '0s')
+    """
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+@dataclass
+class TimeBudget:
+    """Seconds a search may run, counted while its driver is alive, persisted in ``folder``.
+
+    ``clock`` is a monotonic clock (tests pass their own). :meth:`save` records the time used so
+    far; a later :meth:`resume` starts from it, so time between two runs of the driver is not
+    counted.
+    """
+
+    total_s: float
+    used_before_s: float = 0.0
+    folder: Path | None = None
+    cut: set[str] = field(default_factory=set)  # trials the budget ended before their last epoch
+    trial_s: list[float] = field(default_factory=list)  # how long each trial took (a cut one: extrapolated)
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+
+    def __post_init__(self):
+        self.started = self.clock()
+
+    @classmethod
+    def resume(cls, folder: Path, extra_s: float | None = None, total_s: float | None = None,
+               clock: Callable[[], float] = time.monotonic) -> TimeBudget | None:
+        """The budget a search kept in ``folder``: the rest of it, or ``extra_s`` more than it used.
+
+        ``total_s`` (the YAML's budget) applies when nothing was kept; None when there is no budget.
+        """
+        kept = json.loads((Path(folder) / BUDGET_FILE).read_text()) if (Path(folder) / BUDGET_FILE).is_file() else {}
+        used = float(kept.get("used_s", 0.0))
+        if extra_s is not None:
+            total = used + extra_s
+        elif "total_s" in kept:
+            total = float(kept["total_s"])
+        elif total_s is not None:
+            total = total_s
+        else:
+            return None
+        return cls(total, used, Path(folder), set(kept.get("cut", [])), list(kept.get("trial_s", [])), clock)
+
+    def used(self) -> float:
+        return self.used_before_s + (self.clock() - self.started)
+
+    def remaining(self) -> float:
+        return self.total_s - self.used()
+
+    def end_time(self) -> float:
+        """The budget's end as a ``time.time()`` value (trials on any node compare against it)."""
+        return time.time() + self.remaining()
+
+    def save(self) -> None:
+        if self.folder is not None:
+            write_atomic(self.folder / BUDGET_FILE, json.dumps(
+                {"total_s": self.total_s, "used_s": round(self.used(), 3), "cut": sorted(self.cut),
+                 "trial_s": [round(t, 3) for t in self.trial_s]}))
+
+    def expected_trial_s(self) -> float:
+        """How long a trial takes, from the ones that ended (0 before any did)."""
+        return sum(self.trial_s) / len(self.trial_s) if self.trial_s else 0.0
+
+
+class FinalStageEstimate:
+    """How long the final stage will take, from how fast the trials scored their validation images.
+
+    Each trial reports ``eval_time_s`` for ``images_per_eval`` images; the final stage scores every
+    candidate on ``images`` (all of valset and testset) ``passes`` times (its TTA views, and the
+    perturbed copy when it ranks on it), and loads each checkpoint. Until a trial reports, the
+    estimate is 0.
+    """
+
+    SAFETY = 1.5  # on top: decoding the report part, checkpoints, contention with running trials
+    PER_MEMBER_S = 3.0  # download and load one checkpoint
+
+    def __init__(self, images: int, passes: int, images_per_eval: int):
+        self.images, self.passes, self.images_per_eval = images, passes, max(images_per_eval, 1)
+        self.per_image_s = 0.0
+
+    def observe(self, result: dict) -> None:
+        if result.get("eval_time_s") and self.passes:
+            self.per_image_s = max(self.per_image_s, float(result["eval_time_s"]) / self.images_per_eval)
+
+    def seconds(self, members: int) -> float:
+        if not self.passes:
+            return 0.0
+        return self.SAFETY * members * (self.images * self.passes * self.per_image_s + self.PER_MEMBER_S)
