@@ -54,7 +54,9 @@ def batched_ms(name: str, batch: torch.Tensor) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
@@ -62,8 +64,12 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="ffdi-aug-") as tmp:
-        root = write_demo_dataset(Path(tmp) / "d", n_train=args.batch_size, n_val=4, n_test=2, size=args.size * 2)
-        batch = load_images(read_split(DataConfig(root=str(root)), "train"), args.size)[: args.batch_size].clone()
+        root = write_demo_dataset(
+            Path(tmp) / "d", n_train=args.batch_size, n_val=4, n_test=2, size=args.size * 2
+        )
+        batch = load_images(read_split(DataConfig(root=str(root)), "train"), args.size)[
+            : args.batch_size
+        ].clone()
     cuda = batch.cuda() if torch.cuda.is_available() else None
     # 16 px images: the time of one batched call is then its fixed cost (Python, parameter draws),
     # which a GPU run pays on the host for every batch whatever the image size.
@@ -87,10 +93,14 @@ def main() -> None:
         }
         print(f"{name:15s} {json.dumps(rows[name])}", flush=True)
     ratios = [r["per_image_ms"] / r["batched_cpu_ms"] for r in rows.values() if r["batched_cpu_ms"]]
-    overheads = [r["batched_call_overhead_ms"] for r in rows.values() if r["batched_call_overhead_ms"]]
+    overheads = [
+        r["batched_call_overhead_ms"] for r in rows.values() if r["batched_call_overhead_ms"]
+    ]
     slowest = max(rows, key=lambda n: rows[n]["per_image_ms"])
     out = {
-        "size": args.size, "batch_size": args.batch_size, "sets": rows,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "sets": rows,
         "batched_vs_per_image_cpu": round(statistics.median(ratios), 2),
         "batched_call_overhead_ms_median": round(statistics.median(overheads), 2),
         "slowest_per_image_set": slowest,
@@ -98,7 +108,9 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if cuda is not None else None,
     }
     if cuda is not None:
-        gpu_ratios = [r["per_image_ms"] / r["batched_cuda_ms"] for r in rows.values() if r["batched_cuda_ms"]]
+        gpu_ratios = [
+            r["per_image_ms"] / r["batched_cuda_ms"] for r in rows.values() if r["batched_cuda_ms"]
+        ]
         out["batched_cuda_vs_per_image_cpu"] = round(statistics.median(gpu_ratios), 1)
     print(json.dumps(out))
 

@@ -37,9 +37,16 @@ class SeedStyle(Dataset):
 
     def __init__(self, paths, targets, size):
         self.paths, self.targets = paths, targets
-        self.transform = v2.Compose([
-            v2.Resize((size, size)), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+        self.transform = v2.Compose(
+            [
+                v2.Resize((size, size)),
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(MEAN, STD),
+            ]
+        )
 
     def __len__(self):
         return len(self.paths)
@@ -51,8 +58,13 @@ class SeedStyle(Dataset):
 
 def seed_epoch(split, size, batch_size):
     n = 0
-    for x, _ in DataLoader(SeedStyle(split.paths, split.targets, size), batch_size=batch_size, shuffle=True,
-                           drop_last=True, num_workers=0):
+    for x, _ in DataLoader(
+        SeedStyle(split.paths, split.targets, size),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+    ):
         n += len(x)
     return n
 
@@ -70,7 +82,9 @@ def cached_epoch(images, targets, batch_size, mean, std):
 def measure(root: Path, size: int, reps: int, batch_size: int, cache_dir: Path) -> dict:
     split = read_split(DataConfig(root=str(root)), "train")
     t = time.perf_counter()
-    images = load_images(split, size, cache_dir=cache_dir)  # the first trial on a node pays this once
+    images = load_images(
+        split, size, cache_dir=cache_dir
+    )  # the first trial on a node pays this once
     build_s = time.perf_counter() - t
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     seed, cached = [], []
@@ -82,12 +96,19 @@ def measure(root: Path, size: int, reps: int, batch_size: int, cache_dir: Path) 
         n = cached_epoch(images, split.targets, batch_size, mean, std)
         cached.append(n / (time.perf_counter() - t))
     s, c = statistics.median(seed), statistics.median(cached)
-    return {"images": len(split), "seed_img_s": round(s), "cached_img_s": round(c), "ratio": round(c / s, 1),
-            "cache_build_s": round(build_s, 2)}
+    return {
+        "images": len(split),
+        "seed_img_s": round(s),
+        "cached_img_s": round(c),
+        "ratio": round(c / s, 1),
+        "cache_build_s": round(build_s, 2),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--n-small", type=int, default=2000)
     ap.add_argument("--n-large", type=int, default=300)
@@ -97,15 +118,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ffdi-bench-") as tmp:
         tmp = Path(tmp)
         small = write_demo_dataset(tmp / "demo64", n_train=args.n_small, n_val=8, n_test=2, size=64)
-        large = write_demo_dataset(tmp / "demo512", n_train=args.n_large, n_val=8, n_test=2, size=512)
+        large = write_demo_dataset(
+            tmp / "demo512", n_train=args.n_large, n_val=8, n_test=2, size=512
+        )
         demo = measure(small, 64, args.reps, args.batch_size, tmp / "cache")
         big = measure(large, 256, args.reps, args.batch_size, tmp / "cache")
-    print(f"demo 64 px  ({demo['images']} JPEGs): seed-style {demo['seed_img_s']} img/s, cached "
-          f"{demo['cached_img_s']} img/s, {demo['ratio']}x (cache built once in {demo['cache_build_s']} s)")
-    print(f"512->256 px ({big['images']} JPEGs): seed-style {big['seed_img_s']} img/s, cached "
-          f"{big['cached_img_s']} img/s, {big['ratio']}x (cache built once in {big['cache_build_s']} s)")
-    print(json.dumps({"cached_vs_seed": demo["ratio"], "cached_vs_seed_256": big["ratio"], "demo_64": demo,
-                      "large_256": big, "threads": 1, "workers": 0}))
+    print(
+        f"demo 64 px  ({demo['images']} JPEGs): seed-style {demo['seed_img_s']} img/s, cached "
+        f"{demo['cached_img_s']} img/s, {demo['ratio']}x (cache built once in "
+        f"{demo['cache_build_s']} s)"
+    )
+    print(
+        f"512->256 px ({big['images']} JPEGs): seed-style {big['seed_img_s']} img/s, cached "
+        f"{big['cached_img_s']} img/s, {big['ratio']}x (cache built once in {big['cache_build_s']} "
+        "s)"
+    )
+    print(
+        json.dumps(
+            {
+                "cached_vs_seed": demo["ratio"],
+                "cached_vs_seed_256": big["ratio"],
+                "demo_64": demo,
+                "large_256": big,
+                "threads": 1,
+                "workers": 0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

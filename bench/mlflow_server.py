@@ -1,11 +1,11 @@
 """How many trials logging at once one MLflow tracking server takes, and at what latency.
 
-Starts a real `mlflow server` (sqlite backend, artifacts proxied by the server, one worker: the setup of
-tests/test_cluster.py and of a small team's first server) on a free loopback port, then runs rounds
-of W writers at once. Each writer logs what the driver logs for one trial of a search: a child run
-with its params, per-epoch metric batches, a node tag, a checkpoint artifact, and the final status.
-Prints per-round latency percentiles of each request kind and the requests served per second, and
-ends with one JSON object.
+Starts a real `mlflow server` (sqlite backend, artifacts proxied by the server, one worker: the
+setup of tests/test_cluster.py and of a small team's first server) on a free loopback port, then
+runs rounds of W writers at once. Each writer logs what the driver logs for one trial of a search: a
+child run with its params, per-epoch metric batches, a node tag, a checkpoint artifact, and the
+final status. Prints per-round latency percentiles of each request kind and the requests served per
+second, and ends with one JSON object.
 
 In a search all writes come from one process, the driver's MlflowTrials callback, one request at
 a time; W writers at once is what W drivers (searches) sharing one server look like, or an upper
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,13 +31,20 @@ import time
 import urllib.request
 from pathlib import Path
 
-import logging
-
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-METRICS = ("val_auc", "val_tpr_at_fpr_0.001", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
-           "train_images_per_s", "time_to_first_batch_s")
+METRICS = (
+    "val_auc",
+    "val_tpr_at_fpr_0.001",
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+    "time_to_first_batch_s",
+)
 
 
 def free_port() -> int:
@@ -49,11 +57,25 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     bindir = Path(sys.executable).parent
     proc = subprocess.Popen(
-        [str(bindir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), start_new_session=True,
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+        [
+            str(bindir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+        start_new_session=True,
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     while True:
         try:
@@ -65,8 +87,16 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-def one_trial(client: MlflowClient, exp_id: str, parent: str, name: str, epochs: int, checkpoint: Path,
-              timings: dict[str, list[float]], lock: threading.Lock) -> None:
+def one_trial(
+    client: MlflowClient,
+    exp_id: str,
+    parent: str,
+    name: str,
+    epochs: int,
+    checkpoint: Path,
+    timings: dict[str, list[float]],
+    lock: threading.Lock,
+) -> None:
     """The requests the driver sends for one trial, each timed."""
 
     def timed(kind: str, fn, *args, **kwargs):
@@ -76,14 +106,28 @@ def one_trial(client: MlflowClient, exp_id: str, parent: str, name: str, epochs:
             timings[kind].append(time.perf_counter() - t0)
         return out
 
-    run = timed("create_run", client.create_run, exp_id, run_name=name,
-                tags={"ffdi.role": "trial", "mlflow.parentRunId": parent, "ffdi.trial_id": name})
+    run = timed(
+        "create_run",
+        client.create_run,
+        exp_id,
+        run_name=name,
+        tags={"ffdi.role": "trial", "mlflow.parentRunId": parent, "ffdi.trial_id": name},
+    )
     run_id = run.info.run_id
-    timed("log_params", client.log_batch, run_id, params=[Param(f"param_{i}", str(i)) for i in range(40)])
+    timed(
+        "log_params",
+        client.log_batch,
+        run_id,
+        params=[Param(f"param_{i}", str(i)) for i in range(40)],
+    )
     for epoch in range(1, epochs + 1):
         now = int(time.time() * 1000)
-        timed("log_metrics", client.log_batch, run_id,
-              metrics=[Metric(k, 0.5 + epoch / 100, now, epoch) for k in METRICS])
+        timed(
+            "log_metrics",
+            client.log_batch,
+            run_id,
+            metrics=[Metric(k, 0.5 + epoch / 100, now, epoch) for k in METRICS],
+        )
         if epoch == 1:
             timed("set_tag", client.set_tag, run_id, "ffdi.node_id", "0" * 56)
     timed("log_artifact", client.log_artifact, run_id, str(checkpoint), "checkpoint")
@@ -93,8 +137,10 @@ def one_trial(client: MlflowClient, exp_id: str, parent: str, name: str, epochs:
 def one_round(client: MlflowClient, writers: int, epochs: int, checkpoint: Path) -> dict:
     exp_id = client.create_experiment(f"bench-{writers}-{time.time_ns()}")
     parent = client.create_run(exp_id, run_name="search").info.run_id
-    timings: dict[str, list[float]] = {k: [] for k in
-                                       ("create_run", "log_params", "log_metrics", "set_tag", "log_artifact", "finish")}
+    timings: dict[str, list[float]] = {
+        k: []
+        for k in ("create_run", "log_params", "log_metrics", "set_tag", "log_artifact", "finish")
+    }
     lock = threading.Lock()
     errors: list[str] = []
 
@@ -112,20 +158,32 @@ def one_round(client: MlflowClient, writers: int, epochs: int, checkpoint: Path)
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    finished = sum(r.info.status == "FINISHED" for r in client.search_runs([exp_id], "tags.`ffdi.role` = 'trial'"))
-    out = {"writers": writers, "wall_s": round(wall, 2), "trials_finished": finished, "failed_writers": len(errors),
-           "first_error": errors[0] if errors else "",
-           "requests_per_s": round(sum(len(v) for v in timings.values()) / wall, 1)}
+    finished = sum(
+        r.info.status == "FINISHED"
+        for r in client.search_runs([exp_id], "tags.`ffdi.role` = 'trial'")
+    )
+    out = {
+        "writers": writers,
+        "wall_s": round(wall, 2),
+        "trials_finished": finished,
+        "failed_writers": len(errors),
+        "first_error": errors[0] if errors else "",
+        "requests_per_s": round(sum(len(v) for v in timings.values()) / wall, 1),
+    }
     for kind, values in timings.items():
         values = sorted(values) or [float("nan")]
         out[f"{kind}_p50_ms"] = round(1000 * statistics.median(values), 1)
-        out[f"{kind}_p95_ms"] = round(1000 * values[min(len(values) - 1, int(0.95 * len(values)))], 1)
+        out[f"{kind}_p95_ms"] = round(
+            1000 * values[min(len(values) - 1, int(0.95 * len(values)))], 1
+        )
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--writers", default="1,4,16,32", help="comma-separated numbers of writers at once")
+    p.add_argument(
+        "--writers", default="1,4,16,32", help="comma-separated numbers of writers at once"
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--checkpoint-mb", type=float, default=4.0, help="size of each trial's best.pt")
     args = p.parse_args()
@@ -143,11 +201,19 @@ def main() -> None:
                 result = one_round(client, writers, args.epochs, checkpoint)
                 rounds.append(result)
                 r = result
-                failed = f"; {r['failed_writers']} failed: {r['first_error']}" if r["failed_writers"] else ""
-                print(f"{writers:3d} writers: {r['wall_s']:6.2f} s, {r['requests_per_s']:6.1f} req/s, log_metrics "
-                      f"p50 {r['log_metrics_p50_ms']:.0f} ms p95 {r['log_metrics_p95_ms']:.0f} ms, checkpoint upload "
-                      f"p50 {r['log_artifact_p50_ms']:.0f} ms p95 {r['log_artifact_p95_ms']:.0f} ms, "
-                      f"{r['trials_finished']}/{writers} finished{failed}", flush=True)
+                failed = (
+                    f"; {r['failed_writers']} failed: {r['first_error']}"
+                    if r["failed_writers"]
+                    else ""
+                )
+                print(
+                    f"{writers:3d} writers: {r['wall_s']:6.2f} s, {r['requests_per_s']:6.1f} "
+                    f"req/s, log_metrics p50 {r['log_metrics_p50_ms']:.0f} ms p95 "
+                    f"{r['log_metrics_p95_ms']:.0f} ms, checkpoint upload p50 "
+                    f"{r['log_artifact_p50_ms']:.0f} ms p95 {r['log_artifact_p95_ms']:.0f} ms, "
+                    f"{r['trials_finished']}/{writers} finished{failed}",
+                    flush=True,
+                )
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -155,7 +221,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    print(json.dumps({"epochs": args.epochs, "checkpoint_mb": args.checkpoint_mb, "rounds": rounds}))
+    print(
+        json.dumps({"epochs": args.epochs, "checkpoint_mb": args.checkpoint_mb, "rounds": rounds})
+    )
 
 
 if __name__ == "__main__":

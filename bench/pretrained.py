@@ -1,5 +1,5 @@
-"""What do ImageNet weights buy on the demo data? Pretrained lite0 vs lite0 from random weights vs the
-best from-scratch backbone of the earlier demo (test_resnet), on the same budget.
+"""What do ImageNet weights buy on the demo data? Pretrained lite0 vs lite0 from random weights vs
+the best from-scratch backbone of the earlier demo (test_resnet), on the same budget.
 
 Every contender trains the same epochs at the same img_size on the demo dataset of
 ``search_spaces/demo.yaml`` (generated into ``runs/demo-data`` when missing), once per learning
@@ -36,7 +36,9 @@ CONTENDERS = {  # name -> (backbone, pretrained)
 
 
 def train_one(backbone: str, pretrained: bool, lr: float, cfg, work: Path) -> dict:
-    s = TrainSettings(**{**cfg.train.model_dump(), "backbone": backbone, "pretrained": pretrained, "lr": lr})
+    s = TrainSettings(
+        **{**cfg.train.model_dump(), "backbone": backbone, "pretrained": pretrained, "lr": lr}
+    )
     curve, saved = [], work / f"{backbone}-{pretrained}-{lr}.pt"
 
     def report(metrics, folder):
@@ -59,30 +61,47 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(2)
-    cfg = load_search_config(REPO / "search_spaces" / "demo.yaml", {
-        "data.root": str(REPO / "runs" / "demo-data"), "train.epochs": args.epochs})
+    cfg = load_search_config(
+        REPO / "search_spaces" / "demo.yaml",
+        {"data.root": str(REPO / "runs" / "demo-data"), "train.epochs": args.epochs},
+    )
     ensure_dataset(cfg.data)
     work = REPO / "runs" / "bench-pretrained"
     work.mkdir(parents=True, exist_ok=True)
     best = {}
-    print(f"{cfg.train.epochs} epochs at {cfg.train.img_size} px, batch {cfg.train.batch_size}, "
-          f"{cfg.data.demo.n_train} training images, 2 threads")
+    print(
+        f"{cfg.train.epochs} epochs at {cfg.train.img_size} px, batch {cfg.train.batch_size}, "
+        f"{cfg.data.demo.n_train} training images, 2 threads"
+    )
     print(f"{'contender':22} {'lr':>7} {'val AUC per epoch':28} {'wall s':>7} {'test AUC':>8}")
     for name, (backbone, pretrained) in CONTENDERS.items():
         for lr in LRS:
             r = train_one(backbone, pretrained, lr, cfg, work)
-            print(f"{name:22} {lr:7.0e} {' '.join(f'{v:.4f}' for v in r['val_auc_per_epoch']):28} "
-                  f"{r['wall_s']:7.1f} {r['test_auc']:8.4f}", flush=True)
+            print(
+                f"{name:22} {lr:7.0e} {' '.join(f'{v:.4f}' for v in r['val_auc_per_epoch']):28} "
+                f"{r['wall_s']:7.1f} {r['test_auc']:8.4f}",
+                flush=True,
+            )
             if name not in best or r["val_auc_per_epoch"][-1] > best[name]["val_auc_per_epoch"][-1]:
                 best[name] = r
     final = {name: r["val_auc_per_epoch"][-1] for name, r in best.items()}
-    print(json.dumps({
-        "epochs": cfg.train.epochs, "img_size": cfg.train.img_size,
-        "val_auc": final, "test_auc": {name: r["test_auc"] for name, r in best.items()},
-        "wall_s": {name: round(r["wall_s"], 1) for name, r in best.items()},
-        "pretrained_vs_scratch_auc": round(final["lite0_pretrained"] - final["lite0_random"], 4),
-        "pretrained_vs_best_scratch_backbone_auc": round(final["lite0_pretrained"] - final["test_resnet_scratch"], 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "epochs": cfg.train.epochs,
+                "img_size": cfg.train.img_size,
+                "val_auc": final,
+                "test_auc": {name: r["test_auc"] for name, r in best.items()},
+                "wall_s": {name: round(r["wall_s"], 1) for name, r in best.items()},
+                "pretrained_vs_scratch_auc": round(
+                    final["lite0_pretrained"] - final["lite0_random"], 4
+                ),
+                "pretrained_vs_best_scratch_backbone_auc": round(
+                    final["lite0_pretrained"] - final["test_resnet_scratch"], 4
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

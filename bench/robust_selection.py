@@ -29,11 +29,11 @@ from sklearn.metrics import roc_auc_score
 
 from ffdi_tune.config import load_search_config
 from ffdi_tune.ensemble import build_ensemble
-from ffdi_tune.holdout import split_valset
+from ffdi_tune.ensemble_recipe import EnsembleRecipe
 from ffdi_tune.final_stage import score_candidates
+from ffdi_tune.holdout import split_valset
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import DecodedSplits
-from ffdi_tune.recipe import EnsembleRecipe
 from ffdi_tune.search import run_search
 from ffdi_tune.tracking import Tracker, resolve_tracking
 
@@ -45,29 +45,47 @@ VIEWS = ["identity", "hflip"]
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ffdi-robust-bench-"))
     try:
-        cfg = load_search_config(REPO / "search_spaces" / "demo_shift.yaml", {
-            "name": "robust_selection", "data.root": str(REPO / "runs" / "demo-shift-data"),
-            "search.storage": str(work / "ray"), "tracking.uri": f"sqlite:///{work}/mlflow.db",
-            "scheduler.type": "fifo"})
+        cfg = load_search_config(
+            REPO / "search_spaces" / "demo_shift.yaml",
+            {
+                "name": "robust_selection",
+                "data.root": str(REPO / "runs" / "demo-shift-data"),
+                "search.storage": str(work / "ray"),
+                "tracking.uri": f"sqlite:///{work}/mlflow.db",
+                "scheduler.type": "fifo",
+            },
+        )
         outcome = run_search(cfg, echo=print)
         tracker = Tracker(*resolve_tracking(cfg.tracking))
         runs = tracker.finished_trials([cfg.name])
         splits = DecodedSplits(outcome.data)
-        candidates = score_candidates(tracker, runs, splits, VIEWS, echo=lambda *_: None,
-                                      perturb=Perturber(cfg.robust_val))
+        candidates = score_candidates(
+            tracker, runs, splits, VIEWS, echo=lambda *_: None, perturb=Perturber(cfg.robust_val)
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     y_val = splits.split("val").targets
-    holdout = split_valset(splits.split("val"), cfg.search.holdout.fraction, cfg.search.holdout.seed)  # the search's
-    labels = pd.read_csv(Path(outcome.data.root) / "testset_label.txt").set_index("img_name")["target"]
+    holdout = split_valset(
+        splits.split("val"), cfg.search.holdout.fraction, cfg.search.holdout.seed
+    )  # the search's
+    labels = pd.read_csv(Path(outcome.data.root) / "testset_label.txt").set_index("img_name")[
+        "target"
+    ]
     y_test = labels.loc[list(splits.split("test").names)].to_numpy()
 
     rows = []
     for c in candidates:
         clean, robust = roc_auc_score(y_val, c.val[0]), roc_auc_score(y_val, c.val_robust[0])
-        rows.append({"trial": c.label, "val_auc": clean, "val_robust_auc": robust, "val_worst_auc": min(clean, robust),
-                     "test_auc": roc_auc_score(y_test, c.test[0])})
+        rows.append(
+            {
+                "trial": c.label,
+                "val_auc": clean,
+                "val_robust_auc": robust,
+                "val_worst_auc": min(clean, robust),
+                "test_auc": roc_auc_score(y_test, c.test[0]),
+            }
+        )
     members = pd.DataFrame(rows).sort_values("val_auc", ascending=False)
     print()
     print("trials (identity view, whole valset; testset fakes carry the unseen forgery kind):")
@@ -78,16 +96,30 @@ def main() -> None:
         best = members.loc[members[metric].idxmax()]
         figures[f"best_by_{metric}_test_auc"] = round(float(best["test_auc"]), 4)
     for metric in METRICS:
-        for name, recipe in (("mean3", EnsembleRecipe(top_k=3, metric=metric, combine="mean", tta=VIEWS)),
-                             ("greedy", EnsembleRecipe(top_k=len(candidates), metric=metric, combine="greedy",
-                                                       tta=VIEWS))):
-            result = build_ensemble(candidates, y_val, recipe, *holdout.indices(splits.split("val").names))
-            figures[f"{name}_by_{metric}_test_auc"] = round(float(roc_auc_score(y_test, result.test_pred)), 4)
+        for name, recipe in (
+            ("mean3", EnsembleRecipe(top_k=3, metric=metric, combine="mean", tta=VIEWS)),
+            (
+                "greedy",
+                EnsembleRecipe(top_k=len(candidates), metric=metric, combine="greedy", tta=VIEWS),
+            ),
+        ):
+            result = build_ensemble(
+                candidates, y_val, recipe, *holdout.indices(splits.split("val").names)
+            )
+            figures[f"{name}_by_{metric}_test_auc"] = round(
+                float(roc_auc_score(y_test, result.test_pred)), 4
+            )
             figures[f"{name}_by_{metric}_members"] = len(result.members)
     figures.update(
-        trials=len(candidates), oracle_best_test_auc=round(float(members["test_auc"].max()), 4),
-        mean_all_test_auc=round(float(roc_auc_score(y_test, np.mean([c.test[0] for c in candidates], 0))), 4),
-        test_images=int(len(y_test)), unseen_forgery=str(cfg.data.demo.unseen_forgery), search_s=round(outcome.wall_s))
+        trials=len(candidates),
+        oracle_best_test_auc=round(float(members["test_auc"].max()), 4),
+        mean_all_test_auc=round(
+            float(roc_auc_score(y_test, np.mean([c.test[0] for c in candidates], 0))), 4
+        ),
+        test_images=int(len(y_test)),
+        unseen_forgery=str(cfg.data.demo.unseen_forgery),
+        search_s=round(outcome.wall_s),
+    )
 
     print()
     print("test AUC by selection rule:")

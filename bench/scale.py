@@ -5,7 +5,7 @@ new names into trainsets of 5,000 and 20,000 images (decoding cost does not depe
 For each size it times, with every CPU of this machine, in threads and in processes:
 
 - the pre-check (``data_check``: every image decoded at 1/8 scale, which reads every byte);
-- building the cache entry at ``img_size`` 256 (every image decoded and resized into the memory map);
+- building the cache entry at ``img_size`` 256 (each image decoded and resized into the memory map);
 
 and records the entry's size on disk and the peak memory (resident set) of the process and its
 workers. Prints a table per size and whether the cost per image stays flat (a linear curve); the
@@ -23,6 +23,7 @@ import json
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def dataset(n: int, source: Path) -> Path:
         name = f"{i:07d}.jpg"
         shutil.copyfile(source / "trainset" / src["img_name"], root / "trainset" / name)
         rows.append((name, int(src["target"])))
-    pd.DataFrame(rows, columns=["img_name", "target"]).to_csv(root / "trainset_label.txt", index=False)
+    pd.DataFrame(rows, columns=["img_name", "target"]).to_csv(
+        root / "trainset_label.txt", index=False
+    )
     for split in ("valset", "testset"):
         shutil.copytree(source / split, root / split, dirs_exist_ok=True)
     shutil.copy(source / "valset_label.txt", root / "valset_label.txt")
@@ -77,23 +80,66 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024  # Linux reports kilobytes
 
 
+class MemorySampler:
+    """Peak anonymous (heap) and file-backed resident memory of this process, sampled every 0.1 s.
+
+    The cache entry is a memory-mapped file: pages written through it count as resident but are
+    file-backed, so the kernel can write them out and drop them; the heap is what must fit.
+    """
+
+    def __init__(self):
+        self.anon_mb = self.file_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> tuple[float, float]:
+        fields = dict(
+            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+        )
+        return (int(fields["RssAnon"].split()[0]) / 1024, int(fields["RssFile"].split()[0]) / 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            anon, file = self._read()
+            self.anon_mb, self.file_mb = max(self.anon_mb, anon), max(self.file_mb, file)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(root: Path, workers: int) -> dict:
     split = read_split(DataConfig(root=str(root)), "train")
     out = {"images": len(split)}
     for kind in ("threads", "processes"):
         t = time.perf_counter()
         # cache off: no verdicts kept from an earlier pass, every image is decoded
-        check = check_dataset(DataConfig(root=str(root), cache=False), splits=("train",), workers=workers, kind=kind)
+        check = check_dataset(
+            DataConfig(root=str(root), cache=False), splits=("train",), workers=workers, kind=kind
+        )
         out[f"check_{kind}_ms"] = (time.perf_counter() - t) / len(split) * 1000
         assert check.summary["train"]["images"] == len(split)
-        with tempfile.TemporaryDirectory(prefix="ffdi-scale-", dir=WORK) as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="ffdi-scale-", dir=WORK) as tmp,
+            MemorySampler() as mem,
+        ):
             t = time.perf_counter()
-            arr, built = cached_array(split.paths, IMG_SIZE, lambda a: decode_split(split, IMG_SIZE, a, workers, kind),
-                                      Path(tmp))
+            arr, built = cached_array(
+                split.paths,
+                IMG_SIZE,
+                lambda a, kind=kind: decode_split(split, IMG_SIZE, a, workers, kind),
+                Path(tmp),
+            )
             out[f"build_{kind}_ms"] = (time.perf_counter() - t) / len(split) * 1000
             out["cache_gb"] = sum(p.stat().st_size for p in Path(tmp).glob("*.npy")) / 1e9
             assert built and int(np.asarray(arr[-1]).sum()) > 0
             del arr
+        out[f"heap_mb_during_{kind}_build"] = mem.anon_mb
+        out[f"file_backed_mb_during_{kind}_build"] = mem.file_mb
         out[f"peak_rss_mb_after_{kind}"] = peak_rss_mb()
     return out
 
@@ -110,27 +156,57 @@ def main() -> None:
     for n in args.sizes:
         r = measure(dataset(n, source), workers)
         rows.append(r)
-        print(f"{n:>7} images: check {r['check_threads_ms']:.2f} ms/img (threads) {r['check_processes_ms']:.2f} "
-              f"(processes); cache build at {IMG_SIZE} px {r['build_threads_ms']:.2f} ms/img (threads) "
-              f"{r['build_processes_ms']:.2f} (processes); entry {r['cache_gb']:.2f} GB; peak RSS "
-              f"{r['peak_rss_mb_after_processes']:.0f} MB", flush=True)
+        print(
+            f"{n:>7} images: check {r['check_threads_ms']:.2f} ms/img (threads) "
+            f"{r['check_processes_ms']:.2f} (processes); cache build at {IMG_SIZE} px "
+            f"{r['build_threads_ms']:.2f} ms/img (threads) {r['build_processes_ms']:.2f} "
+            f"(processes); entry {r['cache_gb']:.2f} GB; driver heap "
+            f"{r['heap_mb_during_threads_build']:.0f} MB, file-backed pages "
+            f"{r['file_backed_mb_during_threads_build']:.0f} MB (threads); peak RSS of any "
+            f"process {r['peak_rss_mb_after_processes']:.0f} MB",
+            flush=True,
+        )
     small, large = rows[0], rows[-1]
     check_kind = min(("threads", "processes"), key=lambda k: large[f"check_{k}_ms"])
     build_kind = min(("threads", "processes"), key=lambda k: large[f"build_{k}_ms"])
-    growth = {k: large[f"{k}_ms"] / small[f"{k}_ms"] for k in (f"check_{check_kind}", f"build_{build_kind}")}
-    print(f"faster: check in {check_kind}, build in {build_kind}; cost per image from {small['images']:,} to "
-          f"{large['images']:,} images: x{growth[f'check_{check_kind}']:.2f} (check), "
-          f"x{growth[f'build_{build_kind}']:.2f} (build) ({'linear' if max(growth.values()) < 1.2 else 'NOT linear'})")
+    growth = {
+        k: large[f"{k}_ms"] / small[f"{k}_ms"]
+        for k in (f"check_{check_kind}", f"build_{build_kind}")
+    }
+    print(
+        f"faster: check in {check_kind}, build in {build_kind}; cost per image from "
+        f"{small['images']:,} to {large['images']:,} images: x{growth[f'check_{check_kind}']:.2f} "
+        f"(check), x{growth[f'build_{build_kind}']:.2f} (build) "
+        f"({'linear' if max(growth.values()) < 1.2 else 'NOT linear'})"
+    )
     gb_per_100k = large["cache_gb"] / large["images"] * 100_000
-    print(json.dumps({
-        "workers": workers, "img_size": IMG_SIZE, "sizes": args.sizes,
-        "check_ms_per_image": round(large[f"check_{check_kind}_ms"], 3),
-        "cache_build_ms_per_image": round(large[f"build_{build_kind}_ms"], 3),
-        "check_kind": check_kind, "build_kind": build_kind, "cost_growth": {k: round(v, 3) for k, v in growth.items()},
-        "cache_gb_per_100k_at_256": round(gb_per_100k, 2),
-        "peak_rss_mb": round(max(r["peak_rss_mb_after_processes"] for r in rows), 0),
-        "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
-    }))
+    print(
+        json.dumps(
+            {
+                "workers": workers,
+                "img_size": IMG_SIZE,
+                "sizes": args.sizes,
+                "check_ms_per_image": round(large[f"check_{check_kind}_ms"], 3),
+                "cache_build_ms_per_image": round(large[f"build_{build_kind}_ms"], 3),
+                "check_kind": check_kind,
+                "build_kind": build_kind,
+                "cost_growth": {k: round(v, 3) for k, v in growth.items()},
+                "cache_gb_per_100k_at_256": round(gb_per_100k, 2),
+                "peak_rss_mb": round(max(r["peak_rss_mb_after_processes"] for r in rows), 0),
+                "peak_heap_mb": round(
+                    max(
+                        max(r["heap_mb_during_threads_build"], r["heap_mb_during_processes_build"])
+                        for r in rows
+                    ),
+                    0,
+                ),
+                "rows": [
+                    {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+                    for r in rows
+                ],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

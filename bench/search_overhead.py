@@ -29,28 +29,55 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--space", default=str(REPO / "search_spaces" / "demo.yaml"))
     ap.add_argument("--num-samples", type=int, default=8)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ffdi-bench-") as tmp:
         env = dict(os.environ, FFDI_TUNE_CACHE=str(Path(tmp) / "cache"))
-        subprocess.run([sys.executable, "-m", "ffdi_tune", "run", args.space, "--no-ensemble", "--name", "overhead",
-                        "--num-samples", str(args.num_samples)], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ffdi_tune",
+                "run",
+                args.space,
+                "--no-ensemble",
+                "--name",
+                "overhead",
+                "--num-samples",
+                str(args.num_samples),
+            ],
+            cwd=tmp,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         client = MlflowClient(f"sqlite:///{tmp}/runs/mlflow.db")
         exp = client.get_experiment_by_name("overhead")
         trials = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'trial'")
         step_s, wall_s, first = 0.0, 0.0, []
         for run in trials:
-            step_s += sum(m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s"))
+            step_s += sum(
+                m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")
+            )
             wall_s += (run.info.end_time - run.info.start_time) / 1000
             first.append(run.data.metrics["time_to_first_batch_s"])
-    out = {"step_share": round(step_s / wall_s, 3), "start_to_first_batch_s": round(statistics.median(first), 2),
-           "max_start_to_first_batch_s": round(max(first), 2), "trials": len(trials),
-           "trial_wall_s": round(wall_s, 1), "step_s": round(step_s, 1)}
-    print(f"{len(trials)} trials: {out['step_share']:.0%} of trial time in train/val steps; trial start to first "
-          f"batch {out['start_to_first_batch_s']} s (median), {out['max_start_to_first_batch_s']} s (max)")
+    out = {
+        "step_share": round(step_s / wall_s, 3),
+        "start_to_first_batch_s": round(statistics.median(first), 2),
+        "max_start_to_first_batch_s": round(max(first), 2),
+        "trials": len(trials),
+        "trial_wall_s": round(wall_s, 1),
+        "step_s": round(step_s, 1),
+    }
+    print(
+        f"{len(trials)} trials: {out['step_share']:.0%} of trial time in train/val steps; trial "
+        f"start to first batch {out['start_to_first_batch_s']} s (median), "
+        f"{out['max_start_to_first_batch_s']} s (max)"
+    )
     print(json.dumps(out))
 
 

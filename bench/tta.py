@@ -31,9 +31,13 @@ from ffdi_tune.tta import TTA_VIEWS, apply_view
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PIL_VIEWS = {  # the same eight symmetries, done on PIL images as starter code does
-    "identity": None, "hflip": Image.Transpose.FLIP_LEFT_RIGHT, "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
-    "rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
-    "rot270": Image.Transpose.ROTATE_270, "transpose": Image.Transpose.TRANSPOSE,
+    "identity": None,
+    "hflip": Image.Transpose.FLIP_LEFT_RIGHT,
+    "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+    "rot90": Image.Transpose.ROTATE_90,
+    "rot180": Image.Transpose.ROTATE_180,
+    "rot270": Image.Transpose.ROTATE_270,
+    "transpose": Image.Transpose.TRANSPOSE,
     "antitranspose": Image.Transpose.TRANSVERSE,
 }
 
@@ -41,15 +45,25 @@ PIL_VIEWS = {  # the same eight symmetries, done on PIL images as starter code d
 class Redecode(Dataset):
     def __init__(self, paths, size, view):
         self.paths, self.view = paths, PIL_VIEWS[view]
-        self.t = v2.Compose([v2.Resize((size, size)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                             v2.Normalize(MEAN, STD)])
+        self.t = v2.Compose(
+            [
+                v2.Resize((size, size)),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(MEAN, STD),
+            ]
+        )
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         with Image.open(self.paths[i]) as im:
-            im = self.t(im.convert("RGB")) if self.view is None else self.t(im.convert("RGB").transpose(self.view))
+            im = (
+                self.t(im.convert("RGB"))
+                if self.view is None
+                else self.t(im.convert("RGB").transpose(self.view))
+            )
             return im
 
 
@@ -71,7 +85,9 @@ def view_data_time(images, views, batch_size, mean, std):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--images", type=int, default=400)
     ap.add_argument("--size", type=int, default=64)
@@ -86,7 +102,9 @@ def main() -> None:
         models.append(create_model("test_resnet").eval())
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     with tempfile.TemporaryDirectory(prefix="ffdi-bench-") as tmp:
-        root = write_demo_dataset(Path(tmp) / "d", n_train=4, n_val=4, n_test=args.images, size=args.size)
+        root = write_demo_dataset(
+            Path(tmp) / "d", n_train=4, n_val=4, n_test=args.images, size=args.size
+        )
         split = read_split(DataConfig(root=str(root)), "test")
 
         t = time.perf_counter()
@@ -104,13 +122,24 @@ def main() -> None:
         t = time.perf_counter()
         redecode_predict(models, split.paths, args.size, views, args.batch_size)
         redecode_s = time.perf_counter() - t
-    out = {"views8_vs_view1_data": round(data8 / data1, 2), "redecode_vs_once": round(redecode_s / once_s, 2),
-           "decode_s": round(decode_s, 3), "data_8_views_s": round(data8, 3), "data_1_view_s": round(data1, 3),
-           "once_total_s": round(once_s, 2), "redecode_total_s": round(redecode_s, 2),
-           "members": args.members, "views": len(views), "images": args.images, "size": args.size}
-    print(f"{args.members} members x {len(views)} views on {args.images} images at {args.size} px: one decode "
-          f"{once_s:.2f} s, re-decode per view {redecode_s:.2f} s ({out['redecode_vs_once']}x); data time of "
-          f"8 views vs 1: {out['views8_vs_view1_data']}x")
+    out = {
+        "views8_vs_view1_data": round(data8 / data1, 2),
+        "redecode_vs_once": round(redecode_s / once_s, 2),
+        "decode_s": round(decode_s, 3),
+        "data_8_views_s": round(data8, 3),
+        "data_1_view_s": round(data1, 3),
+        "once_total_s": round(once_s, 2),
+        "redecode_total_s": round(redecode_s, 2),
+        "members": args.members,
+        "views": len(views),
+        "images": args.images,
+        "size": args.size,
+    }
+    print(
+        f"{args.members} members x {len(views)} views on {args.images} images at {args.size} px: "
+        f"one decode {once_s:.2f} s, re-decode per view {redecode_s:.2f} s "
+        f"({out['redecode_vs_once']}x); data time of 8 views vs 1: {out['views8_vs_view1_data']}x"
+    )
     print(json.dumps(out))
 
 

@@ -26,9 +26,21 @@ from torchvision.transforms import v2
 
 from ffdi_tune.errors import did_you_mean
 
-__all__ = ["AUGMENT_SETS", "AugmentParams", "BATCH_SETS", "BatchFlips", "DEVICE_SETS", "DeviceAugment", "build_augment",
-           "batch_augment", "check_augment_name", "check_augment_sets", "augment_names", "device_augment",
-           "has_device_form"]
+__all__ = [
+    "AUGMENT_SETS",
+    "AugmentParams",
+    "BATCH_SETS",
+    "BatchFlips",
+    "DEVICE_SETS",
+    "DeviceAugment",
+    "build_augment",
+    "batch_augment",
+    "check_augment_name",
+    "check_augment_sets",
+    "augment_names",
+    "device_augment",
+    "has_device_form",
+]
 
 _TIMM_AA = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[A-Za-z0-9.]+)*$")
 
@@ -39,7 +51,7 @@ def _p(t: torch.nn.Module, p: float) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Searchable strengths of the parametrised sets (the trial's ``jpeg_quality`` and ``jpeg_p``)."""
+    """Searchable strengths of the parametrised sets (the trial's ``jpeg_quality``, ``jpeg_p``)."""
 
     jpeg_quality: tuple[int, int] = (30, 95)  # JPEG quality range, both ends included
     jpeg_p: float = 0.5  # share of images the jpeg set re-compresses
@@ -52,7 +64,9 @@ AUGMENT_SETS: dict[str, Callable[[int, AugmentParams], list[torch.nn.Module]]] =
     "flips": lambda s, a: [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()],
     "crop": lambda s, a: [v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True)],
     "rotate": lambda s, a: [v2.RandomRotation(15)],
-    "affine": lambda s, a: [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)],
+    "affine": lambda s, a: [
+        v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)
+    ],
     "perspective": lambda s, a: [v2.RandomPerspective(distortion_scale=0.2, p=0.5)],
     "geometric": lambda s, a: [
         v2.RandomResizedCrop(s, scale=(0.6, 1.0), antialias=True),
@@ -77,7 +91,10 @@ AUGMENT_SETS: dict[str, Callable[[int, AugmentParams], list[torch.nn.Module]]] =
         v2.RandomAutocontrast(p=0.2),
         v2.RandomHorizontalFlip(),
     ],
-    "autoaugment": lambda s, a: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), v2.RandomHorizontalFlip()],
+    "autoaugment": lambda s, a: [
+        v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+        v2.RandomHorizontalFlip(),
+    ],
     "randaugment": lambda s, a: [v2.RandAugment(num_ops=2, magnitude=9), v2.RandomHorizontalFlip()],
     "trivialaugment": lambda s, a: [v2.TrivialAugmentWide(), v2.RandomHorizontalFlip()],
     "augmix": lambda s, a: [v2.AugMix(), v2.RandomHorizontalFlip()],
@@ -102,11 +119,15 @@ class BatchFlips:
         odd = lambda p, q: p + q - 2 * p * q  # noqa: E731
         return BatchFlips(odd(self.hflip, other.hflip), odd(self.vflip, other.vflip))
 
-    def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         u = torch.rand(2, n, generator=generator)
         return u[0] < self.hflip, u[1] < self.vflip
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, batch: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if generator is None:  # drawn where the batch is: no host-to-device copy in the step
             u = torch.rand(2, len(batch), 1, 1, 1, device=batch.device)
             h, v = u[0] < self.hflip, u[1] < self.vflip
@@ -143,10 +164,28 @@ def batch_augment(name: str) -> BatchFlips | None:
 # (kornia draws one sub-policy per call, not per image, and its randaugment / trivialaugment use
 # other operations and magnitudes than torchvision's), augmix, jpeg (a real JPEG codec), timm
 # strings and user-defined sets.
-DEVICE_SETS = frozenset({
-    "none", "hflip", "flips", "crop", "rotate", "affine", "perspective", "geometric", "color", "grayscale", "blur",
-    "invert", "posterize", "solarize", "sharpness", "equalize", "autocontrast", "photometric",
-})
+DEVICE_SETS = frozenset(
+    {
+        "none",
+        "hflip",
+        "flips",
+        "crop",
+        "rotate",
+        "affine",
+        "perspective",
+        "geometric",
+        "color",
+        "grayscale",
+        "blur",
+        "invert",
+        "posterize",
+        "solarize",
+        "sharpness",
+        "equalize",
+        "autocontrast",
+        "photometric",
+    }
+)
 
 
 def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]:
@@ -154,9 +193,8 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
 
     Same operations, ranges and odds as :data:`AUGMENT_SETS` (``tests/test_augment.py`` compares
     what both do to the same images); they work on float ``B x C x H x W`` batches in [0, 1]. One
-    difference: kornia's ColorJitter shuffles the order of its four steps once per batch, torchvision
-    once per image; the strengths are still drawn per image.
-    """
+    difference: kornia's ColorJitter shuffles the order of its four steps once per batch,
+    torchvision once per image; the strengths are still drawn per image."""
     import kornia.augmentation as K
 
     def jitter():
@@ -171,11 +209,15 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
         "flips": lambda s: [K.RandomHorizontalFlip(), K.RandomVerticalFlip()],
         "crop": lambda s: [crop(s)],
         "rotate": lambda s: [K.RandomRotation(15.0, resample="nearest", p=1.0)],
-        "affine": lambda s: [K.RandomAffine(10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5.0,
-                                            resample="nearest", p=1.0)],
+        "affine": lambda s: [
+            K.RandomAffine(
+                10.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5.0, resample="nearest", p=1.0
+            )
+        ],
         "perspective": lambda s: [K.RandomPerspective(0.2, p=0.5)],
         "geometric": lambda s: [
-            crop(s), K.RandomHorizontalFlip(),
+            crop(s),
+            K.RandomHorizontalFlip(),
             K.RandomAffine(10.0, translate=(0.05, 0.05), shear=5.0, resample="nearest", p=0.5),
             K.RandomPerspective(0.15, p=0.3),
         ],
@@ -184,13 +226,19 @@ def _device_set_factories() -> dict[str, Callable[[int], list[torch.nn.Module]]]
         "blur": lambda s: [K.RandomGaussianBlur(5, (0.1, 1.5), p=0.3)],
         "invert": lambda s: [K.RandomInvert(p=0.2)],
         "posterize": lambda s: [K.RandomPosterize(bits=(4.0, 4.0), p=0.2)],
-        "solarize": lambda s: [K.RandomSolarize(thresholds=(192 / 255, 192 / 255), additions=(0.0, 0.0), p=0.2)],
+        "solarize": lambda s: [
+            K.RandomSolarize(thresholds=(192 / 255, 192 / 255), additions=(0.0, 0.0), p=0.2)
+        ],
         "sharpness": lambda s: [K.RandomSharpness(sharpness=(2.0, 2.0), p=0.3)],
         "equalize": lambda s: [K.RandomEqualize(p=0.2)],
         "autocontrast": lambda s: [K.RandomAutoContrast(p=0.3)],
         "photometric": lambda s: [
-            jitter(), K.RandomGrayscale(p=0.1), K.RandomGaussianBlur(5, (0.1, 1.5), p=0.2),
-            K.RandomSharpness(sharpness=(2.0, 2.0), p=0.2), K.RandomAutoContrast(p=0.2), K.RandomHorizontalFlip(),
+            jitter(),
+            K.RandomGrayscale(p=0.1),
+            K.RandomGaussianBlur(5, (0.1, 1.5), p=0.2),
+            K.RandomSharpness(sharpness=(2.0, 2.0), p=0.2),
+            K.RandomAutoContrast(p=0.2),
+            K.RandomHorizontalFlip(),
         ],
     }
 
@@ -207,7 +255,9 @@ class DeviceAugment(torch.nn.Module):
         super().__init__()
         factories = _device_set_factories()
         self.name = name
-        self.ops = torch.nn.Sequential(*(op for part in name.split("+") for op in factories[part](img_size)))
+        self.ops = torch.nn.Sequential(
+            *(op for part in name.split("+") for op in factories[part](img_size))
+        )
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.ops(batch.float() / 255)  # a new tensor: the caller's batch is left as it was
@@ -222,7 +272,9 @@ def has_device_form(name: str, user_sets: dict[str, list[dict]] | None = None) -
     return all(p in DEVICE_SETS and p not in (user_sets or {}) for p in name.split("+"))
 
 
-def device_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None) -> DeviceAugment | None:
+def device_augment(
+    name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None
+) -> DeviceAugment | None:
     """The batched device form of set ``name`` (or ``a+b``), or None when a part has none."""
     return DeviceAugment(name, img_size) if has_device_form(name, user_sets) else None
 
@@ -242,7 +294,7 @@ def _posterize_zero_ok(img, bits_to_keep, **kwargs):
 
 
 def _patch_posterize(transform) -> None:
-    """Point every posterize op inside a timm auto-augment transform at :func:`_posterize_zero_ok`."""
+    """Point every posterize op of a timm auto-augment transform at :func:`_posterize_zero_ok`."""
     from timm.data.auto_augment import posterize
 
     stack = [transform]
@@ -286,8 +338,12 @@ class TimmAutoAugment(torch.nn.Module):
         return repr(self.config_str)
 
 
-def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[dict]],
-               params: AugmentParams = AugmentParams()) -> list[torch.nn.Module]:
+def _from_spec(
+    spec: dict[str, Any],
+    img_size: int,
+    user_sets: dict[str, list[dict]],
+    params: AugmentParams = AugmentParams(),
+) -> list[torch.nn.Module]:
     spec = dict(spec)
     name = spec.pop("name", None)
     if not isinstance(name, str):
@@ -300,10 +356,14 @@ def _from_spec(spec: dict[str, Any], img_size: int, user_sets: dict[str, list[di
     else:
         cls = getattr(v2, name, None)
         if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
-            valid = [n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform)]
+            valid = [
+                n
+                for n in dir(v2)
+                if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform)
+            ]
             raise ValueError(
-                f"unknown transform {name!r}{did_you_mean(name, valid + list(AUGMENT_SETS))}; use a "
-                "torchvision.transforms.v2 class name, a named set or a timm auto-augment string"
+                f"unknown transform {name!r}{did_you_mean(name, valid + list(AUGMENT_SETS))}; use "
+                "a torchvision.transforms.v2 class name, a named set or a timm auto-augment string"
             )
         try:
             out = [cls(**spec)]
@@ -332,7 +392,8 @@ def check_augment_name(name: str, user_sets: dict[str, list[dict]] | None = None
         valid = augment_names(user_sets)
         raise ValueError(
             f"unknown augmentation set {part!r}{did_you_mean(part, valid)}; valid sets are "
-            f"{', '.join(valid)}, a timm string like 'rand-m9-mstd0.5-inc1', or a set under augment_sets"
+            f"{', '.join(valid)}, a timm string like 'rand-m9-mstd0.5-inc1', or a set under "
+            "augment_sets"
         )
 
 
@@ -344,14 +405,22 @@ def check_augment_sets(user_sets: dict[str, list[dict]], img_size: int) -> None:
         try:
             for spec in specs:
                 if not isinstance(spec, dict):
-                    raise ValueError(f"each entry must be a mapping like {{name: RandomHorizontalFlip}}, got {spec!r}")
+                    raise ValueError(
+                        f"each entry must be a mapping like {{name: RandomHorizontalFlip}}, got "
+                        f"{spec!r}"
+                    )
                 _from_spec(spec, img_size, {k: v for k, v in user_sets.items() if k != name})
         except ValueError as exc:
             raise ValueError(f"augment_sets.{name}: {exc}") from None
 
 
-def build_augment(name: str, img_size: int, user_sets: dict[str, list[dict]] | None = None, *,
-                  params: AugmentParams = AugmentParams()) -> v2.Compose:
+def build_augment(
+    name: str,
+    img_size: int,
+    user_sets: dict[str, list[dict]] | None = None,
+    *,
+    params: AugmentParams = AugmentParams(),
+) -> v2.Compose:
     """The train-time transform of a named set, for uint8 CHW tensors of side ``img_size``.
 
     ``params`` sets the strengths of the parametrised sets (``jpeg``), also inside user sets.

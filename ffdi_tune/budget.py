@@ -26,7 +26,9 @@ __all__ = ["parse_duration", "format_duration", "TimeBudget", "FinalStageEstimat
 
 BUDGET_FILE = "budget.json"  # in a search's output folder
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+_DURATION = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$"
+)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -42,9 +44,14 @@ def parse_duration(value: str | int | float) -> float:
         if text.replace(".", "", 1).isdigit():
             seconds = float(text)
         elif match and text:
-            seconds = sum(float(v) * _UNITS[u] for v, u in zip(match.groups(), "dhms") if v)
+            seconds = sum(
+                float(v) * _UNITS[u] for v, u in zip(match.groups(), "dhms", strict=True) if v
+            )
         else:
-            raise ValueError(f"{value!r} is not a duration; write e.g. 8h, 90m, 1h30m, 45s or a number of seconds")
+            raise ValueError(
+                f"{value!r} is not a duration; write e.g. 8h, 90m, 1h30m, 45s or a number of "
+                "seconds"
+            )
     if seconds <= 0:
         raise ValueError(f"a time budget must be positive, but got {value!r}")
     return seconds
@@ -75,7 +82,9 @@ class TimeBudget:
     used_before_s: float = 0.0
     folder: Path | None = None
     cut: set[str] = field(default_factory=set)  # trials the budget ended before their last epoch
-    trial_s: list[float] = field(default_factory=list)  # how long each trial took (a cut one: extrapolated)
+    trial_s: list[float] = field(
+        default_factory=list
+    )  # how long each trial took (a cut one: extrapolated)
     clock: Callable[[], float] = time.monotonic
     started: float = field(init=False)
 
@@ -83,13 +92,22 @@ class TimeBudget:
         self.started = self.clock()
 
     @classmethod
-    def resume(cls, folder: Path, extra_s: float | None = None, total_s: float | None = None,
-               clock: Callable[[], float] = time.monotonic) -> TimeBudget | None:
+    def resume(
+        cls,
+        folder: Path,
+        extra_s: float | None = None,
+        total_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TimeBudget | None:
         """The budget a search kept in ``folder``: the rest of it, or ``extra_s`` more than it used.
 
         ``total_s`` (the YAML's budget) applies when nothing was kept; None when there is no budget.
         """
-        kept = json.loads((Path(folder) / BUDGET_FILE).read_text()) if (Path(folder) / BUDGET_FILE).is_file() else {}
+        kept = (
+            json.loads((Path(folder) / BUDGET_FILE).read_text())
+            if (Path(folder) / BUDGET_FILE).is_file()
+            else {}
+        )
         used = float(kept.get("used_s", 0.0))
         if extra_s is not None:
             total = used + extra_s
@@ -99,7 +117,14 @@ class TimeBudget:
             total = total_s
         else:
             return None
-        return cls(total, used, Path(folder), set(kept.get("cut", [])), list(kept.get("trial_s", [])), clock)
+        return cls(
+            total,
+            used,
+            Path(folder),
+            set(kept.get("cut", [])),
+            list(kept.get("trial_s", [])),
+            clock,
+        )
 
     def used(self) -> float:
         return self.used_before_s + (self.clock() - self.started)
@@ -113,9 +138,17 @@ class TimeBudget:
 
     def save(self) -> None:
         if self.folder is not None:
-            write_atomic(self.folder / BUDGET_FILE, json.dumps(
-                {"total_s": self.total_s, "used_s": round(self.used(), 3), "cut": sorted(self.cut),
-                 "trial_s": [round(t, 3) for t in self.trial_s]}))
+            write_atomic(
+                self.folder / BUDGET_FILE,
+                json.dumps(
+                    {
+                        "total_s": self.total_s,
+                        "used_s": round(self.used(), 3),
+                        "cut": sorted(self.cut),
+                        "trial_s": [round(t, 3) for t in self.trial_s],
+                    }
+                ),
+            )
 
     def expected_trial_s(self) -> float:
         """How long a trial takes, from the ones that ended (0 before any did)."""
@@ -140,9 +173,15 @@ class FinalStageEstimate:
 
     def observe(self, result: dict) -> None:
         if result.get("eval_time_s") and self.passes:
-            self.per_image_s = max(self.per_image_s, float(result["eval_time_s"]) / self.images_per_eval)
+            self.per_image_s = max(
+                self.per_image_s, float(result["eval_time_s"]) / self.images_per_eval
+            )
 
     def seconds(self, members: int) -> float:
         if not self.passes:
             return 0.0
-        return self.SAFETY * members * (self.images * self.passes * self.per_image_s + self.PER_MEMBER_S)
+        return (
+            self.SAFETY
+            * members
+            * (self.images * self.passes * self.per_image_s + self.PER_MEMBER_S)
+        )

@@ -24,7 +24,9 @@ from ffdi_tune.perturb import Perturber
 
 __all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "BUILD_KIND"]
 
-BUILD_KIND = "processes"  # the faster way to build an entry (bench/scale.py): the resize holds the GIL
+BUILD_KIND = (
+    "processes"  # the faster way to build an entry (bench/scale.py): the resize holds the GIL
+)
 HEADER_BYTES = 128  # of a .npy file
 SPARE_GB = 1.0  # left free on the cache's disk
 
@@ -40,7 +42,9 @@ class CacheEntry:
         return len(self.split) * self.img_size * self.img_size * 3 + HEADER_BYTES
 
     def label(self) -> str:
-        return f"{self.split.name}set at {self.img_size} px" + (" (perturbed)" if self.perturb else "")
+        return f"{self.split.name}set at {self.img_size} px" + (
+            " (perturbed)" if self.perturb else ""
+        )
 
     def built(self, cache_dir: Path) -> bool:
         key = cache_key(self.split.paths, self.img_size, self.perturb.key if self.perturb else "")
@@ -56,7 +60,9 @@ def planned_entries(cfg: SearchConfig, data: DataConfig, holdout: Holdout) -> li
         train_sizes |= sizes
         eval_sizes |= {int(v) for v in evals if v is not None} | (sizes if None in evals else set())
     train, val = read_split(data, "train"), read_split(data, "val").only(holdout.select_names)
-    entries = [CacheEntry(train, s) for s in sorted(train_sizes)] + [CacheEntry(val, s) for s in sorted(eval_sizes)]
+    entries = [CacheEntry(train, s) for s in sorted(train_sizes)] + [
+        CacheEntry(val, s) for s in sorted(eval_sizes)
+    ]
     if cfg.robust_val.enabled:
         entries += [CacheEntry(val, s, Perturber(cfg.robust_val)) for s in sorted(eval_sizes)]
     return entries
@@ -74,27 +80,43 @@ def _gb(n: float) -> str:
 
 
 def check_fits(entries: list[CacheEntry], cache_dir: Path, max_gb: float | None) -> None:
-    """Refuse (one DataError) entries that exceed ``max_gb`` in all or the free space still to fill."""
+    """Refuse (one DataError) entries that exceed ``max_gb`` in all, or the disk's free space."""
     total = sum(e.bytes for e in entries)
     missing = [e for e in entries if not e.built(cache_dir)]
     new = sum(e.bytes for e in missing)
     free = _disk_free(cache_dir)
     parts = ", ".join(f"{e.label()} {_gb(e.bytes)}" for e in entries)
-    fixes = ("lower img_size (the cache grows with its square), put the cache on a bigger disk "
-             "(FFDI_TUNE_CACHE or data.cache_dir), or pass --no-cache to decode in every trial")
+    fixes = (
+        "lower img_size (the cache grows with its square), put the cache on a bigger disk "
+        "(FFDI_TUNE_CACHE or data.cache_dir), or pass --no-cache to decode in every trial"
+    )
     if max_gb is not None and total > max_gb * 1e9:
-        raise DataError(f"decode cache: this search's decoded images need {_gb(total)} ({parts}), more than "
-                        f"data.cache_max_gb={max_gb:g}; {fixes}")
+        raise DataError(
+            f"decode cache: this search's decoded images need {_gb(total)} ({parts}), more than "
+            f"data.cache_max_gb={max_gb:g}; {fixes}"
+        )
     if new > free - SPARE_GB * 1e9:
-        raise DataError(f"decode cache: this search's decoded images need {_gb(new)} more in {cache_dir} ({parts}), "
-                        f"but its disk has {_gb(free)} free (and {SPARE_GB:g} GB is kept spare); {fixes}")
+        raise DataError(
+            f"decode cache: this search's decoded images need {_gb(new)} more in {cache_dir} "
+            f"({parts}), but its disk has {_gb(free)} free (and {SPARE_GB:g} GB is kept spare); "
+            f"{fixes}"
+        )
 
 
-def build(entries: list[CacheEntry], cache_dir: Path, echo=print, workers: int | None = None,
-          kind: str = BUILD_KIND) -> int:
-    """Decode the missing entries into the cache with ``workers`` (default every CPU); return how many."""
+def build(
+    entries: list[CacheEntry],
+    cache_dir: Path,
+    echo=print,
+    workers: int | None = None,
+    kind: str = BUILD_KIND,
+) -> int:
+    """Decode the missing entries into the cache with ``workers`` (default every CPU); return how
+    many."""
     missing = [e for e in entries if not e.built(cache_dir)]
     for e in missing:
-        echo(f"decode cache: building {e.label()} ({len(e.split):,} images, {_gb(e.bytes)}) in {cache_dir}")
+        echo(
+            f"decode cache: building {e.label()} ({len(e.split):,} images, {_gb(e.bytes)}) in "
+            f"{cache_dir}"
+        )
         load_images(e.split, e.img_size, workers or available_cpus(), cache_dir, e.perturb, kind)
     return len(missing)

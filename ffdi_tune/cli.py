@@ -18,8 +18,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ffdi_tune.config import load_search_config
 
     overrides = {
-        "data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
-        "search.max_concurrent": args.max_concurrent, "train.epochs": args.epochs,
+        "data.root": args.data,
+        "name": args.name,
+        "search.num_samples": args.num_samples,
+        "search.max_concurrent": args.max_concurrent,
+        "train.epochs": args.epochs,
         "data.cache": False if args.no_cache else None,
         # on a fresh search --time-budget is the budget; on a resumed one, more time (below)
         "search.time_budget": None if args.resume else args.time_budget,
@@ -36,22 +39,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--time-budget: {exc}") from None
     recipe = None
     if cfg.ensemble and not args.no_ensemble:
-        from ffdi_tune.recipe import load_recipe
+        from ffdi_tune.ensemble_recipe import load_recipe
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
     from ffdi_tune.cache import cache_size_mb
     from ffdi_tune.data import cache_dir_of
-    from ffdi_tune.results import format_table
     from ffdi_tune.search import run_search
     from ffdi_tune.tracking import resolve_tracking
+    from ffdi_tune.trials_table import format_table
 
-    print(f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time, "
-          f"metric {cfg.search.metric}", flush=True)
-    outcome = run_search(cfg, resume=args.resume, address=args.address, extra_time_s=extra_time_s,
-                         final_stage_passes=recipe.passes_per_image if recipe is not None else 0)
+    print(
+        f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a "
+        f"time, metric {cfg.search.metric}",
+        flush=True,
+    )
+    outcome = run_search(
+        cfg,
+        resume=args.resume,
+        address=args.address,
+        extra_time_s=extra_time_s,
+        final_stage_passes=recipe.passes_per_image if recipe is not None else 0,
+    )
     print()
-    print(format_table(outcome.rows, cfg.search.metric, cfg.search.mode))
+    print(format_table(outcome.rows, cfg.search.metric))
     print()
     uri, _ = resolve_tracking(cfg.tracking)
     ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
@@ -60,16 +71,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{failed} trial(s) failed: the tag ffdi.error of their MLflow runs says why")
     submission = None
     if recipe is not None and outcome.tracking_pending:
-        print("ensemble stage skipped: it reads the trials from MLflow, which is unreachable; run "
-              f"ffdi-tune sync {cfg.name}, then ffdi-tune ensemble {cfg.ensemble} --experiment {cfg.name}")
+        print(
+            "ensemble stage skipped: it reads the trials from MLflow, which is unreachable; run "
+            f"ffdi-tune sync {cfg.name}, then ffdi-tune ensemble {cfg.ensemble} --experiment "
+            f"{cfg.name}"
+        )
     elif recipe is not None:
         from ffdi_tune.final_stage import run_ensemble
         from ffdi_tune.tracking import Tracker
 
         print(f"ensemble stage: {cfg.ensemble}")
-        ens = run_ensemble(recipe, recipe.experiments or [cfg.name], Tracker(*resolve_tracking(cfg.tracking)),
-                           data_root=outcome.data.root, parent_run_id=outcome.parent_run_id,
-                           recipe_name=cfg.ensemble)
+        ens = run_ensemble(
+            recipe,
+            recipe.experiments or [cfg.name],
+            Tracker(*resolve_tracking(cfg.tracking)),
+            data_root=outcome.data.root,
+            parent_run_id=outcome.parent_run_id,
+            recipe_name=cfg.ensemble,
+        )
         _print_ensemble(ens)
         submission = ens.submission
     print(f"done in {outcome.wall_s:.0f} s")
@@ -79,7 +98,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"ray results:    {outcome.storage_path}")
     cache = cache_dir_of(outcome.data)
     if cache is not None:
-        print(f"decode cache:   {cache} ({cache_size_mb(cache):.0f} MB on this node; --no-cache turns it off)")
+        print(
+            f"decode cache:   {cache} ({cache_size_mb(cache):.0f} MB on this node; --no-cache "
+            "turns it off)"
+        )
     print(f"mlflow:         {uri} (experiment {cfg.name}, parent run {outcome.parent_run_id})")
     print(f"open the UI:    {ui}   then browse http://127.0.0.1:5000")
     return 0
@@ -93,24 +115,35 @@ def _print_ensemble(ens) -> None:
     print(format_ensemble_table(r.table))
     shipped = f"ensemble {r.chosen} ({len(r.members)} member{'s' if len(r.members) > 1 else ''})"
     if r.honest:
-        print(f"{shipped}: report-part AUC {m['holdout_auc']:.4f} (TPR@FPR=1e-3 {m['holdout_tpr_at_fpr_0.001']:.4f}); "
-              f"best member {m['best_member_holdout_auc']:.4f}; on the selection part, which chose it, "
-              f"{m['select_auc']:.4f} vs {m['best_member_select_auc']:.4f}")
+        print(
+            f"{shipped}: report-part AUC {m['holdout_auc']:.4f} (TPR@FPR=1e-3 "
+            f"{m['holdout_tpr_at_fpr_0.001']:.4f}); best member "
+            f"{m['best_member_holdout_auc']:.4f}; on the selection part, which chose it, "
+            f"{m['select_auc']:.4f} vs {m['best_member_select_auc']:.4f}"
+        )
     else:
-        print(f"{shipped}: no honest estimate: search.holdout.fraction is 0, so every valset image took part in "
-              f"choosing; its selection-part AUC {m['select_auc']:.4f} is optimistic")
+        print(
+            f"{shipped}: no honest estimate: search.holdout.fraction is 0, so every valset image "
+            f"took part in choosing; its selection-part AUC {m['select_auc']:.4f} is optimistic"
+        )
     print(f"submission: {ens.submission} ({ens.n_test} rows), MLflow run {ens.run_id}")
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from ffdi_tune.ensemble_recipe import load_recipe
     from ffdi_tune.final_stage import run_ensemble
-    from ffdi_tune.recipe import load_recipe
     from ffdi_tune.tracking import Tracker, resolve_tracking
 
     recipe = load_recipe(args.recipe)
-    ens = run_ensemble(recipe, args.experiment or recipe.experiments, Tracker(*resolve_tracking()),
-                       data_root=args.data, out=args.out, recipe_name=args.recipe,
-                       allow_changed_data=args.allow_changed_data)
+    ens = run_ensemble(
+        recipe,
+        args.experiment or recipe.experiments,
+        Tracker(*resolve_tracking()),
+        data_root=args.data,
+        out=args.out,
+        recipe_name=args.recipe,
+        allow_changed_data=args.allow_changed_data,
+    )
     _print_ensemble(ens)
     return 0
 
@@ -126,7 +159,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         views = check_views(args.tta.split(","))
     except ValueError as exc:
         raise ConfigError(f"--tta: {exc}") from None
-    path = predict_run(Tracker(*resolve_tracking()), args.run, DataConfig(root=args.data), views, Path(args.out))
+    path = predict_run(
+        Tracker(*resolve_tracking()), args.run, DataConfig(root=args.data), views, Path(args.out)
+    )
     print(f"wrote {path}")
     return 0
 
@@ -134,12 +169,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from ffdi_tune.demo_data import write_demo_dataset
 
-    root = write_demo_dataset(args.dir, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                              size=args.size, seed=args.seed, difficulty=args.difficulty,
-                              unseen_forgery=args.unseen_forgery)
+    root = write_demo_dataset(
+        args.dir,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        size=args.size,
+        seed=args.seed,
+        difficulty=args.difficulty,
+        unseen_forgery=args.unseen_forgery,
+    )
     print(f"wrote {args.n_train} train, {args.n_val} val, {args.n_test} test images to {root}")
     if args.unseen_forgery:
-        print(f"forgery kind {args.unseen_forgery} is in testset only; test labels in {root / 'testset_label.txt'}")
+        print(
+            f"forgery kind {args.unseen_forgery} is in testset only; test labels in "
+            f"{root / 'testset_label.txt'}"
+        )
     return 0
 
 
@@ -148,7 +193,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from ffdi_tune.tracking import replay_spool
 
     n = replay_spool(search_spool(args.storage, args.name))
-    print(f"search {args.name}: " + (f"{n} kept tracking write(s) replayed" if n else "nothing to sync"))
+    print(
+        f"search {args.name}: "
+        + (f"{n} kept tracking write(s) replayed" if n else "nothing to sync")
+    )
     return 0
 
 
@@ -159,8 +207,18 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     tracking = load_search_config(args.config).tracking if args.config else TrackingConfig()
     uri, artifacts = resolve_tracking(tracking)
     mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    cmd = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port),
-           "--workers", "1"]
+    cmd = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -171,8 +229,13 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ffdi-tune", description=(
-        "Ray Tune + Optuna + ASHA hyperparameter search for image deepfake detection, tracked in MLflow."))
+    p = argparse.ArgumentParser(
+        prog="ffdi-tune",
+        description=(
+            "Ray Tune + Optuna + ASHA hyperparameter search for image deepfake detection, tracked "
+            "in MLflow."
+        ),
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a search described by a YAML file")
@@ -180,53 +243,83 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data root (overrides data.root)")
     run.add_argument("--name", help="search name (overrides name)")
     run.add_argument("--num-samples", type=int, help="trials to run (overrides search.num_samples)")
-    run.add_argument("--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)")
+    run.add_argument(
+        "--max-concurrent", type=int, help="trials at once (overrides search.max_concurrent)"
+    )
     run.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
     run.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://host:10001")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the search of this name: finish its trials, then add any that a larger "
-                          "--num-samples or a new --time-budget asks for")
-    run.add_argument("--time-budget", metavar="DURATION",
-                     help="wall-clock budget, e.g. 8h, 90m (overrides search.time_budget); with --resume, "
-                          "this much more time")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the search of this name: finish its trials, then add any that a larger "
+        "--num-samples or a new --time-budget asks for",
+    )
+    run.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="wall-clock budget, e.g. 8h, 90m (overrides search.time_budget); with --resume, "
+        "this much more time",
+    )
     run.add_argument("--no-ensemble", action="store_true", help="skip the final ensemble stage")
-    run.add_argument("--no-cache", action="store_true", help="decode images in every trial (data.cache: false)")
+    run.add_argument(
+        "--no-cache", action="store_true", help="decode images in every trial (data.cache: false)"
+    )
     run.set_defaults(func=_cmd_run)
 
-    ens = sub.add_parser("ensemble", help="build a top-k TTA ensemble and submission from finished searches")
+    ens = sub.add_parser(
+        "ensemble", help="build a top-k TTA ensemble and submission from finished searches"
+    )
     ens.add_argument("recipe", help="ensemble recipe YAML, e.g. ensembles/top5.yaml")
-    ens.add_argument("--experiment", action="append", help="search to pool trials from (repeatable)")
+    ens.add_argument(
+        "--experiment", action="append", help="search to pool trials from (repeatable)"
+    )
     ens.add_argument("--data", help="data root (default: the one recorded on the first search)")
     ens.add_argument("--out", help="submission CSV path (default runs/<experiment>/submission.csv)")
-    ens.add_argument("--allow-changed-data", action="store_true",
-                     help="score valset/testset even if they changed since the search ran")
+    ens.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="score valset/testset even if they changed since the search ran",
+    )
     ens.set_defaults(func=_cmd_ensemble)
 
     pred = sub.add_parser("predict", help="score the test images with one trial's best checkpoint")
     pred.add_argument("--run", required=True, help="MLflow run id of the trial")
     pred.add_argument("--data", required=True, help="data root")
-    pred.add_argument("--tta", default="identity", help="comma-separated TTA views, e.g. identity,hflip")
+    pred.add_argument(
+        "--tta", default="identity", help="comma-separated TTA views, e.g. identity,hflip"
+    )
     pred.add_argument("--out", required=True, help="output CSV (img_name,y_pred)")
     pred.set_defaults(func=_cmd_predict)
 
     from ffdi_tune.config import DemoSpec
 
     d = DemoSpec()
-    demo = sub.add_parser("demo-data", help="write a generated FFDI-layout dataset of JPEG portraits")
+    demo = sub.add_parser(
+        "demo-data", help="write a generated FFDI-layout dataset of JPEG portraits"
+    )
     demo.add_argument("dir")
     demo.add_argument("--n-train", type=int, default=d.n_train)
     demo.add_argument("--n-val", type=int, default=d.n_val)
     demo.add_argument("--n-test", type=int, default=d.n_test)
     demo.add_argument("--size", type=int, default=d.size, help="image side in pixels")
     demo.add_argument("--seed", type=int, default=d.seed)
-    demo.add_argument("--difficulty", type=float, default=d.difficulty, help="0 (obvious traces) .. 1 (faint)")
-    demo.add_argument("--unseen-forgery", metavar="KIND",
-                      help="keep this forgery kind out of trainset and valset; every test fake carries it")
+    demo.add_argument(
+        "--difficulty", type=float, default=d.difficulty, help="0 (obvious traces) .. 1 (faint)"
+    )
+    demo.add_argument(
+        "--unseen-forgery",
+        metavar="KIND",
+        help="keep this forgery kind out of trainset and valset; every test fake carries it",
+    )
     demo.set_defaults(func=_cmd_demo_data)
 
-    sync = sub.add_parser("sync", help="replay tracking writes kept while the MLflow server was unreachable")
+    sync = sub.add_parser(
+        "sync", help="replay tracking writes kept while the MLflow server was unreachable"
+    )
     sync.add_argument("name", help="search name")
-    sync.add_argument("--storage", default="runs", help="the search's search.storage folder (default runs)")
+    sync.add_argument(
+        "--storage", default="runs", help="the search's search.storage folder (default runs)"
+    )
     sync.set_defaults(func=_cmd_sync)
 
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
@@ -247,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("interrupted; a search continues with the same command plus --resume", file=sys.stderr)
+        print(
+            "interrupted; a search continues with the same command plus --resume", file=sys.stderr
+        )
         return 130
 
 

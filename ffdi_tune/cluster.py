@@ -2,9 +2,8 @@
 
 A search without an address starts a private local Ray; ``--address`` / ``address:`` /
 ``$RAY_ADDRESS`` join a cluster (see ``docs/cluster.md``). Before any trial starts,
-:func:`trial_resources` checks the cluster can host one, and :func:`check_cluster_paths` runs a small
-task on every node that can, to check it sees the dataset and the search's storage.
-"""
+:func:`trial_resources` checks the cluster can host one, and :func:`check_cluster_paths` runs a
+small task on every node that can, to check it sees the dataset and the search's storage."""
 
 from __future__ import annotations
 
@@ -20,13 +19,22 @@ from ffdi_tune.config import DataConfig, SearchConfig
 from ffdi_tune.errors import DataError, SearchError
 from ffdi_tune.files import is_bucket_uri
 
-__all__ = ["NODE_CHECK_TIMEOUT_S", "ray_address", "connect", "trial_resources", "check_cluster_paths"]
+__all__ = [
+    "NODE_CHECK_TIMEOUT_S",
+    "ray_address",
+    "connect",
+    "trial_resources",
+    "check_cluster_paths",
+]
 
-NODE_CHECK_TIMEOUT_S = 120.0  # a node whose check has not answered by then counts as blind (hung mount)
+NODE_CHECK_TIMEOUT_S = (
+    120.0  # a node whose check has not answered by then counts as blind (hung mount)
+)
 
 
 def ray_address(address: str | None) -> str:
-    """The Ray a search uses: ``address`` (``--address`` or YAML), else $RAY_ADDRESS, else a new local one.
+    """The Ray a search uses: ``address`` (``--address`` or YAML), else $RAY_ADDRESS, else a new
+    local one.
 
     Ray's own default, ``ray.init()``, joins the cluster that ``ray start`` last started on this
     machine, which may be someone else's; a search without an address starts a private Ray
@@ -39,24 +47,35 @@ def ray_address(address: str | None) -> str:
 
 
 def connect(address: str) -> None:
-    """Start a local Ray or join a cluster; a cluster that cannot be joined is a one-line SearchError."""
+    """Start a local Ray or join a cluster; a cluster that cannot be joined is a one-line
+    SearchError."""
     # Ray notes on every start that token authentication (its default) is on; that is not news.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     try:
-        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
     except (ConnectionError, ValueError, ray.exceptions.RayError) as exc:
         if address == "local":
             raise  # not a user's mistake: keep the traceback
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise SearchError(
-            f"cannot join the Ray cluster at {address!r} ({type(exc).__name__}: {first}); check the address "
-            "(auto, HOST:6379 or ray://HOST:10001, the last needs ray[client]) and that the cluster runs; a "
-            "cluster with token authentication also needs RAY_AUTH_MODE=token and its token on this machine "
-            "(~/.ray/auth_token or $RAY_AUTH_TOKEN)") from None
+            f"cannot join the Ray cluster at {address!r} ({type(exc).__name__}: {first}); check "
+            "the address (auto, HOST:6379 or ray://HOST:10001, the last needs ray[client]) and "
+            "that the cluster runs; a cluster with token authentication also needs "
+            "RAY_AUTH_MODE=token and its token on this machine (~/.ray/auth_token or "
+            "$RAY_AUTH_TOKEN)"
+        ) from None
 
 
 def trial_resources(cfg: SearchConfig) -> dict[str, float]:
-    """What each trial asks of the connected cluster (``gpu: auto`` resolved); refused if it can't have it."""
+    """What each trial asks of the connected cluster (``gpu: auto`` resolved); refused if it can't
+    have it."""
     total = ray.cluster_resources()
     gpu = cfg.resources.gpu
     if gpu == "auto":
@@ -72,12 +91,15 @@ def trial_resources(cfg: SearchConfig) -> dict[str, float]:
 
 
 def _node_can_host(node_resources: dict[str, float], resources: dict[str, float]) -> bool:
-    return (node_resources.get("CPU", 0.0) + 1e-9 >= resources["cpu"]
-            and node_resources.get("GPU", 0.0) + 1e-9 >= resources["gpu"])
+    return (
+        node_resources.get("CPU", 0.0) + 1e-9 >= resources["cpu"]
+        and node_resources.get("GPU", 0.0) + 1e-9 >= resources["gpu"]
+    )
 
 
 def _paths_trials_read(data: DataConfig) -> list[tuple[str, str, str, int | None]]:
-    """(key, path, kind, entries on the driver) of what every trial opens; counts catch stale copies."""
+    """(key, path, kind, entries on the driver) of what every trial opens; counts catch stale
+    copies."""
     root = Path(data.root)
     items: list[tuple[str, str, str, int | None]] = [("data.root", str(root), "dir", None)]
     for key in ("train_dir", "val_dir"):
@@ -88,8 +110,12 @@ def _paths_trials_read(data: DataConfig) -> list[tuple[str, str, str, int | None
     return items
 
 
-def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str, float],
-                        timeout_s: float = NODE_CHECK_TIMEOUT_S) -> int:
+def check_cluster_paths(
+    data: DataConfig,
+    storage_path: str,
+    resources: dict[str, float],
+    timeout_s: float = NODE_CHECK_TIMEOUT_S,
+) -> int:
     """Check that every alive node that can host a trial sees what the trials read; return how many.
 
     One small task per node (no CPU asked, pinned with ``NodeAffinitySchedulingStrategy``) looks at
@@ -104,8 +130,10 @@ def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str
     nodes = [n for n in ray.nodes() if n["Alive"] and _node_can_host(n["Resources"], resources)]
     if not nodes:
         raise SearchError(
-            f"resources: a trial asks for {resources['cpu']:g} CPU and {resources['gpu']:g} GPU, but no single "
-            "node of the Ray cluster has that much (a trial runs on one node); lower resources or add a bigger node")
+            f"resources: a trial asks for {resources['cpu']:g} CPU and {resources['gpu']:g} GPU, "
+            "but no single node of the Ray cluster has that much (a trial runs on one node); "
+            "lower resources or add a bigger node"
+        )
     if len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
         return 1  # one machine, the driver's own: it has just checked the dataset itself
     items = _paths_trials_read(data)
@@ -125,8 +153,10 @@ def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str
         for key, path, kind, count in items:
             if kind == "marker":
                 if not os.path.isfile(path):
-                    return (f"search.storage {os.path.dirname(path)} is not the driver's folder there (a file the "
-                            "driver wrote in it is missing)")
+                    return (
+                        f"search.storage {os.path.dirname(path)} is not the driver's folder there "
+                        "(a file the driver wrote in it is missing)"
+                    )
                 continue
             if kind == "dir" and not os.path.isdir(path):
                 return f"{key} {path} is not a directory there"
@@ -142,8 +172,12 @@ def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str
 
     probe = ray.remote(num_cpus=0, max_retries=0)(look)
     try:
-        refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(items): n for n in nodes}
+        refs = {
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(items): n
+            for n in nodes
+        }
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         lines = []
         for ref, node in refs.items():
@@ -166,10 +200,21 @@ def check_cluster_paths(data: DataConfig, storage_path: str, resources: dict[str
                 break
     if lines:
         only_storage = all(": search.storage " in line for line in lines)
-        need = "search.storage on a shared filesystem (or s3://...)" if only_storage else (
-            f"data.root ({data.root}) at the same path, with the same files" + (
-                ", and search.storage on a shared filesystem (or s3://...)" if marker is not None else ""))
+        need = (
+            "search.storage on a shared filesystem (or s3://...)"
+            if only_storage
+            else (
+                f"data.root ({data.root}) at the same path, with the same files"
+                + (
+                    ", and search.storage on a shared filesystem (or s3://...)"
+                    if marker is not None
+                    else ""
+                )
+            )
+        )
         raise (SearchError if only_storage else DataError)(
-            f"{len(lines)} of {len(nodes)} Ray node(s) that can run trials cannot see what the trials read; every "
-            f"such node needs {need}:\n" + "\n".join(lines))
+            f"{len(lines)} of {len(nodes)} Ray node(s) that can run trials cannot see what the "
+            "trials read; every "
+            f"such node needs {need}:\n" + "\n".join(lines)
+        )
     return len(nodes)

@@ -8,7 +8,7 @@ fake, and :func:`to_probability` turns it into the submission's ``y_pred``:
 - :func:`mean_log_odds`: weighted mean of their log-odds (members trained with different label
   smoothing or mixup are calibrated differently; averaging log-odds weighs their confidence alike);
 - :func:`rank_average`: weighted mean of each member's normalised ranks, which is all ROC AUC sees;
-- :func:`greedy_select`: Caruana et al. (2004) forward selection with replacement, on either average.
+- :func:`greedy_select`: Caruana et al. (2004) forward selection with replacement, either average.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from scipy.special import expit
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["AVERAGES", "mean_probability", "mean_log_odds", "rank_average", "greedy_select", "to_probability"]
+__all__ = [
+    "AVERAGES",
+    "mean_probability",
+    "mean_log_odds",
+    "rank_average",
+    "greedy_select",
+    "to_probability",
+]
 
 
 def _weights(n: int, weights: np.ndarray | None) -> np.ndarray:
@@ -48,7 +55,8 @@ AVERAGES = {"prob": (mean_probability, "prob"), "logit": (mean_log_odds, "logit"
 
 
 def to_probability(score: np.ndarray, scale: str) -> np.ndarray:
-    """A combined score on ``scale`` (``prob``, ``logit`` or ``rank``) as a probability-like value in [0, 1]."""
+    """A combined score on ``scale`` (``prob``, ``logit`` or ``rank``) as a probability-like value
+    in [0, 1]."""
     if scale == "logit":
         return expit(score)
     if scale in ("prob", "rank"):
@@ -56,7 +64,9 @@ def to_probability(score: np.ndarray, scale: str) -> np.ndarray:
     raise ValueError(f"unknown score scale {scale!r}; valid scales are prob, logit, rank")
 
 
-def greedy_select(log_odds: np.ndarray, targets: np.ndarray, average: str = "prob", max_rounds: int = 50) -> np.ndarray:
+def greedy_select(
+    log_odds: np.ndarray, targets: np.ndarray, average: str = "prob", max_rounds: int = 50
+) -> np.ndarray:
     """Caruana forward selection with replacement; returns integer counts (weights) per member.
 
     Each round adds the member (possibly again) whose addition gives the highest AUC of the
@@ -68,14 +78,18 @@ def greedy_select(log_odds: np.ndarray, targets: np.ndarray, average: str = "pro
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}; valid averages are {', '.join(AVERAGES)}")
     sets = log_odds[None] if log_odds.ndim == 2 else log_odds
-    sets = expit(sets) if average == "prob" else np.asarray(sets, dtype=np.float64)  # both are plain means then
+    sets = (
+        expit(sets) if average == "prob" else np.asarray(sets, dtype=np.float64)
+    )  # both are plain means then
     counts = np.zeros(sets.shape[1], dtype=np.int64)
     total = np.zeros((len(sets), sets.shape[2]))
     best_auc = -np.inf
     for _ in range(max_rounds):
         k = counts.sum() + 1
-        aucs = [min(roc_auc_score(targets, (total[v] + sets[v, m]) / k) for v in range(len(sets)))
-                for m in range(sets.shape[1])]
+        aucs = [
+            min(roc_auc_score(targets, (total[v] + sets[v, m]) / k) for v in range(len(sets)))
+            for m in range(sets.shape[1])
+        ]
         j = int(np.argmax(aucs))
         if aucs[j] <= best_auc:
             break

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -45,6 +45,8 @@ __all__ = [
     "SearchConfig",
     "METRIC_MODES",
     "ROBUST_METRICS",
+    "higher_is_better",
+    "best_value",
     "is_better",
     "check_metric",
     "load_search_config",
@@ -64,15 +66,34 @@ METRIC_MODES: dict[str, str] = {
 ROBUST_METRICS = ("val_robust_auc", "val_worst_auc")
 
 
+def higher_is_better(metric: str) -> bool:
+    """The direction of ``metric``: True for AUCs, TPR and accuracy, False for the loss."""
+    return METRIC_MODES[metric] == "max"
+
+
+def best_value(metric: str, values) -> float:
+    """The best of ``values`` in the metric's direction (NaN when there are none).
+
+    >>> best_value("val_loss", [0.4, 0.3]), best_value("val_auc", [0.8, 0.9])
+    (0.3, 0.9)
+    """
+    values = [float(v) for v in values]
+    if not values:
+        return float("nan")
+    return max(values) if higher_is_better(metric) else min(values)
+
+
 def is_better(metric: str, value: float, than: float | None) -> bool:
-    """Whether ``value`` of ``metric`` beats ``than`` in the metric's direction (anything beats None).
+    """Whether ``value`` of ``metric`` beats ``than`` in the metric's direction (anything beats
+    None).
 
     >>> is_better("val_loss", 0.3, 0.4), is_better("val_auc", 0.8, 0.9)
     (True, False)
     """
     if than is None:
         return True
-    return value > than if METRIC_MODES[metric] == "max" else value < than
+    return value > than if higher_is_better(metric) else value < than
+
 
 _UNSET = object()
 
@@ -85,7 +106,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 def check_metric(v: str) -> str:
     """A pydantic validator body: ``v`` must be one of :data:`METRIC_MODES`."""
     if v not in METRIC_MODES:
-        raise ValueError(f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; valid metrics are {', '.join(METRIC_MODES)}")
+        raise ValueError(
+            f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; valid metrics are "
+            f"{', '.join(METRIC_MODES)}"
+        )
     return v
 
 
@@ -135,7 +159,7 @@ class TrainSettings(StrictModel):
     """Everything one trial needs to train; each key may be fixed in ``train`` or searched."""
 
     backbone: str = "resnet10t"
-    pretrained: Union[bool, str] = False
+    pretrained: bool | str = False
     img_size: int = Field(64, ge=16, le=2048)
     batch_size: int = Field(32, ge=2)
     epochs: int = Field(2, ge=1)
@@ -155,19 +179,25 @@ class TrainSettings(StrictModel):
     mixup_alpha: float = Field(0.4, gt=0)
     cutmix_alpha: float = Field(1.0, gt=0)
     drop_rate: float = Field(0.0, ge=0, lt=1)
-    drop_path_rate: float | None = Field(None, ge=0, lt=1)  # stochastic depth; None: the model's default
+    drop_path_rate: float | None = Field(
+        None, ge=0, lt=1
+    )  # stochastic depth; None: the model's default
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    channels_last: Union[bool, Literal["auto"]] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
     # Where sets with a kornia form (augment.DEVICE_SETS, other than the flips sets, which always
     # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
     # image by image in the loader; on = on the device even on a CPU; off = in the loader.
     device_augment: Literal["auto", "on", "off"] = "auto"
-    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its own,
-    # derived from search.seed and the trial's number, so ensemble members differ; a number fixes it.
+    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its
+    # own,
+    # derived from search.seed and the trial's number, so ensemble members differ; a number fixes
+    # it.
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
-    input: Literal["rgb", "rgb+srm"] = "rgb"  # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
+    input: Literal["rgb", "rgb+srm"] = (
+        "rgb"  # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
+    )
     jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
     jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
 
@@ -214,7 +244,9 @@ class DemoSpec(StrictModel):
     size: int = Field(64, ge=32, le=1024)
     seed: int = 0
     difficulty: float = Field(0.5, ge=0, le=1)
-    unseen_forgery: str | None = None  # a forgery kind kept out of train/val: every test fake carries it
+    unseen_forgery: str | None = (
+        None  # a forgery kind kept out of train/val: every test fake carries it
+    )
 
     @field_validator("unseen_forgery")
     @classmethod
@@ -237,10 +269,12 @@ class DataConfig(StrictModel):
     demo: DemoSpec | None = None
     # DataLoader processes for augmentation run image by image; auto: on a GPU trial all but one of
     # its CPU threads, on a CPU trial none (they would take cores from the model).
-    num_workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     cache: bool = True  # decode each split once per node and size, into cache_dir
     cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
-    cache_max_gb: float | None = Field(None, gt=0)  # refuse a search whose decoded arrays would need more
+    cache_max_gb: float | None = Field(
+        None, gt=0
+    )  # refuse a search whose decoded arrays would need more
     # What the pre-check does with image files that cannot be decoded (empty, truncated, not an
     # image): stop with the list ("error"), or leave them out of trainset/valset ("skip").
     on_bad_image: Literal["error", "skip"] = "error"
@@ -249,8 +283,8 @@ class DataConfig(StrictModel):
 
 
 class HoldoutSettings(StrictModel):
-    """The valset split fixed at search start: ``fraction`` of it (stratified, seeded) is kept for the
-    final stage's estimate and never read by the search; 0 keeps none (no honest estimate)."""
+    """The valset split fixed at search start: ``fraction`` of it (stratified, seeded) is kept for
+    the final stage's estimate and never read by the search; 0 keeps none (no honest estimate)."""
 
     fraction: float = Field(0.5, ge=0, lt=1)
     seed: int = 0
@@ -261,7 +295,9 @@ class SearchSettings(StrictModel):
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
     metric: str = "val_auc"
-    tpe_startup_trials: int = Field(10, ge=1)  # random trials before TPE models the space (Optuna's default)
+    tpe_startup_trials: int = Field(
+        10, ge=1
+    )  # random trials before TPE models the space (Optuna's default)
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True
@@ -297,7 +333,7 @@ class ResourcesConfig(StrictModel):
     """Per trial. ``gpu: auto`` is 1 when the cluster has a GPU, else 0; fractions share a GPU."""
 
     cpu: float = Field(1.0, gt=0)
-    gpu: Union[float, Literal["auto"]] = "auto"
+    gpu: float | Literal["auto"] = "auto"
 
     @field_validator("gpu")
     @classmethod
@@ -320,7 +356,7 @@ class SearchConfig(StrictModel):
     data: DataConfig
     train: TrainSettings = TrainSettings()
     space: dict[str, Domain] = {}
-    per_backbone: dict[str, dict[str, Union[Domain, bool, int, float, str, list, None]]] = {}
+    per_backbone: dict[str, dict[str, Domain | bool | int | float | str | list | None]] = {}
     augment_sets: dict[str, list[dict[str, Any]]] = {}
     search: SearchSettings = SearchSettings()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -343,7 +379,7 @@ class SearchConfig(StrictModel):
     @model_validator(mode="after")
     def _check_space(self) -> SearchConfig:
         # Imported here: the augmentation registry pulls in torchvision, the backbone check timm.
-        from ffdi_tune.augment import check_augment_sets, check_augment_name
+        from ffdi_tune.augment import check_augment_name, check_augment_sets
         from ffdi_tune.models import check_backbone
 
         check_augment_sets(self.augment_sets, img_size=self.train.img_size)
@@ -385,10 +421,13 @@ class SearchConfig(StrictModel):
         return [str(b) for b in dom.choice] if dom is not None else [self.train.backbone]
 
     def pretrained_choices(self) -> dict[str, list[bool | str]]:
-        """Every ``pretrained`` value each backbone can be trained with (per_backbone, space, train)."""
+        """Every ``pretrained`` value each backbone can be trained with (per_backbone, space,
+        train)."""
         out = {}
         for backbone in self.backbones():
-            dom = self.per_backbone.get(backbone, {}).get("pretrained", self.space.get("pretrained"))
+            dom = self.per_backbone.get(backbone, {}).get(
+                "pretrained", self.space.get("pretrained")
+            )
             if isinstance(dom, Domain):
                 out[backbone] = list(dom.values_to_check())
             else:
@@ -396,7 +435,8 @@ class SearchConfig(StrictModel):
         return out
 
     def backbone_values(self, backbone: str, key: str) -> list[Any]:
-        """Every value setting ``key`` can take in a trial of ``backbone`` (per_backbone, else space, else train)."""
+        """Every value setting ``key`` can take in a trial of ``backbone`` (per_backbone, else
+        space, else train)."""
         given = self.per_backbone.get(backbone, {}).get(key, self.space.get(key, _UNSET))
         if given is _UNSET:
             return [getattr(self.train, key)]
@@ -406,7 +446,8 @@ class SearchConfig(StrictModel):
         """Every value a train setting can take in this search (fixed, searched or per backbone)."""
         values = [getattr(self.train, key)]
         given = ([self.space[key]] if key in self.space else []) + [
-            o[key] for o in self.per_backbone.values() if key in o]
+            o[key] for o in self.per_backbone.values() if key in o
+        ]
         for dom in given:
             values.extend(dom.values_to_check() if isinstance(dom, Domain) else [dom])
         return list(dict.fromkeys(values))
@@ -439,7 +480,11 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     if first["type"] == "missing":
         msg = "required key is missing"
     where = f"{source}: {loc}: " if loc else f"{source}: "
-    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    more = (
+        f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
+        if len(errs) > 1
+        else ""
+    )
     return f"{where}{msg}{more}"
 
 
@@ -461,13 +506,16 @@ def parse_search_config(
 ) -> SearchConfig:
     """Validate a parsed YAML mapping, after applying dotted-key ``overrides`` (CLI flags)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the file must hold a mapping of keys, but got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: the file must hold a mapping of keys, but got {type(raw).__name__}"
+        )
     raw = dict(raw)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(raw, dotted, value)
     if (overrides or {}).get("data.root") is not None and isinstance(raw.get("data"), dict):
-        # Another root is the user's own dataset: the demo generator writes only at the file's own root,
+        # Another root is the user's own dataset: the demo generator writes only at the file's own
+        # root,
         # so a mistyped --data is an error instead of a search on synthetic faces.
         raw["data"] = {k: v for k, v in raw["data"].items() if k != "demo"}
     try:
@@ -487,21 +535,30 @@ def read_yaml(path: str | os.PathLike) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: YAML syntax error{line}: {problem}; fix the file's syntax") from None
+        raise ConfigError(
+            f"{p}: YAML syntax error{line}: {problem}; fix the file's syntax"
+        ) from None
 
 
-def load_search_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> SearchConfig:
+def load_search_config(
+    path: str | os.PathLike, overrides: dict[str, Any] | None = None
+) -> SearchConfig:
     """Load and validate a search-space file.
 
     >>> cfg = load_search_config("search_spaces/demo.yaml", {"search.num_samples": 2})
     """
     cfg = parse_search_config(read_yaml(path), source=str(path), overrides=overrides)
-    return cfg.model_copy(update={"ensemble": _near(cfg.ensemble, Path(path))}) if cfg.ensemble else cfg
+    return (
+        cfg.model_copy(update={"ensemble": _near(cfg.ensemble, Path(path))})
+        if cfg.ensemble
+        else cfg
+    )
 
 
 def _near(relative: str, yaml_file: Path) -> str:
-    """A path from a YAML file: as written when it exists from here, else beside the file or one folder
-    up (so ``ensemble: ensembles/top5.yaml`` in ``search_spaces/`` works from any working directory)."""
+    """A path from a YAML file: as written when it exists from here, else beside the file or one
+    folder up (so ``ensemble: ensembles/top5.yaml`` in ``search_spaces/`` works from any working
+    directory)."""
     given = Path(relative).expanduser()
     if given.is_absolute() or given.exists():
         return relative

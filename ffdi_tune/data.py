@@ -67,7 +67,9 @@ class Split:
         keep = set(names)
         idx = [i for i, n in enumerate(self.names) if n in keep]
         targets = None if self.targets is None else self.targets[idx]
-        return Split(self.name, tuple(self.names[i] for i in idx), tuple(self.paths[i] for i in idx), targets)
+        return Split(
+            self.name, tuple(self.names[i] for i in idx), tuple(self.paths[i] for i in idx), targets
+        )
 
     def without(self, names) -> Split:
         """This split less the images named in ``names``."""
@@ -94,34 +96,45 @@ def _safe_name(name: str) -> bool:
 def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd.DataFrame | None:
     """The label table with only its good rows; every bad row (or the whole file) adds a problem."""
     if not label_file.is_file():
-        problems.append(f"label file {label_file} is missing; write a CSV with header img_name,target")
+        problems.append(
+            f"label file {label_file} is missing; write a CSV with header img_name,target"
+        )
         return None
     try:
         df = pd.read_csv(label_file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        problems.append(f"{label_file} is not a readable CSV ({str(exc).splitlines()[0]}); "
-                        "write a CSV with header img_name,target")
+        problems.append(
+            f"{label_file} is not a readable CSV ({str(exc).splitlines()[0]}); "
+            "write a CSV with header img_name,target"
+        )
         return None
     expected = ["img_name", "target"] if with_target else ["img_name"]
     if list(df.columns)[: len(expected)] != expected or (with_target and len(df.columns) != 2):
         problems.append(
-            f"{label_file}: header is {','.join(map(str, df.columns))!r}, but {','.join(expected)} is needed; "
-            "fix the first line of the file")
+            f"{label_file}: header is {','.join(map(str, df.columns))!r}, but {','.join(expected)} "
+            "is needed; fix the first line of the file"
+        )
         return None
     good = np.ones(len(df), dtype=bool)
     for i, name in enumerate(df["img_name"]):
         if not _safe_name(name):
-            problems.append(f"{label_file}: row {i + 2}: img_name {name!r} is not a plain relative name (path "
-                            "traversal is refused); list files inside the split folder only")
+            problems.append(
+                f"{label_file}: row {i + 2}: img_name {name!r} is not a plain relative name (path "
+                "traversal is refused); list files inside the split folder only"
+            )
             good[i] = False
     for i in np.flatnonzero(df["img_name"].duplicated().to_numpy()):
-        problems.append(f"{label_file}: row {i + 2}: img_name {df['img_name'].iloc[i]!r} is listed more than "
-                        "once; keep one row per image")
+        problems.append(
+            f"{label_file}: row {i + 2}: img_name {df['img_name'].iloc[i]!r} is listed more than "
+            "once; keep one row per image"
+        )
         good[i] = False
     if with_target:
         for i in np.flatnonzero(~df["target"].str.strip().isin(["0", "1"]).to_numpy()):
-            problems.append(f"{label_file}: row {i + 2}: target {df['target'].iloc[i]!r} is not 0 or 1; "
-                            "use 1 for fake and 0 for real")
+            problems.append(
+                f"{label_file}: row {i + 2}: target {df['target'].iloc[i]!r} is not 0 or 1; "
+                "use 1 for fake and 0 for real"
+            )
             good[i] = False
     return df[good]
 
@@ -149,7 +162,10 @@ def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
         targets = df["target"].str.strip().astype(np.int64).to_numpy() if split != "test" else None
     keep = [i for i, n in enumerate(names) if (folder / n).is_file()]
     for i in sorted(set(range(len(names))) - set(keep)):
-        problems.append(f"{label_file}: image {names[i]!r} is missing from {folder}; remove its row or add the file")
+        problems.append(
+            f"{label_file}: image {names[i]!r} is missing from {folder}; remove its row or add the "
+            "file"
+        )
     excluded = set(cfg.exclude.get(split, ()))
     keep = [i for i in keep if names[i] not in excluded]
     names = [names[i] for i in keep]
@@ -161,7 +177,8 @@ def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
 
 
 def problems_message(problems: list[str], shown: int = 5) -> str:
-    """One line for a list of data problems: all of them when few, else the first ``shown`` and a count."""
+    """One line for a list of data problems: all of them when few, else the first ``shown`` and a
+    count."""
     if len(problems) == 1:
         return problems[0]
     head = " | ".join(problems[:shown])
@@ -181,8 +198,10 @@ def single_class_problem(split: Split) -> str | None:
     """Why ROC AUC cannot be computed on a labelled split (only one class in it), or None."""
     n_fake = int(split.targets.sum())
     if n_fake in (0, len(split)):
-        return (f"split {split.name} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC is "
-                "undefined; include both real (0) and fake (1) images")
+        return (
+            f"split {split.name} has only one class ({'fake' if n_fake else 'real'}), so ROC AUC "
+            "is undefined; include both real (0) and fake (1) images"
+        )
     return None
 
 
@@ -194,16 +213,27 @@ def ensure_dataset(cfg: DataConfig) -> None:
     from ffdi_tune.demo_data import write_demo_dataset
 
     d = cfg.demo
-    write_demo_dataset(root, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, size=d.size,
-                       seed=d.seed, difficulty=d.difficulty, unseen_forgery=d.unseen_forgery)
+    write_demo_dataset(
+        root,
+        n_train=d.n_train,
+        n_val=d.n_val,
+        n_test=d.n_test,
+        size=d.size,
+        seed=d.seed,
+        difficulty=d.difficulty,
+        unseen_forgery=d.unseen_forgery,
+    )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: grayscale, palette, CMYK, alpha, and 16/32-bit (scaled, not clipped)."""
+    """8-bit RGB from any mode: grayscale, palette, CMYK, alpha, and 16/32-bit (scaled, not
+    clipped)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         wide = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
-        return Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert(
+            "RGB"
+        )
     return im.convert("RGB")
 
 
@@ -216,12 +246,16 @@ def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarr
     """
     try:
         with Image.open(path) as im:
-            im.draft("RGB", (img_size, img_size))  # JPEG: let libjpeg downscale by 1/2..1/8 for free
+            im.draft(
+                "RGB", (img_size, img_size)
+            )  # JPEG: let libjpeg downscale by 1/2..1/8 for free
             rgb = _to_rgb(im)
             if rgb.size != (img_size, img_size):
                 rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot be read as an image ({exc}); replace or remove the file") from None
+        raise DataError(
+            f"{path}: cannot be read as an image ({exc}); replace or remove the file"
+        ) from None
     if perturb is not None:
         rgb = perturb(rgb, name)
         if rgb.size != (img_size, img_size):  # a crop: back to the side every other image has
@@ -230,8 +264,8 @@ def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarr
 
 
 def _decode_rows(out: np.ndarray | str, img_size: int, perturb, rows) -> None:
-    """Decode ``rows`` (``(index, path, name)``) into ``out``: an array, or the path of a ``.npy`` file
-    (opened here, so that a worker process writes straight into the file)."""
+    """Decode ``rows`` (``(index, path, name)``) into ``out``: an array, or the path of a ``.npy``
+    file (opened here, so that a worker process writes straight into the file)."""
     target = np.load(out, mmap_mode="r+") if isinstance(out, str) else out
     for i, path, name in rows:
         target[i] = _decode(path, img_size, perturb, name)
@@ -239,18 +273,26 @@ def _decode_rows(out: np.ndarray | str, img_size: int, perturb, rows) -> None:
         target.flush()
 
 
-def decode_split(split: Split, img_size: int, out: np.ndarray, workers: int | None = None,
-                 kind: str = "threads", perturb=None) -> None:
+def decode_split(
+    split: Split,
+    img_size: int,
+    out: np.ndarray,
+    workers: int | None = None,
+    kind: str = "threads",
+    perturb=None,
+) -> None:
     """Fill ``out`` (``N x S x S x 3`` uint8) with every image of ``split``, ``workers`` at a time.
 
     ``kind="processes"`` needs ``out`` to be a memory map of a ``.npy`` file (the workers open it
     themselves); threads write into any array. Progress is reported for long passes.
     """
-    rows = [(i, p, n) for i, (p, n) in enumerate(zip(split.paths, split.names))]
+    rows = [(i, p, n) for i, (p, n) in enumerate(zip(split.paths, split.names, strict=True))]
     target = str(out.filename) if kind == "processes" else out
     if kind == "processes":
         out.flush()
-    desc = f"decode {split.name}set at {img_size} px" + (" (perturbed)" if perturb is not None else "")
+    desc = f"decode {split.name}set at {img_size} px" + (
+        " (perturbed)" if perturb is not None else ""
+    )
     run_pass(partial(_decode_rows, target, img_size, perturb), rows, desc, workers, kind)
 
 
@@ -261,8 +303,14 @@ def cache_dir_of(cfg: DataConfig) -> Path | None:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
-def load_images(split: Split, img_size: int, workers: int | None = None, cache_dir: Path | None = None,
-                perturb=None, kind: str = "threads") -> torch.Tensor:
+def load_images(
+    split: Split,
+    img_size: int,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    perturb=None,
+    kind: str = "threads",
+) -> torch.Tensor:
     """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``.
 
     With ``cache_dir`` the pixels come from (or go into) the decode-once cache there; the tensor is
@@ -278,7 +326,9 @@ def load_images(split: Split, img_size: int, workers: int | None = None, cache_d
         decode_split(split, img_size, out, workers, kind, perturb)
 
     if cache_dir is not None:
-        arr, _ = cached_array(split.paths, img_size, decode, cache_dir, perturb.key if perturb else "")
+        arr, _ = cached_array(
+            split.paths, img_size, decode, cache_dir, perturb.key if perturb else ""
+        )
     else:
         arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
         decode_split(split, img_size, arr, workers, "threads", perturb)
@@ -296,11 +346,13 @@ class _AugmentedImages(Dataset):
         return self.transform(self.images[i]), self.targets[i]
 
 
-def _gather(images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
-    """Copy images ``idx`` into a new NCHW batch, flipping on the way (numpy views: no extra pass)."""
+def _gather(
+    images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor
+) -> torch.Tensor:
+    """Copy images ``idx`` into a new NCHW batch, flipping on the way (numpy views: one pass)."""
     nhwc = images.permute(0, 2, 3, 1).numpy()  # the decoded (often memory-mapped) array itself
     out = np.empty((len(idx), 3, nhwc.shape[1], nhwc.shape[2]), dtype=np.uint8)
-    for j, (i, h, v) in enumerate(zip(idx.tolist(), hflip.tolist(), vflip.tolist())):
+    for j, (i, h, v) in enumerate(zip(idx.tolist(), hflip.tolist(), vflip.tolist(), strict=True)):
         src = nhwc[i]
         if v:
             src = src[::-1]
@@ -310,8 +362,16 @@ def _gather(images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip:
     return torch.from_numpy(out)
 
 
-def train_batches(images: torch.Tensor, targets: np.ndarray, batch_size: int, generator: torch.Generator,
-                  sample_transform=None, flips=None, num_workers: int = 0, pin_memory: bool = False):
+def train_batches(
+    images: torch.Tensor,
+    targets: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator,
+    sample_transform=None,
+    flips=None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+):
     """One epoch of shuffled uint8 batches ``(images, targets)``; the last short batch is dropped.
 
     ``flips`` (a :class:`~ffdi_tune.augment.BatchFlips`) are applied while the batch is gathered.
@@ -322,8 +382,14 @@ def train_batches(images: torch.Tensor, targets: np.ndarray, batch_size: int, ge
     batch_size = min(batch_size, len(images))
     if sample_transform is not None and num_workers > 0:
         yield from DataLoader(
-            _AugmentedImages(images, targets, sample_transform), batch_size=batch_size, shuffle=True,
-            drop_last=True, generator=generator, num_workers=num_workers, pin_memory=pin_memory)
+            _AugmentedImages(images, targets, sample_transform),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
         return
     order = torch.randperm(len(images), generator=generator)
     no_flip = torch.zeros(batch_size, dtype=torch.bool)
@@ -342,10 +408,15 @@ def eval_loader(images: torch.Tensor, batch_size: int):
         yield images[start : start + batch_size]
 
 
-def to_model_input(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-                   channels_last: bool = False) -> torch.Tensor:
-    """``B x 3 x H x W`` on the 0-255 scale (uint8, or float from a device augmentation) -> normalised
-    float on ``device``."""
+def to_model_input(
+    batch: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """``B x 3 x H x W`` on the 0-255 scale (uint8, or float from a device augmentation) ->
+    normalised float on ``device``."""
     # (x / 255 - mean) / std as two in-place passes over the batch
     x = batch.to(device, non_blocking=True).float()
     x = x.sub_((mean * 255).view(1, 3, 1, 1)).mul_((1 / (std * 255)).view(1, 3, 1, 1))

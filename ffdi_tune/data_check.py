@@ -1,4 +1,5 @@
-"""Check a dataset in one pass before any trial starts: layout, labels, and that every image decodes.
+"""Check a dataset in one pass before any trial starts: layout, labels, and that every image
+decodes.
 
 All problems of all splits are collected and reported together (the first few and a count), so a
 user fixes a broken dataset in one round instead of one error per run. Images that cannot be
@@ -23,15 +24,24 @@ from PIL import Image, UnidentifiedImageError
 
 from ffdi_tune.cache import cache_key, file_stamp
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import SPLITS, Split, cache_dir_of, problems_message, scan_split, single_class_problem
+from ffdi_tune.data import (
+    SPLITS,
+    Split,
+    cache_dir_of,
+    problems_message,
+    scan_split,
+    single_class_problem,
+)
 from ffdi_tune.errors import DataError
-from ffdi_tune.passes import available_cpus, run_pass
 from ffdi_tune.files import write_atomic
+from ffdi_tune.passes import available_cpus, run_pass
 
 __all__ = ["DataCheck", "check_dataset", "image_problem", "fingerprint"]
 
 SCAN_POLICY = "scan-draft-load-v1"  # bump when image_problem changes what it accepts
-CHECK_KIND = "threads"  # the faster way here (bench/scale.py): Pillow decodes without holding the GIL
+CHECK_KIND = (
+    "threads"  # the faster way here (bench/scale.py): Pillow decodes without holding the GIL
+)
 
 
 @dataclass
@@ -62,7 +72,11 @@ def image_problem(path: Path) -> str | None:
         return f"is too large to decode safely ({exc})"
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        return "is truncated" if "truncated" in text.lower() else f"cannot be decoded ({text.splitlines()[0][:120]})"
+        return (
+            "is truncated"
+            if "truncated" in text.lower()
+            else f"cannot be decoded ({text.splitlines()[0][:120]})"
+        )
     return None
 
 
@@ -80,8 +94,15 @@ def _bad_images(split: Split, cache_dir: Path | None, workers: int, kind: str) -
         if record.is_file():
             return json.loads(record.read_text())
     found: list[tuple[str, str]] = []
-    run_pass(_problems, list(zip(split.names, split.paths)), f"check {split.name}set", workers, kind,
-             chunk=128, on_result=lambda rows, problems: found.extend(problems))
+    run_pass(
+        _problems,
+        list(zip(split.names, split.paths, strict=True)),
+        f"check {split.name}set",
+        workers,
+        kind,
+        chunk=128,
+        on_result=lambda rows, problems: found.extend(problems),
+    )
     order = {n: i for i, n in enumerate(split.names)}
     bad = dict(sorted(found, key=lambda item: order[item[0]]))
     if record is not None:
@@ -91,20 +112,25 @@ def _bad_images(split: Split, cache_dir: Path | None, workers: int, kind: str) -
 
 
 def fingerprint(split: Split) -> str:
-    """A short hash of a split's file names, file stamps (:func:`~ffdi_tune.cache.file_stamp`) and labels.
+    """A short hash of a split's file names, file stamps (:func:`~ffdi_tune.cache.file_stamp`) and
+    labels.
 
     Any added, removed, renamed, rewritten (even with its old size and mtime put back) or relabelled
     image changes it.
     """
     h = hashlib.sha256(split.name.encode())
-    for i, (name, path) in enumerate(zip(split.names, split.paths)):
+    for i, (name, path) in enumerate(zip(split.names, split.paths, strict=True)):
         target = "" if split.targets is None else int(split.targets[i])
         h.update(f"{name}|{file_stamp(path)}|{target}\n".encode())
     return h.hexdigest()[:16]
 
 
-def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, workers: int | None = None,
-                  kind: str = CHECK_KIND) -> DataCheck:
+def check_dataset(
+    cfg: DataConfig,
+    splits: tuple[str, ...] = SPLITS,
+    workers: int | None = None,
+    kind: str = CHECK_KIND,
+) -> DataCheck:
     """Check ``splits`` of the dataset in one pass; raise one DataError listing every problem.
 
     Layout, label files (header, targets, duplicates, path traversal), missing files, images that do
@@ -118,8 +144,10 @@ def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, workers: in
     exclude = {k: list(v) for k, v in cfg.exclude.items()}
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist (or is not a folder); check --data or data.root, or "
-                        "write a demo dataset there first with ffdi-tune demo-data DIR")
+        raise DataError(
+            f"data.root {root} does not exist (or is not a folder); check --data or data.root, or "
+            "write a demo dataset there first with ffdi-tune demo-data DIR"
+        )
     for name in splits:
         split, found = scan_split(cfg, name)
         problems += found
@@ -132,17 +160,24 @@ def check_dataset(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, workers: in
             split = split.without(bad)
         elif bad:
             hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
-            where = dict(zip(split.names, split.paths))
-            problems += [f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in bad.items()]
+            where = dict(zip(split.names, split.paths, strict=True))
+            problems += [
+                f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in bad.items()
+            ]
             split = split.without(bad)
         if bad and not len(split) and cfg.on_bad_image == "skip":
-            problems.append(f"split {name}: none of its {len(bad)} image(s) decodes; replace them or fix data.root")
+            problems.append(
+                f"split {name}: none of its {len(bad)} image(s) decodes; replace them or fix "
+                "data.root"
+            )
         if split.targets is not None and len(split) and not found:
             single = single_class_problem(split)
             if single:
                 problems.append(single)
         n_fake = int(split.targets.sum()) if split.targets is not None else None
-        summary[name] = {"images": len(split)} | ({} if n_fake is None else {"fake": n_fake, "real": len(split) - n_fake})
+        summary[name] = {"images": len(split)} | (
+            {} if n_fake is None else {"fake": n_fake, "real": len(split) - n_fake}
+        )
         if not problems:
             prints[name] = fingerprint(split)
     if problems:

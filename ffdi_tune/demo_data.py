@@ -35,15 +35,41 @@ from PIL import Image, ImageFilter
 
 from ffdi_tune.errors import DataError, did_you_mean
 
-__all__ = ["FORGERY_KINDS", "MANIFEST", "check_forgery_kind", "render_portrait", "write_demo_dataset"]
+__all__ = [
+    "FORGERY_KINDS",
+    "MANIFEST",
+    "check_forgery_kind",
+    "render_portrait",
+    "write_demo_dataset",
+]
 
 FORGERY_KINDS = ("blend", "checkerboard", "smooth", "double_jpeg", "noise")
 MANIFEST = "demo_manifest.csv"  # img_name,split,target,kind of every image (kind empty for reals)
 
-_SKIN = np.array([[255, 224, 196], [241, 194, 157], [224, 172, 130], [198, 134, 94],
-                  [161, 102, 68], [120, 75, 48], [88, 56, 38]], dtype=np.float32)
-_HAIR = np.array([[20, 16, 14], [60, 40, 25], [110, 75, 40], [200, 170, 110],
-                  [150, 60, 30], [130, 130, 130], [230, 220, 200]], dtype=np.float32)
+_SKIN = np.array(
+    [
+        [255, 224, 196],
+        [241, 194, 157],
+        [224, 172, 130],
+        [198, 134, 94],
+        [161, 102, 68],
+        [120, 75, 48],
+        [88, 56, 38],
+    ],
+    dtype=np.float32,
+)
+_HAIR = np.array(
+    [
+        [20, 16, 14],
+        [60, 40, 25],
+        [110, 75, 40],
+        [200, 170, 110],
+        [150, 60, 30],
+        [130, 130, 130],
+        [230, 220, 200],
+    ],
+    dtype=np.float32,
+)
 
 
 def _ellipse(xx, yy, cx, cy, a, b, softness=1.5):
@@ -70,9 +96,10 @@ def _blur(arr: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
 
 
-def render_portrait(rng: np.random.Generator, size: int, forgery: str | None = None,
-                    strength: float = 1.0) -> np.ndarray:
-    """Draw one portrait (``H x W x 3`` float32, 0..255); add a ``forgery`` trace at ``strength``."""
+def render_portrait(
+    rng: np.random.Generator, size: int, forgery: str | None = None, strength: float = 1.0
+) -> np.ndarray:
+    """One portrait (``H x W x 3`` float32, 0..255), with a ``forgery`` trace at ``strength``."""
     s = float(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     # Background: a lit gradient between two random colours, sometimes with stripes.
@@ -85,14 +112,30 @@ def render_portrait(rng: np.random.Generator, size: int, forgery: str | None = N
     # Shoulders, hair, face.
     cx, cy = s * rng.uniform(0.42, 0.58), s * rng.uniform(0.44, 0.56)
     a, b = s * rng.uniform(0.2, 0.27), s * rng.uniform(0.27, 0.34)
-    _paint(img, _ellipse(xx, yy, cx, s * 1.08, s * rng.uniform(0.35, 0.5), s * 0.3), rng.uniform(10, 240, 3))
+    _paint(
+        img,
+        _ellipse(xx, yy, cx, s * 1.08, s * rng.uniform(0.35, 0.5), s * 0.3),
+        rng.uniform(10, 240, 3),
+    )
     hair = _HAIR[rng.integers(len(_HAIR))] * rng.uniform(0.8, 1.1)
     if rng.random() < 0.85:
-        _paint(img, _ellipse(xx, yy, cx, cy - b * rng.uniform(0.15, 0.35), a * rng.uniform(1.05, 1.3),
-                             b * rng.uniform(0.9, 1.15)), hair)
+        _paint(
+            img,
+            _ellipse(
+                xx,
+                yy,
+                cx,
+                cy - b * rng.uniform(0.15, 0.35),
+                a * rng.uniform(1.05, 1.3),
+                b * rng.uniform(0.9, 1.15),
+            ),
+            hair,
+        )
     skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.85, 1.1) + rng.normal(0, 6, 3)
     face = _ellipse(xx, yy, cx, cy, a, b)
-    light = 1.0 + rng.uniform(0.05, 0.35) * ((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) / s
+    light = (
+        1.0 + rng.uniform(0.05, 0.35) * ((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)) / s
+    )
     _paint(img, face, skin)
     img *= np.where(face[..., None] > 0, light[..., None], 1.0)
     # Eyes, brows, nose, mouth.
@@ -102,10 +145,25 @@ def render_portrait(rng: np.random.Generator, size: int, forgery: str | None = N
     for side in (-1, 1):
         _paint(img, _ellipse(xx, yy, cx + side * ex, ey, er * 1.6, er, 0.8), [235, 235, 230])
         _paint(img, _ellipse(xx, yy, cx + side * ex, ey, er * 0.8, er * 0.8, 0.8), iris)
-        _paint(img, _ellipse(xx, yy, cx + side * ex, ey - er * 2.2, er * 2.0, er * 0.5, 0.8), hair * 0.8)
+        _paint(
+            img,
+            _ellipse(xx, yy, cx + side * ex, ey - er * 2.2, er * 2.0, er * 0.5, 0.8),
+            hair * 0.8,
+        )
     _paint(img, _ellipse(xx, yy, cx, cy + b * 0.1, er * 0.6, er * 2.0, 0.8) * 0.35, skin * 0.7)
-    _paint(img, _ellipse(xx, yy, cx, cy + b * rng.uniform(0.4, 0.55), a * rng.uniform(0.25, 0.45),
-                         er * rng.uniform(0.6, 1.4), 0.8), [rng.uniform(120, 200), 50, 60])
+    _paint(
+        img,
+        _ellipse(
+            xx,
+            yy,
+            cx,
+            cy + b * rng.uniform(0.4, 0.55),
+            a * rng.uniform(0.25, 0.45),
+            er * rng.uniform(0.6, 1.4),
+            0.8,
+        ),
+        [rng.uniform(120, 200), 50, 60],
+    )
     # Camera: sensor noise, sometimes a colour cast, blur or hard JPEG over the whole frame.
     img += rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
     if rng.random() < 0.2:
@@ -135,9 +193,13 @@ def _forge(img, rng, kind, strength, face, ellipse, xx, yy):
     elif kind == "double_jpeg":
         forged = _jpeg(img, int(np.clip(40 - 30 * strength, 3, 60)))
     elif kind == "noise":
-        forged = img + rng.normal(0, 18 * strength, img.shape[:2])[..., None] * rng.uniform(0.7, 1.0, 3)
+        forged = img + rng.normal(0, 18 * strength, img.shape[:2])[..., None] * rng.uniform(
+            0.7, 1.0, 3
+        )
     else:
-        raise ValueError(f"unknown forgery kind {kind!r}; valid kinds are {', '.join(FORGERY_KINDS)}")
+        raise ValueError(
+            f"unknown forgery kind {kind!r}; valid kinds are {', '.join(FORGERY_KINDS)}"
+        )
     return img * (1 - mask) + forged * mask
 
 
@@ -160,14 +222,24 @@ def _image_name(seed: int, split: str, i: int) -> str:
 def check_forgery_kind(kind: str) -> str:
     """Return ``kind`` or raise ValueError naming the valid kinds."""
     if kind not in FORGERY_KINDS:
-        raise ValueError(f"unknown forgery kind {kind!r}{did_you_mean(kind, FORGERY_KINDS)}; "
-                         f"valid kinds are {', '.join(FORGERY_KINDS)}")
+        raise ValueError(
+            f"unknown forgery kind {kind!r}{did_you_mean(kind, FORGERY_KINDS)}; "
+            f"valid kinds are {', '.join(FORGERY_KINDS)}"
+        )
     return kind
 
 
-def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, n_test: int = 200,
-                       size: int = 64, seed: int = 0, difficulty: float = 0.5,
-                       kinds: tuple[str, ...] = FORGERY_KINDS, unseen_forgery: str | None = None) -> Path:
+def write_demo_dataset(
+    root: str | Path,
+    n_train: int = 2000,
+    n_val: int = 400,
+    n_test: int = 200,
+    size: int = 64,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    kinds: tuple[str, ...] = FORGERY_KINDS,
+    unseen_forgery: str | None = None,
+) -> Path:
     """Write ``trainset/``, ``valset/``, ``testset/`` and label CSVs under ``root`` (atomically).
 
     With ``unseen_forgery`` that kind appears in testset only (as every test fake's trace).
@@ -181,16 +253,26 @@ def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, 
         except ValueError as exc:
             raise DataError(f"unseen forgery: {exc}") from None
         if unseen_forgery not in kinds or len(kinds) < 2:
-            raise DataError(f"unseen forgery {unseen_forgery!r} must be one of at least two kinds drawn "
-                            f"({', '.join(kinds)}); pick one of them")
+            raise DataError(
+                f"unseen forgery {unseen_forgery!r} must be one of at least two kinds drawn "
+                f"({', '.join(kinds)}); pick one of them"
+            )
     seen = tuple(k for k in kinds if k != unseen_forgery)
-    split_kinds = {"trainset": seen, "valset": seen, "testset": (unseen_forgery,) if unseen_forgery else kinds}
+    split_kinds = {
+        "trainset": seen,
+        "valset": seen,
+        "testset": (unseen_forgery,) if unseen_forgery else kinds,
+    }
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{root} already exists and is not empty; pick a new folder or delete it")
     if not 0.0 <= difficulty <= 1.0:
-        raise DataError(f"difficulty must be in [0, 1], but got {difficulty}; e.g. --difficulty 0.5")
+        raise DataError(
+            f"difficulty must be in [0, 1], but got {difficulty}; e.g. --difficulty 0.5"
+        )
     if min(n_train, n_val) < 4 or n_test < 1:
-        raise DataError("demo data needs n_train >= 4, n_val >= 4 and n_test >= 1 so both classes appear")
+        raise DataError(
+            "demo data needs n_train >= 4, n_val >= 4 and n_test >= 1 so both classes appear"
+        )
     if not 32 <= size <= 1024:
         raise DataError(f"size must be between 32 and 1024 pixels, but got {size}")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +283,9 @@ def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, 
             (tmp / split).mkdir()
             rows = []
             for i in range(n):
-                rng = np.random.default_rng([seed, {"trainset": 0, "valset": 1, "testset": 2}[split], i])
+                rng = np.random.default_rng(
+                    [seed, {"trainset": 0, "valset": 1, "testset": 2}[split], i]
+                )
                 # Alternate classes so every split has both, in file order independent of n.
                 target = i % 2
                 drawn = split_kinds[split]
@@ -210,18 +294,22 @@ def write_demo_dataset(root: str | Path, n_train: int = 2000, n_val: int = 400, 
                 arr = render_portrait(rng, size, kind, strength)
                 name = _image_name(seed, split, i)
                 Image.fromarray(arr.astype(np.uint8)).save(
-                    tmp / split / name, "JPEG", quality=int(rng.integers(82, 97)))
+                    tmp / split / name, "JPEG", quality=int(rng.integers(82, 97))
+                )
                 rows.append((name, target))
                 manifest.append((name, split, target, kind or ""))
             rows.sort()
             lines = "img_name,target\n" + "".join(f"{n},{t}\n" for n, t in rows)
             if split == "testset":
-                (tmp / "testset_label.txt").write_text(lines)  # kept for evaluation, never for training
+                (tmp / "testset_label.txt").write_text(
+                    lines
+                )  # kept for evaluation, never for training
             else:
                 (tmp / f"{split}_label.txt").write_text(lines)
         manifest.sort()
-        (tmp / MANIFEST).write_text("img_name,split,target,kind\n" + "".join(",".join(map(str, r)) + "\n"
-                                                                          for r in manifest))
+        (tmp / MANIFEST).write_text(
+            "img_name,split,target,kind\n" + "".join(",".join(map(str, r)) + "\n" for r in manifest)
+        )
         if root.exists():
             root.rmdir()
         tmp.rename(root)

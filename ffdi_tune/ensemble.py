@@ -27,10 +27,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ffdi_tune.combine import greedy_select, mean_log_odds, mean_probability, rank_average, to_probability
-from ffdi_tune.config import METRIC_MODES, ROBUST_METRICS
+from ffdi_tune.combine import (
+    greedy_select,
+    mean_log_odds,
+    mean_probability,
+    rank_average,
+    to_probability,
+)
+from ffdi_tune.config import ROBUST_METRICS, higher_is_better
+from ffdi_tune.ensemble_recipe import EnsembleRecipe
 from ffdi_tune.metrics import binary_metrics, roc_auc, tpr_at_fpr
-from ffdi_tune.recipe import EnsembleRecipe
 
 __all__ = ["MemberPredictions", "Combination", "EnsembleResult", "COMBINATIONS", "build_ensemble"]
 
@@ -104,7 +110,8 @@ class EnsembleResult:
 
 
 def _objective(metric: str, y: np.ndarray, clean: np.ndarray, robust: np.ndarray | None) -> float:
-    """What choosing maximises for ``metric``: the clean AUC, the perturbed one, or the lower of both."""
+    """What choosing maximises for ``metric``: the clean AUC, the perturbed one, or the lower of
+    both."""
     if metric == "val_robust_auc":
         return roc_auc(y, robust)
     if metric == "val_worst_auc":
@@ -122,21 +129,37 @@ def _auc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
     return roc_auc(y, score) if len(y) else math.nan
 
 
-def _greedy(name: str, pool: list[str], clean: dict, robust: dict, sel: np.ndarray, y_sel: np.ndarray,
-            metric: str) -> Combination:
+def _greedy(
+    name: str,
+    pool: list[str],
+    clean: dict,
+    robust: dict,
+    sel: np.ndarray,
+    y_sel: np.ndarray,
+    metric: str,
+) -> Combination:
     average = "logit" if name.endswith("-logit") else "prob"
     sets = np.stack([clean[n][sel] for n in pool])
     if metric in ROBUST_METRICS:
         perturbed = np.stack([robust[n][sel] for n in pool])
         sets = perturbed if metric == "val_robust_auc" else np.stack([sets, perturbed])
     counts = greedy_select(sets, y_sel, average)
-    chosen = [(n, float(k)) for n, k in zip(pool, counts) if k > 0]
+    chosen = [(n, float(k)) for n, k in zip(pool, counts, strict=True) if k > 0]
     total = sum(k for _, k in chosen)
-    return Combination(name, tuple(n for n, _ in chosen), tuple(k / total for _, k in chosen), average)
+    return Combination(
+        name, tuple(n for n, _ in chosen), tuple(k / total for _, k in chosen), average
+    )
 
 
-def _combinations(pool: list[str], best: str, clean: dict, robust: dict, sel: np.ndarray, y_sel: np.ndarray,
-                  metric: str) -> list[Combination]:
+def _combinations(
+    pool: list[str],
+    best: str,
+    clean: dict,
+    robust: dict,
+    sel: np.ndarray,
+    y_sel: np.ndarray,
+    metric: str,
+) -> list[Combination]:
     equal = tuple(1.0 / len(pool) for _ in pool)
     return [
         Combination("best", (best,), (1.0,), "logit"),
@@ -155,8 +178,13 @@ def _requested(recipe: EnsembleRecipe) -> str | None:
     return None if recipe.combine == "auto" else recipe.combine
 
 
-def build_ensemble(candidates: list[MemberPredictions], targets: np.ndarray, recipe: EnsembleRecipe,
-                   select: np.ndarray, report: np.ndarray) -> EnsembleResult:
+def build_ensemble(
+    candidates: list[MemberPredictions],
+    targets: np.ndarray,
+    recipe: EnsembleRecipe,
+    select: np.ndarray,
+    report: np.ndarray,
+) -> EnsembleResult:
     """Choose views, rank, combine and pick on ``select`` (valset positions); score on ``report``.
 
     ``report`` may be empty (``search.holdout.fraction: 0``): there is then no honest estimate, and
@@ -166,55 +194,88 @@ def build_ensemble(candidates: list[MemberPredictions], targets: np.ndarray, rec
         raise ValueError(f"top_k={recipe.top_k} but only {len(candidates)} candidates")
     has_robust = all(c.val_robust is not None for c in candidates)
     if recipe.metric in ROBUST_METRICS and not has_robust:
-        raise ValueError(f"metric {recipe.metric} needs every candidate's predictions on the perturbed valset")
+        raise ValueError(
+            f"metric {recipe.metric} needs every candidate's predictions on the perturbed valset"
+        )
     sel, rep = np.asarray(select, dtype=int), np.asarray(report, dtype=int)
     y_sel, y_rep = targets[sel], targets[rep]
     metric = recipe.metric
     views, clean, plain, test, robust, robust_plain = {}, {}, {}, {}, {}, {}
     rows: dict[str, dict] = {}
+
+    def on_sel(scores: np.ndarray | None) -> np.ndarray | None:
+        return None if scores is None else scores[sel]
+
     for c in candidates:
         tta_idx = [c.views.index(v) for v in recipe.tta]
         with_tta, without = c.val[tta_idx].mean(0), c.val[0]  # TTA averages log-odds over views
-        r_tta, r_plain = (c.val_robust[tta_idx].mean(0), c.val_robust[0]) if has_robust else (None, None)
-        on_sel = (lambda a: None if a is None else a[sel])
-        use_tta = not recipe.tta_select or (_objective(metric, y_sel, with_tta[sel], on_sel(r_tta))
-                                            >= _objective(metric, y_sel, without[sel], on_sel(r_plain)))
+        r_tta, r_plain = (
+            (c.val_robust[tta_idx].mean(0), c.val_robust[0]) if has_robust else (None, None)
+        )
+        use_tta = not recipe.tta_select or (
+            _objective(metric, y_sel, with_tta[sel], on_sel(r_tta))
+            >= _objective(metric, y_sel, without[sel], on_sel(r_plain))
+        )
         views[c.name] = list(recipe.tta) if use_tta else ["identity"]
         clean[c.name], plain[c.name] = (with_tta if use_tta else without), without
         test[c.name] = c.test[tta_idx].mean(0) if use_tta else c.test[0]
         if has_robust:
             robust[c.name], robust_plain[c.name] = (r_tta if use_tta else r_plain), r_plain
         rows[c.name] = {
-            "member": c.name, "label": c.label, "kind": "member", "views": "+".join(views[c.name]),
-            "weight": 0.0, "shipped": False,
-            "rank_score": _rank_score(metric, y_sel, clean[c.name][sel], on_sel(robust.get(c.name))),
-            "select_objective": _objective(metric, y_sel, clean[c.name][sel], on_sel(robust.get(c.name))),
-            "select_auc_no_tta": roc_auc(y_sel, without[sel]), "select_auc_tta": roc_auc(y_sel, with_tta[sel]),
-            "holdout_auc_no_tta": _auc_or_nan(y_rep, without[rep]), "holdout_auc_tta": _auc_or_nan(y_rep, with_tta[rep]),
+            "member": c.name,
+            "label": c.label,
+            "kind": "member",
+            "views": "+".join(views[c.name]),
+            "weight": 0.0,
+            "shipped": False,
+            "rank_score": _rank_score(
+                metric, y_sel, clean[c.name][sel], on_sel(robust.get(c.name))
+            ),
+            "select_objective": _objective(
+                metric, y_sel, clean[c.name][sel], on_sel(robust.get(c.name))
+            ),
+            "select_auc_no_tta": roc_auc(y_sel, without[sel]),
+            "select_auc_tta": roc_auc(y_sel, with_tta[sel]),
+            "holdout_auc_no_tta": _auc_or_nan(y_rep, without[rep]),
+            "holdout_auc_tta": _auc_or_nan(y_rep, with_tta[rep]),
         }
         if has_robust:
-            rows[c.name].update(select_robust_auc=roc_auc(y_sel, robust[c.name][sel]),
-                                holdout_robust_auc=_auc_or_nan(y_rep, robust[c.name][rep]))
-    higher = METRIC_MODES[metric] == "max"
-    ranked = sorted(rows, key=lambda n: rows[n]["rank_score"], reverse=higher)
+            rows[c.name].update(
+                select_robust_auc=roc_auc(y_sel, robust[c.name][sel]),
+                holdout_robust_auc=_auc_or_nan(y_rep, robust[c.name][rep]),
+            )
+    ranked = sorted(rows, key=lambda n: rows[n]["rank_score"], reverse=higher_is_better(metric))
     pool = ranked[: recipe.top_k]
-    best = max(pool, key=lambda n: rows[n]["select_objective"])  # first of equals: the better-ranked one
+    best = max(
+        pool, key=lambda n: rows[n]["select_objective"]
+    )  # first of equals: the better-ranked one
 
     combos = _combinations(pool, best, clean, robust, sel, y_sel, metric)
     combo_rows = []
     for combo in combos:
         score, score_plain = combo.score(clean), combo.score(plain)
         score_robust = combo.score(robust) if has_robust else None
-        row = {"member": combo.name, "label": combo.label(), "kind": "ensemble", "views": "per member",
-               "weight": math.nan, "shipped": False, "rank_score": math.nan,
-               "select_objective": _objective(metric, y_sel, score[sel], None if score_robust is None
-                                              else score_robust[sel]),
-               "select_auc_no_tta": roc_auc(y_sel, score_plain[sel]), "select_auc_tta": roc_auc(y_sel, score[sel]),
-               "holdout_auc_no_tta": _auc_or_nan(y_rep, score_plain[rep]),
-               "holdout_auc_tta": _auc_or_nan(y_rep, score[rep])}
+        row = {
+            "member": combo.name,
+            "label": combo.label(),
+            "kind": "ensemble",
+            "views": "per member",
+            "weight": math.nan,
+            "shipped": False,
+            "rank_score": math.nan,
+            "select_objective": _objective(
+                metric, y_sel, score[sel], None if score_robust is None else score_robust[sel]
+            ),
+            "select_auc_no_tta": roc_auc(y_sel, score_plain[sel]),
+            "select_auc_tta": roc_auc(y_sel, score[sel]),
+            "holdout_auc_no_tta": _auc_or_nan(y_rep, score_plain[rep]),
+            "holdout_auc_tta": _auc_or_nan(y_rep, score[rep]),
+        }
         if has_robust:
-            row.update(select_robust_auc=roc_auc(y_sel, score_robust[sel]),
-                       holdout_robust_auc=_auc_or_nan(y_rep, score_robust[rep]))
+            row.update(
+                select_robust_auc=roc_auc(y_sel, score_robust[sel]),
+                holdout_robust_auc=_auc_or_nan(y_rep, score_robust[rep]),
+            )
         combo_rows.append((combo, row, score))
     wanted = _requested(recipe)
     if wanted is None:  # auto: the best on the selection part; max() keeps the first of equals
@@ -222,24 +283,40 @@ def build_ensemble(candidates: list[MemberPredictions], targets: np.ndarray, rec
     else:
         shipped, ship_row, ship_score = next(t for t in combo_rows if t[0].name == wanted)
     ship_row["shipped"] = True
-    weights = dict(zip(shipped.members, shipped.weights))
+    weights = dict(zip(shipped.members, shipped.weights, strict=True))
     for name, w in weights.items():
         rows[name]["weight"] = w
 
     table = pd.DataFrame([rows[n] for n in ranked] + [row for _, row, _ in combo_rows])
-    metrics = {"select_auc": ship_row["select_auc_tta"], "best_member_select_auc": roc_auc(y_sel, clean[best][sel]),
-               "n_members": float(len(shipped.members))}
+    metrics = {
+        "select_auc": ship_row["select_auc_tta"],
+        "best_member_select_auc": roc_auc(y_sel, clean[best][sel]),
+        "n_members": float(len(shipped.members)),
+    }
     if len(rep):
-        metrics.update({
-            "holdout_auc": ship_row["holdout_auc_tta"], "holdout_auc_no_tta": ship_row["holdout_auc_no_tta"],
-            "holdout_tpr_at_fpr_0.001": tpr_at_fpr(y_rep, ship_score[rep]),
-            "best_member_holdout_auc": roc_auc(y_rep, clean[best][rep]),
-        })
+        metrics.update(
+            {
+                "holdout_auc": ship_row["holdout_auc_tta"],
+                "holdout_auc_no_tta": ship_row["holdout_auc_no_tta"],
+                "holdout_tpr_at_fpr_0.001": tpr_at_fpr(y_rep, ship_score[rep]),
+                "best_member_holdout_auc": roc_auc(y_rep, clean[best][rep]),
+            }
+        )
         if has_robust:
             metrics["holdout_robust_auc"] = ship_row["holdout_robust_auc"]
-            metrics["holdout_worst_auc"] = min(metrics["holdout_auc"], metrics["holdout_robust_auc"])
+            metrics["holdout_worst_auc"] = min(
+                metrics["holdout_auc"], metrics["holdout_robust_auc"]
+            )
     test_pred = to_probability(shipped.score(test), shipped.scale)
     return EnsembleResult(
-        chosen=shipped.name, members=list(shipped.members), weights=weights, views=views, test_pred=test_pred,
-        report_pred=ship_score[rep], report_targets=y_rep,
-        member_report_preds={n: clean[n][rep] for n in shipped.members}, table=table, metrics=metrics)
+        chosen=shipped.name,
+        members=list(shipped.members),
+        weights=weights,
+        views=views,
+        test_pred=test_pred,
+        report_pred=ship_score[rep],
+        report_targets=y_rep,
+        member_report_preds={n: clean[n][rep] for n in shipped.members},
+        table=table,
+        metrics=metrics,
+    )

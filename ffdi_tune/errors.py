@@ -42,7 +42,8 @@ class TrackingError(FfdiError):
 
 
 class SearchInterrupted(Exception):
-    """The search was stopped (Ctrl-C, SIGTERM) with its state saved; the message says how to resume."""
+    """The search was stopped (Ctrl-C, SIGTERM) with its state saved; the message says how to
+    resume."""
 
 
 def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:

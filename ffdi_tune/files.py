@@ -1,4 +1,4 @@
-"""File helpers every stage shares: whole-or-nothing writes, and telling a bucket URI from a path."""
+"""File helpers every stage shares: whole-or-nothing writes; a bucket URI told from a path."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def is_bucket_uri(location: str) -> bool:
-    """Whether ``location`` names object storage (``s3://``, ``gs://``...) rather than a local folder.
+    """Whether ``location`` names object storage (``s3://``, ``gs://``...) rather than a local
+    folder.
 
     >>> is_bucket_uri("s3://bucket/runs"), is_bucket_uri("file:///runs"), is_bucket_uri("runs")
     (True, False, False)

@@ -15,22 +15,32 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
+from ffdi_tune import tracking
 from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, format_validation_error
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
+from ffdi_tune.ensemble_recipe import EnsembleRecipe
 from ffdi_tune.errors import ConfigError, DataError
-from ffdi_tune.holdout import NO_REPORT_HASH, split_valset
-from ffdi_tune.perturb import Perturber
-from ffdi_tune.inference import probability
-from ffdi_tune.predict import DecodedSplits, load_member, predict_views
-from ffdi_tune.recipe import EnsembleRecipe
-from ffdi_tune.report import plot_roc
 from ffdi_tune.files import write_atomic
-from ffdi_tune import tracking
+from ffdi_tune.holdout import NO_REPORT_HASH, split_valset
+from ffdi_tune.inference import probability
+from ffdi_tune.perturb import Perturber
+from ffdi_tune.predict import DecodedSplits, load_member, predict_views
+from ffdi_tune.report import plot_roc
 from ffdi_tune.tracking import DATA_ROOT, Tracker, TrialRecord
 
-__all__ = ["EnsembleOutcome", "run_ensemble", "candidate_runs", "score_candidates", "search_config", "search_data",
-           "search_robust_val", "search_holdout", "predict_run", "submission_text"]
+__all__ = [
+    "EnsembleOutcome",
+    "run_ensemble",
+    "candidate_runs",
+    "score_candidates",
+    "search_config",
+    "search_data",
+    "search_robust_val",
+    "search_holdout",
+    "predict_run",
+    "submission_text",
+]
 
 
 @dataclass
@@ -51,25 +61,43 @@ def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
     prob = np.asarray(prob, dtype=np.float64)
     if len(prob) != len(names) or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
         raise ValueError("submission probabilities must be finite, in [0, 1], one per test image")
-    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False)  # repr: round trip
+    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(
+        index=False
+    )  # repr: round trip
 
 
-def candidate_runs(tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]) -> list[TrialRecord]:
+def candidate_runs(
+    tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]
+) -> list[TrialRecord]:
     """The FINISHED trial runs of ``experiments`` that pass the recipe's filter (at least top_k)."""
-    keep = [r for r in tracker.finished_trials(experiments)
-            if r.epochs_run >= recipe.candidates.min_epochs
-            and (recipe.candidates.include_stopped or not (r.stopped_early or r.budget_cut))]
+    keep = [
+        r
+        for r in tracker.finished_trials(experiments)
+        if r.epochs_run >= recipe.candidates.min_epochs
+        and (recipe.candidates.include_stopped or not (r.stopped_early or r.budget_cut))
+    ]
     if not keep:
-        raise ConfigError(f"no finished trials in {', '.join(experiments)} pass the recipe's candidates filter; "
-                          "let a search finish trials first or loosen candidates")
+        raise ConfigError(
+            f"no finished trials in {', '.join(experiments)} pass the recipe's candidates filter; "
+            "let a search finish trials first or loosen candidates"
+        )
     if recipe.top_k > len(keep):
-        raise ConfigError(f"top_k={recipe.top_k}, but only {len(keep)} finished trial(s) qualify in "
-                          f"{', '.join(experiments)}; lower top_k or run more trials")
+        raise ConfigError(
+            f"top_k={recipe.top_k}, but only {len(keep)} finished trial(s) qualify in "
+            f"{', '.join(experiments)}; lower top_k or run more trials"
+        )
     return keep
 
 
-def score_candidates(tracker: Tracker, runs: list[TrialRecord], splits: DecodedSplits, tta: list[str], batch_size: int = 64,
-                     echo=print, perturb=None) -> list[MemberPredictions]:
+def score_candidates(
+    tracker: Tracker,
+    runs: list[TrialRecord],
+    splits: DecodedSplits,
+    tta: list[str],
+    batch_size: int = 64,
+    echo=print,
+    perturb=None,
+) -> list[MemberPredictions]:
     """Every run's probabilities on val and test for identity plus each view of ``tta``.
 
     With ``perturb`` (a :class:`~ffdi_tune.perturb.Perturber`), also on the perturbed copy of val.
@@ -82,8 +110,13 @@ def score_candidates(tracker: Tracker, runs: list[TrialRecord], splits: DecodedS
             member = load_member(path, r.run_id)
             val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
             test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
-            robust = (predict_views(member, splits.images("val", member.img_size, perturb), views, batch_size)
-                      if perturb is not None else None)
+            robust = (
+                predict_views(
+                    member, splits.images("val", member.img_size, perturb), views, batch_size
+                )
+                if perturb is not None
+                else None
+            )
             label = f"{r.params.get('backbone', '?')} {r.run_name}"
             candidates.append(MemberPredictions(r.run_id, label, views, val, test, robust))
             echo(f"scored {label}")
@@ -109,13 +142,20 @@ def search_data(config: dict, root: str, on_bad_image: str = "error") -> DataCon
 
 
 def search_robust_val(config: dict, experiment: str) -> RobustValConfig:
-    """The perturbation recipe the search ``experiment`` (its ``config``) scored with; default when none."""
+    """The perturbation recipe the search ``experiment`` (its ``config``) scored with; default when
+    none."""
     recorded = config.get("robust_val")
     try:
-        recipe = RobustValConfig.model_validate(recorded) if isinstance(recorded, dict) else RobustValConfig()
+        recipe = (
+            RobustValConfig.model_validate(recorded)
+            if isinstance(recorded, dict)
+            else RobustValConfig()
+        )
     except ValidationError as exc:
-        raise ConfigError(f"search {experiment!r}: {format_validation_error('robust_val', exc)}; rank with "
-                          "metric val_auc, or rerun the search with a valid robust_val") from None
+        raise ConfigError(
+            f"search {experiment!r}: {format_validation_error('robust_val', exc)}; rank with "
+            "metric val_auc, or rerun the search with a valid robust_val"
+        ) from None
     return recipe.model_copy(update={"enabled": True})
 
 
@@ -126,15 +166,23 @@ def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str
     selection part): that is a one-line error. A search that recorded no split (made by an older
     version, which chose on all of valset) counts as ``fraction 0``.
     """
-    splits = {name: (float(t.get(tracking.HOLDOUT_FRACTION, 0)), int(t.get(tracking.HOLDOUT_SEED, 0)),
-                     t.get(tracking.HOLDOUT_REPORT_HASH, NO_REPORT_HASH)) for name, t in searches.items()}
+    splits = {
+        name: (
+            float(t.get(tracking.HOLDOUT_FRACTION, 0)),
+            int(t.get(tracking.HOLDOUT_SEED, 0)),
+            t.get(tracking.HOLDOUT_REPORT_HASH, NO_REPORT_HASH),
+        )
+        for name, t in searches.items()
+    }
     first, (fraction, seed, digest) = next(iter(splits.items()))
     for name, (f, sd, h) in splits.items():
         if h != digest:
             raise ConfigError(
-                f"searches {first!r} and {name!r} split valset differently (fraction {fraction:g} seed {seed}, report "
-                f"part {digest}; fraction {f:g} seed {sd}, report part {h}), so neither report part is unseen by "
-                f"the other's trials; ensemble them separately, or rerun one with the other's search.holdout")
+                f"searches {first!r} and {name!r} split valset differently (fraction {fraction:g} "
+                f"seed {seed}, report part {digest}; fraction {f:g} seed {sd}, report part {h}), "
+                "so neither report part is unseen by the other's trials; ensemble them "
+                "separately, or rerun one with the other's search.holdout"
+            )
     return fraction, seed, digest
 
 
@@ -145,17 +193,30 @@ def _same_data_as_searches(check: DataCheck, searches: dict[str, dict[str, str]]
         if not t.get(DATA_ROOT) or Path(t[DATA_ROOT]).resolve() != here:
             continue  # another root is scored on purpose
         for split in ("val", "test"):
-            then, now = t.get(f"{tracking.FINGERPRINT_PREFIX}{split}"), check.fingerprints.get(split)
+            then, now = (
+                t.get(f"{tracking.FINGERPRINT_PREFIX}{split}"),
+                check.fingerprints.get(split),
+            )
             if then and now and then != now:
                 raise DataError(
-                    f"{split}set in {here} changed since search {name!r} ran (images added, removed, rewritten "
-                    f"or relabelled: fingerprint {then} then, {now} now); restore it, or pass "
-                    "--allow-changed-data to score the files as they are now")
+                    f"{split}set in {here} changed since search {name!r} ran (images added, "
+                    f"removed, rewritten or relabelled: fingerprint {then} then, {now} now); "
+                    "restore it, or pass --allow-changed-data to score the files as they are now"
+                )
 
 
-def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracker, *,
-                 data_root: str | None = None, out: str | Path | None = None, parent_run_id: str | None = None,
-                 recipe_name: str = "ensemble", allow_changed_data: bool = False, echo=print) -> EnsembleOutcome:
+def run_ensemble(
+    recipe: EnsembleRecipe,
+    experiments: list[str],
+    tracker: Tracker,
+    *,
+    data_root: str | None = None,
+    out: str | Path | None = None,
+    parent_run_id: str | None = None,
+    recipe_name: str = "ensemble",
+    allow_changed_data: bool = False,
+    echo=print,
+) -> EnsembleOutcome:
     """Score every qualifying trial on val and test, build the ensemble, write and log it.
 
     ``data_root`` defaults to the one recorded on the first search; ``out`` to the recipe's
@@ -163,17 +224,25 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
     since a search at the same root ran are refused unless ``allow_changed_data``.
     """
     if not experiments:
-        raise ConfigError(f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
-                          "or list them under experiments:")
+        raise ConfigError(
+            f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
+            "or list them under experiments:"
+        )
     runs = candidate_runs(tracker, recipe, experiments)
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
         data_root = searches[experiments[0]].get(DATA_ROOT)
         if data_root is None:
-            raise ConfigError(f"no data root is recorded for search {experiments[0]!r}; pass --data DIR")
+            raise ConfigError(
+                f"no data root is recorded for search {experiments[0]!r}; pass --data DIR"
+            )
     # Only val and test are read: trainset need not be on this machine.
-    config = search_config(tracker, experiments[0])  # the first search's layout and perturbation recipe
-    data = search_data(config, data_root, searches[experiments[0]].get(tracking.ON_BAD_IMAGE, "error"))
+    config = search_config(
+        tracker, experiments[0]
+    )  # the first search's layout and perturbation recipe
+    data = search_data(
+        config, data_root, searches[experiments[0]].get(tracking.ON_BAD_IMAGE, "error")
+    )
     check = check_dataset(data, splits=("val", "test"))
     if not allow_changed_data:
         _same_data_as_searches(check, searches)
@@ -184,13 +253,22 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
     holdout = split_valset(val, fraction, seed)
     if holdout.report_hash != recorded and not allow_changed_data:
         raise DataError(
-            f"valset's report part is not the one search {experiments[0]!r} kept aside (hash {recorded} then, "
-            f"{holdout.report_hash} now: images added, removed or renamed); restore valset, or pass "
-            "--allow-changed-data to split the current valset the same way (its estimate is then less sure)")
+            f"valset's report part is not the one search {experiments[0]!r} kept aside (hash "
+            f"{recorded} then, {holdout.report_hash} now: images added, removed or renamed); "
+            "restore valset, or pass --allow-changed-data to split the current valset the same "
+            "way (its estimate is then less sure)"
+        )
     # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
     robust = search_robust_val(config, experiments[0]) if recipe.metric in ROBUST_METRICS else None
-    candidates = score_candidates(tracker, runs, splits, recipe.tta, recipe.batch_size, echo,
-                                  Perturber(robust) if robust is not None else None)
+    candidates = score_candidates(
+        tracker,
+        runs,
+        splits,
+        recipe.tta,
+        recipe.batch_size,
+        echo,
+        Perturber(robust) if robust is not None else None,
+    )
     result = build_ensemble(candidates, val.targets, recipe, *holdout.indices(val.names))
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
@@ -200,29 +278,53 @@ def run_ensemble(recipe: EnsembleRecipe, experiments: list[str], tracker: Tracke
         result.table.to_csv(members_csv, index=False)
         figures = [plot_roc(result, Path(tmp) / "roc.png")] if result.honest else []
         sub = write_atomic(Path(tmp) / "submission.csv", text)
-        params = {"recipe": recipe_name, "experiments": ",".join(experiments), "combine": recipe.combine,
-                  "average": recipe.average, "top_k": recipe.top_k, "metric": recipe.metric,
-                  "tta": ",".join(recipe.tta), "tta_select": recipe.tta_select, "holdout_fraction": fraction,
-                  "holdout_seed": seed, "members": ",".join(result.members),
-                  "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
-                  "member_views": ",".join("+".join(result.views[m]) for m in result.members)}
+        params = {
+            "recipe": recipe_name,
+            "experiments": ",".join(experiments),
+            "combine": recipe.combine,
+            "average": recipe.average,
+            "top_k": recipe.top_k,
+            "metric": recipe.metric,
+            "tta": ",".join(recipe.tta),
+            "tta_select": recipe.tta_select,
+            "holdout_fraction": fraction,
+            "holdout_seed": seed,
+            "members": ",".join(result.members),
+            "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
+            "member_views": ",".join("+".join(result.views[m]) for m in result.members),
+        }
         if robust is not None:
             params["robust_val"] = robust.model_dump_json()
         exp_id = tracker.experiment_id(experiments[0], create=False)
         run_tags = {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout)}
-        run_id = tracker.ensemble_run(exp_id, f"ensemble-{result.chosen}", parent_run_id, params, result.metrics,
-                                      [sub, members_csv, *figures], run_tags)
+        run_id = tracker.ensemble_run(
+            exp_id,
+            f"ensemble-{result.chosen}",
+            parent_run_id,
+            params,
+            result.metrics,
+            [sub, members_csv, *figures],
+            run_tags,
+        )
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     submission = write_atomic(out, text)
     return EnsembleOutcome(result, submission, run_id, len(test))
 
 
-def predict_run(tracker: Tracker, run_id: str, data: DataConfig, views: list[str], out: Path,
-                batch_size: int = 64) -> Path:
+def predict_run(
+    tracker: Tracker,
+    run_id: str,
+    data: DataConfig,
+    views: list[str],
+    out: Path,
+    batch_size: int = 64,
+) -> Path:
     """Score the test split with one trial's best checkpoint (mean over ``views``)."""
     splits = DecodedSplits(data)
     test = splits.split("test")
     with tempfile.TemporaryDirectory(prefix="ffdi-predict-") as tmp:
         member = load_member(tracker.download(run_id, "checkpoint/best.pt", Path(tmp)), run_id)
-        prob = probability(predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0))
+        prob = probability(
+            predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0)
+        )
     return write_atomic(out, submission_text(test.names, prob))

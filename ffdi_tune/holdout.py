@@ -25,7 +25,15 @@ from sklearn.model_selection import train_test_split
 from ffdi_tune.data import Split
 from ffdi_tune.errors import DataError
 
-__all__ = ["Holdout", "split_valset", "report_hash", "NO_REPORT_HASH", "HOLDOUT_FILE", "save_holdout", "saved_holdout"]
+__all__ = [
+    "Holdout",
+    "split_valset",
+    "report_hash",
+    "NO_REPORT_HASH",
+    "HOLDOUT_FILE",
+    "save_holdout",
+    "saved_holdout",
+]
 
 NO_REPORT_HASH = "none"  # fraction 0: every valset image selects, nothing is kept for the report
 
@@ -76,17 +84,27 @@ def split_valset(split: Split, fraction: float, seed: int) -> Holdout:
         return Holdout(0.0, seed, tuple(split.names), ())
     n_fake = int(split.targets.sum())
     if min(n_fake, len(split) - n_fake) < 2:
-        raise DataError(f"search.holdout.fraction={fraction:g} needs at least 2 real and 2 fake valset images to "
-                        f"split, but valset has {len(split) - n_fake} real and {n_fake} fake; add images or set "
-                        "search.holdout.fraction: 0")
+        raise DataError(
+            f"search.holdout.fraction={fraction:g} needs at least 2 real and 2 fake valset images "
+            f"to split, but valset has {len(split) - n_fake} real and {n_fake} fake; add images or "
+            "set search.holdout.fraction: 0"
+        )
     try:
-        select, report = train_test_split(names, test_size=fraction, stratify=split.targets, random_state=seed)
+        select, report = train_test_split(
+            names, test_size=fraction, stratify=split.targets, random_state=seed
+        )
     except ValueError as exc:
-        raise DataError(f"search.holdout.fraction={fraction:g} cannot split valset's {len(split)} images "
-                        f"({exc}); use a fraction nearer 0.5 or add images") from None
+        raise DataError(
+            f"search.holdout.fraction={fraction:g} cannot split valset's {len(split)} images "
+            f"({exc}); use a fraction nearer 0.5 or add images"
+        ) from None
     order = {n: i for i, n in enumerate(split.names)}  # each part keeps valset's own order
-    return Holdout(float(fraction), seed, tuple(sorted(select, key=order.get)),
-                   tuple(sorted(report, key=order.get)))
+    return Holdout(
+        float(fraction),
+        seed,
+        tuple(sorted(select, key=order.get)),
+        tuple(sorted(report, key=order.get)),
+    )
 
 
 HOLDOUT_FILE = "holdout.json"  # in a search's output folder: the split it started with
@@ -96,9 +114,18 @@ def save_holdout(folder: Path, holdout: Holdout) -> Path:
     """Record the split in ``folder`` (a search's output folder), for a later ``--resume``."""
     from ffdi_tune.files import write_atomic
 
-    return write_atomic(Path(folder) / HOLDOUT_FILE, json.dumps(
-        {"fraction": holdout.fraction, "seed": holdout.seed, "report_hash": holdout.report_hash,
-         "select_images": len(holdout.select_names), "report_images": len(holdout.report_names)}))
+    return write_atomic(
+        Path(folder) / HOLDOUT_FILE,
+        json.dumps(
+            {
+                "fraction": holdout.fraction,
+                "seed": holdout.seed,
+                "report_hash": holdout.report_hash,
+                "select_images": len(holdout.select_names),
+                "report_images": len(holdout.report_names),
+            }
+        ),
+    )
 
 
 def saved_holdout(folder: Path) -> dict | None:

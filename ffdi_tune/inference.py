@@ -26,9 +26,16 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | No
 
 
 @torch.no_grad()
-def view_log_odds(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                  views: list[str], batch_size: int = 64, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> np.ndarray:
+def view_log_odds(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    views: list[str],
+    batch_size: int = 64,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
     """Log-odds of fake for each view and uint8 image: float64 array ``len(views) x len(images)``.
 
     Each batch is moved and normalised once; every view is a tensor op on it, on the device.
@@ -41,7 +48,9 @@ def view_log_odds(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tens
         x = to_model_input(batch, mean, std, device, channels_last)
         for v, view in enumerate(views):
             logits = _logits(model, apply_view(view, x), amp_dtype)
-            out[v, start : start + len(batch)] = (logits[:, 1] - logits[:, 0]).double().cpu().numpy()
+            out[v, start : start + len(batch)] = (
+                (logits[:, 1] - logits[:, 0]).double().cpu().numpy()
+            )
         start += len(batch)
     return out
 

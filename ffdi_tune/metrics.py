@@ -17,8 +17,10 @@ def check_both_classes(y_true: np.ndarray) -> np.ndarray:
     """``y_true`` as ints; ValueError unless both real (0) and fake (1) occur in it."""
     y = np.asarray(y_true).astype(int)
     if len(np.unique(y)) != 2:
-        raise ValueError(f"ROC metrics need both classes (0 = real, 1 = fake), but got only {np.unique(y).tolist()} "
-                         f"in {len(y)} labels; score a split that holds both")
+        raise ValueError(
+            "ROC metrics need both classes (0 = real, 1 = fake), but got only "
+            f"{np.unique(y).tolist()} in {len(y)} labels; score a split that holds both"
+        )
     return y
 
 
@@ -28,7 +30,8 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 
 def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float = 1e-3) -> float:
-    """The best true-positive rate among thresholds whose false-positive rate is at most ``max_fpr``.
+    """The best true-positive rate among thresholds whose false-positive rate is at most
+    ``max_fpr``.
 
     Every point of the ROC curve is considered (``drop_intermediate=False``) and nothing is
     interpolated: the value is that of an operating point one can actually choose. FPR exactly at
@@ -38,12 +41,15 @@ def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float = 1e-3) -> 
     >>> tpr_at_fpr(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
     1.0
     """
-    fpr, tpr, _ = roc_curve(check_both_classes(y_true), np.asarray(score, dtype=np.float64),
-                            drop_intermediate=False)
+    fpr, tpr, _ = roc_curve(
+        check_both_classes(y_true), np.asarray(score, dtype=np.float64), drop_intermediate=False
+    )
     return float(tpr[fpr <= max_fpr].max())  # the first point, (0, 0) or better, always qualifies
 
 
-def binary_metrics(y_true: np.ndarray, log_odds: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+def binary_metrics(
+    y_true: np.ndarray, log_odds: np.ndarray, prefix: str = "val_"
+) -> dict[str, float]:
     """ROC AUC, TPR at FPR = 1e-3, accuracy at p = 0.5 and log loss of log-odds of fake.
 
     The log loss is computed from the log-odds themselves (``log(1 + exp(-z))`` for a fake, of

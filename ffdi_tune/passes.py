@@ -30,7 +30,8 @@ def available_cpus() -> int:
 
 
 class Progress:
-    """Counts done items of a pass of ``total`` and shows it (bar on a terminal, plain lines otherwise)."""
+    """Counts done items of a pass of ``total`` and shows it (bar on a terminal, plain lines
+    otherwise)."""
 
     def __init__(self, total: int, desc: str, unit: str = "img", stream=None):
         self.total, self.desc, self.unit = total, desc, unit
@@ -40,7 +41,14 @@ class Progress:
         if getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, delay=QUIET_S, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                delay=QUIET_S,
+                file=self.stream,
+                dynamic_ncols=True,
+            )
 
     def update(self, n: int) -> None:
         self.done += n
@@ -48,7 +56,9 @@ class Progress:
             self._bar.update(n)
             return
         now = time.monotonic()
-        if now - self.started >= QUIET_S and (now - self._last_line >= LINE_EVERY_S or self.done >= self.total):
+        if now - self.started >= QUIET_S and (
+            now - self._last_line >= LINE_EVERY_S or self.done >= self.total
+        ):
             self._last_line = now
             self.stream.write(self.line() + "\n")
             self.stream.flush()
@@ -57,8 +67,11 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        return (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
-                f"{rate:,.0f} {self.unit}/s, ETA {eta:,.0f} s")
+        return (
+            f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} "
+            f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} {self.unit}/s, ETA "
+            f"{eta:,.0f} s"
+        )
 
     def close(self) -> None:
         if self._bar is not None:
@@ -74,9 +87,15 @@ def _executor(kind: str, workers: int) -> Executor:
     return ThreadPoolExecutor(workers)
 
 
-def run_pass(work: Callable[[Sequence[Any]], Any], items: Sequence[Any], desc: str,
-             workers: int | None = None, kind: Literal["threads", "processes"] = "threads",
-             chunk: int = 64, on_result: Callable[[Sequence[Any], Any], None] | None = None) -> None:
+def run_pass(
+    work: Callable[[Sequence[Any]], Any],
+    items: Sequence[Any],
+    desc: str,
+    workers: int | None = None,
+    kind: Literal["threads", "processes"] = "threads",
+    chunk: int = 64,
+    on_result: Callable[[Sequence[Any], Any], None] | None = None,
+) -> None:
     """Call ``work(items[i:i + chunk])`` for every chunk, ``workers`` at a time, reporting progress.
 
     ``on_result(chunk, result)`` receives each chunk's result in the calling thread, as it ends.

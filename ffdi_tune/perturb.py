@@ -13,8 +13,9 @@ the image's name, so every trial (and every ensemble member) is scored on the ve
 
 Kinds are applied in that order (a re-encode comes last, as on upload), to the image as the model
 sees it: decoded and resized to the trial's ``img_size`` exactly as the clean copy, so strengths are
-relative to that size and ``val_robust_auc - val_auc`` measures the perturbation alone. Ranges and the on/off
-switch of each kind come from :class:`RobustValConfig` (``robust_val:`` in a search's YAML).
+relative to that size and ``val_robust_auc - val_auc`` measures the perturbation alone. Ranges and
+the on/off switch of each kind come from :class:`RobustValConfig` (``robust_val:`` in a search's
+YAML).
 
 >>> p = Perturber(RobustValConfig(seed=1))
 >>> [kind for kind, _ in p.plan("0001.jpg")]  # doctest: +SKIP
@@ -75,7 +76,7 @@ class ColorPerturb(StrictModel):
 
 
 class CropPerturb(StrictModel):
-    """Keep a window of ``keep`` (drawn) of each side at a random place, resized back to img_size."""
+    """A window of ``keep`` (drawn) of each side, at a random place, resized back to img_size."""
 
     keep: tuple[float, float] = (0.85, 0.97)
 
@@ -113,7 +114,9 @@ class RobustValConfig(StrictModel):
     @model_validator(mode="after")
     def _some_kind(self) -> RobustValConfig:
         if not self.kinds.enabled():
-            raise ValueError("kinds turns every perturbation off; keep at least one or set enabled: false")
+            raise ValueError(
+                "kinds turns every perturbation off; keep at least one or set enabled: false"
+            )
         return self
 
 
@@ -132,12 +135,17 @@ def _draw(kind: str, cfg: Any, rng: np.random.Generator) -> dict[str, Any]:
     if kind == "rescale":
         return {"factor": _uniform(rng, cfg.factor)}
     if kind == "color":
-        return {"gamma": _uniform(rng, cfg.gamma), "gain": [_uniform(rng, cfg.gain) for _ in range(3)]}
+        return {
+            "gamma": _uniform(rng, cfg.gamma),
+            "gain": [_uniform(rng, cfg.gain) for _ in range(3)],
+        }
     if kind == "blur":
         return {"sigma": _uniform(rng, cfg.sigma)}
     if kind == "jpeg":
         return {"quality": int(rng.integers(cfg.quality[0], cfg.quality[1] + 1))}
-    raise ValueError(f"unknown perturbation kind {kind!r}; valid kinds are {', '.join(PERTURB_KINDS)}")
+    raise ValueError(
+        f"unknown perturbation kind {kind!r}; valid kinds are {', '.join(PERTURB_KINDS)}"
+    )
 
 
 def _apply(kind: str, p: dict[str, Any], im: Image.Image) -> Image.Image:
@@ -147,7 +155,9 @@ def _apply(kind: str, p: dict[str, Any], im: Image.Image) -> Image.Image:
         left, top = round((w - cw) * p["x"]), round((h - ch) * p["y"])
         return im.crop((left, top, left + cw, top + ch))
     if kind == "rescale":
-        small = im.resize((max(4, round(w * p["factor"])), max(4, round(h * p["factor"]))), Image.BILINEAR)
+        small = im.resize(
+            (max(4, round(w * p["factor"])), max(4, round(h * p["factor"]))), Image.BILINEAR
+        )
         return small.resize((w, h), Image.BICUBIC)
     if kind == "color":
         x = np.asarray(im, dtype=np.float32) / 255.0
@@ -161,7 +171,9 @@ def _apply(kind: str, p: dict[str, Any], im: Image.Image) -> Image.Image:
         buf.seek(0)
         with Image.open(buf) as out:
             return out.convert("RGB")
-    raise ValueError(f"unknown perturbation kind {kind!r}; valid kinds are {', '.join(PERTURB_KINDS)}")
+    raise ValueError(
+        f"unknown perturbation kind {kind!r}; valid kinds are {', '.join(PERTURB_KINDS)}"
+    )
 
 
 class Perturber:
@@ -174,7 +186,11 @@ class Perturber:
         self.recipe = recipe
         spec = recipe.model_dump(mode="json", exclude={"enabled"})
         #: what the perturbed pixels depend on besides the files: part of the decode-cache key
-        self.key = PERTURB_POLICY + ":" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        self.key = (
+            PERTURB_POLICY
+            + ":"
+            + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        )
         self._kinds = [k for k in PERTURB_KINDS if getattr(recipe.kinds, k) is not None]
 
     def plan(self, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -184,7 +200,11 @@ class Perturber:
         low, high = self.recipe.ops_per_image
         n = min(int(rng.integers(low, high + 1)), len(self._kinds))
         chosen = set(rng.choice(len(self._kinds), size=n, replace=False).tolist())
-        return [(k, _draw(k, getattr(self.recipe.kinds, k), rng)) for i, k in enumerate(self._kinds) if i in chosen]
+        return [
+            (k, _draw(k, getattr(self.recipe.kinds, k), rng))
+            for i, k in enumerate(self._kinds)
+            if i in chosen
+        ]
 
     def __call__(self, image: Image.Image, name: str) -> Image.Image:
         out = image.convert("RGB")

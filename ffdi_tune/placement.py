@@ -12,14 +12,22 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ffdi_tune.augment import AugmentParams, BatchFlips, batch_augment, build_augment, device_augment, has_device_form
+from ffdi_tune.augment import (
+    AugmentParams,
+    BatchFlips,
+    batch_augment,
+    build_augment,
+    device_augment,
+    has_device_form,
+)
 from ffdi_tune.config import TrainSettings
 
 __all__ = ["augment_placement", "Augmenters", "augmenters", "loader_workers"]
 
 
-def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | None,
-                      device: torch.device) -> Literal["device", "gather", "loader"]:
+def augment_placement(
+    s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
+) -> Literal["device", "gather", "loader"]:
     """Where the trial's augmentation set runs.
 
     ``device``: whole batches on the training device (the flips sets on a GPU; sets with a kornia
@@ -30,7 +38,9 @@ def augment_placement(s: TrainSettings, augment_sets: dict[str, list[dict]] | No
     user = any(part in (augment_sets or {}) for part in s.augment.split("+"))
     if not user and batch_augment(s.augment) is not None:
         return "device" if device.type != "cpu" else "gather"
-    wants_device = s.device_augment == "on" or (s.device_augment == "auto" and device.type == "cuda")
+    wants_device = s.device_augment == "on" or (
+        s.device_augment == "auto" and device.type == "cuda"
+    )
     return "device" if wants_device and has_device_form(s.augment, augment_sets) else "loader"
 
 
@@ -49,7 +59,7 @@ def loader_workers(num_workers: int | str, where: str, device: torch.device) -> 
 
 
 class Augmenters(NamedTuple):
-    """The trial's augmentation, in the one place :func:`augment_placement` chose (the others None)."""
+    """The trial's augmentation in the place :func:`augment_placement` chose (the others None)."""
 
     where: str
     on_device: Callable[[torch.Tensor], torch.Tensor] | None
@@ -57,7 +67,9 @@ class Augmenters(NamedTuple):
     per_image: Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device) -> Augmenters:
+def augmenters(
+    s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
+) -> Augmenters:
     """The trial's set, built for the place :func:`augment_placement` picks."""
     where = augment_placement(s, augment_sets, device)
     flips = batch_augment(s.augment)
@@ -67,4 +79,6 @@ def augmenters(s: TrainSettings, augment_sets: dict[str, list[dict]] | None, dev
         batched = flips if flips is not None else device_augment(s.augment, s.img_size).to(device)
         return Augmenters(where, batched, None, None)
     params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
-    return Augmenters(where, None, None, build_augment(s.augment, s.img_size, augment_sets, params=params))
+    return Augmenters(
+        where, None, None, build_augment(s.augment, s.img_size, augment_sets, params=params)
+    )

@@ -1,4 +1,5 @@
-"""Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one decode.
+"""Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one
+decode.
 
 :class:`DecodedSplits` decodes each split once per image size and shares it across members;
 :func:`predict_views` runs each view as a tensor op on the decoded batch (on the device) and
@@ -52,18 +53,26 @@ def load_member(path: str | Path, name: str, device: torch.device | None = None)
         model = create_model(ckpt["backbone"], input_mode=ckpt.get("input", "rgb"))
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
-        raise DataError(f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); rerun that trial or leave it out") from None
+        raise DataError(
+            f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); rerun that trial or leave it out"
+        ) from None
     model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     img_size = int(ckpt.get("eval_img_size") or ckpt["img_size"])
-    return Member(name, model, img_size, torch.tensor(ckpt["mean"], device=device),
-                  torch.tensor(ckpt["std"], device=device), ckpt)
+    return Member(
+        name,
+        model,
+        img_size,
+        torch.tensor(ckpt["mean"], device=device),
+        torch.tensor(ckpt["std"], device=device),
+        ckpt,
+    )
 
 
 class DecodedSplits:
-    """Each split decoded once per image size (and perturbation), shared by every member using it."""
+    """Each split decoded once per image size (and perturbation), shared by the members using it."""
 
     def __init__(self, data: DataConfig):
         self.data = data
@@ -79,14 +88,19 @@ class DecodedSplits:
         """Split ``name`` at ``img_size``; with ``perturb`` (a Perturber), its perturbed copy."""
         key = (name, img_size, perturb.key if perturb is not None else "")
         if key not in self._images:
-            self._images[key] = load_images(self.split(name), img_size, cache_dir=cache_dir_of(self.data),
-                                            perturb=perturb)
+            self._images[key] = load_images(
+                self.split(name), img_size, cache_dir=cache_dir_of(self.data), perturb=perturb
+            )
         return self._images[key]
 
 
-def predict_views(member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64) -> np.ndarray:
+def predict_views(
+    member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64
+) -> np.ndarray:
     """A member's log-odds of fake for each view (the body in bf16 on a GPU that has it, the head in
     float32): ``len(views) x len(images)``."""
     cuda = member.mean.device.type == "cuda"
     amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-    return view_log_odds(member.model, images, member.mean, member.std, views, batch_size, amp, cuda)
+    return view_log_odds(
+        member.model, images, member.mean, member.std, views, batch_size, amp, cuda
+    )

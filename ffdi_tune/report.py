@@ -8,11 +8,19 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ffdi_tune.config import best_value, higher_is_better
+
 if TYPE_CHECKING:
     from ffdi_tune.ensemble import EnsembleResult
 
-__all__ = ["plot_roc", "plot_search_history", "param_importance", "plot_param_importance", "format_ensemble_table",
-           "summarise_search"]
+__all__ = [
+    "plot_roc",
+    "plot_search_history",
+    "param_importance",
+    "plot_param_importance",
+    "format_ensemble_table",
+    "summarise_search",
+]
 
 
 def _pyplot():
@@ -35,9 +43,17 @@ def plot_roc(result: EnsembleResult, path: Path) -> Path:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"{name[:8]} AUC {roc_auc_score(y, p):.4f}")
     fpr, tpr, _ = roc_curve(y, result.report_pred)
-    ax.plot(fpr, tpr, lw=2.5, color="black", label=f"ensemble AUC {roc_auc_score(y, result.report_pred):.4f}")
+    ax.plot(
+        fpr,
+        tpr,
+        lw=2.5,
+        color="black",
+        label=f"ensemble AUC {roc_auc_score(y, result.report_pred):.4f}",
+    )
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the report half")
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="ROC on the report half"
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -45,14 +61,14 @@ def plot_roc(result: EnsembleResult, path: Path) -> Path:
     return path
 
 
-def plot_search_history(history: pd.DataFrame, metric: str, mode: str, path: Path) -> Path:
+def plot_search_history(history: pd.DataFrame, metric: str, path: Path) -> Path:
     """Best-so-far metric against trial order and against wall time.
 
     ``history`` has one row per trial: ``start_time`` (s), ``end_time`` (s) and ``metric``.
     """
     plt = _pyplot()
     h = history.sort_values("end_time").reset_index(drop=True)
-    best = h[metric].cummax() if mode == "max" else h[metric].cummin()
+    best = h[metric].cummax() if higher_is_better(metric) else h[metric].cummin()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(range(1, len(h) + 1), h[metric], "o", alpha=0.5, label="trial")
     axes[0].step(range(1, len(h) + 1), best, where="post", label="best so far")
@@ -87,10 +103,16 @@ def param_importance(trials: pd.DataFrame, params: list[str], metric: str) -> di
         else:
             dists[p] = CategoricalDistribution(sorted(set(map(str, values))))
     for _, row in rows.iterrows():
-        params_ = {p: (float(row[p]) if isinstance(dists[p], FloatDistribution) else str(row[p])) for p in usable}
-        study.add_trial(optuna.trial.create_trial(params=params_, distributions=dists, value=float(row[metric])))
+        params_ = {
+            p: (float(row[p]) if isinstance(dists[p], FloatDistribution) else str(row[p]))
+            for p in usable
+        }
+        study.add_trial(
+            optuna.trial.create_trial(params=params_, distributions=dists, value=float(row[metric]))
+        )
     return optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
 
 
 def plot_param_importance(importance: dict[str, float], path: Path) -> Path:
@@ -110,40 +132,86 @@ def format_ensemble_table(table: pd.DataFrame) -> str:
     view = table.copy()
     # The perturbed-valset columns are there when the members were scored on it too.
     robust = [c for c in ("select_robust_auc", "holdout_robust_auc") if c in view]
-    for c in ("select_auc_no_tta", "select_auc_tta", "holdout_auc_no_tta", "holdout_auc_tta", "weight", *robust):
-        view[c] = view[c].map(lambda v: "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}")
-    view["member"] = [("* " if shipped else "  ") + (m if kind == "ensemble" else m[:12])
-                      for m, kind, shipped in zip(view["member"], view["kind"], view["shipped"])]
-    cols = ["member", "label", "views", "weight", "select_auc_no_tta", "select_auc_tta",
-            "holdout_auc_no_tta", "holdout_auc_tta", *robust]
+    for c in (
+        "select_auc_no_tta",
+        "select_auc_tta",
+        "holdout_auc_no_tta",
+        "holdout_auc_tta",
+        "weight",
+        *robust,
+    ):
+        view[c] = view[c].map(
+            lambda v: "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
+        )
+    view["member"] = [
+        ("* " if shipped else "  ") + (m if kind == "ensemble" else m[:12])
+        for m, kind, shipped in zip(view["member"], view["kind"], view["shipped"], strict=True)
+    ]
+    cols = [
+        "member",
+        "label",
+        "views",
+        "weight",
+        "select_auc_no_tta",
+        "select_auc_tta",
+        "holdout_auc_no_tta",
+        "holdout_auc_tta",
+        *robust,
+    ]
     return view[cols].to_string(index=False)
 
 
-def summarise_search(tracker, experiment_id: str, parent_id: str, rows, metric: str, mode: str,
-                     trials_csv: Path, searched: list[str]) -> None:
+def summarise_search(
+    tracker,
+    experiment_id: str,
+    parent_id: str,
+    rows,
+    metric: str,
+    trials_csv: Path,
+    searched: list[str],
+) -> None:
     """Log a search's totals, best trial, history and parameter importance on its parent run.
 
     ``tracker`` is a :class:`~ffdi_tune.tracking.Tracker`, ``rows`` the ranked
-    :class:`~ffdi_tune.results.TrialRow` s; the run times come from the trials' MLflow runs.
+    :class:`~ffdi_tune.trials_table.TrialRow` s; the run times come from the trials' MLflow runs.
     """
     import tempfile
 
     from ffdi_tune import tracking
 
     finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
-    tracker.log_metrics(parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0)
+    tracker.log_metrics(
+        parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0
+    )
     tracker.log_artifact(parent_id, trials_csv)
     if not finished:
         return
-    best = max(finished, key=lambda r: r.best if mode == "max" else -r.best)
+    best = next(r for r in finished if r.best == best_value(metric, [r.best for r in finished]))
     tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
-    tracker.set_tags(parent_id, {tracking.BEST_TRIAL_ID: best.trial_id, tracking.BEST_RUN_ID: best.run_id})
-    times = {t.trial_id: (t.start_s, t.end_s or 0.0) for t in tracker.trials_of(experiment_id, parent_id)}
-    history = pd.DataFrame([
-        {"start_time": times[r.trial_id][0], "end_time": times[r.trial_id][1], metric: r.best, **r.params}
-        for r in finished if r.trial_id in times])
+    tracker.set_tags(
+        parent_id, {tracking.BEST_TRIAL_ID: best.trial_id, tracking.BEST_RUN_ID: best.run_id}
+    )
+    times = {
+        t.trial_id: (t.start_s, t.end_s or 0.0) for t in tracker.trials_of(experiment_id, parent_id)
+    }
+    history = pd.DataFrame(
+        [
+            {
+                "start_time": times[r.trial_id][0],
+                "end_time": times[r.trial_id][1],
+                metric: r.best,
+                **r.params,
+            }
+            for r in finished
+            if r.trial_id in times
+        ]
+    )
     with tempfile.TemporaryDirectory(prefix="ffdi-plots-") as tmp:
-        tracker.log_artifact(parent_id, plot_search_history(history, metric, mode, Path(tmp) / "search_history.png"))
+        tracker.log_artifact(
+            parent_id, plot_search_history(history, metric, Path(tmp) / "search_history.png")
+        )
         importance = param_importance(history, searched, metric)
         if importance:
-            tracker.log_artifact(parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png"))
+            tracker.log_artifact(
+                parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png")
+            )

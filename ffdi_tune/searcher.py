@@ -1,4 +1,5 @@
-"""What Tune asks before and after each trial: Optuna's TPE told the truth, and the time budget kept.
+"""What Tune asks before and after each trial: Optuna's TPE told the truth, and the time budget
+kept.
 
 Ray's ``OptunaSearch`` tells Optuna each trial's *last* reported value as COMPLETE, so a trial that
 ASHA stopped after one epoch looks to TPE like a finished one with a one-epoch score, and a trial
@@ -24,9 +25,16 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ffdi_tune.budget import FinalStageEstimate, TimeBudget
-from ffdi_tune.config import METRIC_MODES
+from ffdi_tune.config import is_better
 
-__all__ = ["TrialSearcher", "BudgetStopper", "LiveBudget", "attach_budget", "detach_budget", "live_budget"]
+__all__ = [
+    "TrialSearcher",
+    "BudgetStopper",
+    "LiveBudget",
+    "attach_budget",
+    "detach_budget",
+    "live_budget",
+]
 
 
 @dataclass
@@ -35,8 +43,12 @@ class LiveBudget:
 
     budget: TimeBudget
     final_stage: FinalStageEstimate
-    started: dict[str, float] = field(default_factory=dict)  # trial id -> budget.used() at its start
-    scored: set[str] = field(default_factory=set)  # trials with a scored epoch: the final stage's candidates
+    started: dict[str, float] = field(
+        default_factory=dict
+    )  # trial id -> budget.used() at its start
+    scored: set[str] = field(
+        default_factory=set
+    )  # trials with a scored epoch: the final stage's candidates
 
     def reserve(self) -> float:
         return self.final_stage.seconds(max(len(self.scored), 1))
@@ -68,7 +80,9 @@ class TrialSearcher(OptunaSearch):
         self.search_name = search_name
         self._best: dict[str, float] = {}
         self._epochs: dict[str, tuple[int, int]] = {}  # trial id -> (epochs run, epochs planned)
-        self._reported: dict[str, set[int]] = {}  # epochs told to Optuna (a retried trial repeats some)
+        self._reported: dict[
+            str, set[int]
+        ] = {}  # epochs told to Optuna (a retried trial repeats some)
 
     @property
     def study(self):
@@ -84,21 +98,27 @@ class TrialSearcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self.metric not in result:
             return
-        value, epoch = float(result[self.metric]), int(result.get("epoch", result.get("training_iteration", 1)))
-        best = self._best.get(trial_id)
-        better = best is None or (value > best if METRIC_MODES.get(self.metric, "max") == "max" else value < best)
-        self._best[trial_id] = value if better else best
+        value, epoch = (
+            float(result[self.metric]),
+            int(result.get("epoch", result.get("training_iteration", 1))),
+        )
+        if is_better(self.metric, value, self._best.get(trial_id)):
+            self._best[trial_id] = value
         self._epochs[trial_id] = (epoch, int(result.get("epochs_planned", epoch)))
         if epoch not in self._reported.setdefault(trial_id, set()):
             self._ot_trials[trial_id].report(value, epoch)
             self._reported[trial_id].add(epoch)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if not error and result:
             # The result on which a scheduler stops a trial comes here, not through on_trial_result.
             self.on_trial_result(trial_id, result)
         if error or trial_id in self._completed_trials or trial_id not in self._best:
-            return super().on_trial_complete(trial_id, result, error)  # failed, or no epoch scored: FAIL/PRUNED
+            return super().on_trial_complete(
+                trial_id, result, error
+            )  # failed, or no epoch scored: FAIL/PRUNED
         run, planned = self._epochs[trial_id]
         ot_trial = self._ot_trials[trial_id]
         if run < planned:

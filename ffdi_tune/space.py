@@ -26,8 +26,10 @@ def suggest(trial: Any, name: str, domain: Domain) -> Any:
     if kind == "choice":
         # Optuna's categorical values are scalars; a list (a range such as jpeg_quality's) is
         # offered as its JSON text, which the setting's validator reads back.
-        return trial.suggest_categorical(name, [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
-                                                for v in domain.choice])
+        return trial.suggest_categorical(
+            name,
+            [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for v in domain.choice],
+        )
     low, high = getattr(domain, kind)
     if kind == "uniform":
         return trial.suggest_float(name, low, high)
@@ -37,14 +39,21 @@ def suggest(trial: Any, name: str, domain: Domain) -> Any:
         return trial.suggest_int(name, low, high)
     if kind == "logint":
         return trial.suggest_int(name, low, high, log=True)
-    raise ValueError(f"unknown domain kind {kind!r}; valid kinds are choice, uniform, loguniform, int, logint")
+    raise ValueError(
+        f"unknown domain kind {kind!r}; valid kinds are choice, uniform, loguniform, int, logint"
+    )
 
 
 class DefineByRun:
     """Picklable ``fn(trial)`` for ``OptunaSearch(space=fn)``; returns the constant overrides."""
 
-    def __init__(self, space: dict[str, Domain], per_backbone: dict[str, dict[str, Any]], backbone: str,
-                 seed_base: int | None = None):
+    def __init__(
+        self,
+        space: dict[str, Domain],
+        per_backbone: dict[str, dict[str, Any]],
+        backbone: str,
+        seed_base: int | None = None,
+    ):
         self.space = dict(space)
         self.per_backbone = {k: dict(v) for k, v in per_backbone.items()}
         self.fixed_backbone = backbone
@@ -52,8 +61,14 @@ class DefineByRun:
 
     @classmethod
     def from_config(cls, cfg: SearchConfig) -> DefineByRun:
-        fixed = cfg.train.seed is not None or "seed" in cfg.space or any("seed" in o for o in cfg.per_backbone.values())
-        return cls(cfg.space, cfg.per_backbone, cfg.train.backbone, None if fixed else cfg.search.seed)
+        fixed = (
+            cfg.train.seed is not None
+            or "seed" in cfg.space
+            or any("seed" in o for o in cfg.per_backbone.values())
+        )
+        return cls(
+            cfg.space, cfg.per_backbone, cfg.train.backbone, None if fixed else cfg.search.seed
+        )
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         if "backbone" in self.space:
@@ -70,14 +85,16 @@ class DefineByRun:
                 suggest(trial, f"{key}{CONDITIONAL_SEP}{backbone}", value)
             else:
                 constants[key] = value
-        if getattr(self, "seed_base", None) is not None:  # absent in a searcher pickled before it existed
+        if (
+            getattr(self, "seed_base", None) is not None
+        ):  # absent in a searcher pickled before it existed
             constants["seed"] = trial_seed(self.seed_base, trial.number)
         return constants or None
 
 
 def trial_seed(search_seed: int, number: int) -> int:
-    """The seed of the ``number``-th trial (0, 1, ...) of a search seeded ``search_seed``: distinct per
-    trial, the same on every run of the same search.
+    """The seed of the ``number``-th trial (0, 1, ...) of a search seeded ``search_seed``: distinct
+    per trial, the same on every run of the same search.
 
     >>> trial_seed(0, 0) != trial_seed(0, 1)
     True

@@ -19,23 +19,20 @@ from torch import nn
 __all__ = ["SRM_KERNELS", "SrmInput"]
 
 # 5x5, each normalised by its central magnitude (as in RGB-N); every kernel sums to zero.
-SRM_KERNELS = torch.tensor([
-    [[0, 0, 0, 0, 0],
-     [0, -1, 2, -1, 0],
-     [0, 2, -4, 2, 0],
-     [0, -1, 2, -1, 0],
-     [0, 0, 0, 0, 0]],
-    [[-1, 2, -2, 2, -1],
-     [2, -6, 8, -6, 2],
-     [-2, 8, -12, 8, -2],
-     [2, -6, 8, -6, 2],
-     [-1, 2, -2, 2, -1]],
-    [[0, 0, 0, 0, 0],
-     [0, 0, 0, 0, 0],
-     [0, 1, -2, 1, 0],
-     [0, 0, 0, 0, 0],
-     [0, 0, 0, 0, 0]],
-], dtype=torch.float32) / torch.tensor([4.0, 12.0, 2.0]).view(3, 1, 1)
+SRM_KERNELS = torch.tensor(
+    [
+        [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]],
+        [
+            [-1, 2, -2, 2, -1],
+            [2, -6, 8, -6, 2],
+            [-2, 8, -12, 8, -2],
+            [2, -6, 8, -6, 2],
+            [-1, 2, -2, 2, -1],
+        ],
+        [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, -2, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+    ],
+    dtype=torch.float32,
+) / torch.tensor([4.0, 12.0, 2.0]).view(3, 1, 1)
 
 # ITU-R BT.601 luma weights for the grey image the kernels see.
 _GREY = (0.299, 0.587, 0.114)
@@ -77,7 +74,9 @@ class SrmInput(nn.Module):
         return F.conv2d(grey, self.srm.to(x.dtype), padding=2)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(self.adapter(torch.cat([x, self.residuals(x)], dim=1)))
+        return self.backbone.forward_features(
+            self.adapter(torch.cat([x, self.residuals(x)], dim=1))
+        )
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(features)

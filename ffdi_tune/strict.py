@@ -16,7 +16,8 @@ def check_range(name: str, v: tuple[float, float], lowest: float, highest: float
     low, high = v
     if not lowest <= low <= high <= highest:
         raise ValueError(
-            f"{name} must be [low, high] with {lowest} <= low <= high <= {highest}, but got [{low}, {high}]"
+            f"{name} must be [low, high] with {lowest} <= low <= high <= {highest}, but got "
+            f"[{low}, {high}]"
         )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +22,44 @@ from typing import Any
 
 from ffdi_tune.config import TrackingConfig
 from ffdi_tune.errors import TrackingError, did_you_mean
-from ffdi_tune.spool import Spool
+from ffdi_tune.spool import Spool, SpooledWrites
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking", "holdout_tags", "Tracker", "TrialRecord", "replay_spool", "unreachable"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "resolve_tracking",
+    "holdout_tags",
+    "Tracker",
+    "TrialRecord",
+    "replay_spool",
+    "unreachable",
+]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint otherwise
+os.environ.setdefault(
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+)  # one bar per checkpoint otherwise
 # MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a search
 # the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-log = logging.getLogger(__name__)
 # -- the MLflow schema: every tag name the project writes or reads --------------------------------
-ROLE, SEARCH, TRIAL_ID = "ffdi.role", "ffdi.search", "ffdi.trial_id"  # role: search | trial | ensemble
+ROLE, SEARCH, TRIAL_ID = (
+    "ffdi.role",
+    "ffdi.search",
+    "ffdi.trial_id",
+)  # role: search | trial | ensemble
 PARENT = "mlflow.parentRunId"
 DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
 # search run
 BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
 ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
 VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
-HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = "ffdi.holdout.fraction", "ffdi.holdout.seed", "ffdi.holdout.report_hash"
+HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
+    "ffdi.holdout.fraction",
+    "ffdi.holdout.seed",
+    "ffdi.holdout.report_hash",
+)
 # trial run
 STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
 BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
@@ -74,16 +90,28 @@ class TrialRecord:
     @classmethod
     def of(cls, run) -> TrialRecord:
         t = run.data.tags
-        return cls(run.info.run_id, run.info.run_name or "", t.get(TRIAL_ID, ""), run.info.status,
-                   int(t.get(EPOCHS_RUN, "0")), t.get(STOPPED_EARLY) == "true", t.get(BUDGET_CUT) == "true",
-                   dict(run.data.params), dict(run.data.metrics), run.info.start_time / 1000,
-                   run.info.end_time / 1000 if run.info.end_time else None)
+        return cls(
+            run.info.run_id,
+            run.info.run_name or "",
+            t.get(TRIAL_ID, ""),
+            run.info.status,
+            int(t.get(EPOCHS_RUN, "0")),
+            t.get(STOPPED_EARLY) == "true",
+            t.get(BUDGET_CUT) == "true",
+            dict(run.data.params),
+            dict(run.data.metrics),
+            run.info.start_time / 1000,
+            run.info.end_time / 1000 if run.info.end_time else None,
+        )
 
 
 def holdout_tags(holdout) -> dict[str, str]:
     """The tags that identify a valset split (:class:`~ffdi_tune.holdout.Holdout`) on a run."""
-    return {HOLDOUT_FRACTION: f"{holdout.fraction:g}", HOLDOUT_SEED: str(holdout.seed),
-            HOLDOUT_REPORT_HASH: holdout.report_hash}
+    return {
+        HOLDOUT_FRACTION: f"{holdout.fraction:g}",
+        HOLDOUT_SEED: str(holdout.seed),
+        HOLDOUT_REPORT_HASH: holdout.report_hash,
+    }
 
 
 def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None]:
@@ -108,54 +136,97 @@ def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None
 
 
 def unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means the store cannot be reached right now, not that it refused a request."""
+    """True when ``exc`` means the store cannot be reached now, not that it refused a request."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in _NETWORK_ERRORS:
+        if (
+            isinstance(seen, (ConnectionError, TimeoutError))
+            or type(seen).__name__ in _NETWORK_ERRORS
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return bool(_UNREACHABLE.search(str(exc)))
 
 
-_NETWORK_ERRORS = {"ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeout", "ReadTimeout",
-                   "Timeout", "RemoteDisconnected", "ProtocolError", "ChunkedEncodingError"}
-_UNREACHABLE = re.compile(r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|"
-                          r"error code 5\d\d|database is locked")
+_NETWORK_ERRORS = {
+    "ConnectionError",
+    "MaxRetryError",
+    "NewConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "RemoteDisconnected",
+    "ProtocolError",
+    "ChunkedEncodingError",
+}
+_UNREACHABLE = re.compile(
+    r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|"
+    r"error code 5\d\d|database is locked"
+)
 
 
 class Tracker:
     """Thin, picklable wrapper over ``MlflowClient`` with the project's run layout.
 
-    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept
-    in a local :class:`~ffdi_tune.spool.Spool` instead of failing, and replayed in their original
-    order as soon as the store answers again (tried at most every ``PROBE_S`` seconds), at the
-    end of the search, or by ``ffdi-tune sync``. A child run created during an outage gets a
-    placeholder id ``pending:<experiment>:<parent>:<trial>`` that later writes resolve by tags.
-    """
+    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept in
+    a local :class:`~ffdi_tune.spool.Spool` instead of failing, and replayed in their original order
+    as soon as the store answers again (:class:`~ffdi_tune.spool.SpooledWrites`: tried at most every
+    ``PROBE_S`` seconds), at the end of the search, or by ``ffdi-tune sync``. A child run created
+    during an outage gets a placeholder id ``pending:<experiment>:<parent>:<trial>`` that later
+    writes resolve by tags."""
 
-    PROBE_S = 10.0
-
-    def __init__(self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None):
+    def __init__(
+        self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None
+    ):
         self.uri, self.artifact_location = uri, artifact_location
         self.spool = Spool(spool_dir) if spool_dir else None
         self._client = None
         self._ids: dict[str, str] = {}  # placeholder -> run id, once known
-        self._last_try = 0.0
+        self._writes: SpooledWrites | None = None
+
+    @property
+    def writes(self) -> SpooledWrites:
+        if self._writes is None:
+            self._writes = SpooledWrites(
+                self._apply,
+                unreachable,
+                self.spool,
+                {"uri": self.uri, "artifact_location": self.artifact_location},
+                f"MLflow at {self.uri}",
+            )
+        return self._writes
+
+    @property
+    def PROBE_S(self) -> float:  # noqa: N802 - kept under its old name: tests and users set it
+        return self.writes.probe_s
+
+    @PROBE_S.setter
+    def PROBE_S(self, value: float) -> None:  # noqa: N802
+        self.writes.probe_s = value
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "artifact_location": self.artifact_location, "spool": self.spool,
-                "_client": None, "_ids": dict(self._ids), "_last_try": 0.0}
+        return {
+            "uri": self.uri,
+            "artifact_location": self.artifact_location,
+            "spool": self.spool,
+            "_client": None,
+            "_ids": dict(self._ids),
+            "_writes": None,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A search saved by an older version pickled only the first three fields.
-        self.__dict__.update({"spool": None, "_ids": {}, "_last_try": 0.0, **state})
+        state = {k: v for k, v in state.items() if k != "_last_try"}
+        self.__dict__.update({"spool": None, "_ids": {}, "_writes": None, **state})
 
     @property
     def client(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema set-up chatter
+            logging.getLogger("mlflow.store.db.utils").setLevel(
+                logging.WARNING
+            )  # schema set-up chatter
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -166,13 +237,20 @@ class Tracker:
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
-                if create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW:  # made by an older version
-                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW)
+                if (
+                    create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW
+                ):  # made by an older version
+                    self.client.set_experiment_tag(
+                        exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW
+                    )
                 return exp.experiment_id
             if not create:
                 return None
-            return self.client.create_experiment(name, artifact_location=self.artifact_location,
-                                                  tags={EXPERIMENT_KIND: TRAINING_VIEW})
+            return self.client.create_experiment(
+                name,
+                artifact_location=self.artifact_location,
+                tags={EXPERIMENT_KIND: TRAINING_VIEW},
+            )
         except Exception as exc:
             if isinstance(exc, TrackingError):
                 raise
@@ -182,12 +260,23 @@ class Tracker:
             ) from None
 
     def _find(self, experiment_id: str, query: str):
-        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=50,
-                                       order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=query,
+            max_results=50,
+            order_by=["attributes.start_time DESC"],
+        )
         return runs[0] if runs else None
 
-    def search_run(self, experiment_id: str, name: str, resume: bool, config_yaml: str, data_root: str,
-                   tags: dict[str, str] | None = None) -> str:
+    def search_run(
+        self,
+        experiment_id: str,
+        name: str,
+        resume: bool,
+        config_yaml: str,
+        data_root: str,
+        tags: dict[str, str] | None = None,
+    ) -> str:
         """The parent run of search ``name``: the latest one when resuming, else a new one.
 
         ``tags`` (package versions, data fingerprints) are set on it either way, so a resumed
@@ -195,15 +284,22 @@ class Tracker:
         """
         run_id = None
         if resume:
-            run = self._find(experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'")
+            run = self._find(
+                experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'"
+            )
             if run is not None:
                 run_id = run.info.run_id
                 self.client.update_run(run_id, status="RUNNING")
         if run_id is None:
-            run_id = self.client.create_run(experiment_id, run_name=name,
-                                            tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root}).info.run_id
+            run_id = self.client.create_run(
+                experiment_id,
+                run_name=name,
+                tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root},
+            ).info.run_id
             self.client.log_text(run_id, config_yaml, "search_space.yaml")
-        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})  # a resume may read another root
+        self.set_tags(
+            run_id, {DATA_ROOT: data_root, **(tags or {})}
+        )  # a resume may read another root
         return run_id
 
     def _latest_search(self, experiment_name: str):
@@ -216,7 +312,8 @@ class Tracker:
         return dict(run.data.tags) if run else {}
 
     def search_config_text(self, experiment_name: str) -> str | None:
-        """The resolved YAML (``search_space.yaml``) of the latest search run of ``experiment_name``."""
+        """The resolved YAML (``search_space.yaml``) of the latest search run of
+        ``experiment_name``."""
         import tempfile
 
         run = self._latest_search(experiment_name)
@@ -224,18 +321,38 @@ class Tracker:
             return None
         with tempfile.TemporaryDirectory(prefix="ffdi-config-") as tmp:
             try:
-                return Path(self.client.download_artifacts(run.info.run_id, "search_space.yaml", tmp)).read_text()
+                return Path(
+                    self.client.download_artifacts(run.info.run_id, "search_space.yaml", tmp)
+                ).read_text()
             except Exception:  # an older or foreign run without the artifact
                 return None
 
-    def trial_run(self, experiment_id: str, parent_id: str, trial_id: str, params: dict[str, Any],
-                  run_name: str | None = None) -> str:
+    def trial_run(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any],
+        run_name: str | None = None,
+    ) -> str:
         """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
-        return self._write("trial_run", f"pending:{experiment_id}:{parent_id}:{trial_id}", params=params,
-                           run_name=run_name, time=int(time.time() * 1000))
+        return self._write(
+            "trial_run",
+            f"pending:{experiment_id}:{parent_id}:{trial_id}",
+            params=params,
+            run_name=run_name,
+            time=int(time.time() * 1000),
+        )
 
-    def _trial_run_now(self, experiment_id: str, parent_id: str, trial_id: str, params: dict[str, Any] | None,
-                       run_name: str | None = None, start_time: int | None = None) -> str:
+    def _trial_run_now(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any] | None,
+        run_name: str | None = None,
+        start_time: int | None = None,
+    ) -> str:
         query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
         run = self._find(experiment_id, query)
         if run is not None:
@@ -244,15 +361,21 @@ class Tracker:
             if params and not run.data.params:  # created just before an outage cut its params off
                 from mlflow.entities import Param
 
-                self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
+                self.client.log_batch(
+                    run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())]
+                )
             return run.info.run_id
         run = self.client.create_run(
-            experiment_id, run_name=run_name or trial_id, start_time=start_time,
+            experiment_id,
+            run_name=run_name or trial_id,
+            start_time=start_time,
             tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
         )
         from mlflow.entities import Param
 
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())])
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())]
+        )
         return run.info.run_id
 
     def finished_trials(self, experiment_names: list[str]) -> list[TrialRecord]:
@@ -263,16 +386,26 @@ class Tracker:
             if exp_id is None:
                 known = [e.name for e in self.client.search_experiments()]
                 raise TrackingError(
-                    f"experiment {name!r} not found in {self.uri}{did_you_mean(name, known)}; run the search "
-                    "first, or pass the name of a finished one with --experiment")
-            records += [TrialRecord.of(r) for r in self.client.search_runs(
-                [exp_id], filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
-                max_results=10000)]
+                    f"experiment {name!r} not found in {self.uri}{did_you_mean(name, known)}; run "
+                    "the search first, or pass the name of a finished one with --experiment"
+                )
+            records += [
+                TrialRecord.of(r)
+                for r in self.client.search_runs(
+                    [exp_id],
+                    filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
+                    max_results=10000,
+                )
+            ]
         return records
 
     def trials_of(self, experiment_id: str, parent_id: str) -> list[TrialRecord]:
         """Every trial run of the search run ``parent_id``."""
-        return [TrialRecord.of(r) for r in self.children(experiment_id, parent_id) if r.data.tags.get(ROLE) == "trial"]
+        return [
+            TrialRecord.of(r)
+            for r in self.children(experiment_id, parent_id)
+            if r.data.tags.get(ROLE) == "trial"
+        ]
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Fetch one artifact of a run into ``dst``; a missing one is a one-line error."""
@@ -281,11 +414,20 @@ class Tracker:
         except Exception as exc:
             raise TrackingError(
                 f"run {run_id} has no readable artifact {artifact_path} ({type(exc).__name__}); "
-                "leave that trial out or rerun it") from None
+                "leave that trial out or rerun it"
+            ) from None
 
-    def ensemble_run(self, experiment_id: str, name: str, parent_id: str | None, params: dict[str, Any],
-                     metrics: dict[str, float], artifacts: list[Path], tags: dict[str, str] | None = None) -> str:
-        """One finished run (tag ffdi.role=ensemble) holding an ensemble's recipe, scores and files."""
+    def ensemble_run(
+        self,
+        experiment_id: str,
+        name: str,
+        parent_id: str | None,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files."""
         from mlflow.entities import Metric, Param
 
         tags = {**(tags or {}), ROLE: "ensemble"}
@@ -304,13 +446,19 @@ class Tracker:
         return run.info.run_id
 
     def children(self, experiment_id: str, parent_id: str) -> list:
-        return self.client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'",
-                                       max_results=10000)
+        return self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000
+        )
 
     # -- logging (through the spool when one is set) -----------------------------------------
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        self._write("metrics", run_id, metrics={k: float(v) for k, v in metrics.items()}, step=int(step),
-                    time=int(time.time() * 1000))
+        self._write(
+            "metrics",
+            run_id,
+            metrics={k: float(v) for k, v in metrics.items()},
+            step=int(step),
+            time=int(time.time() * 1000),
+        )
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
@@ -329,10 +477,11 @@ class Tracker:
     # -- the spool ------------------------------------------------------------------------
     def pending(self) -> int:
         """How many writes wait in the spool for the store to come back."""
-        return len(self.spool) if self.spool else 0
+        return self.writes.pending()
 
     def resolve(self, run_id: str) -> str:
-        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if not created yet."""
+        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if not created
+        yet."""
         try:
             return self._resolve(run_id)
         except Exception:
@@ -353,13 +502,23 @@ class Tracker:
         op, run = entry["op"], entry["run"]
         if op == "trial_run":
             _, experiment_id, parent_id, trial_id = run.split(":", 3)
-            self._ids[run] = self._trial_run_now(experiment_id, parent_id, trial_id, entry.get("params"),
-                                                 entry.get("run_name"), entry.get("time"))
+            self._ids[run] = self._trial_run_now(
+                experiment_id,
+                parent_id,
+                trial_id,
+                entry.get("params"),
+                entry.get("run_name"),
+                entry.get("time"),
+            )
             return self._ids[run]
         run_id = self._resolve(run)
         if op == "metrics":
-            self.client.log_batch(run_id, metrics=[Metric(k, v, entry["time"], entry["step"])
-                                                   for k, v in entry["metrics"].items()])
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(k, v, entry["time"], entry["step"]) for k, v in entry["metrics"].items()
+                ],
+            )
         elif op == "tags":
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
         elif op == "artifact":
@@ -371,72 +530,24 @@ class Tracker:
                 if child.info.status == "RUNNING":
                     self.client.set_terminated(child.info.run_id, status=entry["status"])
         else:
-            raise ValueError(f"unknown tracking operation {op!r}; valid: trial_run, metrics, tags, artifact, "
-                             "finish, close_unfinished")
+            raise ValueError(
+                f"unknown tracking operation {op!r}; valid: trial_run, metrics, tags, artifact, "
+                "finish, close_unfinished"
+            )
         return None
 
     def _write(self, op: str, run: str, **args) -> str | None:
         """Apply one write now, or keep it in the spool while the store is unreachable."""
-        entry = {"op": op, "run": run, **args}
-        result = None
-        if self.spool is None:
-            result = self._apply(entry)
-        elif self.pending() and not self.replay(wait=False):
-            self.spool.append(entry, self._store())  # still unreachable: queue behind the others, in order
-        else:
-            try:
-                result = self._apply(entry)
-            except Exception as exc:
-                if not unreachable(exc):
-                    raise
-                log.warning("MLflow at %s is unreachable (%s); keeping its writes in %s until it is back",
-                            self.uri, str(exc).splitlines()[0][:200], self.spool.folder)
-                self._last_try = time.monotonic()
-                self.spool.append(entry, self._store())
-        if op == "trial_run":
-            return result or run
-        return result
-
-    def _store(self) -> dict[str, Any]:
-        return {"uri": self.uri, "artifact_location": self.artifact_location}
+        result = self.writes.write({"op": op, "run": run, **args})
+        return (result or run) if op == "trial_run" else result
 
     def replay(self, wait: bool = True) -> bool:
-        """Apply the spooled writes in order; True when none is left.
-
-        Without ``wait`` it tries at most every ``PROBE_S`` seconds, so an outage costs the training
-        loop one failed request per interval rather than one per write.
-        """
-        if not self.pending():
-            return True
-        if not wait and time.monotonic() - self._last_try < self.PROBE_S:
-            return False
-        entries = self.spool.entries()
-        done = 0
-        try:
-            for entry in entries:
-                try:
-                    self._apply(entry)
-                except Exception as exc:
-                    if unreachable(exc):
-                        return False
-                    # Refused (a run deleted meanwhile, a lost file): set aside, never block the rest.
-                    self.spool.reject(entry, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
-                    log.warning("MLflow refused a kept %s write (%s); it is set aside in %s", entry["op"],
-                                type(exc).__name__, self.spool.folder / "rejected.jsonl")
-                done += 1
-        finally:
-            # Progress first, files after: a replay killed in between repeats writes, never loses one.
-            self._last_try = time.monotonic()
-            self.spool.keep(entries[done:])
-            for entry in entries[:done]:
-                if entry.get("path"):
-                    shutil.rmtree(Path(entry["path"]).parent, ignore_errors=True)
-        log.warning("MLflow at %s answers again: %d kept write(s) replayed", self.uri, len(entries))
-        return True
+        """Apply the spooled writes in order; True when none is left (:class:`SpooledWrites`)."""
+        return self.writes.replay(wait)
 
 
 def replay_spool(folder: str | Path) -> int:
-    """Replay the tracking writes kept in ``folder`` into their store; return how many there were."""
+    """Replay the tracking writes kept in ``folder`` into their store; return how many."""
     spool = Spool(folder)
     n = len(spool)
     if not n:
@@ -444,6 +555,8 @@ def replay_spool(folder: str | Path) -> int:
     store = spool.store()
     tracker = Tracker(store["uri"], store.get("artifact_location"), folder)
     if not tracker.replay():
-        raise TrackingError(f"MLflow at {tracker.uri} is still unreachable; {tracker.pending()} write(s) wait in "
-                            f"{folder}; run ffdi-tune sync again once it answers")
+        raise TrackingError(
+            f"MLflow at {tracker.uri} is still unreachable; {tracker.pending()} write(s) wait in "
+            f"{folder}; run ffdi-tune sync again once it answers"
+        )
     return n

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings, is_better
-from ffdi_tune.data import Split, cache_dir_of, load_images, read_split, to_model_input, train_batches
+from ffdi_tune.data import (
+    Split,
+    cache_dir_of,
+    load_images,
+    read_split,
+    to_model_input,
+    train_batches,
+)
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.inference import view_log_odds
 from ffdi_tune.metrics import binary_metrics, roc_auc
@@ -44,9 +51,20 @@ __all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 EPOCH_METRICS = (
-    "val_auc", "val_tpr_at_fpr_0.001", "val_acc", "val_loss",
-    "train_loss", "lr", "epoch_time_s", "train_images_per_s", "val_robust_auc", "val_worst_auc",
-    "eval_time_s", "data_wait_share", "peak_accelerator_memory_mb", "time_to_first_batch_s",
+    "val_auc",
+    "val_tpr_at_fpr_0.001",
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+    "val_robust_auc",
+    "val_worst_auc",
+    "eval_time_s",
+    "data_wait_share",
+    "peak_accelerator_memory_mb",
+    "time_to_first_batch_s",
 )
 
 # report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
@@ -77,7 +95,8 @@ def _train_step(model, optimizer, scaler, x, y, mixup, label_smoothing: float, a
 
 
 class _BusyTime:
-    """Time the training steps take: on a GPU from CUDA events (no sync per step), else by the clock."""
+    """Time the training steps take: on a GPU from CUDA events (no sync per step), else by the
+    clock."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -146,17 +165,28 @@ class _Trial:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _build(s: TrainSettings, data: DataConfig, metric: str, augment_sets, device, started_at: float,
-           robust_val: RobustValConfig | None, val_names) -> _Trial:
+def _build(
+    s: TrainSettings,
+    data: DataConfig,
+    metric: str,
+    augment_sets,
+    device,
+    started_at: float,
+    robust_val: RobustValConfig | None,
+    val_names,
+) -> _Trial:
     robust_on = robust_val is not None and robust_val.enabled
     if metric in ROBUST_METRICS and not robust_on:
-        raise ConfigError(f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
-                          "enable robust_val or use val_auc")
+        raise ConfigError(
+            f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
+            "enable robust_val or use val_auc"
+        )
     seed = 0 if s.seed is None else s.seed  # a search gives every trial its own (space.trial_seed)
     _seed_everything(seed)
     weights = resolve_weights(s.backbone, s.pretrained)
-    model = create_model(s.backbone, weights, s.drop_rate, input_mode=s.input,
-                         drop_path_rate=s.drop_path_rate).to(device)
+    model = create_model(
+        s.backbone, weights, s.drop_rate, input_mode=s.input, drop_path_rate=s.drop_path_rate
+    ).to(device)
     channels_last = device.type == "cuda" if s.channels_last == "auto" else bool(s.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -172,20 +202,40 @@ def _build(s: TrainSettings, data: DataConfig, metric: str, augment_sets, device
     train_images = load_images(train_split, s.img_size, cache_dir=cache_dir)
     # Validation (and best.pt's prediction) may run at a larger side than training.
     val_images = load_images(val_split, s.eval_size, cache_dir=cache_dir)
-    robust_images = (load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
-                     if robust_on else None)
+    robust_images = (
+        load_images(val_split, s.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val))
+        if robust_on
+        else None
+    )
     augment = augmenters(s, augment_sets, device)
     return _Trial(
-        s=s, metric=metric, device=device, seed=seed, weights=weights, model=model,
+        s=s,
+        metric=metric,
+        device=device,
+        seed=seed,
+        weights=weights,
+        model=model,
         step_model=torch.compile(model) if s.compile else model,
-        ema=ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, s, len(train_images) // min(s.batch_size, len(train_images))),
-        scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16), mixup=make_mixup(s),
+        ema=ModelEmaV3(model, decay=s.ema_decay) if s.ema_decay else None,
+        optimizer=optimizer,
+        scheduler=make_scheduler(
+            optimizer, s, len(train_images) // min(s.batch_size, len(train_images))
+        ),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),
+        mixup=make_mixup(s),
         mean=torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device),
-        std=torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device), amp=amp,
-        channels_last=channels_last, train_split=train_split, val_split=val_split, train_images=train_images,
-        val_images=val_images, robust_images=robust_images, augment=augment,
-        workers=loader_workers(data.num_workers, augment.where, device), started_at=started_at)
+        std=torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device),
+        amp=amp,
+        channels_last=channels_last,
+        train_split=train_split,
+        val_split=val_split,
+        train_images=train_images,
+        val_images=val_images,
+        robust_images=robust_images,
+        augment=augment,
+        workers=loader_workers(data.num_workers, augment.where, device),
+        started_at=started_at,
+    )
 
 
 def _restore(t: _Trial, folder: Path) -> None:
@@ -201,7 +251,7 @@ def _restore(t: _Trial, folder: Path) -> None:
 
 
 def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, float] | None:
-    """One pass over trainset; its figures, or None when ``deadline`` (``time.time()``) came first."""
+    """One pass over trainset; its figures, or None when ``deadline`` (a ``time.time()``) came."""
     s = t.s
     torch.manual_seed(t.seed * 1000 + epoch)
     generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
@@ -212,8 +262,16 @@ def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, flo
     t.scheduler.step_update(t.step)
     lr = t.optimizer.param_groups[0]["lr"]  # the body's (a head group comes after it)
     total_loss, seen, busy = 0.0, 0, _BusyTime(t.device)
-    batches = train_batches(t.train_images, t.train_split.targets, s.batch_size, generator, t.augment.per_image,
-                            t.augment.while_gathering, t.workers, pin_memory=t.device.type == "cuda")
+    batches = train_batches(
+        t.train_images,
+        t.train_split.targets,
+        s.batch_size,
+        generator,
+        t.augment.per_image,
+        t.augment.while_gathering,
+        t.workers,
+        pin_memory=t.device.type == "cuda",
+    )
     for batch, target in batches:
         if deadline is not None and time.time() >= deadline:
             return None  # the search's time budget is spent: this epoch is not scored
@@ -222,8 +280,16 @@ def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, flo
             batch = t.augment.on_device(batch.to(t.device, non_blocking=True))
         t.scheduler.step_update(t.step)
         x = to_model_input(batch, t.mean, t.std, t.device, t.channels_last)
-        loss = _train_step(t.step_model, t.optimizer, t.scaler, x, target.to(t.device, non_blocking=True), t.mixup,
-                           s.label_smoothing, t.amp)
+        loss = _train_step(
+            t.step_model,
+            t.optimizer,
+            t.scaler,
+            x,
+            target.to(t.device, non_blocking=True),
+            t.mixup,
+            s.label_smoothing,
+            t.amp,
+        )
         t.step += 1
         if t.ema is not None:
             t.ema.update(t.model, step=t.step)
@@ -236,9 +302,17 @@ def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, flo
     train_time = time.perf_counter() - t0
     train_loss = total_loss / max(seen, 1)
     if not math.isfinite(train_loss):
-        raise FloatingPointError(f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP")
-    stats = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_images_per_s": seen / max(train_time, 1e-9),
-             "data_wait_share": min(1.0, max(0.0, 1 - working / max(train_time, 1e-9))), "_t0": t0}
+        raise FloatingPointError(
+            f"train_loss became {train_loss} at epoch {epoch}; lower lr or turn off AMP"
+        )
+    stats = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "lr": lr,
+        "train_images_per_s": seen / max(train_time, 1e-9),
+        "data_wait_share": min(1.0, max(0.0, 1 - working / max(train_time, 1e-9))),
+        "_t0": t0,
+    }
     if t.device.type == "cuda":
         stats["peak_accelerator_memory_mb"] = torch.cuda.max_memory_allocated(t.device) / 2**20
     if t.first_batch_s is not None:
@@ -247,16 +321,29 @@ def _train_epoch(t: _Trial, epoch: int, deadline: float | None) -> dict[str, flo
 
 
 def _evaluate(t: _Trial, epoch: int) -> dict[str, float]:
-    """The epoch's validation metrics on valset (its selection part in a search), and its perturbed copy."""
+    """The epoch's validation metrics on valset (its selection part in a search), and its perturbed
+    copy."""
     t0 = time.perf_counter()
     batch = t.s.batch_size * 2
-    score = view_log_odds(t.eval_model, t.val_images, t.mean, t.std, ["identity"], batch, t.amp, t.channels_last)[0]
+    score = view_log_odds(
+        t.eval_model, t.val_images, t.mean, t.std, ["identity"], batch, t.amp, t.channels_last
+    )[0]
     if not np.isfinite(score).all():
-        raise FloatingPointError(f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP")
+        raise FloatingPointError(
+            f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP"
+        )
     metrics = binary_metrics(t.val_split.targets, score)
     if t.robust_images is not None:
-        robust = view_log_odds(t.eval_model, t.robust_images, t.mean, t.std, ["identity"], batch, t.amp,
-                               t.channels_last)[0]
+        robust = view_log_odds(
+            t.eval_model,
+            t.robust_images,
+            t.mean,
+            t.std,
+            ["identity"],
+            batch,
+            t.amp,
+            t.channels_last,
+        )[0]
         metrics["val_robust_auc"] = roc_auc(t.val_split.targets, robust)
         metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
     metrics["eval_time_s"] = time.perf_counter() - t0
@@ -269,12 +356,23 @@ def _keep_best(t: _Trial, metrics: dict[str, float]) -> None:
     s = t.s
     t.best_value, t.best_metrics = metrics[t.metric], dict(metrics)
     t.best_state = {
-        # a copy: on a CPU .cpu() would alias the live weights, and later epochs would overwrite "best"
-        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in t.eval_model.state_dict().items()},
-        "backbone": s.backbone, "input": s.input, "img_size": s.img_size, "eval_img_size": s.eval_size,
-        "mean": [float(v) for v in t.mean.cpu()], "std": [float(v) for v in t.std.cpu()],
-        "settings": s.model_dump(), "weights_source": t.weights.source, "weights_sha256": t.weights.sha256,
-        "epoch": metrics["epoch"], "metric": t.metric, "metrics": dict(metrics),
+        # a copy: on a CPU .cpu() would alias the live weights, and later epochs would overwrite
+        # "best"
+        "state_dict": {
+            k: v.detach().to("cpu", copy=True) for k, v in t.eval_model.state_dict().items()
+        },
+        "backbone": s.backbone,
+        "input": s.input,
+        "img_size": s.img_size,
+        "eval_img_size": s.eval_size,
+        "mean": [float(v) for v in t.mean.cpu()],
+        "std": [float(v) for v in t.std.cpu()],
+        "settings": s.model_dump(),
+        "weights_source": t.weights.source,
+        "weights_sha256": t.weights.sha256,
+        "epoch": metrics["epoch"],
+        "metric": t.metric,
+        "metrics": dict(metrics),
     }
 
 
@@ -282,8 +380,14 @@ def _save(t: _Trial, metrics: dict[str, float], report: Reporter) -> None:
     """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics."""
     with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
         torch.save(t.best_state, Path(tmp) / BEST_FILE)
-        last = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "epoch": t.epoch,
-                "step": t.step, "best_value": t.best_value, "best_metrics": t.best_metrics}
+        last = {
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "epoch": t.epoch,
+            "step": t.step,
+            "best_value": t.best_value,
+            "best_metrics": t.best_metrics,
+        }
         if t.ema is not None:
             last["ema"] = t.ema.state_dict()
         torch.save(last, Path(tmp) / LAST_FILE)

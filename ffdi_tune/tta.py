@@ -33,7 +33,9 @@ def check_views(views: list[str]) -> list[str]:
     for v in views:
         if v not in TTA_VIEWS:
             raise ValueError(
-                f"unknown TTA view {v!r}{did_you_mean(v, TTA_VIEWS)}; valid views are {', '.join(TTA_VIEWS)}")
+                f"unknown TTA view {v!r}{did_you_mean(v, TTA_VIEWS)}; valid views are "
+                f"{', '.join(TTA_VIEWS)}"
+            )
     if len(set(views)) != len(views):
         raise ValueError(f"tta lists a view twice: {views}")
     return views

@@ -22,16 +22,23 @@ from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
 
 __all__ = ["MlflowTrials", "RESULT_TAGS", "progress"]
 
-# result key (what the trainable adds to every report) -> tag on the trial's MLflow run, set when the
+# result key (what the trainable adds to every report) -> tag on the trial's MLflow run, set when
+# the
 # value first appears or changes
-RESULT_TAGS = {"node_id": tracking.NODE_ID, "augment_on": tracking.AUGMENT_ON, "weights_source": tracking.WEIGHTS_SOURCE,
-               "weights_sha256": tracking.WEIGHTS_SHA256}
+RESULT_TAGS = {
+    "node_id": tracking.NODE_ID,
+    "augment_on": tracking.AUGMENT_ON,
+    "weights_source": tracking.WEIGHTS_SOURCE,
+    "weights_sha256": tracking.WEIGHTS_SHA256,
+}
 SAVE_BUDGET_EVERY_S = 10.0
 
 
 def progress(trial, fixed: dict) -> tuple[int, int]:
     """(epochs run, epochs planned) of a Tune trial; fewer run than planned means it was stopped."""
-    return int((trial.last_result or {}).get("epoch", 0)), trial_settings(fixed, trial.config).epochs
+    return int((trial.last_result or {}).get("epoch", 0)), trial_settings(
+        fixed, trial.config
+    ).epochs
 
 
 class MlflowTrials(tune.Callback):
@@ -42,10 +49,24 @@ class MlflowTrials(tune.Callback):
     result feed the estimates, and a trial the budget ended is tagged ``ffdi.budget_cut``.
     """
 
-    def __init__(self, tracker: Tracker, experiment_id: str, parent_id: str, fixed: dict, val_images: int,
-                 search_name: str = ""):
-        self.tracker, self.experiment_id, self.parent_id, self.fixed = tracker, experiment_id, parent_id, fixed
-        self.val_images = val_images  # how many valset images each epoch's metrics use (the selection part)
+    def __init__(
+        self,
+        tracker: Tracker,
+        experiment_id: str,
+        parent_id: str,
+        fixed: dict,
+        val_images: int,
+        search_name: str = "",
+    ):
+        self.tracker, self.experiment_id, self.parent_id, self.fixed = (
+            tracker,
+            experiment_id,
+            parent_id,
+            fixed,
+        )
+        self.val_images = (
+            val_images  # how many valset images each epoch's metrics use (the selection part)
+        )
         self.search_name = search_name
         self.run_ids: dict[str, str] = {}
         self.result_tags: dict[tuple[str, str], str] = {}
@@ -57,7 +78,12 @@ class MlflowTrials(tune.Callback):
             if getattr(self, "val_images", None):  # absent in a callback pickled before it existed
                 params["val_images"] = self.val_images
             self.run_ids[trial.trial_id] = self.tracker.trial_run(
-                self.experiment_id, self.parent_id, trial.trial_id, params, run_name=f"trial-{trial.trial_id}")
+                self.experiment_id,
+                self.parent_id,
+                trial.trial_id,
+                params,
+                run_name=f"trial-{trial.trial_id}",
+            )
         return self.run_ids[trial.trial_id]
 
     def _live(self):
@@ -73,9 +99,14 @@ class MlflowTrials(tune.Callback):
         metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
         self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
         # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
-        tagged = self.__dict__.setdefault("result_tags", {})  # absent in a callback pickled before it existed
-        new = {tag: str(result[key]) for key, tag in RESULT_TAGS.items()
-               if result.get(key) and tagged.get((trial.trial_id, tag)) != str(result[key])}
+        tagged = self.__dict__.setdefault(
+            "result_tags", {}
+        )  # absent in a callback pickled before it existed
+        new = {
+            tag: str(result[key])
+            for key, tag in RESULT_TAGS.items()
+            if result.get(key) and tagged.get((trial.trial_id, tag)) != str(result[key])
+        }
         if new:
             tagged.update({(trial.trial_id, tag): value for tag, value in new.items()})
             self.tracker.set_tags(self._run(trial), new)
@@ -92,15 +123,25 @@ class MlflowTrials(tune.Callback):
         live = self._live()
         cut = False
         if live is not None:
-            cut = trial.trial_id in live.budget.cut or (epochs_run < planned and live.budget.remaining() <= 1.0)
+            cut = trial.trial_id in live.budget.cut or (
+                epochs_run < planned and live.budget.remaining() <= 1.0
+            )
             if cut:
                 live.budget.cut.add(trial.trial_id)
-            if trial.trial_id in live.started:  # a cut trial: as long as all its epochs would have taken
+            if (
+                trial.trial_id in live.started
+            ):  # a cut trial: as long as all its epochs would have taken
                 took = live.budget.used() - live.started[trial.trial_id]
                 live.budget.trial_s.append(took * planned / max(epochs_run, 1) if cut else took)
             live.budget.save()
-        self.tracker.set_tags(run_id, {tracking.STOPPED_EARLY: str(epochs_run < planned and not cut).lower(),
-                                       tracking.EPOCHS_RUN: str(epochs_run), tracking.BUDGET_CUT: str(cut).lower()})
+        self.tracker.set_tags(
+            run_id,
+            {
+                tracking.STOPPED_EARLY: str(epochs_run < planned and not cut).lower(),
+                tracking.EPOCHS_RUN: str(epochs_run),
+                tracking.BUDGET_CUT: str(cut).lower(),
+            },
+        )
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
                 best = Path(folder) / BEST_FILE
@@ -112,7 +153,11 @@ class MlflowTrials(tune.Callback):
         run_id = self._run(trial)
         message = "trial failed"
         if trial.error_file and os.path.exists(trial.error_file):
-            lines = [ln for ln in Path(trial.error_file).read_text(errors="replace").splitlines() if ln.strip()]
+            lines = [
+                ln
+                for ln in Path(trial.error_file).read_text(errors="replace").splitlines()
+                if ln.strip()
+            ]
             message = lines[-1] if lines else message
         self.tracker.set_tags(run_id, {tracking.ERROR: message[:5000]})
         self.tracker.finish(run_id, "FAILED")

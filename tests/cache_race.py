@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def builder(root: str, cache: str, decoding, go, out) -> None:
-    """Takes the lock and, while decoding, waits for ``go``: the other side is blocked on the lock then."""
+    """Takes the lock and, while decoding, waits for ``go``: the other side is blocked on the lock
+    then."""
     from ffdi_tune.cache import cached_array
     from ffdi_tune.config import DataConfig
     from ffdi_tune.data import decode_split, read_split

@@ -18,7 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache():
-    """The decode-once cache of every test (and of the Ray workers they start) stays out of ~/.cache."""
+    """The decode-once cache of every test (and of the Ray workers they start) stays out of
+    ~/.cache."""
     folder = tempfile.mkdtemp(prefix="ffdi-test-cache-")
     os.environ["FFDI_TUNE_CACHE"] = folder
     yield

@@ -16,8 +16,12 @@ COMMIT = "a" * 40
 
 class FakeHub:
     def __init__(self, files: dict[str, bytes]):
-        """``files`` maps ``"<repo>/<file>"`` (e.g. ``timm/resnet10t.c3_in1k/model.safetensors``) to bytes."""
-        self.files = {f"/{k.rsplit('/', 1)[0]}/resolve/main/{k.rsplit('/', 1)[1]}": v for k, v in files.items()}
+        """``files`` maps ``"<repo>/<file>"`` (e.g. ``timm/resnet10t.c3_in1k/model.safetensors``) to
+        bytes."""
+        self.files = {
+            f"/{k.rsplit('/', 1)[0]}/resolve/main/{k.rsplit('/', 1)[1]}": v
+            for k, v in files.items()
+        }
         self.requests: list[tuple[str, str]] = []
         hub = self
 

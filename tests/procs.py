@@ -1,4 +1,4 @@
-"""Processes tests start and must stop: a real `mlflow server` on 127.0.0.1, process groups, ports."""
+"""Processes tests start and stop: a real `mlflow server` on 127.0.0.1, process groups, ports."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 class MlflowServer:
-    """``mlflow server`` with a sqlite backend and proxied artifacts under ``folder``; restartable."""
+    """``mlflow server``, sqlite backend and proxied artifacts under ``folder``; restartable."""
 
     def __init__(self, folder: Path, port: int | None = None):
         self.folder, self.port = Path(folder), port or free_port()
@@ -48,12 +48,28 @@ class MlflowServer:
     def start(self, timeout: float = 90) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         mlflow = str(Path(sys.executable).with_name("mlflow"))
-        cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while True:
             try:

@@ -11,7 +11,12 @@ from ffdi_tune.augment import AUGMENT_SETS, DEVICE_SETS, build_augment
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import load_images, read_split
 
-NAMES = sorted(AUGMENT_SETS) + ["rand-m9-mstd0.5-inc1", "augmix-m5-w4-d2", "original-mstd0.5", "flips+jpeg"]
+NAMES = sorted(AUGMENT_SETS) + [
+    "rand-m9-mstd0.5-inc1",
+    "augmix-m5-w4-d2",
+    "original-mstd0.5",
+    "flips+jpeg",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,12 @@ def test_named_set_runs_on_real_image(name, image):
 
 
 def test_user_defined_set(image):
-    sets = {"mine": [{"name": "RandomHorizontalFlip", "p": 1.0}, {"name": "ColorJitter", "brightness": 0.5, "apply_p": 0.0}]}
+    sets = {
+        "mine": [
+            {"name": "RandomHorizontalFlip", "p": 1.0},
+            {"name": "ColorJitter", "brightness": 0.5, "apply_p": 0.0},
+        ]
+    }
     out = build_augment("mine", 48, sets)(image)
     assert torch.equal(out, image.flip(-1))
 
@@ -60,8 +70,15 @@ def test_loader_applies_batched_flips_while_gathering(name, image):
     from ffdi_tune.data import train_batches
 
     images = image.unsqueeze(0).repeat(400, 1, 1, 1)
-    batches = list(train_batches(images, torch.zeros(400, dtype=torch.long).numpy(), 400,
-                                 torch.Generator().manual_seed(0), flips=batch_augment(name)))
+    batches = list(
+        train_batches(
+            images,
+            torch.zeros(400, dtype=torch.long).numpy(),
+            400,
+            torch.Generator().manual_seed(0),
+            flips=batch_augment(name),
+        )
+    )
     check_flip_mix(name, batches[0][0], image)
 
 
@@ -72,11 +89,18 @@ def check_flip_mix(name, out, image):
     def share(img):
         return float((out == img).flatten(1).all(1).float().mean())
 
-    unchanged, h, v, hv = share(image), share(image.flip(-1)), share(image.flip(-2)), share(image.flip(-1).flip(-2))
+    unchanged, h, v, hv = (
+        share(image),
+        share(image.flip(-1)),
+        share(image.flip(-2)),
+        share(image.flip(-1).flip(-2)),
+    )
     if name == "hflip":
         assert 0.4 < h < 0.6 and h + unchanged == pytest.approx(1)
     else:  # each of the four outcomes about 1/4
-        assert all(0.15 < x < 0.35 for x in (unchanged, h, v, hv)) and unchanged + h + v + hv == pytest.approx(1)
+        assert all(
+            0.15 < x < 0.35 for x in (unchanged, h, v, hv)
+        ) and unchanged + h + v + hv == pytest.approx(1)
 
 
 def test_sets_without_batched_form_fall_back():
@@ -105,12 +129,15 @@ def test_timm_posterize_at_full_magnitude_does_not_crash(image):
 
 # --- batched device forms (kornia) -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
     """512 distinct generated portraits, written as JPEG files and decoded, at 32 px."""
     from ffdi_tune.demo_data import write_demo_dataset
 
-    root = write_demo_dataset(tmp_path_factory.mktemp("many") / "d", n_train=512, n_val=4, n_test=2, size=32, seed=5)
+    root = write_demo_dataset(
+        tmp_path_factory.mktemp("many") / "d", n_train=512, n_val=4, n_test=2, size=32, seed=5
+    )
     return load_images(read_split(DataConfig(root=str(root)), "train"), 32)
 
 
@@ -126,7 +153,9 @@ def test_sets_without_device_form_fall_back():
     for name in ["jpeg", "flips+jpeg", "randaugment", "augmix", "rand-m9-mstd0.5-inc1"]:
         assert device_augment(name, 32) is None
     sets = {"mine": [{"name": "RandomHorizontalFlip"}]}
-    assert device_augment("mine", 32, sets) is None and device_augment("color+mine", 32, sets) is None
+    assert (
+        device_augment("mine", 32, sets) is None and device_augment("color+mine", 32, sets) is None
+    )
     assert device_augment("flips+color", 32) is not None
 
 
@@ -137,8 +166,18 @@ def change_stats(out, images):
     return float(changed.float().mean()), float(diff[changed].mean()) if changed.any() else 0.0
 
 
-# sets whose strengths are continuous: drawn per image, 64 copies of one image all come out different
-CONTINUOUS = {"crop", "rotate", "affine", "perspective", "geometric", "color", "blur", "photometric"}
+# sets whose strengths are continuous: drawn per image, 64 copies of one image all come out
+# different
+CONTINUOUS = {
+    "crop",
+    "rotate",
+    "affine",
+    "perspective",
+    "geometric",
+    "color",
+    "blur",
+    "photometric",
+}
 
 
 @pytest.mark.parametrize("name", sorted(DEVICE_SETS - {"none"}))
@@ -181,14 +220,22 @@ def test_device_form_follows_the_seed(many_images):
 
 
 def test_loader_workers_pair_each_image_with_its_target():
-    """The per-image path in DataLoader worker processes: every image once per epoch, with its target."""
+    """The per-image path in DataLoader worker processes: every image once per epoch, with its
+    target."""
     from ffdi_tune.data import train_batches
 
     images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
     targets = (torch.arange(20) % 2).numpy()
-    batches = list(train_batches(images, targets, 5, torch.Generator().manual_seed(0), v2.Identity(), None,
-                                 num_workers=1))
-    assert len(batches) == 4 and all(b.shape == (5, 3, 4, 4) and b.dtype == torch.uint8 for b, _ in batches)
+    batches = list(
+        train_batches(
+            images, targets, 5, torch.Generator().manual_seed(0), v2.Identity(), None, num_workers=1
+        )
+    )
+    assert len(batches) == 4 and all(
+        b.shape == (5, 3, 4, 4) and b.dtype == torch.uint8 for b, _ in batches
+    )
     ids = torch.cat([b[:, 0, 0, 0] for b, _ in batches]).long()
-    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(range(20))  # all, shuffled
+    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(
+        range(20)
+    )  # all, shuffled
     assert torch.equal(torch.cat([y for _, y in batches]), ids % 2)

@@ -7,8 +7,19 @@ import pytest
 from ffdi_tune.budget import FinalStageEstimate, TimeBudget, parse_duration
 
 
-@pytest.mark.parametrize("text,seconds", [("8h", 28800), ("90m", 5400), ("1h30m", 5400), ("45s", 45),
-                                          ("2d", 172800), ("1.5h", 5400), (600, 600), ("600", 600)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("8h", 28800),
+        ("90m", 5400),
+        ("1h30m", 5400),
+        ("45s", 45),
+        ("2d", 172800),
+        ("1.5h", 5400),
+        (600, 600),
+        ("600", 600),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 

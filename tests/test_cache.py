@@ -56,7 +56,7 @@ def test_changed_file_invalidates(data, tmp_path):
 
 
 def test_rewrite_with_old_size_and_mtime_invalidates(data, tmp_path):
-    """cp -p, rsync -a or touch -r can put back a file's size and mtime, not its inode change time."""
+    """cp -p, rsync -a or touch -r restore a file's size and mtime, not its inode change time."""
     cache = tmp_path / "cache"
     s = split(data)
     before = load_images(s, 24, cache_dir=cache)
@@ -64,11 +64,15 @@ def test_rewrite_with_old_size_and_mtime_invalidates(data, tmp_path):
     small, big = sizes.index(min(sizes)), sizes.index(max(sizes))
     victim, st = s.paths[big], s.paths[big].stat()
     other = s.paths[small].read_bytes()
-    victim.write_bytes(other + b"\0" * (st.st_size - len(other)))  # another image, padded to the old size
+    victim.write_bytes(
+        other + b"\0" * (st.st_size - len(other))
+    )  # another image, padded to the old size
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
     after = load_images(split(data), 24, cache_dir=cache)
-    assert torch.equal(after[big], before[small]) and not torch.equal(after[big], before[big])  # decoded again
+    assert torch.equal(after[big], before[small]) and not torch.equal(
+        after[big], before[big]
+    )  # decoded again
     assert len([p for p in cache.iterdir() if p.suffix == ".npy"]) == 2
 
 
@@ -90,7 +94,7 @@ def test_failed_build_leaves_nothing_readable(data, tmp_path):
 
 
 def test_two_processes_racing_decode_once(data, tmp_path):
-    """Forced, not hoped for: the second process asks for the entry while the first is building it."""
+    """Forced, not hoped for: the second process asks for the entry while the first builds it."""
     import multiprocessing
 
     from cache_race import builder, waiter
@@ -124,7 +128,11 @@ def test_cached_and_uncached_training_agree(data):
     aucs = []
     for cache in (True, False):
         out = []
-        train_trial(s, DataConfig(root=str(data), cache=cache), lambda m, f: out.append(m["val_auc"]))
+        train_trial(
+            s,
+            DataConfig(root=str(data), cache=cache),
+            lambda m, f, out=out: out.append(m["val_auc"]),
+        )
         aucs.append(out[-1])
     assert aucs[0] == pytest.approx(aucs[1], abs=1e-6)
 
@@ -134,18 +142,32 @@ def _plan(data, **search):
     from ffdi_tune.config import parse_search_config
     from ffdi_tune.holdout import split_valset
 
-    cfg = parse_search_config({"name": "plan", "data": {"root": str(data)},
-                               "train": {"backbone": "resnet10t", "img_size": 32},
-                               "space": {"img_size": {"choice": [32, 48]}}, **search})
+    cfg = parse_search_config(
+        {
+            "name": "plan",
+            "data": {"root": str(data)},
+            "train": {"backbone": "resnet10t", "img_size": 32},
+            "space": {"img_size": {"choice": [32, 48]}},
+            **search,
+        }
+    )
     return cfg, planned_entries(cfg, cfg.data, split_valset(read_split(cfg.data, "val"), 0.5, 0))
 
 
 def test_plan_lists_what_trials_read_and_its_size(data):
     _, entries = _plan(data)
     labels = [e.label() for e in entries]
-    assert labels == ["trainset at 32 px", "trainset at 48 px", "valset at 32 px", "valset at 48 px",
-                      "valset at 32 px (perturbed)", "valset at 48 px (perturbed)"]
-    assert entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12  # the selection part only
+    assert labels == [
+        "trainset at 32 px",
+        "trainset at 48 px",
+        "valset at 32 px",
+        "valset at 48 px",
+        "valset at 32 px (perturbed)",
+        "valset at 48 px (perturbed)",
+    ]
+    assert (
+        entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12
+    )  # the selection part only
 
 
 def test_a_cache_that_does_not_fit_is_refused_before_any_trial(data, tmp_path, monkeypatch):
@@ -155,12 +177,16 @@ def test_a_cache_that_does_not_fit_is_refused_before_any_trial(data, tmp_path, m
     from ffdi_tune.errors import DataError
 
     _, entries = _plan(data)
-    with pytest.raises(DataError, match=r"need 0\.0 GB .*more than data.cache_max_gb=1e-05; lower img_size"):
+    with pytest.raises(
+        DataError, match=r"need 0\.0 GB .*more than data.cache_max_gb=1e-05; lower img_size"
+    ):
         cache_plan.check_fits(entries, tmp_path / "cache", max_gb=1e-5)
     cache_plan.check_fits(entries, tmp_path / "cache", max_gb=1.0)  # fits
     free = sh.disk_usage(tmp_path).free
     monkeypatch.setattr(cache_plan, "_disk_free", lambda folder: int(0.5e9))  # a nearly full disk
-    with pytest.raises(DataError, match=r"disk has 0\.5 GB free .*FFDI_TUNE_CACHE or data.cache_dir.*--no-cache"):
+    with pytest.raises(
+        DataError, match=r"disk has 0\.5 GB free .*FFDI_TUNE_CACHE or data.cache_dir.*--no-cache"
+    ):
         cache_plan.check_fits(entries, tmp_path / "cache", max_gb=None)
     assert free > 0
 
@@ -171,7 +197,11 @@ def test_build_fills_the_cache_with_the_pixels_trials_get(data, tmp_path):
     _, entries = _plan(data)
     cache = tmp_path / "cache"
     assert build(entries, cache, echo=lambda line: None, workers=2) == 6
-    assert all(e.built(cache) for e in entries) and build(entries, cache, echo=lambda line: None) == 0
+    assert (
+        all(e.built(cache) for e in entries) and build(entries, cache, echo=lambda line: None) == 0
+    )
     for e in entries:  # built by two worker processes: the same pixels as a plain decode
-        assert torch.equal(load_images(e.split, e.img_size, cache_dir=cache, perturb=e.perturb),
-                           load_images(e.split, e.img_size, perturb=e.perturb))
+        assert torch.equal(
+            load_images(e.split, e.img_size, cache_dir=cache, perturb=e.perturb),
+            load_images(e.split, e.img_size, perturb=e.perturb),
+        )

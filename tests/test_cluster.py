@@ -27,8 +27,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from ffdi_tune.cluster import ray_address
 from ffdi_tune.config import SearchConfig
-from ffdi_tune.search import experiment_path, ray_address, search_dir
+from ffdi_tune.search import experiment_path, search_dir
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -42,7 +43,8 @@ def free_port() -> int:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (a `ray start` daemonises, but its processes keep the session)."""
+    """Live processes of session ``sid`` (a `ray start` daemonises, but its processes keep the
+    session)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -89,13 +91,23 @@ class Cluster:
     """A head and worker nodes started with `ray start` in a private temp folder."""
 
     def __init__(self, env: dict[str, str]):
-        self.tmp = tempfile.mkdtemp(prefix="ffdi-ray-", dir="/tmp")  # short: unix socket paths <= 107 chars
+        self.tmp = tempfile.mkdtemp(
+            prefix="ffdi-ray-", dir="/tmp"
+        )  # short: unix socket paths <= 107 chars
         self.port = free_port()
-        env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}  # `auto` below must find this cluster
-        self.env = dict(env, RAY_TMPDIR=self.tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-                        RAY_USAGE_STATS_ENABLED="0",
-                        # a killed node is declared dead after ~3 s instead of ~15 s
-                        RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+        env = {
+            k: v for k, v in env.items() if k != "RAY_ADDRESS"
+        }  # `auto` below must find this cluster
+        self.env = dict(
+            env,
+            RAY_TMPDIR=self.tmp,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(16),
+            RAY_USAGE_STATS_ENABLED="0",
+            # a killed node is declared dead after ~3 s instead of ~15 s
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_failure_threshold="3",
+        )
         self.nodes: list[Node] = []
 
     @property
@@ -103,15 +115,35 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     def start_node(self, head: bool = False, prefix: list[str] = ()) -> Node:
-        common = ["--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", str(100 * 2**20),
-                  "--disable-usage-stats"]
+        common = [
+            "--num-cpus",
+            "1",
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(100 * 2**20),
+            "--disable-usage-stats",
+        ]
         if head:
-            args = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port), "--include-dashboard",
-                    "false"]
+            args = [
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--include-dashboard",
+                "false",
+            ]
         else:
             args = ["--address", self.address]
-        proc = subprocess.Popen([*prefix, RAY, "start", *args, *common], env=self.env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [*prefix, RAY, "start", *args, *common],
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         node = Node(proc.pid)
         self.nodes.append(node)  # stopped at teardown even if it did not come up
         out, _ = proc.communicate(timeout=120)
@@ -128,11 +160,15 @@ class Cluster:
     def query(self) -> dict:
         """Alive nodes and the process ids of every driver that ever joined, asked from a separate
         driver (this test process never joins Ray)."""
-        code = ("import json, ray; from ray._private.state import jobs; "
-                "ray.init(address='auto', logging_level='ERROR'); "
-                "print(json.dumps({'nodes': [n for n in ray.nodes() if n['Alive']], "
-                "'driver_pids': [j['DriverPid'] for j in jobs()]}))")
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        code = (
+            "import json, ray; from ray._private.state import jobs; "
+            "ray.init(address='auto', logging_level='ERROR'); "
+            "print(json.dumps({'nodes': [n for n in ray.nodes() if n['Alive']], "
+            "'driver_pids': [j['DriverPid'] for j in jobs()]}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -162,7 +198,9 @@ def make_cluster(_private_cache):
     made: list[Cluster] = []
 
     def make() -> Cluster:
-        cluster = Cluster(dict(os.environ, OMP_NUM_THREADS="1"))  # nodes' workers inherit the cache folder
+        cluster = Cluster(
+            dict(os.environ, OMP_NUM_THREADS="1")
+        )  # nodes' workers inherit the cache folder
         made.append(cluster)
         cluster.start_node(head=True)
         cluster.start_node()
@@ -186,15 +224,30 @@ def cluster(_private_cache):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a free loopback port: sqlite backend, artifacts proxied by the server
-    (clients upload and download over HTTP, as a machine without the server's disk must)."""
+    """A real `mlflow server` on a free loopback port: sqlite backend, artifacts proxied by the
+    server (clients upload and download over HTTP, as a machine without the server's disk must)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     proc = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), start_new_session=True,
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+        [
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+        start_new_session=True,
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -227,8 +280,16 @@ tracking: {{uri: {uri}}}
 """
 
 
-def write_space(folder: Path, data: Path | str, uri: str, name: str, samples: int = 4, epochs: int = 2,
-                scheduler: str = "asha", cpu: float = 1) -> Path:
+def write_space(
+    folder: Path,
+    data: Path | str,
+    uri: str,
+    name: str,
+    samples: int = 4,
+    epochs: int = 2,
+    scheduler: str = "asha",
+    cpu: float = 1,
+) -> Path:
     """A search YAML in ``folder``; ``data`` is a data root, or a YAML mapping for the data section.
 
     Each trial gets its own worker process (no actor reuse): the first two trials then hold one CPU
@@ -238,15 +299,34 @@ def write_space(folder: Path, data: Path | str, uri: str, name: str, samples: in
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "space.yaml"
     data = data if isinstance(data, str) else f"{{root: {data}}}"
-    path.write_text(SPACE.format(name=name, data=data, uri=uri, samples=samples, epochs=epochs,
-                                 storage=folder / "shared-storage", scheduler=scheduler, cpu=cpu))
+    path.write_text(
+        SPACE.format(
+            name=name,
+            data=data,
+            uri=uri,
+            samples=samples,
+            epochs=epochs,
+            storage=folder / "shared-storage",
+            scheduler=scheduler,
+            cpu=cpu,
+        )
+    )
     return path
 
 
-def ffdi(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def ffdi(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`ffdi-tune ARGS` in a fresh process group, whose leftovers are stopped afterwards."""
-    proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffdi_tune", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -258,14 +338,24 @@ def ffdi(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) 
 
 def trial_runs(client: MlflowClient, name: str) -> list:
     exp = client.get_experiment_by_name(name)
-    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ffdi.role") == "trial"]
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("ffdi.role") == "trial"
+    ]
 
 
 @pytest.mark.slow
-def test_search_spreads_over_nodes_and_lands_in_the_server(cluster, mlflow_server, tiny_data, tmp_path):
+def test_search_spreads_over_nodes_and_lands_in_the_server(
+    cluster, mlflow_server, tiny_data, tmp_path
+):
     space = write_space(tmp_path / "driver", tiny_data, mlflow_server, "spread", samples=2)
-    (tmp_path / "driver" / "top2.yaml").write_text("top_k: 2\ncombine: mean\ntta: [identity, hflip]\n")
-    proc = ffdi(["run", str(space), "--address", "auto", "--no-ensemble"], tmp_path / "driver", cluster.env)
+    (tmp_path / "driver" / "top2.yaml").write_text(
+        "top_k: 2\ncombine: mean\ntta: [identity, hflip]\n"
+    )
+    proc = ffdi(
+        ["run", str(space), "--address", "auto", "--no-ensemble"], tmp_path / "driver", cluster.env
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.pid in cluster.query()["driver_pids"]  # `auto` joined the cluster
 
@@ -273,14 +363,18 @@ def test_search_spreads_over_nodes_and_lands_in_the_server(cluster, mlflow_serve
     children = trial_runs(client, "spread")
     assert len(children) == 2
     experiment = client.get_experiment_by_name("spread")
-    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # through the server, not its disk
+    assert experiment.artifact_location.startswith(
+        "mlflow-artifacts:"
+    )  # through the server, not its disk
     [parent] = client.search_runs([experiment.experiment_id], "tags.`ffdi.role` = 'search'")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_finished"] == 2
     # Two one-CPU nodes and two trials at a time: both nodes must have run trials.
     assert {r.data.tags["ffdi.node_id"] for r in children} == {n.node_id for n in cluster.nodes}
     for run in children:
         assert run.info.status == "FINISHED"
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+            "checkpoint/best.pt"
+        ]
     # Ray's state went to the configured storage; the trials table stays with the driver.
     assert (tmp_path / "driver" / "shared-storage" / "spread").is_dir()
     assert len(pd.read_csv(tmp_path / "driver" / "shared-storage" / "spread" / "trials.csv")) == 2
@@ -289,39 +383,59 @@ def test_search_spreads_over_nodes_and_lands_in_the_server(cluster, mlflow_serve
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(tmp_path / "driver" / "top2.yaml", elsewhere)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"MLFLOW_TRACKING_URI": mlflow_server}
-    proc = ffdi(["ensemble", "top2.yaml", "--experiment", "spread", "--out", "sub.csv"], elsewhere, env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
+        "MLFLOW_TRACKING_URI": mlflow_server
+    }
+    proc = ffdi(
+        ["ensemble", "top2.yaml", "--experiment", "spread", "--out", "sub.csv"], elsewhere, env
+    )
     assert proc.returncode == 0, proc.stderr
     sub = pd.read_csv(elsewhere / "sub.csv")
     assert list(sub.columns) == ["img_name", "y_pred"] and len(sub) == 8
     assert not (elsewhere / "runs" / "mlflow.db").exists()  # the server, not a local default store
-    ens = [r for r in client.search_runs([client.get_experiment_by_name("spread").experiment_id])
-           if r.data.tags.get("ffdi.role") == "ensemble"]
+    ens = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("spread").experiment_id])
+        if r.data.tags.get("ffdi.role") == "ensemble"
+    ]
     assert len(ens) == 1 and len(ens[0].data.params["members"].split(",")) == 2
 
 
 @pytest.mark.slow
 def test_without_address_a_search_starts_its_own_ray(cluster, mlflow_server, tiny_data, tmp_path):
-    """Ray's own default would join the cluster `ray start` made here; a search without an address does not.
+    """Ray's own default would join the cluster `ray start` made here; a search without an address
+    does not.
 
     The search asks for more CPUs than any Ray here has, so it stops right after connecting; the
     cluster's job table tells whether it joined.
     """
     space = write_space(tmp_path, tiny_data, mlflow_server, "private", cpu=64)
-    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}  # RAY_TMPDIR leads to the cluster
+    env = {
+        k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"
+    }  # RAY_TMPDIR leads to the cluster
     proc = ffdi(["run", str(space), "--no-ensemble"], tmp_path, env)
     assert proc.returncode == 2 and "but the Ray cluster has" in proc.stderr, proc.stderr
-    assert proc.pid not in cluster.query()["driver_pids"]  # (the first test shows a joining driver is listed)
+    assert (
+        proc.pid not in cluster.query()["driver_pids"]
+    )  # (the first test shows a joining driver is listed)
 
 
 @pytest.mark.slow
 def test_a_node_that_cannot_see_the_data_is_named(cluster, mlflow_server, tiny_data, tmp_path):
-    """A third node whose view of the filesystem hides the data root: the search refuses to start."""
+    """A third node whose filesystem view hides the data root: the search refuses to start."""
     hide = tiny_data.parent
     # A private mount namespace with an empty tmpfs over the data's folder: the node's processes
     # (and only they) see no dataset there, as a machine without the shared mount would.
-    prefix = ["unshare", "--mount", "--propagation", "private",
-              "sh", "-c", f'mount -t tmpfs none "{hide}" && exec "$@"', "sh"]
+    prefix = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs none "{hide}" && exec "$@"',
+        "sh",
+    ]
     probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
@@ -331,10 +445,14 @@ def test_a_node_that_cannot_see_the_data_is_named(cluster, mlflow_server, tiny_d
         proc = ffdi(["run", str(space), "--address", cluster.address], tmp_path, cluster.env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert lines[0].startswith("error: 1 of 3 Ray node(s) that can run trials cannot see"), proc.stderr
+        assert lines[0].startswith("error: 1 of 3 Ray node(s) that can run trials cannot see"), (
+            proc.stderr
+        )
         assert len(lines) == 2 and lines[1].startswith(f"  node {blind.node_id[:12]} ")
         assert f"data.root {tiny_data} is not a directory there" in lines[1]
-        assert MlflowClient(mlflow_server).get_experiment_by_name("blind") is None  # nothing was written
+        assert (
+            MlflowClient(mlflow_server).get_experiment_by_name("blind") is None
+        )  # nothing was written
         assert not (tmp_path / "shared-storage").exists()
     finally:
         stop_session(blind.sid)
@@ -347,12 +465,30 @@ def test_losing_a_node_mid_search(make_cluster, mlflow_server, tmp_path):
     """Kill the worker node while it trains: its trial resumes on the head from its checkpoint."""
     cluster = make_cluster()
     head, worker = cluster.nodes
-    # Enough images that an epoch takes seconds: the worker's trial is still training when its node dies.
+    # Enough images that an epoch takes seconds: the worker's trial is still training when its node
+    # dies.
     data = "{root: data, demo: {n_train: 600, n_val: 48, n_test: 4, size: 32, seed: 5}}"
-    space = write_space(tmp_path, data, mlflow_server, "node-loss", samples=2, epochs=3, scheduler="fifo")
-    proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", "run", str(space), "--address", cluster.address,
-                             "--no-ensemble"], cwd=tmp_path, env=cluster.env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    space = write_space(
+        tmp_path, data, mlflow_server, "node-loss", samples=2, epochs=3, scheduler="fifo"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ffdi_tune",
+            "run",
+            str(space),
+            "--address",
+            cluster.address,
+            "--no-ensemble",
+        ],
+        cwd=tmp_path,
+        env=cluster.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     client = MlflowClient(mlflow_server)
     try:
         # Wait until a trial on the worker has reported an epoch (so a checkpoint of it exists).
@@ -362,8 +498,11 @@ def test_losing_a_node_mid_search(make_cluster, mlflow_server, tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             exp = client.get_experiment_by_name("node-loss")
             for run in client.search_runs([exp.experiment_id]) if exp else []:
-                if (run.data.tags.get("ffdi.node_id") == worker.node_id and "val_auc" in run.data.metrics
-                        and run.info.status == "RUNNING"):
+                if (
+                    run.data.tags.get("ffdi.node_id") == worker.node_id
+                    and "val_auc" in run.data.metrics
+                    and run.info.status == "RUNNING"
+                ):
                     moved = run.data.tags["ffdi.trial_id"]
             time.sleep(0.5)
         # A lost machine takes all its processes with it: the raylet, then the rest of the node, the
@@ -388,11 +527,15 @@ def test_losing_a_node_mid_search(make_cluster, mlflow_server, tmp_path):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
         # Resumed from its checkpoint, not restarted: every epoch was reported exactly once.
         assert sorted(steps) == [1, 2, 3], (run.data.tags["ffdi.trial_id"], steps)
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/best.pt"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+            "checkpoint/best.pt"
+        ]
     [rescheduled] = [r for r in children if r.data.tags["ffdi.trial_id"] == moved]
     assert rescheduled.data.tags["ffdi.node_id"] == head.node_id
-    best = torch.load(client.download_artifacts(rescheduled.info.run_id, "checkpoint/best.pt", str(tmp_path)),
-                      weights_only=True)
+    best = torch.load(
+        client.download_artifacts(rescheduled.info.run_id, "checkpoint/best.pt", str(tmp_path)),
+        weights_only=True,
+    )
     assert best["backbone"] == "test_resnet"
 
 
@@ -406,11 +549,19 @@ def test_ray_address_flag_then_env_then_a_private_local_ray(monkeypatch):
 
 def test_bucket_storage_keeps_outputs_on_the_driver(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = SearchConfig.model_validate({"name": "s", "data": {"root": "d"},
-                                       "search": {"storage": "s3://bucket/prefix?endpoint_override=minio:9000"}})
+    cfg = SearchConfig.model_validate(
+        {
+            "name": "s",
+            "data": {"root": "d"},
+            "search": {"storage": "s3://bucket/prefix?endpoint_override=minio:9000"},
+        }
+    )
     storage, out_dir = search_dir(cfg)
     assert storage == "s3://bucket/prefix?endpoint_override=minio:9000"
-    assert out_dir == tmp_path / "runs" / "s"  # absolute: trials.csv and the spool stay on this machine
+    # absolute: trials.csv and the spool stay on this machine
+    assert out_dir == tmp_path / "runs" / "s"
     assert experiment_path(storage, "s") == "s3://bucket/prefix/s?endpoint_override=minio:9000"
-    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"storage": "file:///mnt/nfs/ray"})})
+    cfg = cfg.model_copy(
+        update={"search": cfg.search.model_copy(update={"storage": "file:///mnt/nfs/ray"})}
+    )
     assert search_dir(cfg) == ("/mnt/nfs/ray", Path("/mnt/nfs/ray/s"))

@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from ffdi_tune.cli import main
 from ffdi_tune.config import load_search_config, parse_search_config
 from ffdi_tune.errors import ConfigError
-
-from conftest import REPO
 
 BASE = {"name": "t", "data": {"root": "/nonexistent"}}
 
@@ -29,7 +28,9 @@ def error_of(**sections) -> str:
     return msg
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_search_spaces_load(path):
     cfg = load_search_config(path)
     assert cfg.name == path.stem
@@ -39,7 +40,11 @@ def test_shipped_search_spaces_load(path):
 
 def test_unknown_key_suggests_close_name():
     msg = error_of(search={"num_sample": 4})
-    assert "search" in msg and "unknown key 'num_sample'" in msg and "did you mean 'num_samples'" in msg
+    assert (
+        "search" in msg
+        and "unknown key 'num_sample'" in msg
+        and "did you mean 'num_samples'" in msg
+    )
 
 
 def test_unknown_top_level_key():
@@ -104,7 +109,9 @@ def test_user_augment_set_is_validated():
 
 
 def test_per_backbone_must_name_a_searched_backbone():
-    msg = error_of(space={"backbone": {"choice": ["resnet10t"]}}, per_backbone={"resnet18": {"lr": 0.1}})
+    msg = error_of(
+        space={"backbone": {"choice": ["resnet10t"]}}, per_backbone={"resnet18": {"lr": 0.1}}
+    )
     assert "per_backbone.resnet18" in msg
 
 
@@ -129,8 +136,11 @@ def test_missing_required_key():
 
 
 def test_cli_overrides_apply_before_validation():
-    cfg = parse_search_config({**BASE, "train": {"epochs": 5}}, "x.yaml",
-                              {"train.epochs": 1, "search.num_samples": 3, "data.root": "/d"})
+    cfg = parse_search_config(
+        {**BASE, "train": {"epochs": 5}},
+        "x.yaml",
+        {"train.epochs": 1, "search.num_samples": 3, "data.root": "/d"},
+    )
     assert (cfg.train.epochs, cfg.search.num_samples, cfg.data.root) == (1, 3, "/d")
 
 
@@ -145,7 +155,9 @@ def test_yaml_syntax_error_reports_line(tmp_path, capsys):
 def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "s.yaml"
     bad.write_text("name: s\ndata: {root: /x}\nsearch: {num_samples: 2, max_concurent: 1}\n")
-    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "run", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ffdi_tune", "run", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "Traceback" not in proc.stderr
@@ -169,22 +181,29 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 
 
 SHIPPED_RECIPES = {  # file -> (combine, average, top_k, metric)
-    "top5.yaml": ("auto", "prob", 5, "val_auc"), "rank.yaml": ("rank", "prob", 5, "val_auc"),
-    "greedy.yaml": ("greedy", "logit", 8, "val_auc"), "robust.yaml": ("auto", "prob", 5, "val_worst_auc"),
+    "top5.yaml": ("auto", "prob", 5, "val_auc"),
+    "rank.yaml": ("rank", "prob", 5, "val_auc"),
+    "greedy.yaml": ("greedy", "logit", 8, "val_auc"),
+    "robust.yaml": ("auto", "prob", 5, "val_worst_auc"),
 }
 
 
 def test_shipped_recipes_load_as_documented():
-    from ffdi_tune.recipe import load_recipe
+    from ffdi_tune.ensemble_recipe import load_recipe
 
     assert {p.name for p in (REPO / "ensembles").glob("*.yaml")} == set(SHIPPED_RECIPES)
     for name, expected in SHIPPED_RECIPES.items():
         recipe = load_recipe(REPO / "ensembles" / name)
-        assert (recipe.combine, recipe.average, recipe.top_k, recipe.metric) == expected and "identity" in recipe.tta
+        assert (
+            recipe.combine,
+            recipe.average,
+            recipe.top_k,
+            recipe.metric,
+        ) == expected and "identity" in recipe.tta
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
-    from ffdi_tune.recipe import load_recipe
+    from ffdi_tune.ensemble_recipe import load_recipe
 
     bad = tmp_path / "r.yaml"
     bad.write_text("top_k: 0\n")
@@ -197,7 +216,9 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'holdout'"):
         load_recipe(bad)
     bad.write_text("top_k: 3\nholdout_fraction: 0.3\n")  # it belongs to the search now
-    with pytest.raises(ConfigError, match="holdout_fraction no longer belongs in a recipe.*search.holdout"):
+    with pytest.raises(
+        ConfigError, match="holdout_fraction no longer belongs in a recipe.*search.holdout"
+    ):
         load_recipe(bad)
 
 
@@ -206,7 +227,13 @@ def test_device_augment_reads_bare_yaml_on_and_off():
 
     from ffdi_tune.config import TrainSettings
 
-    for text, want in [("on", "on"), ("off", "off"), ("auto", "auto"), ("true", "on"), ("'on'", "on")]:
+    for text, want in [
+        ("on", "on"),
+        ("off", "off"),
+        ("auto", "auto"),
+        ("true", "on"),
+        ("'on'", "on"),
+    ]:
         assert TrainSettings(**yaml.safe_load(f"device_augment: {text}")).device_augment == want
     with pytest.raises(ValueError, match="device_augment"):
         TrainSettings(device_augment="gpu")

@@ -29,7 +29,9 @@ def check(root, **kw):
 
 
 def test_missing_root_or_split(data, tmp_path):
-    with pytest.raises(DataError, match=r"data.root .*nope does not exist .*check --data or data.root"):
+    with pytest.raises(
+        DataError, match=r"data.root .*nope does not exist .*check --data or data.root"
+    ):
         check(tmp_path / "nope")
     shutil.rmtree(data / "valset")
     with pytest.raises(DataError, match="valset does not exist"):
@@ -51,7 +53,9 @@ def test_wrong_header(data):
 
 def test_label_file_that_is_not_csv(data):
     labels(data).write_bytes(b"img_name,target\na.jpg,1,extra,fields\n\x00\xff")
-    with pytest.raises(DataError, match="trainset_label.txt is not a readable CSV .*write a CSV with header"):
+    with pytest.raises(
+        DataError, match="trainset_label.txt is not a readable CSV .*write a CSV with header"
+    ):
         check(data)
 
 
@@ -80,7 +84,10 @@ def test_duplicate_name(data):
 def test_missing_image(data):
     first = labels(data).read_text().splitlines()[1].split(",")[0]
     (data / "trainset" / first).unlink()
-    with pytest.raises(DataError, match=f"image '{first}' is missing from .*trainset; remove its row or add the file"):
+    with pytest.raises(
+        DataError,
+        match=f"image '{first}' is missing from .*trainset; remove its row or add the file",
+    ):
         check(data)
 
 
@@ -95,7 +102,9 @@ def test_path_traversal_refused(data, name):
 
 def test_single_class_split(data):
     lines = labels(data, "valset").read_text().splitlines()
-    labels(data, "valset").write_text("\n".join([lines[0]] + [ln.rsplit(",", 1)[0] + ",0" for ln in lines[1:]]) + "\n")
+    labels(data, "valset").write_text(
+        "\n".join([lines[0]] + [ln.rsplit(",", 1)[0] + ",0" for ln in lines[1:]]) + "\n"
+    )
     with pytest.raises(DataError, match="only one class .*ROC AUC is undefined"):
         check(data)
 
@@ -126,7 +135,9 @@ def test_grayscale_and_png_images_load(data):
 
     s = read_split(DataConfig(root=str(data)), "train")
     Image.open(s.paths[0]).convert("L").save(s.paths[0], "JPEG")
-    Image.open(s.paths[1]).convert("RGB").resize((50, 40)).save(s.paths[1], "PNG")  # PNG bytes, .jpg name
+    Image.open(s.paths[1]).convert("RGB").resize((50, 40)).save(
+        s.paths[1], "PNG"
+    )  # PNG bytes, .jpg name
     x = load_images(s, 32)
     assert x.shape == (len(s), 3, 32, 32)
     assert (x[0, 0] == x[0, 1]).all()
@@ -139,11 +150,15 @@ def test_cmyk_and_16_bit_images_load_as_rgb(data):
     s = read_split(DataConfig(root=str(data)), "train")
     reference = load_images(s, 32)
     Image.open(s.paths[0]).convert("CMYK").save(s.paths[0], "JPEG", quality=100)
-    gray = np.asarray(Image.open(s.paths[1]).convert("L"), dtype=np.uint16) * 257  # 16-bit, same picture
+    gray = (
+        np.asarray(Image.open(s.paths[1]).convert("L"), dtype=np.uint16) * 257
+    )  # 16-bit, same picture
     Image.fromarray(gray).save(s.paths[1], "PNG")
     x = load_images(s, 32)
     assert x.dtype == torch.uint8 and x.shape == reference.shape
-    assert (x[0].int() - reference[0].int()).abs().float().mean() < 12  # CMYK round trip stays close
+    assert (
+        x[0].int() - reference[0].int()
+    ).abs().float().mean() < 12  # CMYK round trip stays close
     expected = torch.from_numpy((gray / 257).round().astype(np.uint8))
     assert (x[1, 0].int() - expected.int()).abs().max() <= 1 and torch.equal(x[1, 0], x[1, 2])
 
@@ -154,12 +169,14 @@ def _rows(root, split="trainset"):
 
 def test_every_problem_is_listed_in_one_error(data):
     train = _rows(data)
-    train[2] = train[2].rsplit(",", 1)[0] + ",yes"            # bad target
-    train[3] = "../escape.jpg,1"                              # path traversal
+    train[2] = train[2].rsplit(",", 1)[0] + ",yes"  # bad target
+    train[3] = "../escape.jpg,1"  # path traversal
     labels(data).write_text("\n".join(train) + "\n")
     val_first = _rows(data, "valset")[1].split(",")[0]
-    (data / "valset" / val_first).unlink()                    # missing image in another split
-    (data / "testset" / sorted(p.name for p in (data / "testset").iterdir())[0]).write_bytes(b"")  # empty
+    (data / "valset" / val_first).unlink()  # missing image in another split
+    (data / "testset" / sorted(p.name for p in (data / "testset").iterdir())[0]).write_bytes(
+        b""
+    )  # empty
     with pytest.raises(DataError) as info:
         check(data)
     text = str(info.value)
@@ -170,8 +187,9 @@ def test_every_problem_is_listed_in_one_error(data):
 
 def test_many_problems_show_the_first_five_and_a_count(data):
     train = _rows(data)
-    labels(data).write_text("\n".join([train[0]] + [r.rsplit(",", 1)[0] + ",7" for r in train[1:9]]
-                                      + train[9:]) + "\n")
+    labels(data).write_text(
+        "\n".join([train[0]] + [r.rsplit(",", 1)[0] + ",7" for r in train[1:9]] + train[9:]) + "\n"
+    )
     with pytest.raises(DataError, match=r"^8 problems in the dataset: .*row 2: .*\| and 3 more$"):
         check(data)
 
@@ -202,7 +220,7 @@ def test_skip_leaves_bad_images_out(data):
     assert sorted(n for _, n, _ in result.skipped) == sorted(names)
     assert {s for s, _, _ in result.skipped} == {"train"}
     assert sorted(result.data.exclude["train"]) == sorted(names)
-    split = read_split(result.data, "train")   # what a trial reads
+    split = read_split(result.data, "train")  # what a trial reads
     assert not set(names) & set(split.names) and len(split) == len(_rows(data)) - 4
     assert load_images(split, 32).shape[0] == len(split)  # the rest decodes
     assert result.summary["train"]["images"] == len(split)
@@ -228,7 +246,9 @@ def test_image_verdicts_are_cached_until_a_file_is_rewritten(data, monkeypatch):
     assert looked == []  # unchanged files: every verdict from the cache
     path = data / "trainset" / _rows(data)[1].split(",")[0]
     st = path.stat()
-    path.write_bytes(b"\0" * st.st_size)  # rewritten with its old size and mtime, as cp -p or touch -r leave it
+    path.write_bytes(
+        b"\0" * st.st_size
+    )  # rewritten with its old size and mtime, as cp -p or touch -r leave it
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(DataError, match="is not an image"):
         check(data)  # the inode change time gives it away

@@ -59,8 +59,25 @@ def test_refuses_non_empty_folder(tiny_data):
 
 
 def test_cli_demo_data(tmp_path, capsys):
-    assert main(["demo-data", str(tmp_path / "d"), "--n-train", "8", "--n-val", "4", "--n-test", "2",
-                 "--size", "32", "--difficulty", "0.9"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                str(tmp_path / "d"),
+                "--n-train",
+                "8",
+                "--n-val",
+                "4",
+                "--n-test",
+                "2",
+                "--size",
+                "32",
+                "--difficulty",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     assert "wrote 8 train" in capsys.readouterr().out
     assert main(["demo-data", str(tmp_path / "e"), "--difficulty", "2"]) == 2
     assert "difficulty must be in [0, 1]" in capsys.readouterr().err

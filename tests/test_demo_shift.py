@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from ffdi_tune.cli import main
 from ffdi_tune.config import DataConfig, DemoSpec, parse_search_config
@@ -11,13 +12,13 @@ from ffdi_tune.data import ensure_dataset, read_split
 from ffdi_tune.demo_data import FORGERY_KINDS, MANIFEST, write_demo_dataset
 from ffdi_tune.errors import ConfigError, DataError
 
-from conftest import REPO
-
 
 @pytest.fixture(scope="module")
 def shifted(tmp_path_factory):
     root = tmp_path_factory.mktemp("shift") / "d"
-    return write_demo_dataset(root, n_train=40, n_val=20, n_test=12, size=32, seed=2, unseen_forgery="checkerboard")
+    return write_demo_dataset(
+        root, n_train=40, n_val=20, n_test=12, size=32, seed=2, unseen_forgery="checkerboard"
+    )
 
 
 def test_unseen_kind_only_in_testset(shifted):
@@ -31,7 +32,7 @@ def test_unseen_kind_only_in_testset(shifted):
     for split in ("trainset", "valset", "testset"):
         labels = pd.read_csv(shifted / f"{split}_label.txt")
         mine = m[m.split == split].set_index("img_name").target
-        assert dict(zip(labels.img_name, labels.target)) == mine.to_dict()
+        assert dict(zip(labels.img_name, labels.target, strict=True)) == mine.to_dict()
 
 
 def test_test_labels_do_not_disturb_the_test_split(shifted):
@@ -47,17 +48,57 @@ def test_without_unseen_kind_every_split_mixes_kinds(tiny_data):
 
 
 def test_bad_kind_is_refused(tmp_path, capsys):
-    with pytest.raises(DataError, match=r"unknown forgery kind 'checker' \(did you mean 'checkerboard'"):
-        write_demo_dataset(tmp_path / "x", n_train=4, n_val=4, n_test=2, size=32, unseen_forgery="checker")
-    assert main(["demo-data", str(tmp_path / "y"), "--n-train", "4", "--n-val", "4", "--n-test", "2",
-                 "--size", "32", "--unseen-forgery", "nois"]) == 2
+    with pytest.raises(
+        DataError, match=r"unknown forgery kind 'checker' \(did you mean 'checkerboard'"
+    ):
+        write_demo_dataset(
+            tmp_path / "x", n_train=4, n_val=4, n_test=2, size=32, unseen_forgery="checker"
+        )
+    assert (
+        main(
+            [
+                "demo-data",
+                str(tmp_path / "y"),
+                "--n-train",
+                "4",
+                "--n-val",
+                "4",
+                "--n-test",
+                "2",
+                "--size",
+                "32",
+                "--unseen-forgery",
+                "nois",
+            ]
+        )
+        == 2
+    )
     assert "did you mean 'noise'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_cli_and_spec_write_the_same_data(tmp_path, capsys):
-    assert main(["demo-data", str(tmp_path / "cli"), "--n-train", "8", "--n-val", "4", "--n-test", "4",
-                 "--size", "32", "--seed", "1", "--unseen-forgery", "blend"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                str(tmp_path / "cli"),
+                "--n-train",
+                "8",
+                "--n-val",
+                "4",
+                "--n-test",
+                "4",
+                "--size",
+                "32",
+                "--seed",
+                "1",
+                "--unseen-forgery",
+                "blend",
+            ]
+        )
+        == 0
+    )
     assert "blend is in testset only" in capsys.readouterr().out
     spec = DemoSpec(n_train=8, n_val=4, n_test=4, size=32, seed=1, unseen_forgery="blend")
     ensure_dataset(DataConfig(root=str(tmp_path / "spec"), demo=spec))
@@ -66,7 +107,13 @@ def test_cli_and_spec_write_the_same_data(tmp_path, capsys):
 
 
 def test_spec_key_is_validated():
-    with pytest.raises(ConfigError, match=r"data.demo.unseen_forgery: unknown forgery kind 'smoth'"):
-        parse_search_config({"name": "t", "data": {"root": "/d", "demo": {"unseen_forgery": "smoth"}}}, "x.yaml")
-    cfg = parse_search_config(__import__("yaml").safe_load((REPO / "search_spaces" / "demo_shift.yaml").read_text()))
+    with pytest.raises(
+        ConfigError, match=r"data.demo.unseen_forgery: unknown forgery kind 'smoth'"
+    ):
+        parse_search_config(
+            {"name": "t", "data": {"root": "/d", "demo": {"unseen_forgery": "smoth"}}}, "x.yaml"
+        )
+    cfg = parse_search_config(
+        __import__("yaml").safe_load((REPO / "search_spaces" / "demo_shift.yaml").read_text())
+    )
     assert cfg.data.demo.unseen_forgery in FORGERY_KINDS

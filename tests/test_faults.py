@@ -1,4 +1,5 @@
-"""Faults caused for real: Ctrl-C, a killed driver, a killed trial worker, a tracking server that goes away.
+"""Faults caused for real: Ctrl-C, a killed driver, a killed trial worker, a tracking server that
+goes away.
 
 Each test runs `ffdi-tune run` in its own process (its own local Ray), breaks something mid-search,
 and checks that every finished result is kept and the search completes.
@@ -15,10 +16,9 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
-import torch
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
-
 from procs import MlflowServer, stop_group
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,12 @@ scheduler: {{type: fifo}}
 """
 
 
-def write_space(folder: Path, name: str, trials: int = 4, epochs: int = 4, extra: str = "") -> list[str]:
-    (folder / "space.yaml").write_text(SPACE.format(name=name, trials=trials, epochs=epochs) + extra)
+def write_space(
+    folder: Path, name: str, trials: int = 4, epochs: int = 4, extra: str = ""
+) -> list[str]:
+    (folder / "space.yaml").write_text(
+        SPACE.format(name=name, trials=trials, epochs=epochs) + extra
+    )
     return [sys.executable, "-m", "ffdi_tune", "run", "space.yaml", "--no-ensemble"]
 
 
@@ -43,8 +47,10 @@ def runs_of(client: MlflowClient, name: str) -> tuple[list, list]:
     if exp is None:
         return [], []
     runs = client.search_runs([exp.experiment_id])
-    return ([r for r in runs if r.data.tags.get("ffdi.role") == "search"],
-            [r for r in runs if r.data.tags.get("ffdi.role") == "trial"])
+    return (
+        [r for r in runs if r.data.tags.get("ffdi.role") == "search"],
+        [r for r in runs if r.data.tags.get("ffdi.role") == "trial"],
+    )
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str = ""):
@@ -61,7 +67,9 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str 
         time.sleep(0.5)
 
 
-def assert_complete(client: MlflowClient, name: str, trials: int, epochs: int, folder: Path) -> list:
+def assert_complete(
+    client: MlflowClient, name: str, trials: int, epochs: int, folder: Path
+) -> list:
     """Every trial of Ray's results once in MLflow, FINISHED, with one val_auc per epoch and its
     checkpoint; any other run is one the killed driver had started but Ray had not saved yet: it
     ran no epoch and is closed as KILLED. Nothing is left RUNNING."""
@@ -71,7 +79,9 @@ def assert_complete(client: MlflowClient, name: str, trials: int, epochs: int, f
     assert len(df) == trials and set(df["status"]) == {"FINISHED"}
     ids = set(df["trial_id"].astype(str))
     kept = [r for r in children if r.data.tags["ffdi.trial_id"] in ids]
-    assert len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids  # one run per trial
+    assert (
+        len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids
+    )  # one run per trial
     for run in children:
         if run in kept:
             continue
@@ -80,7 +90,9 @@ def assert_complete(client: MlflowClient, name: str, trials: int, epochs: int, f
         assert run.info.status == "FINISHED", run.data.tags.get("ffdi.error")
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
         assert sorted(set(steps)) == list(range(1, epochs + 1))
-        assert "checkpoint/best.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert "checkpoint/best.pt" in {
+            a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+        }
     return kept
 
 
@@ -93,11 +105,20 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     """
     cmd = write_space(tmp_path, "killed", trials=4, epochs=3)
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint_*")), proc,
-                 what="a first checkpoint")
+        wait_for(
+            lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint_*")),
+            proc,
+            what="a first checkpoint",
+        )
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
         _, err = proc.communicate(timeout=120)
     finally:
@@ -108,21 +129,40 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
     assert children and all(r.info.status != "RUNNING" for r in children)
 
-    proc = subprocess.Popen(cmd + ["--resume"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd + ["--resume"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
+
         def one_finished():
             _, children = runs_of(client, "killed")
             done = [r for r in children if r.info.status == "FINISHED"]
             # A trial has finished and another has at least two of its three epochs to go, so the
             # kill surely leaves that one RUNNING.
-            early = [r for r in children if r.info.status == "RUNNING" and max(
-                [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")], default=0) <= 1]
+            early = [
+                r
+                for r in children
+                if r.info.status == "RUNNING"
+                and max(
+                    [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")], default=0
+                )
+                <= 1
+            ]
             return done if done and early else None
 
         finished = wait_for(one_finished, proc, what="a finished trial")
-        before = {r.data.tags["ffdi.trial_id"]: (r.info.run_id, [
-            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_auc")]) for r in finished}
+        before = {
+            r.data.tags["ffdi.trial_id"]: (
+                r.info.run_id,
+                [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_auc")],
+            )
+            for r in finished
+        }
         os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray processes notice on their own
         proc.wait(timeout=60)
     finally:
@@ -131,11 +171,19 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     assert any(r.info.status == "RUNNING" for r in children)  # left behind by the killed driver
 
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and again.stderr.startswith("error: search 'killed' already exists")
+    assert again.returncode == 2 and again.stderr.startswith(
+        "error: search 'killed' already exists"
+    )
     assert "--resume" in again.stderr
 
-    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          start_new_session=True)
+    done = subprocess.run(
+        cmd + ["--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     children = assert_complete(client, "killed", trials=4, epochs=3, folder=tmp_path)
     by_trial = {r.data.tags["ffdi.trial_id"]: r for r in children}
@@ -146,8 +194,12 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     assert len(set(lrs)) == 4  # the searcher continued instead of proposing its first points again
     # each trial trained with the seed its run records, also the ones continued after the kill
     for run in children:
-        best = torch.load(client.download_artifacts(run.info.run_id, "checkpoint/best.pt",
-                                                    str(tmp_path / "seeds" / run.info.run_id)), weights_only=True)
+        best = torch.load(
+            client.download_artifacts(
+                run.info.run_id, "checkpoint/best.pt", str(tmp_path / "seeds" / run.info.run_id)
+            ),
+            weights_only=True,
+        )
         assert str(best["settings"]["seed"]) == run.data.params["seed"]
     assert len({r.data.params["seed"] for r in children}) == 4
 
@@ -172,14 +224,24 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     marker = f"FFDI_FAULT_TEST={uuid.uuid4().hex}"
     env = dict(os.environ, FFDI_FAULT_TEST=marker.split("=", 1)[1])
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
+
         def reported_epoch():
             if not (tmp_path / "runs" / "mlflow.db").exists():
                 return None
             _, children = runs_of(client, "workerkill")
-            running = [r for r in children if r.info.status == "RUNNING" and "val_auc" in r.data.metrics]
+            running = [
+                r for r in children if r.info.status == "RUNNING" and "val_auc" in r.data.metrics
+            ]
             workers = _trial_workers(marker)
             return (running, workers) if running and workers else None
 
@@ -194,18 +256,33 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
 
 def test_tracking_server_outage_loses_nothing(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    cmd = write_space(tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{server.uri}'}}\n")
+    cmd = write_space(
+        tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{server.uri}'}}\n"
+    )
     client = MlflowClient(server.uri)
     spool = tmp_path / "runs" / "outage" / "mlflow-spool" / "entries.jsonl"
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: any("val_auc" in r.data.metrics for r in runs_of(client, "outage")[1]), proc,
-                 what="a first metric in MLflow")
+        wait_for(
+            lambda: any("val_auc" in r.data.metrics for r in runs_of(client, "outage")[1]),
+            proc,
+            what="a first metric in MLflow",
+        )
         server.stop()
-        wait_for(lambda: spool.is_file() and len(spool.read_text().splitlines()) >= 3, proc,
-                 what="writes kept during the outage")
+        wait_for(
+            lambda: spool.is_file() and len(spool.read_text().splitlines()) >= 3,
+            proc,
+            what="writes kept during the outage",
+        )
         server.start()  # same port, same database: the search notices and replays
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -218,11 +295,20 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
 
 def test_tracking_server_gone_for_good_then_sync(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    cmd = write_space(tmp_path, "gone", trials=2, epochs=2, extra=f"tracking: {{uri: '{server.uri}'}}\n")
+    cmd = write_space(
+        tmp_path, "gone", trials=2, epochs=2, extra=f"tracking: {{uri: '{server.uri}'}}\n"
+    )
     client = MlflowClient(server.uri)
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: runs_of(client, "gone")[1], proc, what="a trial run in MLflow")
         server.stop()
@@ -233,8 +319,13 @@ def test_tracking_server_gone_for_good_then_sync(tmp_path):
         assert len(df) == 2 and set(df["status"]) == {"FINISHED"}
 
         server.start()
-        sync = subprocess.run([sys.executable, "-m", "ffdi_tune", "sync", "gone"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        sync = subprocess.run(
+            [sys.executable, "-m", "ffdi_tune", "sync", "gone"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sync.returncode == 0 and "replayed" in sync.stdout, sync.stderr
         assert_complete(client, "gone", trials=2, epochs=2, folder=tmp_path)
     finally:

@@ -1,4 +1,5 @@
-"""The valset split a search fixes: stratified, seeded, identified by its report names; never read by trials."""
+"""The valset split a search fixes: stratified, seeded, identified by its report names; never read
+by trials."""
 
 from __future__ import annotations
 
@@ -31,12 +32,17 @@ def test_split_is_stratified_seeded_and_complete():
     assert [val.names[i] for i in rep] == list(h.report_names)  # valset's own order
     from ffdi_tune.tracking import holdout_tags
 
-    assert holdout_tags(h) == {"ffdi.holdout.fraction": "0.5", "ffdi.holdout.seed": "3",
-                               "ffdi.holdout.report_hash": h.report_hash}
+    assert holdout_tags(h) == {
+        "ffdi.holdout.fraction": "0.5",
+        "ffdi.holdout.seed": "3",
+        "ffdi.holdout.report_hash": h.report_hash,
+    }
 
 
 def test_report_hash_ignores_order_and_fraction_zero_keeps_nothing_aside():
-    assert report_hash(["b.jpg", "a.jpg"]) == report_hash(("a.jpg", "b.jpg")) != report_hash(["a.jpg"])
+    assert (
+        report_hash(["b.jpg", "a.jpg"]) == report_hash(("a.jpg", "b.jpg")) != report_hash(["a.jpg"])
+    )
     h = split_valset(valset(3, 3), 0, seed=0)
     assert not h.honest and h.report_names == () and h.report_hash == NO_REPORT_HASH
     assert h.select_names == valset(3, 3).names
@@ -48,7 +54,8 @@ def test_a_split_that_would_lose_a_class_is_refused():
 
 
 def test_trials_never_read_the_report_part(tiny_data, monkeypatch):
-    """A spy on the image decoder: training with the search's selection part never opens a report image."""
+    """A spy on the image decoder: training with the search's selection part never opens a report
+    image."""
     import ffdi_tune.data as data
     from ffdi_tune.train import train_trial
 
@@ -57,7 +64,9 @@ def test_trials_never_read_the_report_part(tiny_data, monkeypatch):
     h = split_valset(val, 0.5, seed=0)
     opened = []
     decode = data._decode
-    monkeypatch.setattr(data, "_decode", lambda path, *a, **k: opened.append(path.name) or decode(path, *a, **k))
+    monkeypatch.setattr(
+        data, "_decode", lambda path, *a, **k: opened.append(path.name) or decode(path, *a, **k)
+    )
     reports = []
     s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1)
     train_trial(s, cfg, lambda m, f: reports.append(m), val_names=h.select_names)

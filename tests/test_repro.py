@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 import yaml
 
 from ffdi_tune.config import DataConfig, TrainSettings, parse_search_config
@@ -28,7 +27,8 @@ search: {seed: SEED, tpe_startup_trials: 3}
 
 
 def proposals(seed: int, n: int = 8) -> list[dict]:
-    """The searcher's first ``n`` points, each scored by a fixed function of its lr (TPE learns from it)."""
+    """The searcher's first ``n`` points, each scored by a fixed function of its lr (TPE learns from
+    it)."""
     cfg = parse_search_config(yaml.safe_load(SPACE.replace("SEED", str(seed))))
     searcher = make_searcher(cfg)
     out = []
@@ -36,7 +36,9 @@ def proposals(seed: int, n: int = 8) -> list[dict]:
         config = searcher.suggest(f"t{i}")
         out.append(config)
         lr = next(v for k, v in config.items() if k.startswith("lr"))
-        searcher.on_trial_complete(f"t{i}", {"val_auc": 1 - abs(math.log10(lr) + 2.5), "training_iteration": 1})
+        searcher.on_trial_complete(
+            f"t{i}", {"val_auc": 1 - abs(math.log10(lr) + 2.5), "training_iteration": 1}
+        )
     return out
 
 
@@ -50,8 +52,13 @@ def test_same_seed_same_sequence_of_configurations():
 def test_same_seed_same_per_epoch_val_auc(tiny_data):
     def curve() -> list[float]:
         aucs = []
-        train_trial(TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=2, augment="flips", seed=5),
-                    DataConfig(root=str(tiny_data)), lambda m, _: aucs.append(m["val_auc"]))
+        train_trial(
+            TrainSettings(
+                backbone="resnet10t", img_size=32, batch_size=8, epochs=2, augment="flips", seed=5
+            ),
+            DataConfig(root=str(tiny_data)),
+            lambda m, _: aucs.append(m["val_auc"]),
+        )
         return aucs
 
     first = curve()
@@ -68,9 +75,13 @@ def test_each_trial_gets_its_own_seed_unless_the_yaml_fixes_one():
 
     seeds = [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))]
     assert len(set(seeds)) == 4 and seeds == [trial_seed(0, i) for i in range(4)]
-    assert [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))] == seeds  # the same search, the same seeds
+    assert [
+        c["seed"] for c in suggested(SPACE.replace("SEED", "0"))
+    ] == seeds  # the same search, the same seeds
     assert not set(seeds) & {c["seed"] for c in suggested(SPACE.replace("SEED", "1"))}
-    fixed = SPACE.replace("SEED", "0").replace("train: {backbone: resnet10t}", "train: {backbone: resnet10t, seed: 7}")
+    fixed = SPACE.replace("SEED", "0").replace(
+        "train: {backbone: resnet10t}", "train: {backbone: resnet10t, seed: 7}"
+    )
     cfg = parse_search_config(yaml.safe_load(fixed))
     for config in suggested(fixed):
         assert "seed" not in config and trial_settings(cfg.train, config).seed == 7

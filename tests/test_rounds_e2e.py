@@ -1,4 +1,5 @@
-"""Searches that end by the clock, and searches that grow: time budgets, extensions, what TPE is told."""
+"""Searches that end by the clock and searches that grow: time budgets, extensions, what TPE
+is told."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 SPACE = """
 name: {name}
-data: {{root: data, demo: {{n_train: 200, n_val: 24, n_test: 8, size: 32, seed: 5, difficulty: 0.2}}}}
+data:
+  root: data
+  demo: {{n_train: 200, n_val: 24, n_test: 8, size: 32, seed: 5, difficulty: 0.2}}
 train: {{backbone: test_resnet, img_size: 32, batch_size: 8, epochs: {epochs}}}
 space: {{lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
 search: {{num_samples: {trials}, max_concurrent: 2, tpe_startup_trials: 2}}
@@ -27,7 +30,9 @@ ensemble: one.yaml
 
 
 def write(folder, name, trials, epochs, scheduler="{type: fifo}"):
-    (folder / "space.yaml").write_text(SPACE.format(name=name, trials=trials, epochs=epochs, scheduler=scheduler))
+    (folder / "space.yaml").write_text(
+        SPACE.format(name=name, trials=trials, epochs=epochs, scheduler=scheduler)
+    )
     (folder / "one.yaml").write_text("top_k: 1\n")
 
 
@@ -35,14 +40,18 @@ def runs(folder, name):
     client = MlflowClient(f"sqlite:///{folder}/runs/mlflow.db")
     exp = client.get_experiment_by_name(name)
     found = client.search_runs([exp.experiment_id])
-    return (client, [r for r in found if r.data.tags["ffdi.role"] == "search"],
-            [r for r in found if r.data.tags["ffdi.role"] == "trial"],
-            [r for r in found if r.data.tags["ffdi.role"] == "ensemble"])
+    return (
+        client,
+        [r for r in found if r.data.tags["ffdi.role"] == "search"],
+        [r for r in found if r.data.tags["ffdi.role"] == "trial"],
+        [r for r in found if r.data.tags["ffdi.role"] == "ensemble"],
+    )
 
 
 def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeypatch, capsys):
-    """A 25 s budget for trials of 60 epochs (about 20 s each): the first ones are cut and no more start; the
-    final stage still runs, exit 0; resumed with more time, the same search gets new trials."""
+    """A 25 s budget for trials of 60 epochs (about 20 s each): the first ones are cut and no more
+    start; the final stage still runs, exit 0; resumed with more time, the same search gets new
+    trials."""
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "clock", trials=30, epochs=60)
     assert main(["run", "space.yaml", "--time-budget", "25s"]) == 0
@@ -53,11 +62,15 @@ def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeyp
     assert 1 <= len(trials) < 30 and all(r.info.status == "FINISHED" for r in trials)
     cut = [r for r in trials if r.data.tags["ffdi.budget_cut"] == "true"]
     assert cut and all(int(r.data.tags["ffdi.epochs_run"]) < 60 for r in cut)
-    assert all(r.data.tags["ffdi.stopped_early"] == "false" for r in trials)  # FIFO: nothing else stops them
+    assert all(
+        r.data.tags["ffdi.stopped_early"] == "false" for r in trials
+    )  # FIFO: nothing else stops them
     kept = json.loads((tmp_path / "runs" / "clock" / "budget.json").read_text())
     assert kept["total_s"] == 25 and set(kept["cut"]) == {r.data.tags["ffdi.trial_id"] for r in cut}
     table = pd.read_csv(tmp_path / "runs" / "clock" / "trials.csv")
-    assert set(table["status"]) <= {"FINISHED", "CUT"} and (table["status"] == "CUT").sum() == len(cut)
+    assert set(table["status"]) <= {"FINISHED", "CUT"} and (table["status"] == "CUT").sum() == len(
+        cut
+    )
     # the budget is spent: resuming without more time adds nothing
     assert main(["run", "space.yaml", "--resume", "--no-ensemble"]) == 0
     assert len(runs(tmp_path, "clock")[2]) == len(trials)
@@ -65,19 +78,31 @@ def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeyp
     assert main(["run", "space.yaml", "--resume", "--time-budget", "30s", "--no-ensemble"]) == 0
     _, parents_after, trials_after, _ = runs(tmp_path, "clock")
     assert [p.info.run_id for p in parents_after] == [parents[0].info.run_id]
-    assert len(trials_after) > len(trials) and {r.info.run_id for r in trials} <= {r.info.run_id for r in trials_after}
+    assert len(trials_after) > len(trials) and {r.info.run_id for r in trials} <= {
+        r.info.run_id for r in trials_after
+    }
 
 
 def test_extending_a_finished_search_continues_tpe(tmp_path, monkeypatch):
-    """A finished 4-trial search run again with --resume --num-samples 6: 6 trials under one parent, the first
-    4 untouched, the new points new; the study behind TPE has the best epoch of finished trials and the
-    ASHA-stopped ones as PRUNED."""
+    """A finished 4-trial search run again with --resume --num-samples 6: 6 trials under one parent,
+    the first 4 untouched, the new points new; the study behind TPE has the best epoch of finished
+    trials and the ASHA-stopped ones as PRUNED."""
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "grow", trials=4, epochs=3, scheduler="{type: asha, grace_period: 1, reduction_factor: 2}")
+    write(
+        tmp_path,
+        "grow",
+        trials=4,
+        epochs=3,
+        scheduler="{type: asha, grace_period: 1, reduction_factor: 2}",
+    )
     assert main(["run", "space.yaml", "--no-ensemble"]) == 0
     client, parents, before, _ = runs(tmp_path, "grow")
-    history = {r.info.run_id: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_auc")]
-               for r in before}
+    history = {
+        r.info.run_id: [
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_auc")
+        ]
+        for r in before
+    }
     assert main(["run", "space.yaml", "--resume", "--num-samples", "6"]) == 0
     client, parents_after, after, ensembles = runs(tmp_path, "grow")
     assert [p.info.run_id for p in parents_after] == [parents[0].info.run_id] and len(after) == 6
@@ -100,10 +125,14 @@ def test_extending_a_finished_search_continues_tpe(tmp_path, monkeypatch):
     for run in after:
         trial = told[f"{float(run.data.params['lr']):.12g}"]
         values = [m.value for m in client.get_metric_history(run.info.run_id, "val_auc")]
-        assert {step: v for step, v in trial.intermediate_values.items()} == dict(enumerate(values, start=1))
+        assert {step: v for step, v in trial.intermediate_values.items()} == dict(
+            enumerate(values, start=1)
+        )
         if run.data.tags["ffdi.stopped_early"] == "true":
             stopped += 1
             assert trial.state == TrialState.PRUNED
         else:
-            assert trial.state == TrialState.COMPLETE and trial.value == max(values)  # the best epoch, not the last
+            assert trial.state == TrialState.COMPLETE and trial.value == max(
+                values
+            )  # the best epoch, not the last
     assert stopped >= 1  # ASHA stopped some of six 3-epoch trials

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from procs import free_port, stop_group
 
 from ffdi_tune.cli import main
 from ffdi_tune.config import DataConfig
@@ -22,7 +23,6 @@ from ffdi_tune.data import load_images, read_split
 from ffdi_tune.demo_data import write_demo_dataset
 from ffdi_tune.ensemble import COMBINATIONS
 from ffdi_tune.holdout import split_valset
-from procs import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,9 @@ def finished_search(tmp_path_factory):
     (work / "top3.yaml").write_text(TOP3)
     (work / "rank.yaml").write_text(RANK)
 
-    data = write_demo_dataset(work / "data", n_train=48, n_val=24, n_test=8, size=32, seed=1, difficulty=0.2)
+    data = write_demo_dataset(
+        work / "data", n_train=48, n_val=24, n_test=8, size=32, seed=1, difficulty=0.2
+    )
     victim = sorted((data / "trainset").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated: left out (on_bad_image: skip)
 
@@ -79,12 +81,21 @@ def test_mlflow_parent_and_children(finished_search):
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert {"search_space.yaml", "trials.csv", "search_history.png", "param_importance.png", "skipped_images.csv"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith("runs/mlartifacts")
+    assert {
+        "search_space.yaml",
+        "trials.csv",
+        "search_history.png",
+        "param_importance.png",
+        "skipped_images.csv",
+    } <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert exp.artifact_location.startswith("file://") and exp.artifact_location.endswith(
+        "runs/mlartifacts"
+    )
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
     tags = parent.data.tags  # what reproducing the search needs
-    assert tags["ffdi.version.torch"] == torch.__version__.split("+")[0] and tags["ffdi.version.ray"]
+    assert (
+        tags["ffdi.version.torch"] == torch.__version__.split("+")[0] and tags["ffdi.version.ray"]
+    )
     assert all(len(tags[f"ffdi.data_fingerprint.{s}"]) == 16 for s in ("train", "val", "test"))
     assert tags["ffdi.on_bad_image"] == "skip" and tags["ffdi.skipped_images"] == "1"
     for run in children:
@@ -95,24 +106,46 @@ def test_mlflow_parent_and_children(finished_search):
         epochs = int(tags["ffdi.epochs_run"])
         assert (tags["ffdi.stopped_early"] == "true") == (epochs < 2)
         # fixed and sampled settings as params
-        assert params["img_size"] == "32" and params["epochs"] == "2" and params["backbone"] in (
-            "resnet10t", "mobilenetv3_small_050")
+        assert (
+            params["img_size"] == "32"
+            and params["epochs"] == "2"
+            and params["backbone"] in ("resnet10t", "mobilenetv3_small_050")
+        )
         assert 1e-3 <= float(params["lr"]) <= 1e-2 and 0.5 <= float(params["gamma"]) <= 0.9
         history = client.get_metric_history(run.info.run_id, "val_auc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
-        for key in ("val_tpr_at_fpr_0.001", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
-                    "train_images_per_s", "eval_time_s"):
+        for key in (
+            "val_tpr_at_fpr_0.001",
+            "val_acc",
+            "val_loss",
+            "train_loss",
+            "lr",
+            "epoch_time_s",
+            "train_images_per_s",
+            "eval_time_s",
+        ):
             assert key in run.data.metrics
-        waits = client.get_metric_history(run.info.run_id, "data_wait_share")  # is the device fed? per epoch
-        assert sorted(m.step for m in waits) == list(range(1, epochs + 1)) and all(0 < m.value < 1 for m in waits)
-        local = client.download_artifacts(run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id))
+        waits = client.get_metric_history(
+            run.info.run_id, "data_wait_share"
+        )  # is the device fed? per epoch
+        assert sorted(m.step for m in waits) == list(range(1, epochs + 1)) and all(
+            0 < m.value < 1 for m in waits
+        )
+        local = client.download_artifacts(
+            run.info.run_id, "checkpoint/best.pt", str(finished_search / run.info.run_id)
+        )
         ckpt = torch.load(local, weights_only=True)
-        assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(m.value for m in history)
+        assert ckpt["backbone"] == params["backbone"] and ckpt["metrics"]["val_auc"] == max(
+            m.value for m in history
+        )
     # device_augment: on runs these sets' batched (kornia) forms inside the Ray trials; flips are
     # drawn while a batch is gathered (CPU trials)
     where = {r.data.params["augment"]: r.data.tags["ffdi.augment_on"] for r in children}
     assert {"color", "photometric"} & set(where)
-    assert all(on == ("device" if aug in ("color", "photometric") else "gather") for aug, on in where.items())
+    assert all(
+        on == ("device" if aug in ("color", "photometric") else "gather")
+        for aug, on in where.items()
+    )
 
 
 def assert_submission(path, data_root):
@@ -127,50 +160,97 @@ def test_run_ends_with_ensemble(finished_search):
     client, exp, runs = client_and_runs(finished_search)
     assert_submission(finished_search / "runs" / "e2e" / "submission.csv", finished_search / "data")
     parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
-    ens = [r for r in runs if r.data.tags.get("ffdi.role") == "ensemble"]
+    # the run's own final stage (other tests add ensembles of their own, without a parent)
+    ens = [
+        r
+        for r in runs
+        if r.data.tags.get("ffdi.role") == "ensemble"
+        and r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     assert len(ens) == 1 and ens[0].info.status == "FINISHED"
     run = ens[0]
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert {"holdout_auc", "select_auc", "holdout_tpr_at_fpr_0.001", "best_member_select_auc",
-            "best_member_holdout_auc"} <= set(run.data.metrics)
-    assert run.data.params["combine"] == "auto" and run.data.tags["ffdi.combine_chosen"] in COMBINATIONS
+    assert {
+        "holdout_auc",
+        "select_auc",
+        "holdout_tpr_at_fpr_0.001",
+        "best_member_select_auc",
+        "best_member_holdout_auc",
+    } <= set(run.data.metrics)
+    assert (
+        run.data.params["combine"] == "auto"
+        and run.data.tags["ffdi.combine_chosen"] in COMBINATIONS
+    )
     # the final stage scored the search's own split
-    assert run.data.tags["ffdi.holdout.report_hash"] == parent.data.tags["ffdi.holdout.report_hash"] != "none"
-    assert all(v in ("identity", "identity+hflip") for v in run.data.params["member_views"].split(","))
-    assert {"submission.csv", "members.csv", "roc.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-    members = pd.read_csv(client.download_artifacts(run.info.run_id, "members.csv", str(finished_search)))
+    assert (
+        run.data.tags["ffdi.holdout.report_hash"]
+        == parent.data.tags["ffdi.holdout.report_hash"]
+        != "none"
+    )
+    assert all(
+        v in ("identity", "identity+hflip") for v in run.data.params["member_views"].split(",")
+    )
+    assert {"submission.csv", "members.csv", "roc.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+    members = pd.read_csv(
+        client.download_artifacts(run.info.run_id, "members.csv", str(finished_search))
+    )
     assert list(members["kind"]) == ["member"] * 4 + ["ensemble"] * len(COMBINATIONS)
     assert members.loc[members["kind"] == "member", "weight"].sum() == pytest.approx(1.0)
     shipped = members[members["shipped"]]
     assert len(shipped) == 1 and shipped["member"].iloc[0] == run.data.tags["ffdi.combine_chosen"]
     combos = members[members["kind"] == "ensemble"]
-    assert shipped["select_auc_tta"].iloc[0] == combos["select_auc_tta"].max()  # auto: the best on selection
+    assert (
+        shipped["select_auc_tta"].iloc[0] == combos["select_auc_tta"].max()
+    )  # auto: the best on selection
     assert run.data.metrics["select_auc"] >= run.data.metrics["best_member_select_auc"]
     assert len(run.data.params["members"].split(",")) == run.data.metrics["n_members"]
 
 
 def test_report_part_is_fixed_before_the_search_and_never_read_by_it(finished_search):
-    """The split is recorded on the search run; trials scored only the selection part, each with its own seed."""
+    """The split is recorded on the search run; trials scored only the selection part, each with its
+    own seed."""
     client, _, runs = client_and_runs(finished_search)
     parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
     val = read_split(DataConfig(root=str(finished_search / "data")), "val")
     holdout = split_valset(val, 0.5, 0)
-    assert parent.data.tags["ffdi.holdout.fraction"] == "0.5" and parent.data.tags["ffdi.holdout.seed"] == "0"
+    assert (
+        parent.data.tags["ffdi.holdout.fraction"] == "0.5"
+        and parent.data.tags["ffdi.holdout.seed"] == "0"
+    )
     assert parent.data.tags["ffdi.holdout.report_hash"] == holdout.report_hash
-    assert json.loads((finished_search / "runs" / "e2e" / "holdout.json").read_text())["report_hash"] == holdout.report_hash
+    assert (
+        json.loads((finished_search / "runs" / "e2e" / "holdout.json").read_text())["report_hash"]
+        == holdout.report_hash
+    )
     trials = [r for r in runs if r.data.tags.get("ffdi.role") == "trial"]
-    assert {r.data.params["val_images"] for r in trials} == {str(len(holdout.select_names))} == {"12"}
+    assert (
+        {r.data.params["val_images"] for r in trials} == {str(len(holdout.select_names))} == {"12"}
+    )
     assert len({r.data.params["seed"] for r in trials}) == len(trials)  # diverse members
-    # what the trials decoded of valset (the per-node cache records each entry's images): the selection part
-    decoded = [json.loads(p.read_text()) for p in Path(os.environ["FFDI_TUNE_CACHE"]).glob("*.json")
-               if not p.name.startswith("scan-")]
+    # what the trials decoded of valset (the per-node cache records each entry's images): the
+    # selection part
+    decoded = [
+        json.loads(p.read_text())
+        for p in Path(os.environ["FFDI_TUNE_CACHE"]).glob("*.json")
+        if not p.name.startswith("scan-")
+    ]
     ours = str((finished_search / "data" / "valset").resolve())
     val_entries = [e for e in decoded if e["first"].startswith(ours) and e["images"] != len(val)]
     assert val_entries and all(e["images"] == len(holdout.select_names) for e in val_entries)
     for run in trials:  # every epoch's metrics were computed on those images alone
-        ckpt = torch.load(client.download_artifacts(run.info.run_id, "checkpoint/best.pt",
-                                                    str(finished_search / f"split-{run.info.run_id}")), weights_only=True)
-        assert ckpt["metrics"]["val_auc"] == pytest.approx(_selection_auc(ckpt, finished_search, holdout))
+        ckpt = torch.load(
+            client.download_artifacts(
+                run.info.run_id,
+                "checkpoint/best.pt",
+                str(finished_search / f"split-{run.info.run_id}"),
+            ),
+            weights_only=True,
+        )
+        assert ckpt["metrics"]["val_auc"] == pytest.approx(
+            _selection_auc(ckpt, finished_search, holdout)
+        )
 
 
 def _selection_auc(ckpt, root, holdout):
@@ -181,32 +261,85 @@ def _selection_auc(ckpt, root, holdout):
     model = create_model(ckpt["backbone"])
     model.load_state_dict(ckpt["state_dict"])
     val = read_split(DataConfig(root=str(root / "data")), "val").only(holdout.select_names)
-    score = view_log_odds(model, load_images(val, ckpt["eval_img_size"]), torch.tensor(ckpt["mean"]),
-                          torch.tensor(ckpt["std"]), ["identity"])[0]
+    score = view_log_odds(
+        model,
+        load_images(val, ckpt["eval_img_size"]),
+        torch.tensor(ckpt["mean"]),
+        torch.tensor(ckpt["std"]),
+        ["identity"],
+    )[0]
     return roc_auc(val.targets, score)
 
 
 def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
-    """A fresh process that knows only the tracking store rebuilds an ensemble with another recipe."""
+    """A fresh process that knows only the tracking store rebuilds an ensemble, another recipe."""
     env_cwd = finished_search
     out = tmp_path / "rank.csv"
-    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "rank.yaml", "--experiment", "e2e",
-                           "--out", str(out)], cwd=env_cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ffdi_tune",
+            "ensemble",
+            "rank.yaml",
+            "--experiment",
+            "e2e",
+            "--out",
+            str(out),
+        ],
+        cwd=env_cwd,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "top_k=5, but only 4 finished trial(s)" in proc.stderr
     assert not out.exists()
     (finished_search / "rank3.yaml").write_text(RANK.replace("top_k: 5", "top_k: 3"))
-    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "rank3.yaml", "--experiment", "e2e",
-                           "--out", str(out)], cwd=env_cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ffdi_tune",
+            "ensemble",
+            "rank3.yaml",
+            "--experiment",
+            "e2e",
+            "--out",
+            str(out),
+        ],
+        cwd=env_cwd,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, finished_search / "data")
     client, _, runs = client_and_runs(finished_search)
-    rank_runs = [r for r in runs if r.data.tags.get("ffdi.role") == "ensemble" and r.data.params["combine"] == "rank"]
+    rank_runs = [
+        r
+        for r in runs
+        if r.data.tags.get("ffdi.role") == "ensemble" and r.data.params["combine"] == "rank"
+    ]
     assert len(rank_runs) >= 1 and "mlflow.parentRunId" not in rank_runs[0].data.tags
     trial = next(r for r in runs if r.data.tags.get("ffdi.role") == "trial")
     pred = tmp_path / "one.csv"
-    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "predict", "--run", trial.info.run_id, "--data",
-                           str(finished_search / "data"), "--tta", "identity,hflip", "--out", str(pred)],
-                          cwd=env_cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ffdi_tune",
+            "predict",
+            "--run",
+            trial.info.run_id,
+            "--data",
+            str(finished_search / "data"),
+            "--tta",
+            "identity,hflip",
+            "--out",
+            str(pred),
+        ],
+        cwd=env_cwd,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_submission(pred, finished_search / "data")
 
@@ -223,26 +356,91 @@ def test_ensemble_input_errors(finished_search, capsys, monkeypatch):
     assert "top_k=50, but only 4 finished trial(s) qualify" in capsys.readouterr().err
     (finished_search / "none.yaml").write_text("top_k: 1\ncandidates: {min_epochs: 99}\n")
     assert main(["ensemble", "none.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
-    assert "no finished trials in e2e pass the recipe's candidates filter" in capsys.readouterr().err
+    assert (
+        "no finished trials in e2e pass the recipe's candidates filter" in capsys.readouterr().err
+    )
     assert not (finished_search / "x.csv").exists()
 
 
 def test_pooled_ensemble_of_two_searches(finished_search, monkeypatch, capsys):
     monkeypatch.chdir(finished_search)
-    assert main(["run", "space.yaml", "--name", "e2e-b", "--num-samples", "2", "--epochs", "1", "--no-ensemble"]) == 0
-    assert main(["ensemble", "rank.yaml", "--experiment", "e2e", "--experiment", "e2e-b", "--out", "pooled.csv"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "space.yaml",
+                "--name",
+                "e2e-b",
+                "--num-samples",
+                "2",
+                "--epochs",
+                "1",
+                "--no-ensemble",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "ensemble",
+                "rank.yaml",
+                "--experiment",
+                "e2e",
+                "--experiment",
+                "e2e-b",
+                "--out",
+                "pooled.csv",
+            ]
+        )
+        == 0
+    )
     assert_submission(finished_search / "pooled.csv", finished_search / "data")
     client = MlflowClient(f"sqlite:///{finished_search}/runs/mlflow.db")
     exp = client.get_experiment_by_name("e2e")
-    pooled = [r for r in client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
-              if r.data.params["experiments"] == "e2e,e2e-b"]
+    pooled = [
+        r
+        for r in client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
+        if r.data.params["experiments"] == "e2e,e2e-b"
+    ]
     assert len(pooled) == 1 and len(pooled[0].data.params["members"].split(",")) == 5
-    # a search that kept another part of valset aside cannot be pooled: its report part is e2e's selection part
-    (finished_search / "space_c.yaml").write_text(SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 1}}"))
-    assert main(["run", "space_c.yaml", "--name", "e2e-c", "--num-samples", "1", "--epochs", "1",
-                 "--no-ensemble"]) == 0
+    # a search that kept another part of valset aside cannot be pooled: its report part is e2e's
+    # selection part
+    (finished_search / "space_c.yaml").write_text(
+        SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 1}}")
+    )
+    assert (
+        main(
+            [
+                "run",
+                "space_c.yaml",
+                "--name",
+                "e2e-c",
+                "--num-samples",
+                "1",
+                "--epochs",
+                "1",
+                "--no-ensemble",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["ensemble", "rank.yaml", "--experiment", "e2e", "--experiment", "e2e-c", "--out", "mixed.csv"]) == 2
+    assert (
+        main(
+            [
+                "ensemble",
+                "rank.yaml",
+                "--experiment",
+                "e2e",
+                "--experiment",
+                "e2e-c",
+                "--out",
+                "mixed.csv",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "searches 'e2e' and 'e2e-c' split valset differently" in err and "\n" not in err
     assert not (finished_search / "mixed.csv").exists()
@@ -257,7 +455,15 @@ def test_trials_csv_ranked(finished_search):
     client, _, runs = client_and_runs(finished_search)
     df = pd.read_csv(finished_search / "runs" / "e2e" / "trials.csv")
     assert len(df) == 4 and list(df["rank"]) == [1, 2, 3, 4]
-    assert {"trial_id", "mlflow_run_id", "best_val_auc", "epochs_run", "status", "backbone", "lr"} <= set(df.columns)
+    assert {
+        "trial_id",
+        "mlflow_run_id",
+        "best_val_auc",
+        "epochs_run",
+        "status",
+        "backbone",
+        "lr",
+    } <= set(df.columns)
     assert df["best_val_auc"].is_monotonic_decreasing
     child_ids = {r.info.run_id for r in runs if r.data.tags.get("ffdi.role") == "trial"}
     assert set(df["mlflow_run_id"]) == child_ids
@@ -271,18 +477,30 @@ def test_existing_name_needs_resume(finished_search, capsys, monkeypatch):
     assert err.startswith("error: search 'e2e' already exists") and "--resume" in err
 
 
-def test_resume_of_finished_search_adds_no_runs_and_keeps_its_split(finished_search, monkeypatch, capsys):
+def test_resume_of_finished_search_adds_no_runs_and_keeps_its_split(
+    finished_search, monkeypatch, capsys
+):
     monkeypatch.chdir(finished_search)
+
     def search_and_trials():
-        return {r.info.run_id for r in client_and_runs(finished_search)[2] if r.data.tags["ffdi.role"] != "ensemble"}
+        return {
+            r.info.run_id
+            for r in client_and_runs(finished_search)[2]
+            if r.data.tags["ffdi.role"] != "ensemble"
+        }
 
     before = search_and_trials()
     kept = (finished_search / "runs" / "e2e" / "holdout.json").read_text()
     # the YAML now asks for another split: a resume keeps the one the trials were chosen on
-    (finished_search / "space_moved.yaml").write_text(SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 9}}"))
+    (finished_search / "space_moved.yaml").write_text(
+        SPACE.replace("seed: 0}", "seed: 0, holdout: {seed: 9}}")
+    )
     capsys.readouterr()
     assert main(["run", "space_moved.yaml", "--resume", "--no-ensemble"]) == 0
-    assert "--resume keeps the valset split the search started with (fraction 0.5, seed 0)" in capsys.readouterr().out
+    assert (
+        "--resume keeps the valset split the search started with (fraction 0.5, seed 0)"
+        in capsys.readouterr().out
+    )
     after = client_and_runs(finished_search)[2]
     assert search_and_trials() == before
     assert all(r.info.status == "FINISHED" for r in after)
@@ -293,24 +511,36 @@ def test_resume_of_finished_search_adds_no_runs_and_keeps_its_split(finished_sea
 
 def test_fraction_zero_says_there_is_no_honest_estimate(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "space.yaml").write_text(SMALL.replace("max_concurrent: 1}", "max_concurrent: 1, holdout: {fraction: 0}}")
-                                         + "ensemble: one.yaml\n")
+    (tmp_path / "space.yaml").write_text(
+        SMALL.replace("max_concurrent: 1}", "max_concurrent: 1, holdout: {fraction: 0}}")
+        + "ensemble: one.yaml\n"
+    )
     (tmp_path / "one.yaml").write_text("top_k: 1\n")
     assert main(["run", "space.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "no honest estimate: search.holdout.fraction is 0" in out and "report-part AUC" not in out
+    assert (
+        "no honest estimate: search.holdout.fraction is 0" in out and "report-part AUC" not in out
+    )
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     exp = client.get_experiment_by_name("small")
-    trial, = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'trial'")
+    (trial,) = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'trial'")
     assert trial.data.params["val_images"] == "16"  # all of valset chose
-    ensemble, = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
-    assert "holdout_auc" not in ensemble.data.metrics and ensemble.data.tags["ffdi.holdout.report_hash"] == "none"
+    (ensemble,) = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")
+    assert (
+        "holdout_auc" not in ensemble.data.metrics
+        and ensemble.data.tags["ffdi.holdout.report_hash"] == "none"
+    )
 
 
 def test_ui_serves_the_store(finished_search):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)], cwd=finished_search,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)],
+        cwd=finished_search,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
         deadline = time.time() + 90
@@ -350,7 +580,10 @@ def test_crashing_trials_are_retried_then_failed(tmp_path, monkeypatch, capsys):
     assert len(children) == 2  # a retry reuses its trial's run
     for run in children:
         assert run.info.status == "FAILED"
-        assert run.data.tags["ffdi.error"].startswith("FloatingPointError") and "lower lr" in run.data.tags["ffdi.error"]
+        assert (
+            run.data.tags["ffdi.error"].startswith("FloatingPointError")
+            and "lower lr" in run.data.tags["ffdi.error"]
+        )
     parent = next(r for r in runs if r.data.tags.get("ffdi.role") == "search")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 2
     df = pd.read_csv(tmp_path / "runs" / "diverges" / "trials.csv")
@@ -359,12 +592,19 @@ def test_crashing_trials_are_retried_then_failed(tmp_path, monkeypatch, capsys):
 
 def test_resources_beyond_the_cluster_write_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "space.yaml").write_text(FAILING.replace("name: diverges", "name: greedy")
-                                         + "resources: {cpu: 64, gpu: 0}\n")
+    (tmp_path / "space.yaml").write_text(
+        FAILING.replace("name: diverges", "name: greedy") + "resources: {cpu: 64, gpu: 0}\n"
+    )
     assert main(["run", "space.yaml"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: resources: a trial asks for 64 CPU, but the Ray cluster has") and "\n" not in err
-    assert not (tmp_path / "runs" / "mlflow.db").exists() and not (tmp_path / "runs" / "greedy").exists()
+    assert (
+        err.startswith("error: resources: a trial asks for 64 CPU, but the Ray cluster has")
+        and "\n" not in err
+    )
+    assert (
+        not (tmp_path / "runs" / "mlflow.db").exists()
+        and not (tmp_path / "runs" / "greedy").exists()
+    )
 
 
 def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
@@ -376,43 +616,97 @@ def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
     shutil.copytree(finished_search / "data" / "testset", data / "testset")
     shutil.copy(finished_search / "data" / "valset_label.txt", data)
     out = tmp_path / "sub.csv"
-    proc = subprocess.run([sys.executable, "-m", "ffdi_tune", "ensemble", "top3.yaml", "--experiment", "e2e",
-                           "--data", str(data), "--out", str(out)], cwd=finished_search, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ffdi_tune",
+            "ensemble",
+            "top3.yaml",
+            "--experiment",
+            "e2e",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        cwd=finished_search,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, data)
 
 
 def test_ensemble_refuses_changed_data(tmp_path, monkeypatch, capsys):
-    """A test image rewritten in place (old size and mtime put back) or a changed valset is refused."""
+    """A test image rewritten in place (old size and mtime put back), a changed valset: refused."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(SMALL)
     (tmp_path / "one.yaml").write_text("top_k: 1\n")
     assert main(["run", "space.yaml", "--no-ensemble"]) == 0
     victim = sorted((tmp_path / "data" / "testset").iterdir())[0]
     st = victim.stat()
-    victim.write_bytes(victim.read_bytes())  # the same bytes, rewritten: its inode change time moves
+    victim.write_bytes(
+        victim.read_bytes()
+    )  # the same bytes, rewritten: its inode change time moves
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed.csv"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: testset in ") and "changed since search 'small' ran" in err and "\n" not in err
+    assert (
+        err.startswith("error: testset in ")
+        and "changed since search 'small' ran" in err
+        and "\n" not in err
+    )
     assert "--allow-changed-data" in err and not (tmp_path / "changed.csv").exists()
-    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed.csv",
-                 "--allow-changed-data"]) == 0
-    # a copy elsewhere (not fingerprinted: another root) whose valset lost an image: not the same split
+    assert (
+        main(
+            [
+                "ensemble",
+                "one.yaml",
+                "--experiment",
+                "small",
+                "--out",
+                "changed.csv",
+                "--allow-changed-data",
+            ]
+        )
+        == 0
+    )
+    # a copy elsewhere (not fingerprinted: another root) whose valset lost an image: not the same
+    # split
     import shutil
 
     shutil.copytree(tmp_path / "data", tmp_path / "copy")
     copied = tmp_path / "copy" / "valset_label.txt"
     copied.write_text("\n".join(copied.read_text().splitlines()[:-1]) + "\n")
-    assert main(["ensemble", "one.yaml", "--experiment", "small", "--data", "copy", "--out", "copy.csv"]) == 2
+    assert (
+        main(
+            ["ensemble", "one.yaml", "--experiment", "small", "--data", "copy", "--out", "copy.csv"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert "valset's report part is not the one search 'small' kept aside" in err and "\n" not in err
+    assert (
+        "valset's report part is not the one search 'small' kept aside" in err and "\n" not in err
+    )
     # the same in place
     labels = tmp_path / "data" / "valset_label.txt"
     rows = labels.read_text().splitlines()
     labels.write_text("\n".join(rows[:-1]) + "\n")
-    assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed2.csv",
-                 "--allow-changed-data"]) == 0  # allowed on purpose
+    assert (
+        main(
+            [
+                "ensemble",
+                "one.yaml",
+                "--experiment",
+                "small",
+                "--out",
+                "changed2.csv",
+                "--allow-changed-data",
+            ]
+        )
+        == 0
+    )  # allowed on purpose
     assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed2.csv"]) == 2
     assert "changed since search 'small' ran" in capsys.readouterr().err
 

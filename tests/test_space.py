@@ -8,7 +8,8 @@ from ffdi_tune.config import parse_search_config
 from ffdi_tune.space import DefineByRun, trial_settings
 
 SPACE = {
-    "name": "s", "data": {"root": "/d"},
+    "name": "s",
+    "data": {"root": "/d"},
     "train": {"backbone": "resnet10t", "img_size": 32},
     "space": {
         "backbone": {"choice": ["resnet10t", "mobilenetv3_small_050"]},
@@ -56,6 +57,8 @@ def test_both_branches_are_explored_and_seeded():
 
 
 def test_fixed_settings_pass_through():
-    cfg = parse_search_config({"name": "s", "data": {"root": "/d"}, "train": {"epochs": 7, "ema_decay": 0.99}})
+    cfg = parse_search_config(
+        {"name": "s", "data": {"root": "/d"}, "train": {"epochs": 7, "ema_decay": 0.99}}
+    )
     s = trial_settings(cfg.train, {})
     assert s.epochs == 7 and s.ema_decay == 0.99

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from ffdi_tune.tracking import Tracker, unreachable, replay_spool
 from procs import MlflowServer
+
+from ffdi_tune.tracking import Tracker, replay_spool, unreachable
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def server(tmp_path_factory):
             srv.stop()
 
 
+@pytest.mark.slow  # an mlflow server
 def test_refused_requests_are_not_mistaken_for_an_outage(server, tmp_path):
     tracker = Tracker(server.uri, spool_dir=tmp_path / "spool")
     exp = tracker.experiment_id("refused")
@@ -35,6 +36,7 @@ def test_refused_requests_are_not_mistaken_for_an_outage(server, tmp_path):
     assert exp
 
 
+@pytest.mark.slow  # an mlflow server
 def test_outage_is_spooled_then_replayed_in_order(server, tmp_path):
     spool = tmp_path / "spool"
     tracker = Tracker(server.uri, spool_dir=spool)
@@ -64,18 +66,27 @@ def test_outage_is_spooled_then_replayed_in_order(server, tmp_path):
     assert tracker.pending() == 0 and not spool.exists()
 
     client = MlflowClient(server.uri)
-    children = {r.data.tags["ffdi.trial_id"]: r for r in client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    children = {
+        r.data.tags["ffdi.trial_id"]: r
+        for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    }
     assert set(children) == {"t1", "t2"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert client.get_run(parent).info.status == "FINISHED"
     t1, t2 = children["t1"].info.run_id, children["t2"].info.run_id
-    assert [(m.step, m.value) for m in client.get_metric_history(t1, "val_auc")] == [(1, 0.5), (2, 0.6)]
-    assert children["t2"].data.params == {"lr": "0.2"} and children["t2"].data.tags["ffdi.stopped_early"] == "false"
+    assert [(m.step, m.value) for m in client.get_metric_history(t1, "val_auc")] == [
+        (1, 0.5),
+        (2, 0.6),
+    ]
+    assert (
+        children["t2"].data.params == {"lr": "0.2"}
+        and children["t2"].data.tags["ffdi.stopped_early"] == "false"
+    )
     local = client.download_artifacts(t2, "checkpoint/best.pt", str(tmp_path))
     assert open(local, "rb").read() == b"weights"
 
 
+@pytest.mark.slow  # an mlflow server
 def test_sync_replays_from_a_fresh_process(server, tmp_path):
     spool = tmp_path / "runs" / "later" / "mlflow-spool"
     tracker = Tracker(server.uri, spool_dir=spool)
@@ -91,7 +102,11 @@ def test_sync_replays_from_a_fresh_process(server, tmp_path):
     # still down: one line, exit 2, nothing lost
     cmd = [sys.executable, "-m", "ffdi_tune", "sync", "later"]
     down = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert down.returncode == 2 and down.stderr.startswith("error: MLflow at") and "sync again" in down.stderr
+    assert (
+        down.returncode == 2
+        and down.stderr.startswith("error: MLflow at")
+        and "sync again" in down.stderr
+    )
     assert Tracker(server.uri, spool_dir=spool).pending() == 4
 
     server.start()
@@ -114,7 +129,9 @@ def test_a_refused_write_is_set_aside_and_the_rest_replayed(tmp_path):
     parent = tracker.search_run(exp, "refusals", False, "name: refusals\n", str(tmp_path))
     spool = Spool(tmp_path / "spool")
     store = {"uri": uri, "artifact_location": artifacts}
-    spool.append({"op": "metrics", "run": "f" * 32, "metrics": {"val_auc": 0.1}, "step": 1, "time": 1}, store)
+    spool.append(
+        {"op": "metrics", "run": "f" * 32, "metrics": {"val_auc": 0.1}, "step": 1, "time": 1}, store
+    )
     spool.append({"op": "tags", "run": parent, "tags": {"after": "yes"}}, store)
     assert tracker.replay() and tracker.pending() == 0
     assert MlflowClient(uri).get_run(parent).data.tags["after"] == "yes"
@@ -136,7 +153,9 @@ def test_a_line_cut_by_a_killed_process_costs_only_itself(tmp_path):
 def test_a_tracker_pickled_by_an_older_version_still_works(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     old = Tracker.__new__(Tracker)
-    old.__setstate__({"uri": uri, "artifact_location": (tmp_path / "artifacts").as_uri(), "_client": None})
+    old.__setstate__(
+        {"uri": uri, "artifact_location": (tmp_path / "artifacts").as_uri(), "_client": None}
+    )
     exp = old.experiment_id("old")
     parent = old.search_run(exp, "old", False, "name: old\n", str(tmp_path))
     old.finish(parent)

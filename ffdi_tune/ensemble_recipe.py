@@ -4,11 +4,13 @@
 
     top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
     metric: val_auc           # ranks candidates, on the selection part of valset; val_robust_auc or
-                              # val_worst_auc rank (and choose views, weights and the combination) on
+                              # val_worst_auc rank (and choose views, weights and the combination)
+                              # on
                               # the perturbed copy of valset, or on the lower of the two AUCs
     combine: auto             # auto | best | mean | rank | greedy
     average: prob             # prob | logit: what mean and greedy average
-    tta: [identity, hflip]    # views averaged per member; tta_select keeps them only where they help
+    # views averaged per member; tta_select keeps them only where they help
+    tta: [identity, hflip]
 
 The valset split into a selection and a report part is the search's (``search.holdout``), not
 the recipe's: the final stage reuses it, so the report part stays unseen by everything.
@@ -31,7 +33,7 @@ _MOVED = ("holdout_fraction", "seed")  # keys of older recipes that now belong t
 
 
 class CandidateFilter(StrictModel):
-    """Which trials may join: only FINISHED runs with a checkpoint, having run at least min_epochs."""
+    """Which trials may join: FINISHED runs with a checkpoint that ran at least min_epochs."""
 
     min_epochs: int = Field(1, ge=1)
     include_stopped: bool = True  # trials ASHA stopped early (FINISHED, ffdi.stopped_early=true)
@@ -40,7 +42,9 @@ class CandidateFilter(StrictModel):
 class EnsembleRecipe(StrictModel):
     experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
     top_k: int = Field(5, ge=1)
-    metric: str = "val_auc"  # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
+    metric: str = (
+        "val_auc"  # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
+    )
     candidates: CandidateFilter = CandidateFilter()
     # auto builds every combination below and ships the best on the selection part
     combine: Literal["auto", "best", "mean", "rank", "greedy"] = "auto"
@@ -58,9 +62,11 @@ class EnsembleRecipe(StrictModel):
         moved = [k for k in _MOVED if isinstance(data, dict) and k in data]
         if moved:
             raise ValueError(
-                f"{' and '.join(moved)} no longer {'belongs' if len(moved) == 1 else 'belong'} in a recipe: the ensemble reuses the valset split its "
-                "search fixed before it started (search.holdout: {fraction, seed} in the search-space YAML); "
-                f"remove {', '.join(moved)} from the recipe")
+                f"{' and '.join(moved)} no longer {'belongs' if len(moved) == 1 else 'belong'} in "
+                "a recipe: the ensemble reuses the valset split its search fixed before it "
+                "started (search.holdout: {fraction, seed} in the search-space YAML); remove "
+                f"{', '.join(moved)} from the recipe"
+            )
         return data
 
     @field_validator("tta")
@@ -77,10 +83,12 @@ class EnsembleRecipe(StrictModel):
 
 
 def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:
-    """Load and validate an ensemble recipe; errors are one-line ConfigErrors naming file and key."""
+    """Load and validate a recipe; errors are one-line ConfigErrors naming the file and key."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the file must hold a mapping of keys, but got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the file must hold a mapping of keys, but got {type(raw).__name__}"
+        )
     try:
         return EnsembleRecipe.model_validate(raw)
     except ValidationError as exc:
