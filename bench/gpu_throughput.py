@@ -147,9 +147,8 @@ def main() -> None:
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
-    where = placed(
-        args.augment, args.augment_on, args.size, device
-    ).where  # without a batched form: loader
+    # without a batched form: loader
+    where = placed(args.augment, args.augment_on, args.size, device).where
     aug = (args.augment, args.augment_on, args.workers if where == "loader" else 0)
     if args.only:  # a child of --concurrent
         root = Path(args.root)
@@ -165,9 +164,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ffdi-gpu-") as tmp:
         root = Path(args.data or Path(tmp) / "d")
-        if not (
-            root / "trainset_label.txt"
-        ).exists():  # --data: generated once, reused by later runs
+        # --data: generated once, reused by later runs
+        if not (root / "trainset_label.txt").exists():
             write_demo_dataset(root, n_train=args.images, n_val=4, n_test=2, size=args.size * 2)
         load_images(
             read_split(DataConfig(root=str(root)), "train"), args.size, cache_dir=root / "cache"

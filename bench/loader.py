@@ -82,9 +82,8 @@ def cached_epoch(images, targets, batch_size, mean, std):
 def measure(root: Path, size: int, reps: int, batch_size: int, cache_dir: Path) -> dict:
     split = read_split(DataConfig(root=str(root)), "train")
     t = time.perf_counter()
-    images = load_images(
-        split, size, cache_dir=cache_dir
-    )  # the first trial on a node pays this once
+    # the first trial on a node pays this once
+    images = load_images(split, size, cache_dir=cache_dir)
     build_s = time.perf_counter() - t
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     seed, cached = [], []

@@ -66,9 +66,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     y_val = splits.split("val").targets
+    # the split the search kept
     holdout = split_valset(
         splits.split("val"), cfg.search.holdout.fraction, cfg.search.holdout.seed
-    )  # the search's
+    )
     labels = pd.read_csv(Path(outcome.data.root) / "testset_label.txt").set_index("img_name")[
         "target"
     ]

@@ -82,9 +82,8 @@ class TimeBudget:
     used_before_s: float = 0.0
     folder: Path | None = None
     cut: set[str] = field(default_factory=set)  # trials the budget ended before their last epoch
-    trial_s: list[float] = field(
-        default_factory=list
-    )  # how long each trial took (a cut one: extrapolated)
+    # how long each trial took (a cut one: extrapolated)
+    trial_s: list[float] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
     started: float = field(init=False)
 

@@ -78,9 +78,8 @@ def greedy_select(
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}; valid averages are {', '.join(AVERAGES)}")
     sets = log_odds[None] if log_odds.ndim == 2 else log_odds
-    sets = (
-        expit(sets) if average == "prob" else np.asarray(sets, dtype=np.float64)
-    )  # both are plain means then
+    # both are plain means then
+    sets = expit(sets) if average == "prob" else np.asarray(sets, dtype=np.float64)
     counts = np.zeros(sets.shape[1], dtype=np.int64)
     total = np.zeros((len(sets), sets.shape[2]))
     best_auc = -np.inf

@@ -179,9 +179,8 @@ class TrainSettings(StrictModel):
     mixup_alpha: float = Field(0.4, gt=0)
     cutmix_alpha: float = Field(1.0, gt=0)
     drop_rate: float = Field(0.0, ge=0, lt=1)
-    drop_path_rate: float | None = Field(
-        None, ge=0, lt=1
-    )  # stochastic depth; None: the model's default
+    # stochastic depth; None: the model's default
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
@@ -190,9 +189,8 @@ class TrainSettings(StrictModel):
     # image by image in the loader; on = on the device even on a CPU; off = in the loader.
     device_augment: Literal["auto", "on", "off"] = "auto"
     # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its
-    # own,
-    # derived from search.seed and the trial's number, so ensemble members differ; a number fixes
-    # it.
+    # own, derived from search.seed and the trial's number, so ensemble members differ; a number
+    # fixes it.
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
     input: Literal["rgb", "rgb+srm"] = (
@@ -272,9 +270,8 @@ class DataConfig(StrictModel):
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     cache: bool = True  # decode each split once per node and size, into cache_dir
     cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
-    cache_max_gb: float | None = Field(
-        None, gt=0
-    )  # refuse a search whose decoded arrays would need more
+    # refuse a search whose decoded arrays would need more
+    cache_max_gb: float | None = Field(None, gt=0)
     # What the pre-check does with image files that cannot be decoded (empty, truncated, not an
     # image): stop with the list ("error"), or leave them out of trainset/valset ("skip").
     on_bad_image: Literal["error", "skip"] = "error"
@@ -295,9 +292,8 @@ class SearchSettings(StrictModel):
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
     metric: str = "val_auc"
-    tpe_startup_trials: int = Field(
-        10, ge=1
-    )  # random trials before TPE models the space (Optuna's default)
+    # random trials before TPE models the space (Optuna's default)
+    tpe_startup_trials: int = Field(10, ge=1)
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True
@@ -515,8 +511,7 @@ def parse_search_config(
             _set_path(raw, dotted, value)
     if (overrides or {}).get("data.root") is not None and isinstance(raw.get("data"), dict):
         # Another root is the user's own dataset: the demo generator writes only at the file's own
-        # root,
-        # so a mistyped --data is an error instead of a search on synthetic faces.
+        # root, so a mistyped --data is an error instead of a search on synthetic faces.
         raw["data"] = {k: v for k, v in raw["data"].items() if k != "demo"}
     try:
         return SearchConfig.model_validate(raw)

@@ -246,9 +246,8 @@ def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarr
     """
     try:
         with Image.open(path) as im:
-            im.draft(
-                "RGB", (img_size, img_size)
-            )  # JPEG: let libjpeg downscale by 1/2..1/8 for free
+            # JPEG: let libjpeg downscale by 1/2..1/8 for free
+            im.draft("RGB", (img_size, img_size))
             rgb = _to_rgb(im)
             if rgb.size != (img_size, img_size):
                 rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)

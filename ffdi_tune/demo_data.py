@@ -301,9 +301,8 @@ def write_demo_dataset(
             rows.sort()
             lines = "img_name,target\n" + "".join(f"{n},{t}\n" for n, t in rows)
             if split == "testset":
-                (tmp / "testset_label.txt").write_text(
-                    lines
-                )  # kept for evaluation, never for training
+                # kept for evaluation, never for training
+                (tmp / "testset_label.txt").write_text(lines)
             else:
                 (tmp / f"{split}_label.txt").write_text(lines)
         manifest.sort()

@@ -246,9 +246,8 @@ def build_ensemble(
             )
     ranked = sorted(rows, key=lambda n: rows[n]["rank_score"], reverse=higher_is_better(metric))
     pool = ranked[: recipe.top_k]
-    best = max(
-        pool, key=lambda n: rows[n]["select_objective"]
-    )  # first of equals: the better-ranked one
+    # first of equals: the better-ranked one
+    best = max(pool, key=lambda n: rows[n]["select_objective"])
 
     combos = _combinations(pool, best, clean, robust, sel, y_sel, metric)
     combo_rows = []

@@ -61,9 +61,8 @@ def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
     prob = np.asarray(prob, dtype=np.float64)
     if len(prob) != len(names) or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
         raise ValueError("submission probabilities must be finite, in [0, 1], one per test image")
-    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(
-        index=False
-    )  # repr: round trip
+    # repr: round trip
+    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False)
 
 
 def candidate_runs(
@@ -237,9 +236,8 @@ def run_ensemble(
                 f"no data root is recorded for search {experiments[0]!r}; pass --data DIR"
             )
     # Only val and test are read: trainset need not be on this machine.
-    config = search_config(
-        tracker, experiments[0]
-    )  # the first search's layout and perturbation recipe
+    # the first search's layout and perturbation recipe
+    config = search_config(tracker, experiments[0])
     data = search_data(
         config, data_root, searches[experiments[0]].get(tracking.ON_BAD_IMAGE, "error")
     )

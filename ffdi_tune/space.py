@@ -85,9 +85,8 @@ class DefineByRun:
                 suggest(trial, f"{key}{CONDITIONAL_SEP}{backbone}", value)
             else:
                 constants[key] = value
-        if (
-            getattr(self, "seed_base", None) is not None
-        ):  # absent in a searcher pickled before it existed
+        # absent in a searcher pickled before it existed
+        if getattr(self, "seed_base", None) is not None:
             constants["seed"] = trial_seed(self.seed_base, trial.number)
         return constants or None
 

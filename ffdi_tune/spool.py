@@ -133,9 +133,8 @@ class SpooledWrites:
         if self.spool is None:
             return self.apply(entry)
         if self.pending() and not self.replay(wait=False):
-            self.spool.append(
-                entry, self.store
-            )  # still unreachable: queue behind the others, in order
+            # still unreachable: queue behind the others, in order
+            self.spool.append(entry, self.store)
             return None
         try:
             return self.apply(entry)

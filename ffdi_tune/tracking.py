@@ -35,20 +35,20 @@ __all__ = [
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-os.environ.setdefault(
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-)  # one bar per checkpoint otherwise
+# no progress bar per uploaded checkpoint
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a search
 # the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 # -- the MLflow schema: every tag name the project writes or reads --------------------------------
+# role: search | trial | ensemble
 ROLE, SEARCH, TRIAL_ID = (
     "ffdi.role",
     "ffdi.search",
     "ffdi.trial_id",
-)  # role: search | trial | ensemble
+)
 PARENT = "mlflow.parentRunId"
 DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
 # search run
@@ -224,9 +224,8 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            logging.getLogger("mlflow.store.db.utils").setLevel(
-                logging.WARNING
-            )  # schema set-up chatter
+            # schema set-up chatter
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -237,9 +236,8 @@ class Tracker:
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
-                if (
-                    create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW
-                ):  # made by an older version
+                # made by an older version
+                if create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW:
                     self.client.set_experiment_tag(
                         exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW
                     )
@@ -297,9 +295,8 @@ class Tracker:
                 tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root},
             ).info.run_id
             self.client.log_text(run_id, config_yaml, "search_space.yaml")
-        self.set_tags(
-            run_id, {DATA_ROOT: data_root, **(tags or {})}
-        )  # a resume may read another root
+        # a resume may read another root
+        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})
         return run_id
 
     def _latest_search(self, experiment_name: str):

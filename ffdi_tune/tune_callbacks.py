@@ -23,8 +23,7 @@ from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
 __all__ = ["MlflowTrials", "RESULT_TAGS", "progress"]
 
 # result key (what the trainable adds to every report) -> tag on the trial's MLflow run, set when
-# the
-# value first appears or changes
+# the value first appears or changes
 RESULT_TAGS = {
     "node_id": tracking.NODE_ID,
     "augment_on": tracking.AUGMENT_ON,
@@ -99,9 +98,8 @@ class MlflowTrials(tune.Callback):
         metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
         self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
         # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
-        tagged = self.__dict__.setdefault(
-            "result_tags", {}
-        )  # absent in a callback pickled before it existed
+        # absent in a callback pickled before it existed
+        tagged = self.__dict__.setdefault("result_tags", {})
         new = {
             tag: str(result[key])
             for key, tag in RESULT_TAGS.items()
@@ -128,9 +126,8 @@ class MlflowTrials(tune.Callback):
             )
             if cut:
                 live.budget.cut.add(trial.trial_id)
-            if (
-                trial.trial_id in live.started
-            ):  # a cut trial: as long as all its epochs would have taken
+            # a cut trial: as long as all its epochs would have taken
+            if trial.trial_id in live.started:
                 took = live.budget.used() - live.started[trial.trial_id]
                 live.budget.trial_s.append(took * planned / max(epochs_run, 1) if cut else took)
             live.budget.save()

@@ -235,7 +235,6 @@ def test_loader_workers_pair_each_image_with_its_target():
         b.shape == (5, 3, 4, 4) and b.dtype == torch.uint8 for b, _ in batches
     )
     ids = torch.cat([b[:, 0, 0, 0] for b, _ in batches]).long()
-    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(
-        range(20)
-    )  # all, shuffled
+    # every image once, shuffled
+    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(range(20))
     assert torch.equal(torch.cat([y for _, y in batches]), ids % 2)

@@ -64,15 +64,13 @@ def test_rewrite_with_old_size_and_mtime_invalidates(data, tmp_path):
     small, big = sizes.index(min(sizes)), sizes.index(max(sizes))
     victim, st = s.paths[big], s.paths[big].stat()
     other = s.paths[small].read_bytes()
-    victim.write_bytes(
-        other + b"\0" * (st.st_size - len(other))
-    )  # another image, padded to the old size
+    # another image, padded to the old size
+    victim.write_bytes(other + b"\0" * (st.st_size - len(other)))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
     after = load_images(split(data), 24, cache_dir=cache)
-    assert torch.equal(after[big], before[small]) and not torch.equal(
-        after[big], before[big]
-    )  # decoded again
+    # decoded again
+    assert torch.equal(after[big], before[small]) and not torch.equal(after[big], before[big])
     assert len([p for p in cache.iterdir() if p.suffix == ".npy"]) == 2
 
 
@@ -165,9 +163,8 @@ def test_plan_lists_what_trials_read_and_its_size(data):
         "valset at 32 px (perturbed)",
         "valset at 48 px (perturbed)",
     ]
-    assert (
-        entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12
-    )  # the selection part only
+    # the selection part only
+    assert entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12
 
 
 def test_a_cache_that_does_not_fit_is_refused_before_any_trial(data, tmp_path, monkeypatch):

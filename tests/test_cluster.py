@@ -91,13 +91,11 @@ class Cluster:
     """A head and worker nodes started with `ray start` in a private temp folder."""
 
     def __init__(self, env: dict[str, str]):
-        self.tmp = tempfile.mkdtemp(
-            prefix="ffdi-ray-", dir="/tmp"
-        )  # short: unix socket paths <= 107 chars
+        # short: unix socket paths <= 107 chars
+        self.tmp = tempfile.mkdtemp(prefix="ffdi-ray-", dir="/tmp")
         self.port = free_port()
-        env = {
-            k: v for k, v in env.items() if k != "RAY_ADDRESS"
-        }  # `auto` below must find this cluster
+        # `auto` below must find this cluster
+        env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
         self.env = dict(
             env,
             RAY_TMPDIR=self.tmp,
@@ -198,9 +196,8 @@ def make_cluster(_private_cache):
     made: list[Cluster] = []
 
     def make() -> Cluster:
-        cluster = Cluster(
-            dict(os.environ, OMP_NUM_THREADS="1")
-        )  # nodes' workers inherit the cache folder
+        # nodes' workers inherit the cache folder
+        cluster = Cluster(dict(os.environ, OMP_NUM_THREADS="1"))
         made.append(cluster)
         cluster.start_node(head=True)
         cluster.start_node()
@@ -363,9 +360,8 @@ def test_search_spreads_over_nodes_and_lands_in_the_server(
     children = trial_runs(client, "spread")
     assert len(children) == 2
     experiment = client.get_experiment_by_name("spread")
-    assert experiment.artifact_location.startswith(
-        "mlflow-artifacts:"
-    )  # through the server, not its disk
+    # through the server, not its disk
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
     [parent] = client.search_runs([experiment.experiment_id], "tags.`ffdi.role` = 'search'")
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_finished"] == 2
     # Two one-CPU nodes and two trials at a time: both nodes must have run trials.
@@ -410,14 +406,12 @@ def test_without_address_a_search_starts_its_own_ray(cluster, mlflow_server, tin
     cluster's job table tells whether it joined.
     """
     space = write_space(tmp_path, tiny_data, mlflow_server, "private", cpu=64)
-    env = {
-        k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"
-    }  # RAY_TMPDIR leads to the cluster
+    # RAY_TMPDIR leads to the cluster
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
     proc = ffdi(["run", str(space), "--no-ensemble"], tmp_path, env)
     assert proc.returncode == 2 and "but the Ray cluster has" in proc.stderr, proc.stderr
-    assert (
-        proc.pid not in cluster.query()["driver_pids"]
-    )  # (the first test shows a joining driver is listed)
+    # (the first test shows a joining driver is listed)
+    assert proc.pid not in cluster.query()["driver_pids"]
 
 
 @pytest.mark.slow
@@ -450,9 +444,8 @@ def test_a_node_that_cannot_see_the_data_is_named(cluster, mlflow_server, tiny_d
         )
         assert len(lines) == 2 and lines[1].startswith(f"  node {blind.node_id[:12]} ")
         assert f"data.root {tiny_data} is not a directory there" in lines[1]
-        assert (
-            MlflowClient(mlflow_server).get_experiment_by_name("blind") is None
-        )  # nothing was written
+        # nothing was written
+        assert MlflowClient(mlflow_server).get_experiment_by_name("blind") is None
         assert not (tmp_path / "shared-storage").exists()
     finally:
         stop_session(blind.sid)

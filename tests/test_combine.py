@@ -62,8 +62,7 @@ def test_greedy_picks_same_member_twice():
 def test_greedy_on_log_odds_averages_log_odds():
     y = np.array([0, 0, 1, 1])
     # a alone: AUC 0.75, b 0.375; the mean of their log-odds orders all four, the mean of
-    # probabilities
-    # does not beat a alone
+    # probabilities does not beat a alone
     a, b = np.array([1.0, -8.0, 5.0, 0.0]), np.array([-7.0, -1.0, -7.0, -4.0])
     assert (
         roc_auc_score(y, (a + b) / 2) == 1.0
@@ -285,9 +284,8 @@ def test_ranking_on_the_perturbed_valset(metric, first):
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 50)
     sel, rep = halves(100)
-    brittle_clean = np.where(y == 1, 3.0, -3.0) + rng.normal(
-        0, 0.5, 100
-    )  # near perfect on clean images
+    # near perfect on clean images
+    brittle_clean = np.where(y == 1, 3.0, -3.0) + rng.normal(0, 0.5, 100)
     brittle_robust = rng.normal(0, 1, 100)  # chance once they are perturbed
     steady = np.where(y == 1, 0.4, -0.4) + rng.normal(0, 0.6, 100)  # good, and as good perturbed
     robust = {"brittle": brittle_robust, "steady": steady}

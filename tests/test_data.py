@@ -135,9 +135,8 @@ def test_grayscale_and_png_images_load(data):
 
     s = read_split(DataConfig(root=str(data)), "train")
     Image.open(s.paths[0]).convert("L").save(s.paths[0], "JPEG")
-    Image.open(s.paths[1]).convert("RGB").resize((50, 40)).save(
-        s.paths[1], "PNG"
-    )  # PNG bytes, .jpg name
+    # PNG bytes, .jpg name
+    Image.open(s.paths[1]).convert("RGB").resize((50, 40)).save(s.paths[1], "PNG")
     x = load_images(s, 32)
     assert x.shape == (len(s), 3, 32, 32)
     assert (x[0, 0] == x[0, 1]).all()
@@ -150,15 +149,13 @@ def test_cmyk_and_16_bit_images_load_as_rgb(data):
     s = read_split(DataConfig(root=str(data)), "train")
     reference = load_images(s, 32)
     Image.open(s.paths[0]).convert("CMYK").save(s.paths[0], "JPEG", quality=100)
-    gray = (
-        np.asarray(Image.open(s.paths[1]).convert("L"), dtype=np.uint16) * 257
-    )  # 16-bit, same picture
+    # 16-bit, same picture
+    gray = np.asarray(Image.open(s.paths[1]).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(gray).save(s.paths[1], "PNG")
     x = load_images(s, 32)
     assert x.dtype == torch.uint8 and x.shape == reference.shape
-    assert (
-        x[0].int() - reference[0].int()
-    ).abs().float().mean() < 12  # CMYK round trip stays close
+    # CMYK round trip stays close
+    assert (x[0].int() - reference[0].int()).abs().float().mean() < 12
     expected = torch.from_numpy((gray / 257).round().astype(np.uint8))
     assert (x[1, 0].int() - expected.int()).abs().max() <= 1 and torch.equal(x[1, 0], x[1, 2])
 
@@ -174,9 +171,8 @@ def test_every_problem_is_listed_in_one_error(data):
     labels(data).write_text("\n".join(train) + "\n")
     val_first = _rows(data, "valset")[1].split(",")[0]
     (data / "valset" / val_first).unlink()  # missing image in another split
-    (data / "testset" / sorted(p.name for p in (data / "testset").iterdir())[0]).write_bytes(
-        b""
-    )  # empty
+    # empty
+    (data / "testset" / sorted(p.name for p in (data / "testset").iterdir())[0]).write_bytes(b"")
     with pytest.raises(DataError) as info:
         check(data)
     text = str(info.value)
@@ -246,9 +242,8 @@ def test_image_verdicts_are_cached_until_a_file_is_rewritten(data, monkeypatch):
     assert looked == []  # unchanged files: every verdict from the cache
     path = data / "trainset" / _rows(data)[1].split(",")[0]
     st = path.stat()
-    path.write_bytes(
-        b"\0" * st.st_size
-    )  # rewritten with its old size and mtime, as cp -p or touch -r leave it
+    # rewritten with its old size and mtime, as cp -p or touch -r leave it
+    path.write_bytes(b"\0" * st.st_size)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(DataError, match="is not an image"):
         check(data)  # the inode change time gives it away

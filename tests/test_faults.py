@@ -79,9 +79,8 @@ def assert_complete(
     assert len(df) == trials and set(df["status"]) == {"FINISHED"}
     ids = set(df["trial_id"].astype(str))
     kept = [r for r in children if r.data.tags["ffdi.trial_id"] in ids]
-    assert (
-        len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids
-    )  # one run per trial
+    # one run per trial
+    assert len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids
     for run in children:
         if run in kept:
             continue

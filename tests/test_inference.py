@@ -24,9 +24,8 @@ def test_under_autocast_only_the_body_runs_in_low_precision():
     amp = view_log_odds(model, images, mean, std, ["identity"], amp_dtype=torch.bfloat16)
     assert seen == {"body": torch.bfloat16, "head_in": torch.float32, "head_out": torch.float32}
     full = view_log_odds(model, images, mean, std, ["identity"])
-    assert amp.dtype == np.float64 and np.allclose(
-        amp, full, atol=0.1
-    )  # bf16 body: close, not equal
+    # bf16 body: close, not equal
+    assert amp.dtype == np.float64 and np.allclose(amp, full, atol=0.1)
 
 
 class FixedLogits(torch.nn.Module):
@@ -42,10 +41,11 @@ def test_confident_scores_stay_apart():
     apart."""
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     images[0], images[1] = 200, 210
+    # the model sees pixel / 10: log-odds 20 and 21
     mean, std = (
         torch.zeros(3),
         torch.full((3,), 10 / 255),
-    )  # the model sees pixel / 10: log-odds 20 and 21
+    )
     z = view_log_odds(FixedLogits(), images, mean, std, ["identity"])[0]
     assert z[0] < z[1] and z[0] > 17  # beyond where float32 probabilities saturate
     softmax = torch.tensor([[0.0, z[0]], [0.0, z[1]]], dtype=torch.float32).softmax(1)[:, 1]

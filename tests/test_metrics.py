@@ -24,9 +24,8 @@ def test_log_loss_of_confident_log_odds_is_exact():
     """Clipping probabilities at 1e-7 would cap both losses; log-odds give the true values."""
     m = binary_metrics(np.array([1, 0]), np.array([40.0, 40.0]))
     assert m["val_loss"] == pytest.approx((np.log1p(np.exp(-40.0)) + 40.0) / 2, rel=1e-12)
-    assert (
-        m["val_loss"] > -np.log(1e-7) / 2
-    )  # what a clip at 1e-7 would have reported for the real image
+    # what a clip at 1e-7 would have reported for the real image
+    assert m["val_loss"] > -np.log(1e-7) / 2
 
 
 def test_tpr_at_fpr_by_hand():
@@ -48,12 +47,10 @@ def test_tpr_at_fpr_boundary_is_inclusive():
     neg[-2:] = [0.92, 0.9]  # two negatives above three of the positives
     s = np.r_[neg, [0.95, 0.91, 0.8, 0.7]]
     # thresholds: 0.95 -> FPR 0, TPR 1/4; 0.91 -> FPR 1/2000, TPR 2/4; 0.9 -> FPR 2/2000 = 1e-3, TPR
-    # 2/4;
-    # 0.8 -> FPR 1e-3, TPR 3/4 (exactly at the target: counts); 0.7 -> still FPR 1e-3: TPR 4/4
+    # 2/4; 0.8 -> FPR 1e-3, TPR 3/4 (exactly at the target: counts); 0.7 -> still FPR 1e-3: TPR 4/4
     assert tpr_at_fpr(y, s, 1e-3) == 1.0
-    assert (
-        tpr_at_fpr(y, s, 0.99e-3) == 2 / 4
-    )  # strictly below the boundary: only one negative allowed
+    # strictly below the boundary: only one negative allowed
+    assert tpr_at_fpr(y, s, 0.99e-3) == 2 / 4
     assert tpr_at_fpr(y, s, 0.0) == 1 / 4
 
 

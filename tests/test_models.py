@@ -94,9 +94,8 @@ def test_package_weights_match_every_key_and_know_a_daisy():
     result = model.load_state_dict(pretrained_state_dict(LITE0, weights), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     flower = Image.fromarray(load_sample_image("flower.jpg")).resize((224, 224), Image.BILINEAR)
-    x = (
-        torch.from_numpy(np.array(flower)).permute(2, 0, 1).float() / 255 - 0.5
-    ) / 0.5  # mean = std = 0.5
+    # mean = std = 0.5
+    x = (torch.from_numpy(np.array(flower)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     with torch.no_grad():
         top5 = model.eval()(x[None]).topk(5).indices[0].tolist()
     assert 985 in top5  # ImageNet's daisy
@@ -147,9 +146,8 @@ def test_resolution_order_file_cache_package_hub(offline_home, tmp_path, fake_hu
     assert picked.source == "hub" and body_equals(create_model(LITE0, picked), on_hub)
     assert ("GET", f"/{LITE0_REPO}/resolve/main/model.safetensors") in hub.requests
     asked = len(hub.requests)
-    assert (
-        resolve_weights(LITE0, True).source == "cache" and len(hub.requests) == asked
-    )  # downloaded once
+    # downloaded once
+    assert resolve_weights(LITE0, True).source == "cache" and len(hub.requests) == asked
 
 
 def test_no_source_is_one_error_that_lists_them_all(offline_home, no_network):

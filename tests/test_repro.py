@@ -75,9 +75,8 @@ def test_each_trial_gets_its_own_seed_unless_the_yaml_fixes_one():
 
     seeds = [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))]
     assert len(set(seeds)) == 4 and seeds == [trial_seed(0, i) for i in range(4)]
-    assert [
-        c["seed"] for c in suggested(SPACE.replace("SEED", "0"))
-    ] == seeds  # the same search, the same seeds
+    # the same search, the same seeds
+    assert [c["seed"] for c in suggested(SPACE.replace("SEED", "0"))] == seeds
     assert not set(seeds) & {c["seed"] for c in suggested(SPACE.replace("SEED", "1"))}
     fixed = SPACE.replace("SEED", "0").replace(
         "train: {backbone: resnet10t}", "train: {backbone: resnet10t, seed: 7}"

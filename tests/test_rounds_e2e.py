@@ -62,9 +62,8 @@ def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeyp
     assert 1 <= len(trials) < 30 and all(r.info.status == "FINISHED" for r in trials)
     cut = [r for r in trials if r.data.tags["ffdi.budget_cut"] == "true"]
     assert cut and all(int(r.data.tags["ffdi.epochs_run"]) < 60 for r in cut)
-    assert all(
-        r.data.tags["ffdi.stopped_early"] == "false" for r in trials
-    )  # FIFO: nothing else stops them
+    # FIFO: nothing else stops them
+    assert all(r.data.tags["ffdi.stopped_early"] == "false" for r in trials)
     kept = json.loads((tmp_path / "runs" / "clock" / "budget.json").read_text())
     assert kept["total_s"] == 25 and set(kept["cut"]) == {r.data.tags["ffdi.trial_id"] for r in cut}
     table = pd.read_csv(tmp_path / "runs" / "clock" / "trials.csv")
@@ -132,7 +131,6 @@ def test_extending_a_finished_search_continues_tpe(tmp_path, monkeypatch):
             stopped += 1
             assert trial.state == TrialState.PRUNED
         else:
-            assert trial.state == TrialState.COMPLETE and trial.value == max(
-                values
-            )  # the best epoch, not the last
+            # the best epoch, not the last
+            assert trial.state == TrialState.COMPLETE and trial.value == max(values)
     assert stopped >= 1  # ASHA stopped some of six 3-epoch trials

@@ -125,9 +125,8 @@ def test_mlflow_parent_and_children(finished_search):
             "eval_time_s",
         ):
             assert key in run.data.metrics
-        waits = client.get_metric_history(
-            run.info.run_id, "data_wait_share"
-        )  # is the device fed? per epoch
+        # is the device fed? per epoch
+        waits = client.get_metric_history(run.info.run_id, "data_wait_share")
         assert sorted(m.step for m in waits) == list(range(1, epochs + 1)) and all(
             0 < m.value < 1 for m in waits
         )
@@ -201,9 +200,8 @@ def test_run_ends_with_ensemble(finished_search):
     shipped = members[members["shipped"]]
     assert len(shipped) == 1 and shipped["member"].iloc[0] == run.data.tags["ffdi.combine_chosen"]
     combos = members[members["kind"] == "ensemble"]
-    assert (
-        shipped["select_auc_tta"].iloc[0] == combos["select_auc_tta"].max()
-    )  # auto: the best on selection
+    # auto: the best on selection
+    assert shipped["select_auc_tta"].iloc[0] == combos["select_auc_tta"].max()
     assert run.data.metrics["select_auc"] >= run.data.metrics["best_member_select_auc"]
     assert len(run.data.params["members"].split(",")) == run.data.metrics["n_members"]
 
@@ -646,9 +644,8 @@ def test_ensemble_refuses_changed_data(tmp_path, monkeypatch, capsys):
     assert main(["run", "space.yaml", "--no-ensemble"]) == 0
     victim = sorted((tmp_path / "data" / "testset").iterdir())[0]
     st = victim.stat()
-    victim.write_bytes(
-        victim.read_bytes()
-    )  # the same bytes, rewritten: its inode change time moves
+    # the same bytes, rewritten: its inode change time moves
+    victim.write_bytes(victim.read_bytes())
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed.csv"]) == 2
     err = capsys.readouterr().err.strip()

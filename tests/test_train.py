@@ -53,18 +53,16 @@ def test_epochs_report_metrics_and_checkpoints(tiny_data, backbone, extra):
     best, reports = run(s, tiny_data)
     assert [m["epoch"] for m, _, _ in reports] == [1, 2]
     for i, (m, b, last) in enumerate(reports):
-        assert set(EPOCH_METRICS) - {"peak_accelerator_memory_mb"} <= set(
-            m
-        )  # that one on a GPU only
+        # that one on a GPU only
+        assert set(EPOCH_METRICS) - {"peak_accelerator_memory_mb"} <= set(m)
         assert 0 < m["data_wait_share"] < 1 and m["eval_time_s"] < m["epoch_time_s"]
         assert (
             np.isfinite(m["train_loss"])
             and m["train_images_per_s"] > 0
             and last["epoch"] == m["epoch"]
         )
-        assert b["metrics"]["val_auc"] == max(
-            r[0]["val_auc"] for r in reports[: i + 1]
-        )  # the best so far
+        # the best so far
+        assert b["metrics"]["val_auc"] == max(r[0]["val_auc"] for r in reports[: i + 1])
         assert b["backbone"] == backbone and b["img_size"] == 32 and len(b["mean"]) == 3
     # StepLR steps after each epoch: epoch 2 trains at lr * gamma
     assert reports[0][0]["lr"] == pytest.approx(3e-3) and reports[1][0]["lr"] == pytest.approx(
@@ -86,9 +84,8 @@ def test_best_checkpoint_holds_the_best_epochs_weights(tiny_data):
     s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=3, lr=3e-3, gamma=1.0)
     _, reports = run(s, tiny_data)
     weights_of_epoch = {m["epoch"]: last["model"] for m, _, last in reports}
-    assert any(
-        b["epoch"] < m["epoch"] for m, b, _ in reports
-    )  # a report whose best is an earlier epoch
+    # a report whose best is an earlier epoch
+    assert any(b["epoch"] < m["epoch"] for m, b, _ in reports)
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     for _, ckpt, _ in reports:
         assert all(
