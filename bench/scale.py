@@ -8,10 +8,12 @@ For each size it times, with every CPU of this machine, in threads and in proces
 - building the cache entry at ``img_size`` 256 (each image decoded and resized into the memory map);
 
 and records the entry's size on disk and the peak memory (resident set) of the process and its
-workers. Prints a table per size and whether the cost per image stays flat (a linear curve); the
-last line is one JSON object with ``check_ms_per_image``, ``cache_build_ms_per_image`` (the faster
-way, at the largest size, per image of wall time with all CPUs) and ``cache_gb_per_100k_at_256``.
-About 10 minutes on 2 cores; needs ~6 GB of disk:
+workers. The build runs once more into RAM (``/dev/shm``) to separate decoding from writing, and the
+disk's sequential write rate is measured: at many CPUs the build can be bound by the disk. Prints a
+table per size and whether the cost per image stays flat (a linear curve); the last line is one
+JSON object with ``check_ms_per_image``, ``cache_build_ms_per_image`` (the faster way, at the
+largest size, per image of wall time with all CPUs) and ``cache_gb_per_100k_at_256``.
+About 8 minutes on 2 cores; needs ~10 GB of disk and ~4 GB of RAM in /dev/shm:
 
     python bench/scale.py [--sizes 5000 20000] [--unique 2000]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ffdi_tune.cache import cached_array
+from ffdi_tune.cache_plan import BUILD_KIND
 from ffdi_tune.config import DataConfig
 from ffdi_tune.data import decode_split, read_split
 from ffdi_tune.data_check import check_dataset
@@ -40,6 +44,7 @@ from ffdi_tune.passes import available_cpus
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "scale-data"
 IMG_SIZE = 256
+MEMORY_DIR = Path("/dev/shm")  # a RAM-backed folder, to time the build without the disk
 
 
 def unique_images(n: int) -> Path:
@@ -141,7 +146,33 @@ def measure(root: Path, workers: int) -> dict:
         out[f"heap_mb_during_{kind}_build"] = mem.anon_mb
         out[f"file_backed_mb_during_{kind}_build"] = mem.file_mb
         out[f"peak_rss_mb_after_{kind}"] = peak_rss_mb()
+    if MEMORY_DIR.is_dir():  # the same build into RAM: what decoding costs without the disk
+        with tempfile.TemporaryDirectory(prefix="ffdi-scale-", dir=MEMORY_DIR) as tmp:
+            t = time.perf_counter()
+            arr, _ = cached_array(
+                split.paths,
+                IMG_SIZE,
+                lambda a: decode_split(split, IMG_SIZE, a, workers, BUILD_KIND),
+                Path(tmp),
+            )
+            out["build_in_memory_ms"] = (time.perf_counter() - t) / len(split) * 1000
+            del arr
     return out
+
+
+def disk_write_mb_s(gb: float) -> float:
+    """Sequential write rate of the cache's disk: ``gb`` written and flushed, in MB/s."""
+    block = b"\0" * (1 << 24)
+    path = WORK / "write-test.bin"
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(int(gb * 1e9) // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    rate = int(gb * 1e9) // len(block) * len(block) / 1e6 / (time.perf_counter() - t)
+    path.unlink()
+    return rate
 
 
 def main() -> None:
@@ -166,7 +197,22 @@ def main() -> None:
             f"process {r['peak_rss_mb_after_processes']:.0f} MB",
             flush=True,
         )
+    for r in rows:
+        if "build_in_memory_ms" in r:
+            print(
+                f"{r['images']:>7} images: cache build into RAM ({BUILD_KIND}) "
+                f"{r['build_in_memory_ms']:.2f} ms/img: decoding alone, without the disk"
+            )
     small, large = rows[0], rows[-1]
+    write_rate = disk_write_mb_s(min(4.0, large["cache_gb"]))
+    entry_mb_per_image = large["cache_gb"] * 1000 / large["images"]
+    build_rate = entry_mb_per_image / (large[f"build_{BUILD_KIND}_ms"] / 1000)
+    print(
+        f"the cache's disk writes {write_rate:.0f} MB/s sequentially; the build at "
+        f"{large['images']:,} images wrote {build_rate:.0f}"
+        f" MB/s ({BUILD_KIND}); a build of this disk can go no faster than "
+        f"{entry_mb_per_image / write_rate * 1000:.2f} ms/img, whatever the CPUs"
+    )
     check_kind = min(("threads", "processes"), key=lambda k: large[f"check_{k}_ms"])
     build_kind = min(("threads", "processes"), key=lambda k: large[f"build_{k}_ms"])
     growth = {
@@ -192,6 +238,8 @@ def main() -> None:
                 "build_kind": build_kind,
                 "cost_growth": {k: round(v, 3) for k, v in growth.items()},
                 "cache_gb_per_100k_at_256": round(gb_per_100k, 2),
+                "disk_write_mb_s": round(write_rate, 0),
+                "disk_bound_build_ms_per_image": round(entry_mb_per_image / write_rate * 1000, 3),
                 "peak_rss_mb": round(max(r["peak_rss_mb_after_processes"] for r in rows), 0),
                 "peak_heap_mb": round(
                     max(

@@ -24,9 +24,11 @@ from ffdi_tune.perturb import Perturber
 
 __all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "BUILD_KIND"]
 
-BUILD_KIND = (
-    "processes"  # the faster way to build an entry (bench/scale.py): the resize holds the GIL
-)
+# threads and processes build within 15% of each other in bench/scale.py, the winner changing
+# between runs; in processes no part of the work (the copy into the map) waits for one GIL. It runs
+# before Ray starts and before the tracking store is opened, so the fork copies no Ray or MLflow
+# thread
+BUILD_KIND = "processes"
 HEADER_BYTES = 128  # of a .npy file
 SPARE_GB = 1.0  # left free on the cache's disk
 

@@ -27,9 +27,8 @@ __all__ = [
     "check_cluster_paths",
 ]
 
-NODE_CHECK_TIMEOUT_S = (
-    120.0  # a node whose check has not answered by then counts as blind (hung mount)
-)
+# a node whose check has not answered by then counts as blind (hung mount)
+NODE_CHECK_TIMEOUT_S = 120.0
 
 
 def ray_address(address: str | None) -> str:

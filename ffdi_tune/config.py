@@ -193,9 +193,8 @@ class TrainSettings(StrictModel):
     # fixes it.
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
-    input: Literal["rgb", "rgb+srm"] = (
-        "rgb"  # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
-    )
+    # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
+    input: Literal["rgb", "rgb+srm"] = "rgb"
     jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
     jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
 
@@ -242,9 +241,8 @@ class DemoSpec(StrictModel):
     size: int = Field(64, ge=32, le=1024)
     seed: int = 0
     difficulty: float = Field(0.5, ge=0, le=1)
-    unseen_forgery: str | None = (
-        None  # a forgery kind kept out of train/val: every test fake carries it
-    )
+    # a forgery kind kept out of train/val: every test fake carries it
+    unseen_forgery: str | None = None
 
     @field_validator("unseen_forgery")
     @classmethod

@@ -212,17 +212,7 @@ def ensure_dataset(cfg: DataConfig) -> None:
         return
     from ffdi_tune.demo_data import write_demo_dataset
 
-    d = cfg.demo
-    write_demo_dataset(
-        root,
-        n_train=d.n_train,
-        n_val=d.n_val,
-        n_test=d.n_test,
-        size=d.size,
-        seed=d.seed,
-        difficulty=d.difficulty,
-        unseen_forgery=d.unseen_forgery,
-    )
+    write_demo_dataset(root, **cfg.demo.model_dump())  # DemoSpec holds its keyword arguments
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

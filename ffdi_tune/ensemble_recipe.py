@@ -42,9 +42,8 @@ class CandidateFilter(StrictModel):
 class EnsembleRecipe(StrictModel):
     experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
     top_k: int = Field(5, ge=1)
-    metric: str = (
-        "val_auc"  # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
-    )
+    # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
+    metric: str = "val_auc"
     candidates: CandidateFilter = CandidateFilter()
     # auto builds every combination below and ships the best on the selection part
     combine: Literal["auto", "best", "mean", "rank", "greedy"] = "auto"

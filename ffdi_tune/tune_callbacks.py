@@ -63,9 +63,8 @@ class MlflowTrials(tune.Callback):
             parent_id,
             fixed,
         )
-        self.val_images = (
-            val_images  # how many valset images each epoch's metrics use (the selection part)
-        )
+        # how many valset images each epoch's metrics use (the selection part)
+        self.val_images = val_images
         self.search_name = search_name
         self.run_ids: dict[str, str] = {}
         self.result_tags: dict[tuple[str, str], str] = {}

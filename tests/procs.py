@@ -18,6 +18,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """``cmd`` in its own process group (so :func:`stop_group` stops all it starts), output piped as
+    text."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     """Stop a process started with start_new_session=True and everything it spawned."""
     try:
@@ -42,6 +56,10 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     @property
+    def log(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -63,13 +81,10 @@ class MlflowServer:
             "1",
         ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.time() + timeout
         while True:
             try:
@@ -80,7 +95,8 @@ class MlflowServer:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"mlflow server on port {self.port} did not start")
+                tail = self.log.read_text()[-3000:]
+                raise RuntimeError(f"mlflow server on port {self.port} did not start:\n{tail}")
             time.sleep(0.3)
 
     def stop(self) -> None:

@@ -13,12 +13,10 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from procs import MlflowServer, free_port
 
 from ffdi_tune.cluster import ray_address
 from ffdi_tune.config import SearchConfig
@@ -33,13 +32,6 @@ from ffdi_tune.search import experiment_path, search_dir
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-MLFLOW = str(BIN / "mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(sid: int) -> list[int]:
@@ -223,43 +215,11 @@ def cluster(_private_cache):
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port: sqlite backend, artifacts proxied by the
     server (clients upload and download over HTTP, as a machine without the server's disk must)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            MLFLOW,
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-        start_new_session=True,
-        stdout=open(root / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start(timeout=120)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (root / "server.log").read_text()
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
+        yield server.uri
     finally:
-        stop_session(proc.pid)
-        proc.wait()
+        server.stop()
 
 
 SPACE = """

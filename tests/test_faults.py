@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from procs import MlflowServer, stop_group
+from procs import MlflowServer, spawn, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +104,7 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     """
     cmd = write_space(tmp_path, "killed", trials=4, epochs=3)
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(cmd, tmp_path)
     try:
         wait_for(
             lambda: list((tmp_path / "runs" / "killed").glob("*/checkpoint_*")),
@@ -128,14 +121,7 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
     assert children and all(r.info.status != "RUNNING" for r in children)
 
-    proc = subprocess.Popen(
-        cmd + ["--resume"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(cmd + ["--resume"], tmp_path)
     try:
 
         def one_finished():
@@ -223,15 +209,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     marker = f"FFDI_FAULT_TEST={uuid.uuid4().hex}"
     env = dict(os.environ, FFDI_FAULT_TEST=marker.split("=", 1)[1])
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(cmd, tmp_path, env)
     try:
 
         def reported_epoch():
@@ -261,15 +239,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
     client = MlflowClient(server.uri)
     spool = tmp_path / "runs" / "outage" / "mlflow-spool" / "entries.jsonl"
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(cmd, tmp_path, env)
     try:
         wait_for(
             lambda: any("val_auc" in r.data.metrics for r in runs_of(client, "outage")[1]),
@@ -299,15 +269,7 @@ def test_tracking_server_gone_for_good_then_sync(tmp_path):
     )
     client = MlflowClient(server.uri)
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(cmd, tmp_path, env)
     try:
         wait_for(lambda: runs_of(client, "gone")[1], proc, what="a trial run in MLflow")
         server.stop()

@@ -67,6 +67,13 @@ def finished_search(tmp_path_factory):
     return work
 
 
+def cli(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``ffdi-tune ARGS`` in a fresh process started in ``cwd``, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ffdi_tune", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
 def client_and_runs(work):
     client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
     exp = client.get_experiment_by_name("e2e")
@@ -273,41 +280,11 @@ def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
     """A fresh process that knows only the tracking store rebuilds an ensemble, another recipe."""
     env_cwd = finished_search
     out = tmp_path / "rank.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ffdi_tune",
-            "ensemble",
-            "rank.yaml",
-            "--experiment",
-            "e2e",
-            "--out",
-            str(out),
-        ],
-        cwd=env_cwd,
-        capture_output=True,
-        text=True,
-    )
+    proc = cli(env_cwd, "ensemble", "rank.yaml", "--experiment", "e2e", "--out", str(out))
     assert proc.returncode == 2 and "top_k=5, but only 4 finished trial(s)" in proc.stderr
     assert not out.exists()
     (finished_search / "rank3.yaml").write_text(RANK.replace("top_k: 5", "top_k: 3"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ffdi_tune",
-            "ensemble",
-            "rank3.yaml",
-            "--experiment",
-            "e2e",
-            "--out",
-            str(out),
-        ],
-        cwd=env_cwd,
-        capture_output=True,
-        text=True,
-    )
+    proc = cli(env_cwd, "ensemble", "rank3.yaml", "--experiment", "e2e", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, finished_search / "data")
     client, _, runs = client_and_runs(finished_search)
@@ -319,24 +296,17 @@ def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
     assert len(rank_runs) >= 1 and "mlflow.parentRunId" not in rank_runs[0].data.tags
     trial = next(r for r in runs if r.data.tags.get("ffdi.role") == "trial")
     pred = tmp_path / "one.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ffdi_tune",
-            "predict",
-            "--run",
-            trial.info.run_id,
-            "--data",
-            str(finished_search / "data"),
-            "--tta",
-            "identity,hflip",
-            "--out",
-            str(pred),
-        ],
-        cwd=env_cwd,
-        capture_output=True,
-        text=True,
+    proc = cli(
+        env_cwd,
+        "predict",
+        "--run",
+        trial.info.run_id,
+        "--data",
+        str(finished_search / "data"),
+        "--tta",
+        "identity,hflip",
+        "--out",
+        str(pred),
     )
     assert proc.returncode == 0, proc.stderr
     assert_submission(pred, finished_search / "data")
@@ -614,23 +584,16 @@ def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
     shutil.copytree(finished_search / "data" / "testset", data / "testset")
     shutil.copy(finished_search / "data" / "valset_label.txt", data)
     out = tmp_path / "sub.csv"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ffdi_tune",
-            "ensemble",
-            "top3.yaml",
-            "--experiment",
-            "e2e",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-        ],
-        cwd=finished_search,
-        capture_output=True,
-        text=True,
+    proc = cli(
+        finished_search,
+        "ensemble",
+        "top3.yaml",
+        "--experiment",
+        "e2e",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, data)
