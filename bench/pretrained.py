@@ -61,9 +61,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(2)
-    cfg = load_search_config(
-        REPO / "search_spaces" / "demo.yaml",
-        {"data.root": str(REPO / "runs" / "demo-data"), "train.epochs": args.epochs},
+    cfg = load_search_config(REPO / "search_spaces" / "demo.yaml", {"train.epochs": args.epochs})
+    # the file's own root, made absolute: a data.root override would drop its demo generator
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"root": str(REPO / cfg.data.root)})}
     )
     ensure_dataset(cfg.data)
     work = REPO / "runs" / "bench-pretrained"

@@ -49,11 +49,14 @@ def main() -> None:
             REPO / "search_spaces" / "demo_shift.yaml",
             {
                 "name": "robust_selection",
-                "data.root": str(REPO / "runs" / "demo-shift-data"),
                 "search.storage": str(work / "ray"),
                 "tracking.uri": f"sqlite:///{work}/mlflow.db",
                 "scheduler.type": "fifo",
             },
+        )
+        # the file's own root, made absolute: a data.root override would drop its demo generator
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"root": str(REPO / cfg.data.root)})}
         )
         outcome = run_search(cfg, echo=print)
         tracker = Tracker(*resolve_tracking(cfg.tracking))
