@@ -163,14 +163,15 @@ def measure(root: Path, workers: int) -> dict:
 def disk_write_mb_s(gb: float) -> float:
     """Sequential write rate of the cache's disk: ``gb`` written and flushed, in MB/s."""
     block = b"\0" * (1 << 24)
+    blocks = int(gb * 1e9) // len(block)
     path = WORK / "write-test.bin"
     t = time.perf_counter()
     with open(path, "wb") as f:
-        for _ in range(int(gb * 1e9) // len(block)):
+        for _ in range(blocks):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
-    rate = int(gb * 1e9) // len(block) * len(block) / 1e6 / (time.perf_counter() - t)
+    rate = blocks * len(block) / 1e6 / (time.perf_counter() - t)
     path.unlink()
     return rate
 
@@ -207,11 +208,12 @@ def main() -> None:
     write_rate = disk_write_mb_s(min(4.0, large["cache_gb"]))
     entry_mb_per_image = large["cache_gb"] * 1000 / large["images"]
     build_rate = entry_mb_per_image / (large[f"build_{BUILD_KIND}_ms"] / 1000)
+    disk_bound_ms = entry_mb_per_image / write_rate * 1000
     print(
         f"the cache's disk writes {write_rate:.0f} MB/s sequentially; the build at "
         f"{large['images']:,} images wrote {build_rate:.0f}"
         f" MB/s ({BUILD_KIND}); a build of this disk can go no faster than "
-        f"{entry_mb_per_image / write_rate * 1000:.2f} ms/img, whatever the CPUs"
+        f"{disk_bound_ms:.2f} ms/img, whatever the CPUs"
     )
     check_kind = min(("threads", "processes"), key=lambda k: large[f"check_{k}_ms"])
     build_kind = min(("threads", "processes"), key=lambda k: large[f"build_{k}_ms"])
@@ -239,7 +241,7 @@ def main() -> None:
                 "cost_growth": {k: round(v, 3) for k, v in growth.items()},
                 "cache_gb_per_100k_at_256": round(gb_per_100k, 2),
                 "disk_write_mb_s": round(write_rate, 0),
-                "disk_bound_build_ms_per_image": round(entry_mb_per_image / write_rate * 1000, 3),
+                "disk_bound_build_ms_per_image": round(disk_bound_ms, 3),
                 "peak_rss_mb": round(max(r["peak_rss_mb_after_processes"] for r in rows), 0),
                 "peak_heap_mb": round(
                     max(
