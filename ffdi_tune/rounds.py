@@ -43,6 +43,7 @@ def _checkpoint_location(checkpoint) -> str:
 
 def make_searcher(cfg: SearchConfig) -> TrialSearcher:
     """TPE over the config's space, seeded by ``search.seed``: same config, same proposals."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study info lines are noise here
     sampler = optuna.samplers.TPESampler(
         seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials
     )

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ray import tune
+from ray.tune.result import SHOULD_CHECKPOINT
 
 from ffdi_tune import tracking
 from ffdi_tune.searcher import live_budget
@@ -93,9 +94,19 @@ class MlflowTrials(tune.Callback):
         if live is not None:
             live.started.setdefault(trial.trial_id, live.budget.used())
 
+    def _pending(self) -> dict[str, tuple[int, dict]]:
+        # absent in a callback pickled before it existed
+        return self.__dict__.setdefault("pending", {})
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
-        self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
+        step = int(result.get("epoch", 0))
+        if result.get(SHOULD_CHECKPOINT):
+            # Logged once Tune has registered the epoch's checkpoint (on_checkpoint): a trial lost
+            # before that restarts from the epoch before and reports this epoch again.
+            self._pending()[trial.trial_id] = (step, metrics)
+        else:
+            self.tracker.log_metrics(self._run(trial), metrics, step=step)
         # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
         # absent in a callback pickled before it existed
         tagged = self.__dict__.setdefault("result_tags", {})
@@ -114,8 +125,18 @@ class MlflowTrials(tune.Callback):
                 live.budget.save()
                 self._saved_at = time.monotonic()
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        pending = self._pending().pop(trial.trial_id, None)
+        if pending is not None:
+            step, metrics = pending
+            self.tracker.log_metrics(self._run(trial), metrics, step=step)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._pending().pop(trial.trial_id, None)  # its checkpoint never came: the epoch reruns
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
+        self.on_checkpoint(iteration, trials, trial, trial.checkpoint)  # anything still held
         epochs_run, planned = progress(trial, self.fixed)
         live = self._live()
         cut = False
@@ -146,6 +167,7 @@ class MlflowTrials(tune.Callback):
         self.tracker.finish(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._pending().pop(trial.trial_id, None)
         run_id = self._run(trial)
         message = "trial failed"
         if trial.error_file and os.path.exists(trial.error_file):
