@@ -159,15 +159,17 @@ class FinalStageEstimate:
 
     Each trial reports ``eval_time_s`` for ``images_per_eval`` images; the final stage scores every
     candidate on ``images`` (all of valset and testset) ``passes`` times (its TTA views, and the
-    perturbed copy when it ranks on it), and loads each checkpoint. Until a trial reports, the
+    perturbed copy when it ranks on it), and loads each checkpoint; it scores at most ``pool``
+    candidates (the recipe's ``candidates.pool``; None: every one). Until a trial reports, the
     estimate is 0.
     """
 
     SAFETY = 1.5  # on top: decoding the report part, checkpoints, contention with running trials
     PER_MEMBER_S = 3.0  # download and load one checkpoint
 
-    def __init__(self, images: int, passes: int, images_per_eval: int):
+    def __init__(self, images: int, passes: int, images_per_eval: int, pool: int | None = None):
         self.images, self.passes, self.images_per_eval = images, passes, max(images_per_eval, 1)
+        self.pool = pool
         self.per_image_s = 0.0
 
     def observe(self, result: dict) -> None:
@@ -179,6 +181,7 @@ class FinalStageEstimate:
     def seconds(self, members: int) -> float:
         if not self.passes:
             return 0.0
+        members = min(members, self.pool or members)
         return (
             self.SAFETY
             * members

@@ -60,6 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         extra_time_s=extra_time_s,
         final_stage_passes=recipe.passes_per_image if recipe is not None else 0,
+        final_stage_pool=recipe.pool_size if recipe is not None else None,
     )
     print()
     print(format_table(outcome.rows, cfg.search.metric))

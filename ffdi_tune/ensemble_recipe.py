@@ -33,10 +33,16 @@ _MOVED = ("holdout_fraction", "seed")  # keys of older recipes that now belong t
 
 
 class CandidateFilter(StrictModel):
-    """Which trials may join: FINISHED runs with a checkpoint that ran at least min_epochs."""
+    """Which trials may join: FINISHED runs with a checkpoint that ran at least min_epochs.
+
+    ``pool`` caps how many of them the final stage scores (each one is a pass over valset and
+    testset per TTA view): the best ``pool`` by the best value their search logged for the
+    recipe's metric, which is on the selection part of valset. Default 3 x top_k; 0 scores all.
+    """
 
     min_epochs: int = Field(1, ge=1)
     include_stopped: bool = True  # trials ASHA stopped early (FINISHED, ffdi.stopped_early=true)
+    pool: int | None = Field(None, ge=0)
 
 
 class EnsembleRecipe(StrictModel):
@@ -54,6 +60,22 @@ class EnsembleRecipe(StrictModel):
     batch_size: int = Field(64, ge=1)
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
+
+    @model_validator(mode="after")
+    def _pool_holds_top_k(self) -> EnsembleRecipe:
+        pool = self.candidates.pool
+        if pool and pool < self.top_k:
+            raise ValueError(
+                f"candidates.pool={pool} is smaller than top_k={self.top_k}; raise pool to at "
+                "least top_k, or 0 to score every qualifying trial"
+            )
+        return self
+
+    @property
+    def pool_size(self) -> int | None:
+        """How many qualifying trials the final stage scores (None: every one)."""
+        pool = self.candidates.pool
+        return 3 * self.top_k if pool is None else (pool or None)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ runs right after a search or later on any machine that reaches the store.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ import yaml
 from pydantic import ValidationError
 
 from ffdi_tune import tracking
-from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, format_validation_error
+from ffdi_tune.config import (
+    ROBUST_METRICS,
+    DataConfig,
+    RobustValConfig,
+    best_value,
+    format_validation_error,
+    higher_is_better,
+)
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.ensemble_recipe import EnsembleRecipe
@@ -33,6 +41,7 @@ __all__ = [
     "EnsembleOutcome",
     "run_ensemble",
     "candidate_runs",
+    "scoring_pool",
     "score_candidates",
     "search_config",
     "search_data",
@@ -86,6 +95,26 @@ def candidate_runs(
             f"{', '.join(experiments)}; lower top_k or run more trials"
         )
     return keep
+
+
+def scoring_pool(
+    tracker: Tracker, recipe: EnsembleRecipe, runs: list[TrialRecord]
+) -> list[TrialRecord]:
+    """The ``recipe.pool_size`` runs with the best value their search logged for the recipe's
+    metric (each epoch's, on the selection part of valset), best first; all of them when the pool
+    holds every one. A run without that metric goes last."""
+    size = recipe.pool_size
+    if size is None or len(runs) <= size:
+        return runs
+    metric, sign = recipe.metric, (1.0 if higher_is_better(recipe.metric) else -1.0)
+
+    def order(r: TrialRecord) -> tuple[bool, float]:
+        values = [v for v in tracker.metric_values(r.run_id, metric) if math.isfinite(v)]
+        best = best_value(metric, values)
+        return (not math.isfinite(best), -sign * best if math.isfinite(best) else 0.0)
+
+    ranked = sorted(runs, key=order)  # stable: equals keep the store's order
+    return ranked[:size]
 
 
 def score_candidates(
@@ -227,7 +256,13 @@ def run_ensemble(
             f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
             "or list them under experiments:"
         )
-    runs = candidate_runs(tracker, recipe, experiments)
+    qualifying = candidate_runs(tracker, recipe, experiments)
+    runs = scoring_pool(tracker, recipe, qualifying)
+    if len(runs) < len(qualifying):
+        echo(
+            f"scoring the best {len(runs)} of {len(qualifying)} qualifying trials by their "
+            f"logged {recipe.metric} (candidates.pool)"
+        )
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
         data_root = searches[experiments[0]].get(DATA_ROOT)

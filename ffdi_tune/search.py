@@ -218,13 +218,15 @@ def run_search(
     address: str | None = None,
     extra_time_s: float | None = None,
     final_stage_passes: int = 2,
+    final_stage_pool: int | None = None,
     echo=print,
 ) -> SearchOutcome:
     """Run (or resume, or extend) the search ``cfg`` to the end and return its ranked trials.
 
     ``extra_time_s`` gives a resumed search that much more time than it has used (``--time-budget``
     with ``--resume``); ``final_stage_passes`` is how many times the final stage will score each
-    image (its TTA views; 0 when it will not run), for the share of a time budget kept for it.
+    image (its TTA views; 0 when it will not run) and ``final_stage_pool`` how many trials it scores
+    at most (None: all), for the share of a time budget kept for it.
     Raises :class:`SearchError` for an existing name without ``resume`` (or nothing to resume) and
     :class:`SearchInterrupted` when Ctrl-C / SIGTERM stopped it with its state saved.
     """
@@ -247,7 +249,17 @@ def run_search(
         if started_ray:
             ray.shutdown()
         raise
-    live = live_budget(cfg, out_dir, resume, extra_time_s, check, holdout, final_stage_passes, echo)
+    live = live_budget(
+        cfg,
+        out_dir,
+        resume,
+        extra_time_s,
+        check,
+        holdout,
+        final_stage_passes,
+        echo,
+        final_stage_pool,
+    )
     fixed = cfg.train.model_dump()
     callback = MlflowTrials(
         tracker, experiment_id, parent_id, fixed, len(holdout.select_names), cfg.name

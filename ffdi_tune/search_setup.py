@@ -183,6 +183,7 @@ def live_budget(
     holdout: Holdout,
     final_stage_passes: int,
     echo,
+    final_stage_pool: int | None = None,
 ) -> LiveBudget | None:
     """The time budget of this run of the driver, with its estimate of the final stage's share."""
     total = cfg.search.time_budget
@@ -202,7 +203,9 @@ def live_budget(
     )
     images = check.summary["val"]["images"] + check.summary["test"]["images"]
     per_eval = len(holdout.select_names) * (2 if cfg.robust_val.enabled else 1)
-    return LiveBudget(budget, FinalStageEstimate(images, final_stage_passes, per_eval))
+    return LiveBudget(
+        budget, FinalStageEstimate(images, final_stage_passes, per_eval, final_stage_pool)
+    )
 
 
 def trial_run_ids(

@@ -404,6 +404,10 @@ class Tracker:
             if r.data.tags.get(ROLE) == "trial"
         ]
 
+    def metric_values(self, run_id: str, key: str) -> list[float]:
+        """Every value logged for ``key`` on a run (one per epoch for a trial), oldest first."""
+        return [m.value for m in self.client.get_metric_history(run_id, key)]
+
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         """Fetch one artifact of a run into ``dst``; a missing one is a one-line error."""
         try:

@@ -66,3 +66,7 @@ def test_final_stage_estimate_follows_the_trials_scoring_speed():
     est.observe({"eval_time_s": 2.0})  # 5 ms an image
     assert est.seconds(3) == pytest.approx(1.5 * 3 * (600 * 2 * 0.005 + 3.0))
     assert FinalStageEstimate(600, 0, 400).seconds(3) == 0.0  # no final stage, nothing kept
+    # the final stage scores at most its recipe's pool, however many trials finished
+    capped = FinalStageEstimate(600, 2, 400, pool=2)
+    capped.observe({"eval_time_s": 2.0})
+    assert capped.seconds(10) == pytest.approx(est.seconds(2))

@@ -222,6 +222,18 @@ def test_recipe_errors_name_file_and_key(tmp_path):
         load_recipe(bad)
 
 
+def test_recipe_pool_defaults_to_three_times_top_k_and_holds_top_k(tmp_path):
+    from ffdi_tune.ensemble_recipe import EnsembleRecipe, load_recipe
+
+    assert EnsembleRecipe(top_k=5).pool_size == 15
+    assert EnsembleRecipe(top_k=5, candidates={"pool": 0}).pool_size is None  # score every one
+    assert EnsembleRecipe(top_k=5, candidates={"pool": 5}).pool_size == 5
+    bad = tmp_path / "r.yaml"
+    bad.write_text("top_k: 5\ncandidates: {pool: 4}\n")
+    with pytest.raises(ConfigError, match="candidates.pool=4 is smaller than top_k=5"):
+        load_recipe(bad)
+
+
 def test_device_augment_reads_bare_yaml_on_and_off():
     import yaml
 

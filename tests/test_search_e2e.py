@@ -330,6 +330,37 @@ def test_ensemble_input_errors(finished_search, capsys, monkeypatch):
     assert not (finished_search / "x.csv").exists()
 
 
+def test_final_stage_scores_only_its_pool_chosen_on_the_logged_metric(
+    finished_search, monkeypatch, capsys, tmp_path
+):
+    """candidates.pool: only the trials with the best logged val_auc (best epoch, selection part)
+    are scored; the others never reach the member table."""
+    monkeypatch.chdir(finished_search)
+    (finished_search / "pool2.yaml").write_text("top_k: 1\ncandidates: {pool: 2}\n")
+    assert main(["ensemble", "pool2.yaml", "--experiment", "e2e", "--out", "pool2.csv"]) == 0
+    assert "scoring the best 2 of 4 qualifying trials" in capsys.readouterr().out
+    client, _, runs = client_and_runs(finished_search)
+    trials = [r for r in runs if r.data.tags.get("ffdi.role") == "trial"]
+    best = {
+        r.info.run_id: max(m.value for m in client.get_metric_history(r.info.run_id, "val_auc"))
+        for r in trials
+    }
+    ensemble = max(
+        (r for r in runs if r.data.params.get("recipe") == "pool2.yaml"),
+        key=lambda r: r.info.start_time,
+    )
+    table = pd.read_csv(
+        client.download_artifacts(ensemble.info.run_id, "members.csv", str(tmp_path))
+    )
+    scored = set(table.loc[table["kind"] == "member", "member"])
+    assert len(scored) == 2 and min(best[m] for m in scored) >= max(
+        v for m, v in best.items() if m not in scored
+    )  # ties on a 12-image selection part may go either way
+    (finished_search / "pool0.yaml").write_text("top_k: 3\ncandidates: {pool: 2}\n")
+    assert main(["ensemble", "pool0.yaml", "--experiment", "e2e", "--out", "x.csv"]) == 2
+    assert "candidates.pool=2 is smaller than top_k=3" in capsys.readouterr().err
+
+
 def test_pooled_ensemble_of_two_searches(finished_search, monkeypatch, capsys):
     monkeypatch.chdir(finished_search)
     assert (
