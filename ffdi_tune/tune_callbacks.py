@@ -90,6 +90,8 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
+        # a start after a failure or a resume reruns whatever was held
+        self._pending().pop(trial.trial_id, None)
         live = self._live()
         if live is not None:
             live.started.setdefault(trial.trial_id, live.budget.used())
