@@ -34,17 +34,10 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-METRICS = (
-    "val_auc",
-    "val_tpr_at_fpr_0.001",
-    "val_acc",
-    "val_loss",
-    "train_loss",
-    "lr",
-    "epoch_time_s",
-    "train_images_per_s",
-    "time_to_first_batch_s",
-)
+from ffdi_tune.train import EPOCH_METRICS
+
+# what a trial logs per epoch
+METRICS = EPOCH_METRICS
 
 
 def free_port() -> int:
