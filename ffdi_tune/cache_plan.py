@@ -5,7 +5,8 @@ the search can read: trainset at each ``img_size``, the selection part of valset
 side, and its perturbed copy when ``robust_val`` is on. :func:`check_fits` refuses the search, with
 the sizes and the ways out, when they would exceed ``data.cache_max_gb`` or the free space of the
 cache's disk. On one machine :func:`build` then decodes what is missing with every CPU, so trials
-start from a warm cache instead of the first trial decoding with its one CPU while the others wait.
+start from a warm cache instead of the first trial decoding with its one CPU while the others wait;
+on a cluster :func:`build_here` does both on every node that can run a trial, with all its CPUs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ffdi_tune.holdout import Holdout
 from ffdi_tune.passes import available_cpus
 from ffdi_tune.perturb import Perturber
 
-__all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "BUILD_KIND"]
+__all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "build_here", "BUILD_KIND"]
 
 # threads and processes build within 15% of each other in bench/scale.py, the winner changing
 # between runs; in processes no part of the work (the copy into the map) waits for one GIL. It runs
@@ -122,3 +123,21 @@ def build(
         )
         load_images(e.split, e.img_size, workers or available_cpus(), cache_dir, e.perturb, kind)
     return len(missing)
+
+
+def build_here(entries: list[CacheEntry], data: DataConfig, workers: int) -> str | None:
+    """On a cluster node (as a Ray task holding ``workers`` CPUs): check the entries fit this
+    node's cache, then build the missing ones in threads (a Ray worker must not fork). Returns
+    why not, or None. The cache folder is the node's own (its ``$FFDI_TUNE_CACHE`` or
+    ``data.cache_dir``), where its trials will look."""
+    from ffdi_tune.data import cache_dir_of
+
+    cache_dir = cache_dir_of(data)
+    if cache_dir is None:
+        return None
+    try:
+        check_fits(entries, cache_dir, data.cache_max_gb)
+        build(entries, cache_dir, print, workers=workers, kind="threads")
+    except DataError as exc:
+        return str(exc)
+    return None

@@ -3,7 +3,8 @@
 A search without an address starts a private local Ray; ``--address`` / ``address:`` /
 ``$RAY_ADDRESS`` join a cluster (see ``docs/cluster.md``). Before any trial starts,
 :func:`trial_resources` checks the cluster can host one, and :func:`check_cluster_paths` runs a
-small task on every node that can, to check it sees the dataset and the search's storage."""
+small task on every node that can, to check it sees the dataset and the search's storage;
+:func:`warm_node_caches` then builds each such node's decode cache with all of its CPUs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = [
     "connect",
     "trial_resources",
     "check_cluster_paths",
+    "warm_node_caches",
 ]
 
 # a node whose check has not answered by then counts as blind (hung mount)
@@ -96,6 +98,15 @@ def _node_can_host(node_resources: dict[str, float], resources: dict[str, float]
     )
 
 
+def _trial_nodes(resources: dict[str, float]) -> list[dict]:
+    """The alive nodes of the cluster that can host one trial."""
+    return [n for n in ray.nodes() if n["Alive"] and _node_can_host(n["Resources"], resources)]
+
+
+def _where(node: dict) -> str:
+    return f"node {node['NodeID'][:12]} ({node['NodeManagerAddress']})"
+
+
 def _paths_trials_read(data: DataConfig) -> list[tuple[str, str, str, int | None]]:
     """(key, path, kind, entries on the driver) of what every trial opens; counts catch stale
     copies."""
@@ -126,7 +137,7 @@ def check_cluster_paths(
     Raises :class:`DataError` (:class:`SearchError` when only the storage is missing) whose message
     has a line per node that cannot see them.
     """
-    nodes = [n for n in ray.nodes() if n["Alive"] and _node_can_host(n["Resources"], resources)]
+    nodes = _trial_nodes(resources)
     if not nodes:
         raise SearchError(
             f"resources: a trial asks for {resources['cpu']:g} CPU and {resources['gpu']:g} GPU, "
@@ -188,7 +199,7 @@ def check_cluster_paths(
                 except ray.exceptions.RayError as exc:
                     why = f"the check failed there ({type(exc).__name__})"
             if why:
-                lines.append(f"  node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {why}")
+                lines.append(f"  {_where(node)}: {why}")
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
@@ -217,3 +228,42 @@ def check_cluster_paths(
             f"such node needs {need}:\n" + "\n".join(lines)
         )
     return len(nodes)
+
+
+def warm_node_caches(entries: list, data: DataConfig, resources: dict[str, float], echo) -> None:
+    """Check and build each trial node's decode cache before any trial starts, with all its CPUs.
+
+    One task per node that can host a trial, pinned there and holding every CPU the node gives
+    Ray, runs :func:`~ffdi_tune.cache_plan.build_here` on ``entries`` (what
+    :func:`~ffdi_tune.cache_plan.planned_entries` listed). Without it the first trial on a node
+    would decode with its own CPUs while the node's other trials wait on the entry's lock. Raises
+    :class:`DataError` with a line per node whose cache does not fit or could not be built.
+    """
+    from ffdi_tune.cache_plan import build_here
+
+    nodes = _trial_nodes(resources)
+    if not entries or not nodes:
+        return
+    echo(f"decode cache: checking and building on {len(nodes)} node(s), each with all its CPUs")
+    task = ray.remote(max_retries=0)(build_here)
+    shared = ray.put(entries)  # once, not once per node: the split's paths can be many MB
+    refs = {}
+    for node in nodes:
+        cpus = max(1, int(node["Resources"].get("CPU", 1)))
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        refs[
+            task.options(num_cpus=cpus, scheduling_strategy=strategy).remote(shared, data, cpus)
+        ] = node
+    lines = []
+    for ref, node in refs.items():
+        try:
+            why = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            why = f"building the cache failed there ({type(exc).__name__}: {str(exc)[-300:]})"
+        if why:
+            lines.append(f"  {_where(node)}: {why}")
+    if lines:
+        raise DataError(
+            f"{len(lines)} of {len(nodes)} Ray node(s) that can run trials cannot hold this "
+            "search's decode cache:\n" + "\n".join(lines)
+        )

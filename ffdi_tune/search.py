@@ -24,7 +24,13 @@ import torch
 from ray import tune
 
 from ffdi_tune.budget import TimeBudget
-from ffdi_tune.cluster import check_cluster_paths, connect, ray_address, trial_resources
+from ffdi_tune.cluster import (
+    check_cluster_paths,
+    connect,
+    ray_address,
+    trial_resources,
+    warm_node_caches,
+)
 from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.files import is_bucket_uri
@@ -33,6 +39,7 @@ from ffdi_tune.models import resolve_weights
 from ffdi_tune.placement import augment_placement
 from ffdi_tune.rounds import fit_rounds, make_searcher, round_path, trial_rows
 from ffdi_tune.search_setup import (
+    cache_entries,
     finish_tracking,
     live_budget,
     open_tracking,
@@ -238,12 +245,15 @@ def run_search(
     holdout = search_holdout(cfg, check.data, out_dir, resume, echo)
     started_ray = not ray.is_initialized()
     local = started_ray and ray_address(address or cfg.address) == "local"
-    warm_cache(cfg, check.data, holdout, build=local, echo=echo)
+    if local:
+        warm_cache(cfg, check.data, holdout, echo=echo)
     if started_ray:
         connect(ray_address(address or cfg.address))
     try:
         resources = trial_resources(cfg)  # before anything is written to the tracking store
         check_cluster_paths(check.data, storage_path, resources)
+        if not local:
+            warm_node_caches(cache_entries(cfg, check.data, holdout), check.data, resources, echo)
         tracker, experiment_id, parent_id = open_tracking(cfg, resume, check, holdout, out_dir)
     except BaseException:
         if started_ray:

@@ -30,6 +30,7 @@ from ffdi_tune.trials_table import TrialRow
 __all__ = [
     "prepare_data",
     "search_holdout",
+    "cache_entries",
     "warm_cache",
     "provenance",
     "open_tracking",
@@ -103,16 +104,21 @@ def search_holdout(
     return holdout
 
 
-def warm_cache(cfg: SearchConfig, data: DataConfig, holdout: Holdout, build: bool, echo) -> None:
-    """Check the decoded images fit this node's cache; on one machine, build them now with every
-    CPU."""
+def cache_entries(cfg: SearchConfig, data: DataConfig, holdout: Holdout) -> list:
+    """The decoded arrays the search's trials will read (none with the cache off)."""
+    return cache_plan.planned_entries(cfg, data, holdout) if data.cache else []
+
+
+def warm_cache(cfg: SearchConfig, data: DataConfig, holdout: Holdout, echo) -> None:
+    """On one machine: check the decoded images fit its cache, then build them with every CPU
+    (before Ray starts, since the build forks). A cluster's nodes do this themselves
+    (:func:`~ffdi_tune.cluster.warm_node_caches`)."""
     cache_dir = cache_dir_of(data)
     if cache_dir is None:
         return
-    entries = cache_plan.planned_entries(cfg, data, holdout)
+    entries = cache_entries(cfg, data, holdout)
     cache_plan.check_fits(entries, cache_dir, data.cache_max_gb)
-    if build:
-        cache_plan.build(entries, cache_dir, echo)
+    cache_plan.build(entries, cache_dir, echo)
 
 
 def provenance(check: DataCheck) -> dict[str, str]:

@@ -104,7 +104,11 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start_node(self, head: bool = False, prefix: list[str] = ()) -> Node:
+    def start_node(
+        self, head: bool = False, prefix: list[str] = (), env: dict[str, str] | None = None
+    ) -> Node:
+        """Start a node (``prefix`` runs before `ray start`; ``env`` adds to its environment, which
+        its workers inherit)."""
         common = [
             "--num-cpus",
             "1",
@@ -128,7 +132,7 @@ class Cluster:
             args = ["--address", self.address]
         proc = subprocess.Popen(
             [*prefix, RAY, "start", *args, *common],
-            env=self.env,
+            env=dict(self.env, **(env or {})),
             start_new_session=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -201,11 +205,14 @@ def make_cluster(_private_cache):
 
 
 @pytest.fixture(scope="module")
-def cluster(_private_cache):
+def cluster(_private_cache, tmp_path_factory):
+    """Two nodes, each with its own decode cache folder (``Cluster.caches``), as separate machines
+    have."""
     made = Cluster(dict(os.environ, OMP_NUM_THREADS="1"))
+    made.caches = [tmp_path_factory.mktemp("head-cache"), tmp_path_factory.mktemp("worker-cache")]
     try:
-        made.start_node(head=True)
-        made.start_node()
+        made.start_node(head=True, env={"FFDI_TUNE_CACHE": str(made.caches[0])})
+        made.start_node(env={"FFDI_TUNE_CACHE": str(made.caches[1])})
         yield made
     finally:
         made.stop()
@@ -315,6 +322,11 @@ def test_search_spreads_over_nodes_and_lands_in_the_server(
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.pid in cluster.query()["driver_pids"]  # `auto` joined the cluster
+    # Each node built its own decode cache before the first trial, not the driver for them all:
+    # trainset and the selection half of valset, its perturbed copy too (robust_val is on).
+    assert "decode cache: checking and building on 2 node(s)" in proc.stdout
+    for cache in cluster.caches:
+        assert len(list(cache.glob("*.npy"))) == 3, sorted(p.name for p in cache.iterdir())
 
     client = MlflowClient(mlflow_server)
     children = trial_runs(client, "spread")
@@ -410,6 +422,44 @@ def test_a_node_that_cannot_see_the_data_is_named(cluster, mlflow_server, tiny_d
     finally:
         stop_session(blind.sid)
         cluster.nodes.remove(blind)
+        cluster.wait_alive(2)
+
+
+@pytest.mark.slow
+def test_a_node_whose_cache_disk_is_too_small_is_named(cluster, mlflow_server, tiny_data, tmp_path):
+    """A third node whose cache folder is on an 8 MB disk: the search refuses before any trial."""
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    prefix = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=8m none "{small}" && exec "$@"',
+        "sh",
+    ]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
+    cramped = cluster.start_node(prefix=prefix, env={"FFDI_TUNE_CACHE": str(small)})
+    try:
+        space = write_space(tmp_path, tiny_data, mlflow_server, "cramped")
+        proc = ffdi(["run", str(space), "--address", cluster.address], tmp_path, cluster.env)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert lines[0] == (
+            "error: 1 of 3 Ray node(s) that can run trials cannot hold this search's decode cache:"
+        ), proc.stderr
+        assert len(lines) == 2 and lines[1].startswith(f"  node {cramped.node_id[:12]} ")
+        assert (
+            f"more in {small} " in lines[1] and "GB free" in lines[1] and "--no-cache" in lines[1]
+        )
+        assert MlflowClient(mlflow_server).get_experiment_by_name("cramped") is None
+    finally:
+        stop_session(cramped.sid)
+        cluster.nodes.remove(cramped)
         cluster.wait_alive(2)
 
 
