@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -104,3 +105,79 @@ class MlflowServer:
         if self.proc is not None:
             stop_group(self.proc, timeout=20)
             self.proc = None
+
+
+class TcpGate:
+    """A TCP forwarder on 127.0.0.1 in front of ``target_port``, for outages that start and end on
+    cue: :meth:`cut` drops every open connection and refuses new ones (the store is unreachable, as
+    when its host goes away), :meth:`restore` lets connections through again at once. A restarted
+    server takes seconds to answer, during which a short search may end; the gate does not."""
+
+    def __init__(self, target_port: int):
+        self.port, self.target = free_port(), target_port
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._open = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> TcpGate:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.2)  # accept() wakes up to notice a cut
+        self._open.set()
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+        return self
+
+    def cut(self) -> None:
+        self._open.clear()
+        if self._thread is not None:
+            self._thread.join()  # the listener is closed: connections are refused
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            _close(conn)
+
+    def _accept(self, listener: socket.socket) -> None:
+        with listener:
+            while self._open.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                except OSError:
+                    _close(client)
+                    continue
+                client.settimeout(None)
+                upstream.settimeout(None)
+                with self._lock:
+                    self._conns |= {client, upstream}
+                for src, dst in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(src)
+        _close(dst)
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from procs import MlflowServer, spawn, stop_group
+from procs import MlflowServer, TcpGate, spawn, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -232,9 +232,12 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
 
 
 def test_tracking_server_outage_loses_nothing(tmp_path):
+    """The tracking server becomes unreachable mid-search and answers again while trials still run:
+    the search keeps its writes, notices the server is back, replays them, and ends complete."""
     server = MlflowServer(tmp_path / "server").start()
+    gate = TcpGate(server.port).restore()  # the search's only way to the server
     cmd = write_space(
-        tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{server.uri}'}}\n"
+        tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{gate.uri}'}}\n"
     )
     client = MlflowClient(server.uri)
     spool = tmp_path / "runs" / "outage" / "mlflow-spool" / "entries.jsonl"
@@ -246,18 +249,21 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
             proc,
             what="a first metric in MLflow",
         )
-        server.stop()
+        gate.cut()
         wait_for(
             lambda: spool.is_file() and len(spool.read_text().splitlines()) >= 3,
             proc,
             what="writes kept during the outage",
         )
-        server.start()  # same port, same database: the search notices and replays
+        assert proc.poll() is None  # trials still run: the search itself must notice the return
+        gate.restore()
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
+        assert "answers again" in err and "ffdi-tune sync" not in out
         assert not spool.exists()
         assert_complete(client, "outage", trials=4, epochs=4, folder=tmp_path)
     finally:
+        gate.cut()
         stop_group(proc)
         server.stop()
 
