@@ -73,9 +73,10 @@ def format_duration(seconds: float) -> str:
 class TimeBudget:
     """Seconds a search may run, counted while its driver is alive, persisted in ``folder``.
 
-    ``clock`` is a monotonic clock (tests pass their own). :meth:`save` records the time used so
-    far; a later :meth:`resume` starts from it, so time between two runs of the driver is not
-    counted.
+    ``clock`` is a monotonic clock (tests pass their own); ``started`` is when this run of the
+    driver began on it (default: now), so its set-up (data check, cache build, Ray) counts too.
+    :meth:`save` records the time used so far; a later :meth:`resume` starts from it, so time
+    between two runs of the driver is not counted.
     """
 
     total_s: float
@@ -85,10 +86,11 @@ class TimeBudget:
     # how long each trial took (a cut one: extrapolated)
     trial_s: list[float] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
-    started: float = field(init=False)
+    started: float | None = None
 
     def __post_init__(self):
-        self.started = self.clock()
+        if self.started is None:
+            self.started = self.clock()
 
     @classmethod
     def resume(
@@ -97,6 +99,7 @@ class TimeBudget:
         extra_s: float | None = None,
         total_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> TimeBudget | None:
         """The budget a search kept in ``folder``: the rest of it, or ``extra_s`` more than it used.
 
@@ -123,6 +126,7 @@ class TimeBudget:
             set(kept.get("cut", [])),
             list(kept.get("trial_s", [])),
             clock,
+            started,
         )
 
     def used(self) -> float:

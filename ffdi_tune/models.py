@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import os
 import socket
+import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -210,14 +211,20 @@ def _from_package(backbone: str) -> tuple[Path | None, str]:
 
 
 def _reachable(url: str) -> str | None:
-    """None when the host of ``url`` accepts a connection within a few seconds, else why not."""
+    """None when ``url``'s host, or the proxy the environment names for it (``HTTPS_PROXY`` and
+    kin, as the downloaders use), accepts a connection within a few seconds; else why not."""
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = None
+    if not urllib.request.proxy_bypass(parsed.hostname or ""):
+        proxy = urllib.request.getproxies().get(parsed.scheme)
+    target = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else parsed
+    port = target.port or (443 if target.scheme == "https" else 80)
     try:
-        socket.create_connection((parsed.hostname, port), timeout=HUB_TIMEOUT_S).close()
+        socket.create_connection((target.hostname, port), timeout=HUB_TIMEOUT_S).close()
         return None
     except OSError as exc:
-        return f"{parsed.hostname} can't be reached ({exc})"
+        via = f" through the proxy {target.hostname}:{port}" if proxy else ""
+        return f"{parsed.hostname} can't be reached{via} ({exc})"
 
 
 def _from_hub(backbone: str) -> tuple[Path | None, str]:
@@ -437,20 +444,23 @@ def create_model(
 
 
 def check_weights(
-    choices: dict[str, list[bool | str]], drop_path_rates: list[float | None] = (None,), echo=print
+    choices: dict[str, list[bool | str]],
+    drop_path_rates: dict[str, list[float | None]] | None = None,
+    echo=print,
 ) -> dict[tuple[str, bool | str], Weights]:
     """Resolve and load every (backbone, pretrained) pair a search can draw, before any trial
     starts.
 
-    ``choices`` maps each backbone to the ``pretrained`` values it can get. Each pair's weights are
-    loaded into the model once (so a wrong file fails here, not in a trial) and echoed; every
-    backbone is also built with each ``drop_path_rate`` (on the meta device: no memory).
+    ``choices`` maps each backbone to the ``pretrained`` values it can get, ``drop_path_rates`` to
+    the ``drop_path_rate`` values it can get (default: none set). Each pair's weights are loaded
+    into the model once (so a wrong file fails here, not in a trial) and echoed; every backbone is
+    also built with each of its ``drop_path_rate`` values (on the meta device: no memory).
     """
     import timm
 
     resolved = {}
     for backbone, values in choices.items():
-        for rate in drop_path_rates:
+        for rate in (drop_path_rates or {}).get(backbone, [None]):
             try:
                 with torch.device("meta"):
                     timm.create_model(backbone, num_classes=2, drop_path_rate=rate)

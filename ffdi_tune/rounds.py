@@ -24,7 +24,14 @@ from ffdi_tune.space import CONDITIONAL_SEP, DefineByRun
 from ffdi_tune.trials_table import TrialRow
 from ffdi_tune.tune_callbacks import MlflowTrials, progress
 
-__all__ = ["ROUNDS_FILE", "make_searcher", "fit_rounds", "trial_rows", "round_path"]
+__all__ = [
+    "ROUNDS_FILE",
+    "make_searcher",
+    "fit_rounds",
+    "rounds_wanted",
+    "trial_rows",
+    "round_path",
+]
 
 ROUNDS_FILE = "rounds.json"  # in a search's output folder: its rounds' experiment paths and sizes
 
@@ -135,6 +142,21 @@ def _save_rounds(out_dir: Path, rounds: list[dict]) -> None:
     write_atomic(out_dir / ROUNDS_FILE, json.dumps(rounds, indent=1))
 
 
+def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool) -> int:
+    """How many trials a resumed search should end with.
+
+    ``have`` trials exist once its last round is finished. A search asked for more time (``grow``)
+    that had already finished before this resume gets ``num_samples`` more; any other resume runs
+    until it has ``num_samples`` (so an interrupted search given more time only finishes).
+
+    >>> rounds_wanted(4, 6, grow=False, finished=True), rounds_wanted(4, 4, True, finished=True)
+    (6, 8)
+    >>> rounds_wanted(4, 4, grow=True, finished=False)
+    4
+    """
+    return have + num_samples if grow and finished and have >= num_samples else num_samples
+
+
 def fit_rounds(
     cfg: SearchConfig,
     trainable,
@@ -149,48 +171,51 @@ def fit_rounds(
     """Run the search's rounds; return every round's ResultGrid and how many trials were planned.
 
     On a resume the last round is finished first (the earlier ones are only read back), then a new
-    round is added while fewer trials exist than ``search.num_samples`` asks for (``grow``: a new
-    time budget on a finished search adds up to ``num_samples`` more).
+    round is added while fewer trials exist than :func:`rounds_wanted` says (``grow``: a new time
+    budget on a finished search adds up to ``num_samples`` more). ``rounds.json`` records each
+    round and whether it ran to its end (``finished``).
     """
-    if not resume:
-        rounds = [{"path": exp_path, "num_samples": cfg.search.num_samples}]
+    if resume:
+        rounds = _load_rounds(out_dir, exp_path)
+        grids = [
+            tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]
+        ]
+        # A round written before "finished" was recorded counts as finished when it has no
+        # unfinished trial left; it is only read for growing, where that is what the user saw.
+        was_finished = rounds[-1].get("finished", True)
+        # The restored run config brings back its pickled MlflowTrials, which finds the same
+        # parent run and re-attaches to existing child runs by their ffdi.trial_id tag.
+        tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
+        grids.append(_fit_round(tuner, rounds, out_dir))
+        rounds[-1]["num_samples"] = rounds[-1]["num_samples"] or len(grids[-1])
+    else:
+        rounds = [{"path": exp_path, "num_samples": cfg.search.num_samples, "finished": False}]
         _save_rounds(out_dir, rounds)
-        return [
-            _new_round(
-                cfg,
-                trainable,
-                callback,
-                storage_path,
-                cfg.name,
-                cfg.search.num_samples,
-                make_searcher(cfg),
-            ).fit()
-        ], cfg.search.num_samples
-    rounds = _load_rounds(out_dir, exp_path)
-    grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
-    # The restored run config brings back its pickled MlflowTrials, which finds the same parent run
-    # and re-attaches to existing child runs by their ffdi.trial_id tag.
-    grids.append(
-        tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True).fit()
-    )
-    rounds[-1]["num_samples"] = rounds[-1]["num_samples"] or len(grids[-1])
+        searcher = make_searcher(cfg)
+        tuner = _new_round(
+            cfg, trainable, callback, storage_path, cfg.name, cfg.search.num_samples, searcher
+        )
+        grids, was_finished = [_fit_round(tuner, rounds, out_dir)], False
     have = sum(len(g) for g in grids)
-    want = (
-        have + cfg.search.num_samples
-        if grow and have >= cfg.search.num_samples
-        else cfg.search.num_samples
-    )
-    unfinished = any(s == "INTERRUPTED" for g in grids[-1:] for s in _statuses(g))
-    if have < want and not unfinished and (live is None or live.room_for_a_trial()):
-        k = len(rounds) + 1
-        name = f"round-{k}"
-        rounds.append({"path": round_path(exp_path, name), "num_samples": want - have})
+    want = rounds_wanted(have, cfg.search.num_samples, resume and grow, was_finished)
+    if have < want and rounds[-1]["finished"] and (live is None or live.room_for_a_trial()):
+        name = f"round-{len(rounds) + 1}"
+        rounds.append(
+            {"path": round_path(exp_path, name), "num_samples": want - have, "finished": False}
+        )
         _save_rounds(out_dir, rounds)
         searcher = _restored_searcher(cfg, rounds[-2]["path"])
-        grids.append(
-            _new_round(cfg, trainable, callback, exp_path, name, want - have, searcher).fit()
-        )
+        tuner = _new_round(cfg, trainable, callback, exp_path, name, want - have, searcher)
+        grids.append(_fit_round(tuner, rounds, out_dir))
     return grids, sum(r["num_samples"] for r in rounds)
+
+
+def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path):
+    """Run the last round to its end (or until Ctrl-C); record whether every trial ended."""
+    grid = tuner.fit()
+    rounds[-1]["finished"] = not any(s == "INTERRUPTED" for s in _statuses(grid))
+    _save_rounds(out_dir, rounds)
+    return grid
 
 
 def _trials_and_results(grid) -> list:

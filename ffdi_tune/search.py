@@ -237,7 +237,7 @@ def run_search(
     Raises :class:`SearchError` for an existing name without ``resume`` (or nothing to resume) and
     :class:`SearchInterrupted` when Ctrl-C / SIGTERM stopped it with its state saved.
     """
-    t0 = time.perf_counter()
+    t0, clock_start = time.perf_counter(), time.monotonic()
     storage_path, out_dir = search_dir(cfg)
     exp_path = experiment_path(storage_path, cfg.name)
     _check_name(cfg, exp_path, resume)
@@ -269,6 +269,7 @@ def run_search(
         final_stage_passes,
         echo,
         final_stage_pool,
+        started=clock_start,
     )
     fixed = cfg.train.model_dump()
     callback = MlflowTrials(

@@ -46,7 +46,9 @@ def prepare_data(cfg: SearchConfig, echo) -> DataCheck:
     # Trials run in other working directories (and on other nodes): give them an absolute root.
     data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
     # Weights first: finding out about them after minutes of image checks wastes the user's time.
-    check_weights(cfg.pretrained_choices(), cfg.setting_values("drop_path_rate"), echo)
+    choices = cfg.pretrained_choices()
+    rates = {b: cfg.backbone_values(b, "drop_path_rate") for b in choices}
+    check_weights(choices, rates, echo)
     ensure_dataset(data)
     check = check_dataset(data)
     echo(
@@ -190,13 +192,18 @@ def live_budget(
     final_stage_passes: int,
     echo,
     final_stage_pool: int | None = None,
+    started: float | None = None,
 ) -> LiveBudget | None:
-    """The time budget of this run of the driver, with its estimate of the final stage's share."""
+    """The time budget of this run of the driver, with its estimate of the final stage's share.
+
+    ``started`` is the ``time.monotonic()`` at which this run of the driver began: the set-up
+    before the trials counts against the budget too.
+    """
     total = cfg.search.time_budget
     budget = (
-        TimeBudget.resume(out_dir, extra_time_s, total)
+        TimeBudget.resume(out_dir, extra_time_s, total, started=started)
         if resume
-        else TimeBudget(total, folder=out_dir)
+        else TimeBudget(total, folder=out_dir, started=started)
         if total
         else None
     )

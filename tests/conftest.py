@@ -31,3 +31,17 @@ def tiny_data(tmp_path_factory) -> Path:
     """48 train, 24 val, 8 test portraits at 32 px."""
     root = tmp_path_factory.mktemp("data") / "ffdi"
     return write_demo_dataset(root, n_train=48, n_val=24, n_test=8, size=32, seed=3, difficulty=0.2)
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch):
+    """Empty Hugging Face and torch hub caches; none of the machine's HF_HUB_OFFLINE, HF_ENDPOINT or
+    proxies."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("https_proxy", "http_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    return tmp_path

@@ -70,3 +70,81 @@ def test_final_stage_estimate_follows_the_trials_scoring_speed():
     capped = FinalStageEstimate(600, 2, 400, pool=2)
     capped.observe({"eval_time_s": 2.0})
     assert capped.seconds(10) == pytest.approx(est.seconds(2))
+
+
+def test_the_drivers_set_up_counts_and_so_does_a_resumed_ones(tmp_path):
+    """The clock starts when the driver starts (data check, cache build and Ray come out of the
+    budget too), on a first run and on a resume."""
+    clock = Clock()
+    budget = TimeBudget(3600, folder=tmp_path, clock=clock, started=clock.now - 120)
+    assert budget.used() == pytest.approx(120)
+    budget.save()
+    clock.now += 7200  # dead for two hours, then 30 s of set-up before the budget is read
+    again = TimeBudget.resume(tmp_path, clock=clock, started=clock.now - 30)
+    assert again.used() == pytest.approx(150) and again.used_before_s == pytest.approx(120)
+
+
+def test_growing_a_search_adds_a_round_only_to_a_finished_one():
+    from ffdi_tune.rounds import rounds_wanted
+
+    assert rounds_wanted(4, 6, grow=False, finished=True) == 6  # --num-samples 6
+    assert rounds_wanted(4, 4, grow=True, finished=True) == 8  # --time-budget: num_samples more
+    # interrupted, resumed with more time: it finishes what it planned, nothing more
+    assert rounds_wanted(4, 4, grow=True, finished=False) == 4
+    # cut by its budget after 3 of 4, given more time: the fourth
+    assert rounds_wanted(3, 4, grow=True, finished=True) == 4
+
+
+def _live(clock, total_s=100.0):
+    from ffdi_tune.searcher import LiveBudget
+
+    return LiveBudget(TimeBudget(total_s, clock=clock), FinalStageEstimate(100, 1, 50))
+
+
+def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
+    import yaml
+    from ray.tune.search import Searcher
+
+    from ffdi_tune.config import parse_search_config
+    from ffdi_tune.rounds import make_searcher
+    from ffdi_tune.searcher import attach_budget, detach_budget
+
+    cfg = parse_search_config(
+        yaml.safe_load(
+            "name: gate\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
+            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+        )
+    )
+    clock, searcher = Clock(), make_searcher(cfg)
+    live = _live(clock)
+    live.budget.trial_s.append(30.0)  # trials take 30 s
+    attach_budget("gate", live)
+    try:
+        assert isinstance(searcher.suggest("t1"), dict)
+        clock.now += 65  # 35 s left: one more fits
+        assert isinstance(searcher.suggest("t2"), dict)
+        clock.now += 10  # 25 s left
+        assert searcher.suggest("t3") == Searcher.FINISHED
+    finally:
+        detach_budget("gate")
+
+
+def test_a_running_trial_is_cut_before_an_epoch_that_would_eat_the_final_stages_share():
+    from ffdi_tune.searcher import BudgetStopper, attach_budget, detach_budget
+
+    clock = Clock()
+    live = _live(clock)
+    attach_budget("stopper", live)
+    stop = BudgetStopper("stopper")
+    try:
+        # scoring 50 images took 5 s: the final stage (100 images, 1 pass) needs 1.5 x (10 + 3) s
+        epoch = {"epoch": 1, "epochs_planned": 3, "epoch_time_s": 20.0, "eval_time_s": 5.0}
+        assert not stop("t1", epoch) and live.reserve() == pytest.approx(19.5)
+        clock.now += 55  # 45 s left, 19.5 kept back: a 20 s epoch still fits
+        assert not stop("t1", dict(epoch, epoch=2)) and live.budget.cut == set()
+        clock.now += 10  # 35 s left: it does not
+        assert stop("t1", dict(epoch, epoch=2)) and live.budget.cut == {"t1"}
+        assert not stop("t2", dict(epoch, epoch=3))  # a trial's last epoch ends by itself
+    finally:
+        detach_budget("stopper")
+    assert not BudgetStopper("stopper")("t1", epoch)  # no live budget: never stops

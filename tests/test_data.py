@@ -294,3 +294,34 @@ def test_skip_that_leaves_a_split_empty_is_an_error(data):
         path.write_bytes(b"")
     with pytest.raises(DataError, match="split val: none of its .* image\\(s\\) decodes"):
         check(data, on_bad_image="skip")
+
+
+def test_a_mistyped_data_root_is_an_error_not_a_place_for_the_demo(tmp_path, monkeypatch, capsys):
+    """The demo's own config with --data at a folder that does not exist: the demo generator is for
+    the demo's configured root only."""
+    from conftest import REPO
+
+    from ffdi_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    typo = tmp_path / "phase1-typo"
+    assert main(["run", str(REPO / "search_spaces" / "demo.yaml"), "--data", str(typo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(typo) in err
+    assert not typo.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_cache_over_its_cap_stops_the_run_before_any_trial(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    from ffdi_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(
+        f"name: capped\ndata: {{root: '{tiny_data}', cache_max_gb: 1.0e-6}}\n"
+        "train: {backbone: test_resnet, img_size: 32}\n"
+    )
+    assert main(["run", "space.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "data.cache_max_gb" in err
+    assert "--no-cache" in err and not (tmp_path / "runs").exists()

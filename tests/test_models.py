@@ -22,16 +22,6 @@ LITE0_REPO = "timm/tf_efficientnet_lite0.in1k"
 
 
 @pytest.fixture
-def offline_home(tmp_path, monkeypatch):
-    """Empty Hugging Face and torch hub caches; no HF_HUB_OFFLINE or HF_ENDPOINT of the machine."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
-@pytest.fixture
 def no_network(monkeypatch):
     """Every outgoing connection fails at once, and is recorded."""
     attempts = []
@@ -83,7 +73,7 @@ def body_equals(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(own[k], state[k]) for k in own if k not in head)
 
 
-def test_package_weights_match_every_key_and_know_a_daisy():
+def test_package_weights_match_every_key_and_know_a_daisy(offline_home):
     """The lite0 package's tensors load into timm's model with every key matched, and classify."""
     from sklearn.datasets import load_sample_image
 
@@ -161,6 +151,23 @@ def test_no_source_is_one_error_that_lists_them_all(offline_home, no_network):
     assert len(no_network) == 1  # one quick reachability probe, no retries
 
 
+def test_the_hub_probe_goes_through_the_proxy_the_environment_names(offline_home, monkeypatch):
+    """Behind a proxy the hub's own host may not resolve at all; the downloaders go through the
+    proxy, so the reachability probe does too (and straight to the host when NO_PROXY says so)."""
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(1)
+        port = proxy.getsockname()[1]
+        assert "can't be reached" in models._reachable("https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        assert models._reachable("https://hub.invalid") is None
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        assert "can't be reached" in models._reachable("https://hub.invalid")
+        monkeypatch.delenv("NO_PROXY")
+    # the proxy is gone: the message says it was the proxy that did not answer
+    assert f"through the proxy 127.0.0.1:{port}" in models._reachable("https://hub.invalid")
+
+
 def test_missing_package_names_the_install_command(offline_home, no_network, monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
@@ -171,7 +178,7 @@ def test_missing_package_names_the_install_command(offline_home, no_network, mon
         resolve_weights("tf_efficientnet_lite1", True)
 
 
-def test_another_architectures_file_is_refused():
+def test_another_architectures_file_is_refused(offline_home):
     """A lite1 file for lite0 (other tensor count) and lite2 for lite1 (other shapes): one clear
     line each."""
     lite1 = resolve_weights("tf_efficientnet_lite1", True).path
@@ -213,4 +220,25 @@ def test_drop_path_rate_reaches_the_model_and_is_checked():
     assert any(type(m).__name__ == "DropPath" for m in model.modules())
     assert not any(type(m).__name__ == "DropPath" for m in create_model("resnet10t").modules())
     with pytest.raises(ConfigError, match="drop_path_rate: vgg11 does not take it"):
-        check_weights({"vgg11": [False]}, [0.1], echo=lambda line: None)
+        check_weights({"vgg11": [False]}, {"vgg11": [0.1]}, echo=lambda line: None)
+
+
+def test_drop_path_rate_is_checked_with_the_values_each_backbone_can_get():
+    """A rate set for the search but unset for a backbone that cannot take it, as the error
+    advises, passes the pre-check."""
+    from ffdi_tune.config import parse_search_config
+    from ffdi_tune.search_setup import prepare_data
+
+    space = {
+        "name": "rates",
+        "data": {"root": "/no/such/data"},
+        "train": {"backbone": "resnet10t", "drop_path_rate": 0.1},
+        "space": {"backbone": {"choice": ["resnet10t", "vgg11"]}},
+    }
+    with pytest.raises(ConfigError, match="drop_path_rate: vgg11 does not take it"):
+        prepare_data(parse_search_config(space), echo=lambda line: None)
+    space["per_backbone"] = {"vgg11": {"drop_path_rate": None}}
+    # past the weights: it is the data that is missing now
+    with pytest.raises(Exception, match="/no/such/data") as err:
+        prepare_data(parse_search_config(space), echo=lambda line: None)
+    assert "drop_path_rate" not in str(err.value)

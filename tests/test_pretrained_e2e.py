@@ -15,7 +15,7 @@ from ffdi_tune.models import resolve_weights
 pytestmark = pytest.mark.slow
 
 
-def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatch):
+def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatch, offline_home):
     """search_spaces/demo.yaml as shipped, shrunk to one 1-epoch trial on tiny data."""
     monkeypatch.chdir(tmp_path)
     assert (
@@ -57,12 +57,12 @@ def _refused(args, capsys, tmp_path) -> str:
     return err
 
 
-def test_weights_nobody_has_stop_the_search_before_ray(tiny_data, tmp_path, monkeypatch, capsys):
+def test_weights_nobody_has_stop_the_search_before_ray(
+    tiny_data, tmp_path, monkeypatch, capsys, offline_home
+):
     """efficientnet.yaml on a machine with no hub and no cache: its efficientnet_b0 is the first it
     can't get."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     err = _refused(
         ["run", str(REPO / "search_spaces" / "efficientnet.yaml"), "--data", str(tiny_data)],
@@ -72,7 +72,9 @@ def test_weights_nobody_has_stop_the_search_before_ray(tiny_data, tmp_path, monk
     assert "no weights for efficientnet_b0 were found" in err and "HF_HUB_OFFLINE is set" in err
 
 
-def test_another_architectures_file_stops_the_search(tiny_data, tmp_path, monkeypatch, capsys):
+def test_another_architectures_file_stops_the_search(
+    tiny_data, tmp_path, monkeypatch, capsys, offline_home
+):
     lite1 = resolve_weights("tf_efficientnet_lite1", True).path
     (tmp_path / "space.yaml").write_text(
         f"name: wrong-file\ndata: {{root: {tiny_data}}}\ntrain: {{backbone: tf_efficientnet_lite0, "
