@@ -194,12 +194,9 @@ def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str
     selection part): that is a one-line error. A search that recorded no split (made by an older
     version, which chose on all of valset) counts as ``fraction 0``.
     """
+    legacy = {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
     splits = {
-        name: (
-            float(t.get(tracking.HOLDOUT_FRACTION, 0)),
-            int(t.get(tracking.HOLDOUT_SEED, 0)),
-            t.get(tracking.HOLDOUT_REPORT_HASH, NO_REPORT_HASH),
-        )
+        name: tuple((tracking.holdout_from_tags(t) or legacy).values())
         for name, t in searches.items()
     }
     first, (fraction, seed, digest) = next(iter(splits.items()))

@@ -18,7 +18,14 @@ from ffdi_tune.data import cache_dir_of, ensure_dataset, read_split
 from ffdi_tune.data_check import DataCheck, check_dataset
 from ffdi_tune.errors import SearchError
 from ffdi_tune.files import is_bucket_uri, write_atomic
-from ffdi_tune.holdout import NO_REPORT_HASH, Holdout, save_holdout, saved_holdout, split_valset
+from ffdi_tune.holdout import (
+    HOLDOUT_FILE,
+    NO_REPORT_HASH,
+    Holdout,
+    save_holdout,
+    saved_holdout,
+    split_valset,
+)
 from ffdi_tune.models import check_weights
 from ffdi_tune.report import summarise_search
 from ffdi_tune.searcher import LiveBudget
@@ -74,10 +81,7 @@ def search_holdout(
     """The valset split of the search: from ``search.holdout``, or the one it started with on a
     resume."""
     fraction, seed = cfg.search.holdout.fraction, cfg.search.holdout.seed
-    before = saved_holdout(out_dir) if resume else None
-    # started by a version that scored all of valset during the search
-    if resume and before is None:
-        before = {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
+    before = (saved_holdout(out_dir) or _recorded_holdout(cfg)) if resume else None
     if before is not None:
         if (before["fraction"], before["seed"]) != (fraction, seed):
             echo(
@@ -104,6 +108,28 @@ def search_holdout(
             "final stage has no honest estimate"
         )
     return holdout
+
+
+def _recorded_holdout(cfg: SearchConfig) -> dict:
+    """The split on the search's parent run, for a resume on a machine (or in a folder) without its
+    ``holdout.json``, as with bucket storage; ``fraction 0`` for a search started by a version that
+    chose on all of valset."""
+    uri, artifacts = resolve_tracking(cfg.tracking)
+    try:
+        tags = Tracker(uri, artifacts).search_tags(cfg.name)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        raise SearchError(
+            f"--resume: search {cfg.name!r} has no {HOLDOUT_FILE} here and MLflow at {uri} is "
+            "unreachable, so the valset split it started with is unknown; resume where it started "
+            "or once the tracking store answers"
+        ) from None
+    return tracking.holdout_from_tags(tags) or {
+        "fraction": 0.0,
+        "seed": 0,
+        "report_hash": NO_REPORT_HASH,
+    }
 
 
 def cache_entries(cfg: SearchConfig, data: DataConfig, holdout: Holdout) -> list:

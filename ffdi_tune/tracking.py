@@ -31,6 +31,7 @@ __all__ = [
     "Tracker",
     "TrialRecord",
     "replay_spool",
+    "holdout_from_tags",
     "unreachable",
 ]
 
@@ -108,9 +109,21 @@ class TrialRecord:
 def holdout_tags(holdout) -> dict[str, str]:
     """The tags that identify a valset split (:class:`~ffdi_tune.holdout.Holdout`) on a run."""
     return {
-        HOLDOUT_FRACTION: f"{holdout.fraction:g}",
+        HOLDOUT_FRACTION: repr(float(holdout.fraction)),  # exact: the split is made again from it
         HOLDOUT_SEED: str(holdout.seed),
         HOLDOUT_REPORT_HASH: holdout.report_hash,
+    }
+
+
+def holdout_from_tags(tags: dict[str, str]) -> dict | None:
+    """``{"fraction", "seed", "report_hash"}`` of the split a run's tags record; None when they
+    record none (a search made before splits were recorded)."""
+    if HOLDOUT_REPORT_HASH not in tags:
+        return None
+    return {
+        "fraction": float(tags.get(HOLDOUT_FRACTION, 0)),
+        "seed": int(tags.get(HOLDOUT_SEED, 0)),
+        "report_hash": tags[HOLDOUT_REPORT_HASH],
     }
 
 

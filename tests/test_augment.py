@@ -192,7 +192,8 @@ def test_device_form_gives_the_same_kind_of_images(name, many_images):
     reference = torch.stack([t(img) for img in many_images])
     out = device_augment(name, 32)(many_images)
     assert out.shape == many_images.shape and out.dtype == torch.float32
-    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    # whole values, like the uint8 images validation sees
+    assert torch.equal(out, out.round())
     ref_share, ref_size = change_stats(reference, many_images)
     share, size = change_stats(out, many_images)
     assert abs(share - ref_share) < 0.1, (share, ref_share)
