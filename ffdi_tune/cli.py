@@ -43,6 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
+    from ffdi_tune import tracking
     from ffdi_tune.cache import cache_size_mb
     from ffdi_tune.data import cache_dir_of
     from ffdi_tune.search import run_search
@@ -69,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
     failed = sum(r.status == "FAILED" for r in outcome.rows)
     if failed:
-        print(f"{failed} trial(s) failed: the tag ffdi.error of their MLflow runs says why")
+        print(f"{failed} trial(s) failed: the tag {tracking.ERROR} of their MLflow runs says why")
     submission = None
     if recipe is not None and outcome.tracking_pending:
         print(
@@ -109,6 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_ensemble(ens) -> None:
+    from ffdi_tune import tracking
     from ffdi_tune.report import format_ensemble_table
 
     r, m = ens.result, ens.result.metrics
@@ -117,15 +119,16 @@ def _print_ensemble(ens) -> None:
     shipped = f"ensemble {r.chosen} ({len(r.members)} member{'s' if len(r.members) > 1 else ''})"
     if r.honest:
         print(
-            f"{shipped}: report-part AUC {m['holdout_auc']:.4f} (TPR@FPR=1e-3 "
-            f"{m['holdout_tpr_at_fpr_0.001']:.4f}); best member "
-            f"{m['best_member_holdout_auc']:.4f}; on the selection part, which chose it, "
-            f"{m['select_auc']:.4f} vs {m['best_member_select_auc']:.4f}"
+            f"{shipped}: report-part AUC {m[tracking.HOLDOUT_AUC]:.4f} (TPR@FPR=1e-3 "
+            f"{m[tracking.HOLDOUT_TPR]:.4f}); best member "
+            f"{m[tracking.BEST_MEMBER_HOLDOUT_AUC]:.4f}; on the selection part, which chose it, "
+            f"{m[tracking.SELECT_AUC]:.4f} vs {m[tracking.BEST_MEMBER_SELECT_AUC]:.4f}"
         )
     else:
         print(
             f"{shipped}: no honest estimate: search.holdout.fraction is 0, so every valset image "
-            f"took part in choosing; its selection-part AUC {m['select_auc']:.4f} is optimistic"
+            f"took part in choosing; its selection-part AUC {m[tracking.SELECT_AUC]:.4f} is "
+            "optimistic"
         )
     print(f"submission: {ens.submission} ({ens.n_test} rows), MLflow run {ens.run_id}")
 

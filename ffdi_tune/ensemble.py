@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ffdi_tune import tracking
 from ffdi_tune.combine import (
     greedy_select,
     mean_log_odds,
@@ -288,24 +289,23 @@ def build_ensemble(
 
     table = pd.DataFrame([rows[n] for n in ranked] + [row for _, row, _ in combo_rows])
     metrics = {
-        "select_auc": ship_row["select_auc_tta"],
-        "best_member_select_auc": roc_auc(y_sel, clean[best][sel]),
-        "n_members": float(len(shipped.members)),
+        tracking.SELECT_AUC: ship_row["select_auc_tta"],
+        tracking.BEST_MEMBER_SELECT_AUC: roc_auc(y_sel, clean[best][sel]),
+        tracking.N_MEMBERS: float(len(shipped.members)),
     }
     if len(rep):
         metrics.update(
             {
-                "holdout_auc": ship_row["holdout_auc_tta"],
-                "holdout_auc_no_tta": ship_row["holdout_auc_no_tta"],
-                "holdout_tpr_at_fpr_0.001": tpr_at_fpr(y_rep, ship_score[rep]),
-                "best_member_holdout_auc": roc_auc(y_rep, clean[best][rep]),
+                tracking.HOLDOUT_AUC: ship_row["holdout_auc_tta"],
+                tracking.HOLDOUT_AUC_NO_TTA: ship_row["holdout_auc_no_tta"],
+                tracking.HOLDOUT_TPR: tpr_at_fpr(y_rep, ship_score[rep]),
+                tracking.BEST_MEMBER_HOLDOUT_AUC: roc_auc(y_rep, clean[best][rep]),
             }
         )
         if has_robust:
-            metrics["holdout_robust_auc"] = ship_row["holdout_robust_auc"]
-            metrics["holdout_worst_auc"] = min(
-                metrics["holdout_auc"], metrics["holdout_robust_auc"]
-            )
+            robust = ship_row["holdout_robust_auc"]
+            metrics[tracking.HOLDOUT_ROBUST_AUC] = robust
+            metrics[tracking.HOLDOUT_WORST_AUC] = min(metrics[tracking.HOLDOUT_AUC], robust)
     test_pred = to_probability(shipped.score(test), shipped.scale)
     return EnsembleResult(
         chosen=shipped.name,

@@ -32,6 +32,7 @@ from ffdi_tune.cluster import (
     warm_node_caches,
 )
 from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
+from ffdi_tune.data_check import DataCheck
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.files import is_bucket_uri
 from ffdi_tune.holdout import Holdout
@@ -50,6 +51,7 @@ from ffdi_tune.search_setup import (
 )
 from ffdi_tune.searcher import LiveBudget, attach_budget, detach_budget
 from ffdi_tune.space import trial_settings
+from ffdi_tune.tracking import Tracker
 from ffdi_tune.train import train_trial
 from ffdi_tune.trials_table import TrialRow, write_trials_csv
 from ffdi_tune.tune_callbacks import MlflowTrials
@@ -218,6 +220,90 @@ def _interrupted(
     return None
 
 
+@dataclass
+class _Connected:
+    """What the driver holds once Ray runs and the search's MLflow runs are open."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent_id: str
+    resources: dict
+    started_ray: bool
+
+
+def _connect_and_open(
+    cfg: SearchConfig,
+    address: str | None,
+    check: DataCheck,
+    holdout: Holdout,
+    storage_path: str,
+    out_dir: Path,
+    resume: bool,
+    echo,
+) -> _Connected:
+    """Start (or join) Ray, check what its nodes see, build the decode caches, open the MLflow runs.
+
+    A local search builds its caches before Ray starts, with every CPU; on a cluster every trial
+    node builds its own. Ray is shut down again (when started here) if any step fails.
+    """
+    started_ray = not ray.is_initialized()
+    where = ray_address(address or cfg.address)
+    local = started_ray and where == "local"
+    if local:
+        warm_cache(cfg, check.data, holdout, echo=echo)
+    if started_ray:
+        connect(where)
+    try:
+        resources = trial_resources(cfg)  # before anything is written to the tracking store
+        check_cluster_paths(check.data, storage_path, resources)
+        if not local:
+            warm_node_caches(cache_entries(cfg, check.data, holdout), check.data, resources, echo)
+        tracker, experiment_id, parent_id = open_tracking(cfg, resume, check, holdout, out_dir)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    return _Connected(tracker, experiment_id, parent_id, resources, started_ray)
+
+
+def _run_trials(
+    cfg: SearchConfig,
+    on: _Connected,
+    make_trainable,
+    callback: MlflowTrials,
+    paths: tuple[str, str, Path],
+    resume: bool,
+    grow: bool,
+    live: LiveBudget | None,
+) -> tuple[list, int]:
+    """Every round of trials, to its end; then Ray is shut down (when started here) and no trial
+    run is left RUNNING. Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
+    storage_path, exp_path, out_dir = paths
+    status = "FAILED"
+    try:
+        if live is not None:
+            attach_budget(cfg.name, live)
+        found = fit_rounds(
+            cfg, make_trainable(), callback, storage_path, exp_path, out_dir, resume, grow, live
+        )
+        status = "FINISHED"
+        return found
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise SearchInterrupted(
+            f"search {cfg.name!r} interrupted; continue it with the same command plus --resume"
+        ) from None
+    finally:
+        detach_budget(cfg.name)
+        if live is not None:
+            live.budget.save()
+        on.tracker.close_unfinished(on.experiment_id, on.parent_id, "KILLED")
+        if status != "FINISHED":
+            on.tracker.finish(on.parent_id, status)
+        if on.started_ray:
+            ray.shutdown()
+
+
 def run_search(
     cfg: SearchConfig,
     *,
@@ -243,22 +329,7 @@ def run_search(
     _check_name(cfg, exp_path, resume)
     check = prepare_data(cfg, echo)
     holdout = search_holdout(cfg, check.data, out_dir, resume, echo)
-    started_ray = not ray.is_initialized()
-    local = started_ray and ray_address(address or cfg.address) == "local"
-    if local:
-        warm_cache(cfg, check.data, holdout, echo=echo)
-    if started_ray:
-        connect(ray_address(address or cfg.address))
-    try:
-        resources = trial_resources(cfg)  # before anything is written to the tracking store
-        check_cluster_paths(check.data, storage_path, resources)
-        if not local:
-            warm_node_caches(cache_entries(cfg, check.data, holdout), check.data, resources, echo)
-        tracker, experiment_id, parent_id = open_tracking(cfg, resume, check, holdout, out_dir)
-    except BaseException:
-        if started_ray:
-            ray.shutdown()
-        raise
+    on = _connect_and_open(cfg, address, check, holdout, storage_path, out_dir, resume, echo)
     live = live_budget(
         cfg,
         out_dir,
@@ -273,52 +344,37 @@ def run_search(
     )
     fixed = cfg.train.model_dump()
     callback = MlflowTrials(
-        tracker, experiment_id, parent_id, fixed, len(holdout.select_names), cfg.name
+        on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name
     )
-    status = "FAILED"
-    try:
-        if live is not None:
-            attach_budget(cfg.name, live)
-        trainable = _make_trainable(cfg, check.data, holdout, resources, live)
-        grow = resume and extra_time_s is not None
-        grids, planned = fit_rounds(
-            cfg, trainable, callback, storage_path, exp_path, out_dir, resume, grow, live
-        )
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise SearchInterrupted(
-            f"search {cfg.name!r} interrupted; continue it with the same command plus --resume"
-        ) from None
-    finally:
-        detach_budget(cfg.name)
-        if live is not None:
-            live.budget.save()
-        tracker.close_unfinished(experiment_id, parent_id, "KILLED")
-        if status != "FINISHED":
-            tracker.finish(parent_id, status)
-        if started_ray:
-            ray.shutdown()
-    run_ids = trial_run_ids(tracker, experiment_id, parent_id, callback.run_ids)
+    grids, planned = _run_trials(
+        cfg,
+        on,
+        lambda: _make_trainable(cfg, check.data, holdout, on.resources, live),
+        callback,
+        (storage_path, exp_path, out_dir),
+        resume,
+        grow=resume and extra_time_s is not None,
+        live=live,
+    )
+    run_ids = trial_run_ids(on.tracker, on.experiment_id, on.parent_id, callback.run_ids)
     rows = trial_rows(grids, run_ids, fixed, cfg.search.metric, live.budget.cut if live else set())
     trials_csv = write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric)
     interrupted = _interrupted(cfg, rows, planned, live, exp_path, echo)
     if interrupted is not None:
-        tracker.finish(parent_id, "KILLED")
+        on.tracker.finish(on.parent_id, "KILLED")
         raise interrupted
-    finish_tracking(cfg, tracker, experiment_id, parent_id, rows, trials_csv, echo)
-    wall = time.perf_counter() - t0
+    finish_tracking(cfg, on.tracker, on.experiment_id, on.parent_id, rows, trials_csv, echo)
     return SearchOutcome(
         cfg.name,
         out_dir,
         exp_path,
-        tracker.uri,
-        experiment_id,
-        parent_id,
+        on.tracker.uri,
+        on.experiment_id,
+        on.parent_id,
         rows,
         trials_csv,
-        wall,
+        time.perf_counter() - t0,
         check.data,
-        tracker.pending(),
+        on.tracker.pending(),
         live.budget if live else None,
     )

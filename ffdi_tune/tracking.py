@@ -26,6 +26,7 @@ from ffdi_tune.spool import Spool, SpooledWrites
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "EPOCH_METRICS",
     "resolve_tracking",
     "holdout_tags",
     "Tracker",
@@ -43,7 +44,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-# -- the MLflow schema: every tag name the project writes or reads --------------------------------
+# -- the MLflow schema: every tag and metric name the project writes or reads ---------------------
 # role: search | trial | ensemble
 ROLE, SEARCH, TRIAL_ID = (
     "ffdi.role",
@@ -70,6 +71,31 @@ WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
 COMBINE_CHOSEN = "ffdi.combine_chosen"
 # MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag
 EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
+
+# trial run metrics, one value per epoch (step = epoch); val_* on the selection part of valset
+EPOCH_METRICS = (
+    "val_auc",
+    "val_tpr_at_fpr_0.001",
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+    "val_robust_auc",
+    "val_worst_auc",
+    "eval_time_s",
+    "data_wait_share",
+    "peak_accelerator_memory_mb",  # on a GPU only
+    "time_to_first_batch_s",
+)
+# ensemble run metrics: the shipped combination and the best single member, on the selection part
+# (which chose them) and on the report part (the honest estimate; absent with holdout fraction 0)
+SELECT_AUC, BEST_MEMBER_SELECT_AUC = "select_auc", "best_member_select_auc"
+HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
+HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
+HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
+N_MEMBERS = "n_members"
 
 
 @dataclass(frozen=True)

@@ -46,26 +46,10 @@ from ffdi_tune.optimization import amp_dtype, make_mixup, make_optimizer, make_s
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.placement import Augmenters, augmenters, loader_workers
 
-__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "EPOCH_METRICS"]
+__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE"]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
-EPOCH_METRICS = (
-    "val_auc",
-    "val_tpr_at_fpr_0.001",
-    "val_acc",
-    "val_loss",
-    "train_loss",
-    "lr",
-    "epoch_time_s",
-    "train_images_per_s",
-    "val_robust_auc",
-    "val_worst_auc",
-    "eval_time_s",
-    "data_wait_share",
-    "peak_accelerator_memory_mb",
-    "time_to_first_batch_s",
-)
 
 # report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
 Reporter = Callable[[dict[str, float], Path], None]

@@ -19,7 +19,7 @@ from ffdi_tune import tracking
 from ffdi_tune.searcher import live_budget
 from ffdi_tune.space import CONDITIONAL_SEP, trial_settings
 from ffdi_tune.tracking import Tracker
-from ffdi_tune.train import BEST_FILE, EPOCH_METRICS
+from ffdi_tune.train import BEST_FILE
 
 __all__ = ["MlflowTrials", "RESULT_TAGS", "progress"]
 
@@ -101,7 +101,7 @@ class MlflowTrials(tune.Callback):
         return self.__dict__.setdefault("pending", {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
+        metrics = {k: result[k] for k in tracking.EPOCH_METRICS if k in result}
         step = int(result.get("epoch", 0))
         if result.get(SHOULD_CHECKPOINT):
             # Logged once Tune has registered the epoch's checkpoint (on_checkpoint): a trial lost

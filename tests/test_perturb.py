@@ -11,7 +11,8 @@ from ffdi_tune.config import DataConfig, RobustValConfig, TrainSettings, parse_s
 from ffdi_tune.data import load_images, read_split
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.perturb import PERTURB_KINDS, Perturber
-from ffdi_tune.train import EPOCH_METRICS, train_trial
+from ffdi_tune.tracking import EPOCH_METRICS
+from ffdi_tune.train import train_trial
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import torch
 from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data import load_images, read_split
 from ffdi_tune.inference import view_log_odds
-from ffdi_tune.train import BEST_FILE, EPOCH_METRICS, LAST_FILE, train_trial
+from ffdi_tune.tracking import EPOCH_METRICS
+from ffdi_tune.train import BEST_FILE, LAST_FILE, train_trial
 
 
 def run(settings, data, resume_from=None):
