@@ -173,32 +173,30 @@ def fit_rounds(
     On a resume the last round is finished first (the earlier ones are only read back), then a new
     round is added while fewer trials exist than :func:`rounds_wanted` says (``grow``: a new time
     budget on a finished search adds up to ``num_samples`` more). ``rounds.json`` records each
-    round and whether it ran to its end (``finished``).
+    round and whether it ran all its trials to their end (``finished``).
     """
-    if resume:
-        rounds = _load_rounds(out_dir, exp_path)
-        grids = [
-            tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]
-        ]
-        # A round written before "finished" was recorded counts as finished when it has no
-        # unfinished trial left; it is only read for growing, where that is what the user saw.
-        was_finished = rounds[-1].get("finished", True)
-        # The restored run config brings back its pickled MlflowTrials, which finds the same
-        # parent run and re-attaches to existing child runs by their ffdi.trial_id tag.
-        tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
-        grids.append(_fit_round(tuner, rounds, out_dir))
-        rounds[-1]["num_samples"] = rounds[-1]["num_samples"] or len(grids[-1])
-    else:
-        rounds = [{"path": exp_path, "num_samples": cfg.search.num_samples, "finished": False}]
+    if not resume:
+        n = cfg.search.num_samples
+        rounds = [{"path": exp_path, "num_samples": n, "finished": False}]
         _save_rounds(out_dir, rounds)
-        searcher = make_searcher(cfg)
-        tuner = _new_round(
-            cfg, trainable, callback, storage_path, cfg.name, cfg.search.num_samples, searcher
-        )
-        grids, was_finished = [_fit_round(tuner, rounds, out_dir)], False
+        tuner = _new_round(cfg, trainable, callback, storage_path, cfg.name, n, make_searcher(cfg))
+        return [_fit_round(tuner, rounds, out_dir, live)], n
+    rounds = _load_rounds(out_dir, exp_path)
+    grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
+    # A round recorded before "finished" was counts as finished: it is read only for growing, and
+    # a search that was not finished has no unfinished trial left once its last round is restored.
+    was_finished = rounds[-1].get("finished", True)
+    # The restored run config brings back its pickled MlflowTrials, which finds the same parent run
+    # and re-attaches to existing child runs by their ffdi.trial_id tag.
+    tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
+    grids.append(_fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
-    want = rounds_wanted(have, cfg.search.num_samples, resume and grow, was_finished)
-    if have < want and rounds[-1]["finished"] and (live is None or live.room_for_a_trial()):
+    want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished)
+    ended = not any(s == "INTERRUPTED" for s in _statuses(grids[-1]))
+    if have < want and ended and (live is None or live.room_for_a_trial()):
+        # what the last round did not run (cut by a budget, or never created before a Ctrl-C) is
+        # planned in the new one
+        rounds[-1]["num_samples"] = len(grids[-1])
         name = f"round-{len(rounds) + 1}"
         rounds.append(
             {"path": round_path(exp_path, name), "num_samples": want - have, "finished": False}
@@ -206,14 +204,20 @@ def fit_rounds(
         _save_rounds(out_dir, rounds)
         searcher = _restored_searcher(cfg, rounds[-2]["path"])
         tuner = _new_round(cfg, trainable, callback, exp_path, name, want - have, searcher)
-        grids.append(_fit_round(tuner, rounds, out_dir))
+        grids.append(_fit_round(tuner, rounds, out_dir, live))
     return grids, sum(r["num_samples"] for r in rounds)
 
 
-def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path):
-    """Run the last round to its end (or until Ctrl-C); record whether every trial ended."""
+def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):
+    """Run the last round until it ends (or Ctrl-C); record whether it ran every trial it planned
+    (or all its budget allowed) to its end."""
     grid = tuner.fit()
-    rounds[-1]["finished"] = not any(s == "INTERRUPTED" for s in _statuses(grid))
+    last = rounds[-1]
+    last["num_samples"] = last["num_samples"] or len(grid)  # a round recorded without its size
+    spent = live is not None and not live.room_for_a_trial()
+    last["finished"] = not any(s == "INTERRUPTED" for s in _statuses(grid)) and (
+        len(grid) >= last["num_samples"] or spent
+    )
     _save_rounds(out_dir, rounds)
     return grid
 
