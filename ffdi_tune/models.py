@@ -216,15 +216,22 @@ def _reachable(url: str) -> str | None:
     parsed = urlparse(url)
     proxy = None
     if not urllib.request.proxy_bypass(parsed.hostname or ""):
-        proxy = urllib.request.getproxies().get(parsed.scheme)
+        proxies = urllib.request.getproxies()
+        proxy = proxies.get(parsed.scheme) or proxies.get("all")
     target = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else parsed
-    port = target.port or (443 if target.scheme == "https" else 80)
+    via = f" through the proxy {proxy}" if proxy else ""
+    try:
+        port = target.port or _DEFAULT_PORTS.get(target.scheme, 80)
+    except ValueError as exc:  # a port that is not a number
+        return f"{parsed.hostname} can't be reached{via} ({exc})"
     try:
         socket.create_connection((target.hostname, port), timeout=HUB_TIMEOUT_S).close()
         return None
     except OSError as exc:
-        via = f" through the proxy {target.hostname}:{port}" if proxy else ""
         return f"{parsed.hostname} can't be reached{via} ({exc})"
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "socks5": 1080, "socks5h": 1080, "socks4": 1080}
 
 
 def _from_hub(backbone: str) -> tuple[Path | None, str]:

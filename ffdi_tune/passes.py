@@ -31,12 +31,20 @@ def available_cpus() -> int:
 
 class Progress:
     """Counts done items of a pass of ``total`` and shows it (bar on a terminal, plain lines
-    otherwise)."""
+    otherwise); ``clock`` is a monotonic clock (tests pass their own)."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", stream=None):
-        self.total, self.desc, self.unit = total, desc, unit
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "img",
+        stream=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.desc, self.unit, self.clock = total, desc, unit, clock
         self.stream = stream or sys.stderr
-        self.done, self.started, self._last_line = 0, time.monotonic(), time.monotonic()
+        self.done = 0
+        self.started = self._last_line = clock()
         self._bar = None
         if getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
@@ -55,7 +63,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.started >= QUIET_S and (
             now - self._last_line >= LINE_EVERY_S or self.done >= self.total
         ):
@@ -64,7 +72,7 @@ class Progress:
             self.stream.flush()
 
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        elapsed = max(self.clock() - self.started, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         return (

@@ -142,19 +142,24 @@ def _save_rounds(out_dir: Path, rounds: list[dict]) -> None:
     write_atomic(out_dir / ROUNDS_FILE, json.dumps(rounds, indent=1))
 
 
-def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool) -> int:
+def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool, planned: int = 0) -> int:
     """How many trials a resumed search should end with.
 
-    ``have`` trials exist once its last round is finished. A search asked for more time (``grow``)
-    that had already finished before this resume gets ``num_samples`` more; any other resume runs
-    until it has ``num_samples`` (so an interrupted search given more time only finishes).
+    ``have`` trials exist once its last round is finished; ``planned`` is how many its rounds
+    planned before this resume. A plain resume runs until the search has ``num_samples``
+    (``--num-samples`` raises it). One asked for more time (``grow``) first finishes what it
+    planned (an interrupted search, or one its budget cut short), and only a search that had done
+    all of that gets ``num_samples`` more.
 
     >>> rounds_wanted(4, 6, grow=False, finished=True), rounds_wanted(4, 4, True, finished=True)
     (6, 8)
-    >>> rounds_wanted(4, 4, grow=True, finished=False)
-    4
+    >>> rounds_wanted(4, 4, grow=True, finished=False), rounds_wanted(11, 8, True, True, planned=16)
+    (4, 16)
     """
-    return have + num_samples if grow and finished and have >= num_samples else num_samples
+    if not grow:
+        return num_samples
+    target = max(num_samples, planned)
+    return have + num_samples if finished and have >= target else max(target, have)
 
 
 def fit_rounds(
@@ -182,20 +187,22 @@ def fit_rounds(
         tuner = _new_round(cfg, trainable, callback, storage_path, cfg.name, n, make_searcher(cfg))
         return [_fit_round(tuner, rounds, out_dir, live)], n
     rounds = _load_rounds(out_dir, exp_path)
+    if len(rounds) > 1 and not tune.Tuner.can_restore(rounds[-1]["path"]):
+        rounds.pop()  # added just before the driver died, before Tune wrote anything of it
     grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
-    # A round recorded before "finished" was counts as finished: it is read only for growing, and
-    # a search that was not finished has no unfinished trial left once its last round is restored.
-    was_finished = rounds[-1].get("finished", True)
+    planned = sum(r["num_samples"] or 0 for r in rounds)
     # The restored run config brings back its pickled MlflowTrials, which finds the same parent run
     # and re-attaches to existing child runs by their ffdi.trial_id tag.
     tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
+    was_finished = rounds[-1].get("finished")
+    if was_finished is None:  # recorded before rounds said so: ask the round's own state
+        was_finished = not any(s == "INTERRUPTED" for s in _statuses(tuner.get_results()))
     grids.append(_fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
-    want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished)
+    want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     ended = not any(s == "INTERRUPTED" for s in _statuses(grids[-1]))
     if have < want and ended and (live is None or live.room_for_a_trial()):
-        # what the last round did not run (cut by a budget, or never created before a Ctrl-C) is
-        # planned in the new one
+        # what the last round did not run (its budget cut it short) is planned in the new one
         rounds[-1]["num_samples"] = len(grids[-1])
         name = f"round-{len(rounds) + 1}"
         rounds.append(

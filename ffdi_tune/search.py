@@ -330,18 +330,24 @@ def run_search(
     check = prepare_data(cfg, echo)
     holdout = search_holdout(cfg, check.data, out_dir, resume, echo)
     on = _connect_and_open(cfg, address, check, holdout, storage_path, out_dir, resume, echo)
-    live = live_budget(
-        cfg,
-        out_dir,
-        resume,
-        extra_time_s,
-        check,
-        holdout,
-        final_stage_passes,
-        echo,
-        final_stage_pool,
-        started=clock_start,
-    )
+    try:
+        live = live_budget(
+            cfg,
+            out_dir,
+            resume,
+            extra_time_s,
+            check,
+            holdout,
+            final_stage_passes,
+            echo,
+            final_stage_pool,
+            started=clock_start,
+        )
+    except BaseException:  # Ctrl-C or a fault here: leave no Ray running and no run RUNNING
+        on.tracker.finish(on.parent_id, "FAILED")
+        if on.started_ray:
+            ray.shutdown()
+        raise
     fixed = cfg.train.model_dump()
     callback = MlflowTrials(
         on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name

@@ -125,6 +125,12 @@ def _recorded_holdout(cfg: SearchConfig) -> dict:
             "unreachable, so the valset split it started with is unknown; resume where it started "
             "or once the tracking store answers"
         ) from None
+    if not tags:
+        raise SearchError(
+            f"--resume: search {cfg.name!r} has no {HOLDOUT_FILE} here and MLflow at {uri} has no "
+            "run of it, so the valset split it started with is unknown; resume where it started, "
+            "or set tracking.uri (or MLFLOW_TRACKING_URI) to the store it logged to"
+        )
     return tracking.holdout_from_tags(tags) or {
         "fraction": 0.0,
         "seed": 0,

@@ -109,59 +109,59 @@ class MlflowServer:
 
 class TcpGate:
     """A TCP forwarder on 127.0.0.1 in front of ``target_port``, for outages that start and end on
-    cue: :meth:`cut` drops every open connection and refuses new ones (the store is unreachable, as
-    when its host goes away), :meth:`restore` lets connections through again at once. A restarted
-    server takes seconds to answer, during which a short search may end; the gate does not."""
+    cue: :meth:`cut` drops every open connection and from then on closes each new one at once (the
+    store is unreachable, as when its host goes away), :meth:`restore` lets connections through
+    again at once. A restarted server takes seconds to answer, during which a short search may end;
+    the gate does not. Its port stays bound throughout, so nothing else can take it meanwhile."""
 
     def __init__(self, target_port: int):
-        self.port, self.target = free_port(), target_port
+        self.target = target_port
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._open = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def restore(self) -> TcpGate:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.2)  # accept() wakes up to notice a cut
         self._open.set()
-        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
-        self._thread.start()
         return self
 
     def cut(self) -> None:
-        self._open.clear()
-        if self._thread is not None:
-            self._thread.join()  # the listener is closed: connections are refused
         with self._lock:
+            self._open.clear()
             conns, self._conns = self._conns, set()
         for conn in conns:
             _close(conn)
 
-    def _accept(self, listener: socket.socket) -> None:
-        with listener:
-            while self._open.is_set():
-                try:
-                    client, _ = listener.accept()
-                except TimeoutError:
+    def close(self) -> None:
+        """Cut, and give the port back (shutting the listener down wakes its accept())."""
+        self.cut()
+        _close(self._listener)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if not self._open.is_set():
+                    _close(client)
                     continue
                 try:
                     upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
                 except OSError:
                     _close(client)
                     continue
-                client.settimeout(None)
                 upstream.settimeout(None)
-                with self._lock:
-                    self._conns |= {client, upstream}
-                for src, dst in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+                self._conns |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:

@@ -93,6 +93,8 @@ def test_growing_a_search_adds_a_round_only_to_a_finished_one():
     assert rounds_wanted(4, 4, grow=True, finished=False) == 4
     # cut by its budget after 3 of 4, given more time: the fourth
     assert rounds_wanted(3, 4, grow=True, finished=True) == 4
+    # a grown second round of 8 cut after 3 (11 of 16 planned): first the 5 it planned
+    assert rounds_wanted(11, 8, grow=True, finished=True, planned=16) == 16
 
 
 def _live(clock, total_s=100.0):

@@ -263,7 +263,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
         assert not spool.exists()
         assert_complete(client, "outage", trials=4, epochs=4, folder=tmp_path)
     finally:
-        gate.cut()
+        gate.close()
         stop_group(proc)
         server.stop()
 

@@ -164,8 +164,15 @@ def test_the_hub_probe_goes_through_the_proxy_the_environment_names(offline_home
         monkeypatch.setenv("NO_PROXY", "hub.invalid")
         assert "can't be reached" in models._reachable("https://hub.invalid")
         monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.setenv("ALL_PROXY", f"socks5h://127.0.0.1:{port}")  # for every scheme
+        assert models._reachable("https://hub.invalid") is None
     # the proxy is gone: the message says it was the proxy that did not answer
-    assert f"through the proxy 127.0.0.1:{port}" in models._reachable("https://hub.invalid")
+    assert f"through the proxy socks5h://127.0.0.1:{port}" in models._reachable(
+        "https://hub.invalid"
+    )
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:notaport")
+    assert "can't be reached through the proxy" in models._reachable("https://hub.invalid")
 
 
 def test_missing_package_names_the_install_command(offline_home, no_network, monkeypatch):

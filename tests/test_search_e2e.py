@@ -512,6 +512,15 @@ def test_resume_of_finished_search_adds_no_runs_and_keeps_its_split(
     assert main(["run", "space_moved.yaml", "--resume", "--no-ensemble"]) == 0
     assert "(fraction 0.5, seed 0)" in capsys.readouterr().out
     assert (finished_search / "runs" / "e2e" / "holdout.json").read_text() == kept
+    # ...and where neither holdout.json nor the store it logged to is at hand, it refuses to guess
+    (finished_search / "runs" / "e2e" / "holdout.json").unlink()
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{finished_search}/another.db")
+        assert main(["run", "space_moved.yaml", "--resume", "--no-ensemble"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume: search 'e2e' has no holdout.json") and "\n" not in err
+    assert not (finished_search / "runs" / "e2e" / "holdout.json").exists()
+    (finished_search / "runs" / "e2e" / "holdout.json").write_text(kept)
 
 
 def test_fraction_zero_says_there_is_no_honest_estimate(tmp_path, monkeypatch, capsys):
