@@ -30,7 +30,7 @@ from ffdi_tune.ensemble import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.ensemble_recipe import EnsembleRecipe
 from ffdi_tune.errors import ConfigError, DataError
 from ffdi_tune.files import write_atomic
-from ffdi_tune.holdout import NO_REPORT_HASH, split_valset
+from ffdi_tune.holdout import split_valset, unrecorded_split
 from ffdi_tune.inference import probability
 from ffdi_tune.perturb import Perturber
 from ffdi_tune.predict import DecodedSplits, load_member, predict_views
@@ -194,11 +194,10 @@ def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str
     selection part): that is a one-line error. A search that recorded no split (made by an older
     version, which chose on all of valset) counts as ``fraction 0``.
     """
-    legacy = {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
-    splits = {
-        name: tuple((tracking.holdout_from_tags(t) or legacy).values())
-        for name, t in searches.items()
+    recorded = {
+        name: tracking.holdout_from_tags(t) or unrecorded_split() for name, t in searches.items()
     }
+    splits = {name: (s["fraction"], s["seed"], s["report_hash"]) for name, s in recorded.items()}
     first, (fraction, seed, digest) = next(iter(splits.items()))
     for name, (f, sd, h) in splits.items():
         if h != digest:

@@ -30,12 +30,19 @@ __all__ = [
     "split_valset",
     "report_hash",
     "NO_REPORT_HASH",
+    "unrecorded_split",
     "HOLDOUT_FILE",
     "save_holdout",
     "saved_holdout",
 ]
 
 NO_REPORT_HASH = "none"  # fraction 0: every valset image selects, nothing is kept for the report
+
+
+def unrecorded_split() -> dict:
+    """The split of a search that recorded none (made by a version that chose on all of valset):
+    ``fraction 0``, in the form of :func:`saved_holdout`."""
+    return {"fraction": 0.0, "seed": 0, "report_hash": NO_REPORT_HASH}
 
 
 def report_hash(names) -> str:

@@ -196,12 +196,11 @@ def fit_rounds(
     tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
     was_finished = rounds[-1].get("finished")
     if was_finished is None:  # recorded before rounds said so: ask the round's own state
-        was_finished = not any(s == "INTERRUPTED" for s in _statuses(tuner.get_results()))
+        was_finished = _all_ended(tuner.get_results())
     grids.append(_fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
     want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
-    ended = not any(s == "INTERRUPTED" for s in _statuses(grids[-1]))
-    if have < want and ended and (live is None or live.room_for_a_trial()):
+    if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
         # what the last round did not run (its budget cut it short) is planned in the new one
         rounds[-1]["num_samples"] = len(grids[-1])
         name = f"round-{len(rounds) + 1}"
@@ -222,11 +221,14 @@ def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveB
     last = rounds[-1]
     last["num_samples"] = last["num_samples"] or len(grid)  # a round recorded without its size
     spent = live is not None and not live.room_for_a_trial()
-    last["finished"] = not any(s == "INTERRUPTED" for s in _statuses(grid)) and (
-        len(grid) >= last["num_samples"] or spent
-    )
+    last["finished"] = _all_ended(grid) and (len(grid) >= last["num_samples"] or spent)
     _save_rounds(out_dir, rounds)
     return grid
+
+
+def _all_ended(grid) -> bool:
+    """Whether every trial of a round ended (none pending, running or paused: Ctrl-C left none)."""
+    return not any(s == "INTERRUPTED" for s in _statuses(grid))
 
 
 def _trials_and_results(grid) -> list:

@@ -230,6 +230,13 @@ class _Connected:
     resources: dict
     started_ray: bool
 
+    def release(self, status: str | None) -> None:
+        """Close the parent run as ``status`` (None: leave it) and shut Ray down if started here."""
+        if status is not None:
+            self.tracker.finish(self.parent_id, status)
+        if self.started_ray:
+            ray.shutdown()
+
 
 def _connect_and_open(
     cfg: SearchConfig,
@@ -298,10 +305,7 @@ def _run_trials(
         if live is not None:
             live.budget.save()
         on.tracker.close_unfinished(on.experiment_id, on.parent_id, "KILLED")
-        if status != "FINISHED":
-            on.tracker.finish(on.parent_id, status)
-        if on.started_ray:
-            ray.shutdown()
+        on.release(None if status == "FINISHED" else status)
 
 
 def run_search(
@@ -344,9 +348,7 @@ def run_search(
             started=clock_start,
         )
     except BaseException:  # Ctrl-C or a fault here: leave no Ray running and no run RUNNING
-        on.tracker.finish(on.parent_id, "FAILED")
-        if on.started_ray:
-            ray.shutdown()
+        on.release("FAILED")
         raise
     fixed = cfg.train.model_dump()
     callback = MlflowTrials(

@@ -20,11 +20,11 @@ from ffdi_tune.errors import SearchError
 from ffdi_tune.files import is_bucket_uri, write_atomic
 from ffdi_tune.holdout import (
     HOLDOUT_FILE,
-    NO_REPORT_HASH,
     Holdout,
     save_holdout,
     saved_holdout,
     split_valset,
+    unrecorded_split,
 )
 from ffdi_tune.models import check_weights
 from ffdi_tune.report import summarise_search
@@ -131,11 +131,7 @@ def _recorded_holdout(cfg: SearchConfig) -> dict:
             "run of it, so the valset split it started with is unknown; resume where it started, "
             "or set tracking.uri (or MLFLOW_TRACKING_URI) to the store it logged to"
         )
-    return tracking.holdout_from_tags(tags) or {
-        "fraction": 0.0,
-        "seed": 0,
-        "report_hash": NO_REPORT_HASH,
-    }
+    return tracking.holdout_from_tags(tags) or unrecorded_split()
 
 
 def cache_entries(cfg: SearchConfig, data: DataConfig, holdout: Holdout) -> list:
