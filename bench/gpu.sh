@@ -14,8 +14,8 @@ data=$(mktemp -d)/d
 timeout 150 python - "$data" <<'PY'
 import sys
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import load_images, read_split
-from ffdi_tune.demo_data import write_demo_dataset
+from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.demo import write_demo_dataset
 root = write_demo_dataset(sys.argv[1], n_train=800, n_val=4, n_test=2, size=512)
 load_images(read_split(DataConfig(root=str(root)), "train"), 256, cache_dir=root / "cache")
 PY

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ffdi_tune.config import DataConfig, TrainSettings
-from ffdi_tune.data import load_images, read_split, to_model_input, train_batches
-from ffdi_tune.demo_data import write_demo_dataset
-from ffdi_tune.models import create_model
-from ffdi_tune.placement import Augmenters, augmenters
+from ffdi_tune.data.demo import write_demo_dataset
+from ffdi_tune.data.layout import load_images, read_split, to_model_input, train_batches
+from ffdi_tune.models.factory import create_model
+from ffdi_tune.training.placement import Augmenters, augmenters
 
 
 def placed(augment: str, augment_on: str, size: int, device: torch.device) -> Augmenters:

@@ -35,15 +35,15 @@ import numpy as np
 import pandas as pd
 
 from ffdi_tune.config import parse_search_config
-from ffdi_tune.data import ensure_dataset
-from ffdi_tune.ensemble import build_ensemble
-from ffdi_tune.ensemble_recipe import EnsembleRecipe
-from ffdi_tune.final_stage import score_candidates
-from ffdi_tune.holdout import split_valset
-from ffdi_tune.metrics import roc_auc
-from ffdi_tune.predict import DecodedSplits
-from ffdi_tune.search import run_search
-from ffdi_tune.tracking import Tracker, resolve_tracking
+from ffdi_tune.data.holdout import split_valset
+from ffdi_tune.data.layout import ensure_dataset
+from ffdi_tune.ensemble.build import build_ensemble
+from ffdi_tune.ensemble.final_stage import score_candidates
+from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.scoring.metrics import roc_auc
+from ffdi_tune.scoring.predict import DecodedSplits
+from ffdi_tune.search.runner import run_search
+from ffdi_tune.tracking.store import Tracker, resolve_tracking
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "runs" / "honesty-data"

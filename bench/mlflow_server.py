@@ -34,7 +34,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ffdi_tune.tracking import EPOCH_METRICS
+from ffdi_tune.tracking.store import EPOCH_METRICS
 
 # what a trial logs per epoch
 METRICS = EPOCH_METRICS

@@ -28,14 +28,14 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from ffdi_tune.config import load_search_config
-from ffdi_tune.ensemble import build_ensemble
-from ffdi_tune.ensemble_recipe import EnsembleRecipe
-from ffdi_tune.final_stage import score_candidates
-from ffdi_tune.holdout import split_valset
-from ffdi_tune.perturb import Perturber
-from ffdi_tune.predict import DecodedSplits
-from ffdi_tune.search import run_search
-from ffdi_tune.tracking import Tracker, resolve_tracking
+from ffdi_tune.data.holdout import split_valset
+from ffdi_tune.data.perturb import Perturber
+from ffdi_tune.ensemble.build import build_ensemble
+from ffdi_tune.ensemble.final_stage import score_candidates
+from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.scoring.predict import DecodedSplits
+from ffdi_tune.search.runner import run_search
+from ffdi_tune.tracking.store import Tracker, resolve_tracking
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("val_auc", "val_robust_auc", "val_worst_auc")

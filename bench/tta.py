@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ffdi_tune.config import DataConfig
-from ffdi_tune.data import eval_loader, load_images, read_split, to_model_input
-from ffdi_tune.demo_data import write_demo_dataset
-from ffdi_tune.models import create_model
-from ffdi_tune.predict import Member, predict_views
-from ffdi_tune.tta import TTA_VIEWS, apply_view
+from ffdi_tune.data.demo import write_demo_dataset
+from ffdi_tune.data.layout import eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.models.factory import create_model
+from ffdi_tune.scoring.predict import Member, predict_views
+from ffdi_tune.scoring.tta import TTA_VIEWS, apply_view
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PIL_VIEWS = {  # the same eight symmetries, done on PIL images as starter code does

@@ -30,8 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_search_config(args.space, overrides)
     extra_time_s = None
     if args.resume and args.time_budget is not None:
-        from ffdi_tune.budget import parse_duration
         from ffdi_tune.errors import ConfigError
+        from ffdi_tune.search.budget import parse_duration
 
         try:
             extra_time_s = parse_duration(args.time_budget)
@@ -39,16 +39,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--time-budget: {exc}") from None
     recipe = None
     if cfg.ensemble and not args.no_ensemble:
-        from ffdi_tune.ensemble_recipe import load_recipe
+        from ffdi_tune.ensemble.recipe import load_recipe
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
-    from ffdi_tune import tracking
-    from ffdi_tune.cache import cache_size_mb
-    from ffdi_tune.data import cache_dir_of
-    from ffdi_tune.search import run_search
-    from ffdi_tune.tracking import resolve_tracking
-    from ffdi_tune.trials_table import format_table
+    from ffdi_tune.data.cache import cache_size_mb
+    from ffdi_tune.data.layout import cache_dir_of
+    from ffdi_tune.search.runner import run_search
+    from ffdi_tune.search.trials_table import format_table
+    from ffdi_tune.tracking import store as tracking
+    from ffdi_tune.tracking.store import resolve_tracking
 
     print(
         f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a "
@@ -79,8 +79,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{cfg.name}"
         )
     elif recipe is not None:
-        from ffdi_tune.final_stage import run_ensemble
-        from ffdi_tune.tracking import Tracker
+        from ffdi_tune.ensemble.final_stage import run_ensemble
+        from ffdi_tune.tracking.store import Tracker
 
         print(f"ensemble stage: {cfg.ensemble}")
         ens = run_ensemble(
@@ -110,8 +110,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_ensemble(ens) -> None:
-    from ffdi_tune import tracking
     from ffdi_tune.report import format_ensemble_table
+    from ffdi_tune.tracking import store as tracking
 
     r, m = ens.result, ens.result.metrics
     print()
@@ -134,9 +134,9 @@ def _print_ensemble(ens) -> None:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from ffdi_tune.ensemble_recipe import load_recipe
-    from ffdi_tune.final_stage import run_ensemble
-    from ffdi_tune.tracking import Tracker, resolve_tracking
+    from ffdi_tune.ensemble.final_stage import run_ensemble
+    from ffdi_tune.ensemble.recipe import load_recipe
+    from ffdi_tune.tracking.store import Tracker, resolve_tracking
 
     recipe = load_recipe(args.recipe)
     ens = run_ensemble(
@@ -154,10 +154,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ffdi_tune.config import DataConfig
+    from ffdi_tune.ensemble.final_stage import predict_run
     from ffdi_tune.errors import ConfigError
-    from ffdi_tune.final_stage import predict_run
-    from ffdi_tune.tracking import Tracker, resolve_tracking
-    from ffdi_tune.tta import check_views
+    from ffdi_tune.scoring.tta import check_views
+    from ffdi_tune.tracking.store import Tracker, resolve_tracking
 
     try:
         views = check_views(args.tta.split(","))
@@ -171,7 +171,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from ffdi_tune.demo_data import write_demo_dataset
+    from ffdi_tune.data.demo import write_demo_dataset
 
     root = write_demo_dataset(
         args.dir,
@@ -193,8 +193,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from ffdi_tune.spool import search_spool
-    from ffdi_tune.tracking import replay_spool
+    from ffdi_tune.tracking.spool import search_spool
+    from ffdi_tune.tracking.store import replay_spool
 
     n = replay_spool(search_spool(args.storage, args.name))
     print(
@@ -206,7 +206,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from ffdi_tune.config import TrackingConfig, load_search_config
-    from ffdi_tune.tracking import resolve_tracking
+    from ffdi_tune.tracking.store import resolve_tracking
 
     tracking = load_search_config(args.config).tracking if args.config else TrackingConfig()
     uri, artifacts = resolve_tracking(tracking)

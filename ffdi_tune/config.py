@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ffdi_tune.data.perturb import PerturbKinds, RobustValConfig
 from ffdi_tune.errors import ConfigError, did_you_mean
-from ffdi_tune.perturb import PerturbKinds, RobustValConfig
 from ffdi_tune.strict import StrictModel, range_validator
 
 __all__ = [
@@ -193,7 +193,7 @@ class TrainSettings(StrictModel):
     # fixes it.
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
-    # rgb+srm adds fixed SRM noise residuals (ffdi_tune.srm)
+    # rgb+srm adds fixed SRM noise residuals (ffdi_tune.models.srm)
     input: Literal["rgb", "rgb+srm"] = "rgb"
     jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
     jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
@@ -247,7 +247,7 @@ class DemoSpec(StrictModel):
     @field_validator("unseen_forgery")
     @classmethod
     def _known_kind(cls, v: str | None) -> str | None:
-        from ffdi_tune.demo_data import check_forgery_kind
+        from ffdi_tune.data.demo import check_forgery_kind
 
         return None if v is None else check_forgery_kind(v)
 
@@ -303,7 +303,7 @@ class SearchSettings(StrictModel):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        from ffdi_tune.budget import parse_duration
+        from ffdi_tune.search.budget import parse_duration
 
         return None if v is None else parse_duration(v)
 
@@ -373,8 +373,8 @@ class SearchConfig(StrictModel):
     @model_validator(mode="after")
     def _check_space(self) -> SearchConfig:
         # Imported here: the augmentation registry pulls in torchvision, the backbone check timm.
-        from ffdi_tune.augment import check_augment_name, check_augment_sets
-        from ffdi_tune.models import check_backbone
+        from ffdi_tune.data.augment import check_augment_name, check_augment_sets
+        from ffdi_tune.models.factory import check_backbone
 
         check_augment_sets(self.augment_sets, img_size=self.train.img_size)
         fields = list(TrainSettings.model_fields)

@@ -11,7 +11,7 @@ import pandas as pd
 from ffdi_tune.config import best_value, higher_is_better
 
 if TYPE_CHECKING:
-    from ffdi_tune.ensemble import EnsembleResult
+    from ffdi_tune.ensemble.build import EnsembleResult
 
 __all__ = [
     "plot_roc",
@@ -172,12 +172,13 @@ def summarise_search(
 ) -> None:
     """Log a search's totals, best trial, history and parameter importance on its parent run.
 
-    ``tracker`` is a :class:`~ffdi_tune.tracking.Tracker`, ``rows`` the ranked
-    :class:`~ffdi_tune.trials_table.TrialRow` s; the run times come from the trials' MLflow runs.
+    ``tracker`` is a :class:`~ffdi_tune.tracking.store.Tracker`, ``rows`` the ranked
+    :class:`~ffdi_tune.search.trials_table.TrialRow` s; the run times come from the trials' MLflow
+    runs.
     """
     import tempfile
 
-    from ffdi_tune import tracking
+    from ffdi_tune.tracking import store as tracking
 
     finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
     tracker.log_metrics(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ffdi_tune.demo_data import write_demo_dataset
+from ffdi_tune.data.demo import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # Keep every test (and the Ray workers it starts) to the machine's two cores, one thread each.

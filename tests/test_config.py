@@ -167,7 +167,7 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
     from ffdi_tune.config import TrackingConfig
-    from ffdi_tune.tracking import resolve_tracking
+    from ffdi_tune.tracking.store import resolve_tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -189,7 +189,7 @@ SHIPPED_RECIPES = {  # file -> (combine, average, top_k, metric)
 
 
 def test_shipped_recipes_load_as_documented():
-    from ffdi_tune.ensemble_recipe import load_recipe
+    from ffdi_tune.ensemble.recipe import load_recipe
 
     assert {p.name for p in (REPO / "ensembles").glob("*.yaml")} == set(SHIPPED_RECIPES)
     for name, expected in SHIPPED_RECIPES.items():
@@ -203,7 +203,7 @@ def test_shipped_recipes_load_as_documented():
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
-    from ffdi_tune.ensemble_recipe import load_recipe
+    from ffdi_tune.ensemble.recipe import load_recipe
 
     bad = tmp_path / "r.yaml"
     bad.write_text("top_k: 0\n")
@@ -223,7 +223,7 @@ def test_recipe_errors_name_file_and_key(tmp_path):
 
 
 def test_recipe_pool_defaults_to_three_times_top_k_and_holds_top_k(tmp_path):
-    from ffdi_tune.ensemble_recipe import EnsembleRecipe, load_recipe
+    from ffdi_tune.ensemble.recipe import EnsembleRecipe, load_recipe
 
     assert EnsembleRecipe(top_k=5).pool_size == 15
     assert EnsembleRecipe(top_k=5, candidates={"pool": 0}).pool_size is None  # score every one

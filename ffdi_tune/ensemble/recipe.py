@@ -1,0 +1,116 @@
+"""Ensemble recipes (``ensembles/*.yaml``): which trials, how to combine them, which TTA views.
+
+::
+
+    top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
+    metric: val_auc           # ranks candidates, on the selection part of valset; val_robust_auc or
+                              # val_worst_auc rank (and choose views, weights and the combination)
+                              # on
+                              # the perturbed copy of valset, or on the lower of the two AUCs
+    combine: auto             # auto | best | mean | rank | greedy
+    average: prob             # prob | logit: what mean and greedy average
+    # views averaged per member; tta_select keeps them only where they help
+    tta: [identity, hflip]
+
+The valset split into a selection and a report part is the search's (``search.holdout``), not
+the recipe's: the final stage reuses it, so the report part stays unseen by everything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ffdi_tune.config import StrictModel, check_metric, format_validation_error, read_yaml
+from ffdi_tune.errors import ConfigError
+from ffdi_tune.scoring.tta import check_views
+
+__all__ = ["EnsembleRecipe", "CandidateFilter", "load_recipe"]
+
+_MOVED = ("holdout_fraction", "seed")  # keys of older recipes that now belong to the search
+
+
+class CandidateFilter(StrictModel):
+    """Which trials may join: FINISHED runs with a checkpoint that ran at least min_epochs.
+
+    ``pool`` caps how many of them the final stage scores (each one is a pass over valset and
+    testset per TTA view): the best ``pool`` by the best value their search logged for the
+    recipe's metric, which is on the selection part of valset. Default 3 x top_k; 0 scores all.
+    """
+
+    min_epochs: int = Field(1, ge=1)
+    include_stopped: bool = True  # trials ASHA stopped early (FINISHED, ffdi.stopped_early=true)
+    pool: int | None = Field(None, ge=0)
+
+
+class EnsembleRecipe(StrictModel):
+    experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
+    top_k: int = Field(5, ge=1)
+    # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
+    metric: str = "val_auc"
+    candidates: CandidateFilter = CandidateFilter()
+    # auto builds every combination below and ships the best on the selection part
+    combine: Literal["auto", "best", "mean", "rank", "greedy"] = "auto"
+    average: Literal["prob", "logit"] = "prob"  # for mean and greedy: probabilities or log-odds
+    tta: list[str] = ["identity", "hflip"]
+    tta_select: bool = True
+    output: str | None = None  # default runs/<first experiment>/submission.csv
+    batch_size: int = Field(64, ge=1)
+
+    _known_metric = field_validator("metric")(lambda v: check_metric(v))
+
+    @model_validator(mode="after")
+    def _pool_holds_top_k(self) -> EnsembleRecipe:
+        pool = self.candidates.pool
+        if pool and pool < self.top_k:
+            raise ValueError(
+                f"candidates.pool={pool} is smaller than top_k={self.top_k}; raise pool to at "
+                "least top_k, or 0 to score every qualifying trial"
+            )
+        return self
+
+    @property
+    def pool_size(self) -> int | None:
+        """How many qualifying trials the final stage scores (None: every one)."""
+        pool = self.candidates.pool
+        return 3 * self.top_k if pool is None else (pool or None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_belongs_to_the_search(cls, data: Any) -> Any:
+        moved = [k for k in _MOVED if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(
+                f"{' and '.join(moved)} no longer {'belongs' if len(moved) == 1 else 'belong'} in "
+                "a recipe: the ensemble reuses the valset split its search fixed before it "
+                "started (search.holdout: {fraction, seed} in the search-space YAML); remove "
+                f"{', '.join(moved)} from the recipe"
+            )
+        return data
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, v: list[str]) -> list[str]:
+        return check_views(v)
+
+    @property
+    def passes_per_image(self) -> int:
+        """How many times the final stage scores each valset and testset image with each member."""
+        from ffdi_tune.config import ROBUST_METRICS
+
+        return len(self.tta) * (2 if self.metric in ROBUST_METRICS else 1)
+
+
+def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:
+    """Load and validate a recipe; errors are one-line ConfigErrors naming the file and key."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: the file must hold a mapping of keys, but got {type(raw).__name__}"
+        )
+    try:
+        return EnsembleRecipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None

@@ -1,0 +1,106 @@
+"""Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one
+decode.
+
+:class:`DecodedSplits` decodes each split once per image size and shares it across members;
+:func:`predict_views` runs each view as a tensor op on the decoded batch (on the device) and
+returns log-odds of fake (see :mod:`ffdi_tune.scoring.inference`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ffdi_tune.config import DataConfig
+from ffdi_tune.data.layout import Split, cache_dir_of, load_images, read_split
+from ffdi_tune.errors import DataError
+from ffdi_tune.scoring.inference import view_log_odds
+
+__all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_device"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Member:
+    """A trained model and what its checkpoint says about how to feed it."""
+
+    name: str
+    model: torch.nn.Module
+    img_size: int  # the side it is fed at (the trial's evaluation size)
+    mean: torch.Tensor
+    std: torch.Tensor
+    checkpoint: dict[str, Any]
+
+
+def load_member(path: str | Path, name: str, device: torch.device | None = None) -> Member:
+    """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file).
+
+    The model is rebuilt as the trial built it (backbone and ``input`` mode) and fed images at the
+    checkpoint's evaluation size (``eval_img_size`` when the trial set one, else ``img_size``).
+    """
+    from ffdi_tune.models.factory import create_model
+
+    device = device or default_device()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = create_model(ckpt["backbone"], input_mode=ckpt.get("input", "rgb"))
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
+        raise DataError(
+            f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); rerun that trial or leave it out"
+        ) from None
+    model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    img_size = int(ckpt.get("eval_img_size") or ckpt["img_size"])
+    return Member(
+        name,
+        model,
+        img_size,
+        torch.tensor(ckpt["mean"], device=device),
+        torch.tensor(ckpt["std"], device=device),
+        ckpt,
+    )
+
+
+class DecodedSplits:
+    """Each split decoded once per image size (and perturbation), shared by the members using it."""
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+        self.splits: dict[str, Split] = {}
+        self._images: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            self.splits[name] = read_split(self.data, name)
+        return self.splits[name]
+
+    def images(self, name: str, img_size: int, perturb=None) -> torch.Tensor:
+        """Split ``name`` at ``img_size``; with ``perturb`` (a Perturber), its perturbed copy."""
+        key = (name, img_size, perturb.key if perturb is not None else "")
+        if key not in self._images:
+            self._images[key] = load_images(
+                self.split(name), img_size, cache_dir=cache_dir_of(self.data), perturb=perturb
+            )
+        return self._images[key]
+
+
+def predict_views(
+    member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64
+) -> np.ndarray:
+    """A member's log-odds of fake for each view (the body in bf16 on a GPU that has it, the head in
+    float32): ``len(views) x len(images)``."""
+    cuda = member.mean.device.type == "cuda"
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    return view_log_odds(
+        member.model, images, member.mean, member.std, views, batch_size, amp, cuda
+    )

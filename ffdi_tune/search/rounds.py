@@ -1,0 +1,279 @@
+"""A search's rounds: each a Tune experiment of trials proposed by TPE and stopped early by ASHA.
+
+The first round lives at ``<storage>/<name>``, later ones at ``<storage>/<name>/round-<k>``, each
+proposed by a searcher restored from the round before, so TPE continues from everything it has
+learned. :func:`fit_rounds` runs a new search's first round, or finishes a resumed search's last
+round and adds one when more trials are asked for; :func:`trial_rows` reads every round back as
+the rows of the trials table.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from ffdi_tune.config import SearchConfig, best_value
+from ffdi_tune.files import is_bucket_uri, write_atomic
+from ffdi_tune.search.callbacks import MlflowTrials, progress
+from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, TrialSearcher
+from ffdi_tune.search.space import CONDITIONAL_SEP, DefineByRun
+from ffdi_tune.search.trials_table import TrialRow
+
+__all__ = [
+    "ROUNDS_FILE",
+    "make_searcher",
+    "fit_rounds",
+    "rounds_wanted",
+    "trial_rows",
+    "round_path",
+]
+
+ROUNDS_FILE = "rounds.json"  # in a search's output folder: its rounds' experiment paths and sizes
+
+
+def round_path(storage_path: str, name: str) -> str:
+    """``<storage>/<name>``; a URI keeps its query (``s3://b/p?endpoint_override=...``) last."""
+    base, sep, query = storage_path.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def _checkpoint_location(checkpoint) -> str:
+    """A checkpoint's folder as a path, or a URI (``s3://bucket/...``) when it lives in a bucket."""
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def make_searcher(cfg: SearchConfig) -> TrialSearcher:
+    """TPE over the config's space, seeded by ``search.seed``: same config, same proposals."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study info lines are noise here
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials
+    )
+    return TrialSearcher(
+        space=DefineByRun.from_config(cfg),
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        sampler=sampler,
+        search_name=cfg.name,
+    )
+
+
+def _restored_searcher(cfg: SearchConfig, path: str) -> TrialSearcher:
+    """A searcher that continues from the state the round at ``path`` saved last."""
+    searcher = make_searcher(cfg)
+    if not is_bucket_uri(path):
+        searcher.restore_from_dir(path)
+        return searcher
+    import pyarrow.fs
+
+    fs, folder = pyarrow.fs.FileSystem.from_uri(path)
+    states = [
+        f
+        for f in fs.get_file_info(pyarrow.fs.FileSelector(folder))
+        if Path(f.path).name.startswith("searcher-state-")
+    ]
+    with tempfile.TemporaryDirectory(prefix="ffdi-searcher-") as tmp:
+        for f in states:
+            with (
+                fs.open_input_stream(f.path) as src,
+                open(Path(tmp) / Path(f.path).name, "wb") as dst,
+            ):
+                dst.write(src.read())
+        searcher.restore_from_dir(tmp)
+    return searcher
+
+
+def _scheduler(cfg: SearchConfig):
+    if cfg.scheduler.type == "asha":
+        return ASHAScheduler(
+            metric=cfg.search.metric,
+            mode=cfg.search.mode,
+            time_attr="epoch",
+            max_t=cfg.scheduler.max_epochs or cfg.max_epochs(),
+            grace_period=cfg.scheduler.grace_period,
+            reduction_factor=cfg.scheduler.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def _new_round(
+    cfg: SearchConfig,
+    trainable,
+    callback: MlflowTrials,
+    storage: str,
+    name: str,
+    num_samples: int,
+    searcher: TrialSearcher,
+) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(cfg),
+            num_samples=num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            reuse_actors=cfg.search.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=1,
+            callbacks=[callback],
+            stop=BudgetStopper(cfg.name),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+        ),
+    )
+
+
+def _load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
+    path = out_dir / ROUNDS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return [{"path": exp_path, "num_samples": None}]  # a search started before rounds were recorded
+
+
+def _save_rounds(out_dir: Path, rounds: list[dict]) -> None:
+    write_atomic(out_dir / ROUNDS_FILE, json.dumps(rounds, indent=1))
+
+
+def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool, planned: int = 0) -> int:
+    """How many trials a resumed search should end with.
+
+    ``have`` trials exist once its last round is finished; ``planned`` is how many its rounds
+    planned before this resume. A plain resume runs until the search has ``num_samples``
+    (``--num-samples`` raises it). One asked for more time (``grow``) first finishes what it
+    planned (an interrupted search, or one its budget cut short), and only a search that had done
+    all of that gets ``num_samples`` more.
+
+    >>> rounds_wanted(4, 6, grow=False, finished=True), rounds_wanted(4, 4, True, finished=True)
+    (6, 8)
+    >>> rounds_wanted(4, 4, grow=True, finished=False), rounds_wanted(11, 8, True, True, planned=16)
+    (4, 16)
+    """
+    if not grow:
+        return num_samples
+    target = max(num_samples, planned)
+    return have + num_samples if finished and have >= target else max(target, have)
+
+
+def fit_rounds(
+    cfg: SearchConfig,
+    trainable,
+    callback: MlflowTrials,
+    storage_path: str,
+    exp_path: str,
+    out_dir: Path,
+    resume: bool,
+    grow: bool,
+    live: LiveBudget | None,
+) -> tuple[list, int]:
+    """Run the search's rounds; return every round's ResultGrid and how many trials were planned.
+
+    On a resume the last round is finished first (the earlier ones are only read back), then a new
+    round is added while fewer trials exist than :func:`rounds_wanted` says (``grow``: a new time
+    budget on a finished search adds up to ``num_samples`` more). ``rounds.json`` records each
+    round and whether it ran all its trials to their end (``finished``).
+    """
+    if not resume:
+        n = cfg.search.num_samples
+        rounds = [{"path": exp_path, "num_samples": n, "finished": False}]
+        _save_rounds(out_dir, rounds)
+        tuner = _new_round(cfg, trainable, callback, storage_path, cfg.name, n, make_searcher(cfg))
+        return [_fit_round(tuner, rounds, out_dir, live)], n
+    rounds = _load_rounds(out_dir, exp_path)
+    if len(rounds) > 1 and not tune.Tuner.can_restore(rounds[-1]["path"]):
+        rounds.pop()  # added just before the driver died, before Tune wrote anything of it
+    grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
+    planned = sum(r["num_samples"] or 0 for r in rounds)
+    # The restored run config brings back its pickled MlflowTrials, which finds the same parent run
+    # and re-attaches to existing child runs by their ffdi.trial_id tag.
+    tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
+    was_finished = rounds[-1].get("finished")
+    if was_finished is None:  # recorded before rounds said so: ask the round's own state
+        was_finished = _all_ended(tuner.get_results())
+    grids.append(_fit_round(tuner, rounds, out_dir, live))
+    have = sum(len(g) for g in grids)
+    want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
+    if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
+        # what the last round did not run (its budget cut it short) is planned in the new one
+        rounds[-1]["num_samples"] = len(grids[-1])
+        name = f"round-{len(rounds) + 1}"
+        rounds.append(
+            {"path": round_path(exp_path, name), "num_samples": want - have, "finished": False}
+        )
+        _save_rounds(out_dir, rounds)
+        searcher = _restored_searcher(cfg, rounds[-2]["path"])
+        tuner = _new_round(cfg, trainable, callback, exp_path, name, want - have, searcher)
+        grids.append(_fit_round(tuner, rounds, out_dir, live))
+    return grids, sum(r["num_samples"] for r in rounds)
+
+
+def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):
+    """Run the last round until it ends (or Ctrl-C); record whether it ran every trial it planned
+    (or all its budget allowed) to its end."""
+    grid = tuner.fit()
+    last = rounds[-1]
+    last["num_samples"] = last["num_samples"] or len(grid)  # a round recorded without its size
+    spent = live is not None and not live.room_for_a_trial()
+    last["finished"] = _all_ended(grid) and (len(grid) >= last["num_samples"] or spent)
+    _save_rounds(out_dir, rounds)
+    return grid
+
+
+def _all_ended(grid) -> bool:
+    """Whether every trial of a round ended (none pending, running or paused: Ctrl-C left none)."""
+    return not any(s == "INTERRUPTED" for s in _statuses(grid))
+
+
+def _trials_and_results(grid) -> list:
+    """(Tune trial, Result) pairs of a ResultGrid. The public Result lacks the trial's id and status
+    (pending, running, terminated, errored); only the grid's analysis object keeps them."""
+    return list(zip(grid._experiment_analysis.trials, grid, strict=True))
+
+
+def _statuses(grid) -> list[str]:
+    return [
+        "INTERRUPTED" if t.status not in ("TERMINATED", "ERROR") else t.status
+        for t, _ in _trials_and_results(grid)
+    ]
+
+
+def trial_rows(
+    grids: list, run_ids: dict[str, str], fixed: dict, metric: str, cut: set[str]
+) -> list[TrialRow]:
+    """One row per trial of every round of a finished (or interrupted) search."""
+    rows = []
+    for grid in grids:
+        for trial, result in _trials_and_results(grid):
+            history = result.metrics_dataframe
+            best = best_value(
+                metric,
+                history[metric].dropna() if history is not None and metric in history else [],
+            )
+            epochs_run, planned = progress(trial, fixed)
+            if result.error:
+                status = "FAILED"
+            elif trial.trial_id in cut:
+                status = "CUT"  # the time budget ended it
+            elif trial.status not in ("TERMINATED", "ERROR"):
+                status = "INTERRUPTED"  # pending, running or paused when the driver stopped
+            else:
+                status = "STOPPED" if epochs_run < planned else "FINISHED"
+            rows.append(
+                TrialRow(
+                    trial_id=trial.trial_id,
+                    run_id=run_ids.get(trial.trial_id, ""),
+                    status=status,
+                    best=best,
+                    epochs_run=epochs_run,
+                    params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},
+                    checkpoint=_checkpoint_location(result.checkpoint) if result.checkpoint else "",
+                )
+            )
+    return rows

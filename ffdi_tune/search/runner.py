@@ -1,0 +1,389 @@
+"""The search runner: :func:`run_search` as a list of steps, and the Ray Tune trial it runs.
+
+Ray is imported here and in the modules of the Tune side only: :mod:`~ffdi_tune.search.cluster`
+(the Ray to run on), :mod:`~ffdi_tune.search.rounds` (the Tune experiments),
+:mod:`~ffdi_tune.search.searcher` and :mod:`~ffdi_tune.search.callbacks` (what Tune asks before and
+after each trial). The steps around the trials are in :mod:`~ffdi_tune.search.setup`; trials run
+:func:`ffdi_tune.training.trial.train_trial`.
+``--resume`` finishes the last round of trials, then adds a round when the search is asked for
+more trials (``--num-samples``) or more time (``--time-budget``) than it has had.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
+from ffdi_tune.data.check import DataCheck
+from ffdi_tune.data.holdout import Holdout
+from ffdi_tune.errors import SearchError, SearchInterrupted
+from ffdi_tune.files import is_bucket_uri
+from ffdi_tune.models.factory import resolve_weights
+from ffdi_tune.search.budget import TimeBudget
+from ffdi_tune.search.callbacks import MlflowTrials
+from ffdi_tune.search.cluster import (
+    check_cluster_paths,
+    connect,
+    ray_address,
+    trial_resources,
+    warm_node_caches,
+)
+from ffdi_tune.search.rounds import fit_rounds, make_searcher, round_path, trial_rows
+from ffdi_tune.search.searcher import LiveBudget, attach_budget, detach_budget
+from ffdi_tune.search.setup import (
+    cache_entries,
+    finish_tracking,
+    live_budget,
+    open_tracking,
+    prepare_data,
+    search_holdout,
+    trial_run_ids,
+    warm_cache,
+)
+from ffdi_tune.search.space import trial_settings
+from ffdi_tune.search.trials_table import TrialRow, write_trials_csv
+from ffdi_tune.tracking.store import Tracker
+from ffdi_tune.training.placement import augment_placement
+from ffdi_tune.training.trial import train_trial
+
+__all__ = [
+    "SearchOutcome",
+    "run_search",
+    "search_dir",
+    "make_searcher",
+    "experiment_path",
+    "MlflowTrials",
+]  # MlflowTrials: searches saved by older versions pickled it under this module
+
+
+# Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
+# Tune warns about it on every report, though a local snapshot costs milliseconds.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    out_dir: Path
+    storage_path: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    rows: list[TrialRow]
+    trials_csv: Path
+    wall_s: float
+    data: DataConfig  # with the absolute root the trials used
+    tracking_pending: int = 0  # writes kept in the spool because the tracking store was unreachable
+    budget: TimeBudget | None = None
+
+
+def search_dir(cfg: SearchConfig) -> tuple[str, Path]:
+    """(Ray storage path, local output folder) of the search; the storage path may be a URI."""
+    if is_bucket_uri(cfg.search.storage):
+        # Ray keeps its state in the bucket; the trials table and submission stay on this machine.
+        return cfg.search.storage, Path("runs").resolve() / cfg.name
+    storage = Path(cfg.search.storage.removeprefix("file://")).expanduser().resolve()
+    return str(storage), storage / cfg.name
+
+
+def experiment_path(storage_path: str, name: str) -> str:
+    """``<storage>/<name>``: where the search's first round (Tune experiment) lives."""
+    return round_path(storage_path, name)
+
+
+# -- one trial ----------------------------------------------------------------------------------
+
+
+def _trainable(
+    config: dict[str, Any],
+    fixed: dict,
+    data: dict,
+    metric: str,
+    augment_sets: dict,
+    cpus: float,
+    use_gpu: bool,
+    robust_val: dict | None = None,
+    val_names: tuple[str, ...] | None = None,
+    deadline: float | None = None,
+) -> None:
+    """One Ray Tune trial. Runs in a (possibly reused) worker process."""
+    started = time.perf_counter()
+    # quiet: Ray logs a line per checkpoint otherwise
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # A reused worker keeps process state: reset what a trial must not inherit.
+    torch.set_num_threads(max(1, int(cpus)))
+    if use_gpu and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    settings = trial_settings(fixed, config)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    # Every report also says which node ran the epoch, where augmentation ran and which weights the
+    # trial started from (as this node resolved them): the driver tags the trial's run with them.
+    weights = resolve_weights(settings.backbone, settings.pretrained)
+    where = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "augment_on": augment_placement(settings, augment_sets, torch.device(device)),
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256,
+        "epochs_planned": settings.epochs,
+    }
+
+    def report(metrics: dict[str, float], folder: Path) -> None:
+        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    checkpoint = tune.get_checkpoint()
+    resume_dir = None
+    if checkpoint is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="ffdi-resume-"))
+        checkpoint.to_directory(str(resume_dir))
+    try:
+        train_trial(
+            settings,
+            DataConfig.model_validate(data),
+            report,
+            metric=metric,
+            augment_sets=augment_sets,
+            resume_from=resume_dir,
+            device=device,
+            started_at=started,
+            robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None,
+            val_names=val_names,
+            deadline=deadline,
+        )
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _check_name(cfg: SearchConfig, exp_path: str, resume: bool) -> None:
+    exists = tune.Tuner.can_restore(exp_path)
+    if exists and not resume:
+        raise SearchError(
+            f"search {cfg.name!r} already exists at {exp_path}; pass --resume to continue it, or "
+            "--name NEW to start another"
+        )
+    if resume and not exists:
+        raise SearchError(
+            f"--resume: no search {cfg.name!r} at {exp_path} to continue; run it without --resume"
+        )
+
+
+def _make_trainable(
+    cfg: SearchConfig, data: DataConfig, holdout: Holdout, resources: dict, live: LiveBudget | None
+):
+    return tune.with_resources(
+        tune.with_parameters(
+            _trainable,
+            fixed=cfg.train.model_dump(),
+            data=data.model_dump(),
+            metric=cfg.search.metric,
+            augment_sets=cfg.augment_sets,
+            cpus=resources["cpu"],
+            use_gpu=resources["gpu"] > 0,
+            robust_val=cfg.robust_val.model_dump(mode="json"),
+            val_names=holdout.select_names,
+            deadline=live.budget.end_time() if live else None,
+        ),
+        resources,
+    )
+
+
+def _interrupted(
+    cfg: SearchConfig,
+    rows: list[TrialRow],
+    planned: int,
+    live: LiveBudget | None,
+    exp_path: str,
+    echo,
+) -> SearchInterrupted | None:
+    """Why the search must be resumed (Tune caught SIGINT/SIGTERM and returned early), or None."""
+    spent = live is not None and not live.room_for_a_trial()
+    if spent:
+        cut = sum(r.status == "CUT" for r in rows)
+        echo(f"time budget: spent; {len(rows)} trial(s) ran, {cut} ended by it")
+        return None
+    if len(rows) < planned or any(r.status == "INTERRUPTED" for r in rows):
+        done = sum(r.status in ("FINISHED", "STOPPED", "CUT") for r in rows)
+        return SearchInterrupted(
+            f"search {cfg.name!r} interrupted with {done} of {planned} trials done (state saved "
+            f"in {exp_path}); continue it with the same command plus --resume"
+        )
+    return None
+
+
+@dataclass
+class _Connected:
+    """What the driver holds once Ray runs and the search's MLflow runs are open."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent_id: str
+    resources: dict
+    started_ray: bool
+
+    def release(self, status: str | None) -> None:
+        """Close the parent run as ``status`` (None: leave it) and shut Ray down if started here."""
+        if status is not None:
+            self.tracker.finish(self.parent_id, status)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def _connect_and_open(
+    cfg: SearchConfig,
+    address: str | None,
+    check: DataCheck,
+    holdout: Holdout,
+    storage_path: str,
+    out_dir: Path,
+    resume: bool,
+    echo,
+) -> _Connected:
+    """Start (or join) Ray, check what its nodes see, build the decode caches, open the MLflow runs.
+
+    A local search builds its caches before Ray starts, with every CPU; on a cluster every trial
+    node builds its own. Ray is shut down again (when started here) if any step fails.
+    """
+    started_ray = not ray.is_initialized()
+    where = ray_address(address or cfg.address)
+    local = started_ray and where == "local"
+    if local:
+        warm_cache(cfg, check.data, holdout, echo=echo)
+    if started_ray:
+        connect(where)
+    try:
+        resources = trial_resources(cfg)  # before anything is written to the tracking store
+        check_cluster_paths(check.data, storage_path, resources)
+        if not local:
+            warm_node_caches(cache_entries(cfg, check.data, holdout), check.data, resources, echo)
+        tracker, experiment_id, parent_id = open_tracking(cfg, resume, check, holdout, out_dir)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    return _Connected(tracker, experiment_id, parent_id, resources, started_ray)
+
+
+def _run_trials(
+    cfg: SearchConfig,
+    on: _Connected,
+    make_trainable,
+    callback: MlflowTrials,
+    paths: tuple[str, str, Path],
+    resume: bool,
+    grow: bool,
+    live: LiveBudget | None,
+) -> tuple[list, int]:
+    """Every round of trials, to its end; then Ray is shut down (when started here) and no trial
+    run is left RUNNING. Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
+    storage_path, exp_path, out_dir = paths
+    status = "FAILED"
+    try:
+        if live is not None:
+            attach_budget(cfg.name, live)
+        found = fit_rounds(
+            cfg, make_trainable(), callback, storage_path, exp_path, out_dir, resume, grow, live
+        )
+        status = "FINISHED"
+        return found
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise SearchInterrupted(
+            f"search {cfg.name!r} interrupted; continue it with the same command plus --resume"
+        ) from None
+    finally:
+        detach_budget(cfg.name)
+        if live is not None:
+            live.budget.save()
+        on.tracker.close_unfinished(on.experiment_id, on.parent_id, "KILLED")
+        on.release(None if status == "FINISHED" else status)
+
+
+def run_search(
+    cfg: SearchConfig,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    extra_time_s: float | None = None,
+    final_stage_passes: int = 2,
+    final_stage_pool: int | None = None,
+    echo=print,
+) -> SearchOutcome:
+    """Run (or resume, or extend) the search ``cfg`` to the end and return its ranked trials.
+
+    ``extra_time_s`` gives a resumed search that much more time than it has used (``--time-budget``
+    with ``--resume``); ``final_stage_passes`` is how many times the final stage will score each
+    image (its TTA views; 0 when it will not run) and ``final_stage_pool`` how many trials it scores
+    at most (None: all), for the share of a time budget kept for it.
+    Raises :class:`SearchError` for an existing name without ``resume`` (or nothing to resume) and
+    :class:`SearchInterrupted` when Ctrl-C / SIGTERM stopped it with its state saved.
+    """
+    t0, clock_start = time.perf_counter(), time.monotonic()
+    storage_path, out_dir = search_dir(cfg)
+    exp_path = experiment_path(storage_path, cfg.name)
+    _check_name(cfg, exp_path, resume)
+    check = prepare_data(cfg, echo)
+    holdout = search_holdout(cfg, check.data, out_dir, resume, echo)
+    on = _connect_and_open(cfg, address, check, holdout, storage_path, out_dir, resume, echo)
+    try:
+        live = live_budget(
+            cfg,
+            out_dir,
+            resume,
+            extra_time_s,
+            check,
+            holdout,
+            final_stage_passes,
+            echo,
+            final_stage_pool,
+            started=clock_start,
+        )
+    except BaseException:  # Ctrl-C or a fault here: leave no Ray running and no run RUNNING
+        on.release("FAILED")
+        raise
+    fixed = cfg.train.model_dump()
+    callback = MlflowTrials(
+        on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name
+    )
+    grids, planned = _run_trials(
+        cfg,
+        on,
+        lambda: _make_trainable(cfg, check.data, holdout, on.resources, live),
+        callback,
+        (storage_path, exp_path, out_dir),
+        resume,
+        grow=resume and extra_time_s is not None,
+        live=live,
+    )
+    run_ids = trial_run_ids(on.tracker, on.experiment_id, on.parent_id, callback.run_ids)
+    rows = trial_rows(grids, run_ids, fixed, cfg.search.metric, live.budget.cut if live else set())
+    trials_csv = write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric)
+    interrupted = _interrupted(cfg, rows, planned, live, exp_path, echo)
+    if interrupted is not None:
+        on.tracker.finish(on.parent_id, "KILLED")
+        raise interrupted
+    finish_tracking(cfg, on.tracker, on.experiment_id, on.parent_id, rows, trials_csv, echo)
+    return SearchOutcome(
+        cfg.name,
+        out_dir,
+        exp_path,
+        on.tracker.uri,
+        on.experiment_id,
+        on.parent_id,
+        rows,
+        trials_csv,
+        time.perf_counter() - t0,
+        check.data,
+        on.tracker.pending(),
+        live.budget if live else None,
+    )

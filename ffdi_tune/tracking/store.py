@@ -1,0 +1,602 @@
+"""MLflow bookkeeping: one parent run per search, one child run per trial.
+
+This is the only module that imports MLflow. It talks through an explicit ``MlflowClient`` (no
+global active run), so the driver can track many trials at once and a resumed search finds its
+runs again by tags instead of creating duplicates:
+
+- parent: tags ``ffdi.role=search``, ``ffdi.search=<name>``; the resolved YAML as an artifact;
+- child: tags ``ffdi.role=trial``, ``mlflow.parentRunId``, ``ffdi.trial_id``; every setting as a
+  param; per-epoch metrics with ``step=epoch``; ``checkpoint/best.pt``; status FINISHED (also when
+  ASHA stopped it, tagged ``ffdi.stopped_early=true``) or FAILED (tag ``ffdi.error``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ffdi_tune.config import TrackingConfig
+from ffdi_tune.errors import TrackingError, did_you_mean
+from ffdi_tune.tracking.spool import Spool, SpooledWrites
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "EPOCH_METRICS",
+    "resolve_tracking",
+    "holdout_tags",
+    "Tracker",
+    "TrialRecord",
+    "replay_spool",
+    "holdout_from_tags",
+    "unreachable",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+# no progress bar per uploaded checkpoint
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a search
+# the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# -- the MLflow schema: every tag and metric name the project writes or reads ---------------------
+# role: search | trial | ensemble
+ROLE, SEARCH, TRIAL_ID = (
+    "ffdi.role",
+    "ffdi.search",
+    "ffdi.trial_id",
+)
+PARENT = "mlflow.parentRunId"
+DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
+# search run
+BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
+ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
+VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
+HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
+    "ffdi.holdout.fraction",
+    "ffdi.holdout.seed",
+    "ffdi.holdout.report_hash",
+)
+# trial run
+STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
+BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
+NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
+WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
+# ensemble run
+COMBINE_CHOSEN = "ffdi.combine_chosen"
+# MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag
+EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
+
+# trial run metrics, one value per epoch (step = epoch); val_* on the selection part of valset
+EPOCH_METRICS = (
+    "val_auc",
+    "val_tpr_at_fpr_0.001",
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+    "val_robust_auc",
+    "val_worst_auc",
+    "eval_time_s",
+    "data_wait_share",
+    "peak_accelerator_memory_mb",  # on a GPU only
+    "time_to_first_batch_s",
+)
+# ensemble run metrics: the shipped combination and the best single member, on the selection part
+# (which chose them) and on the report part (the honest estimate; absent with holdout fraction 0)
+SELECT_AUC, BEST_MEMBER_SELECT_AUC = "select_auc", "best_member_select_auc"
+HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
+HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
+HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
+N_MEMBERS = "n_members"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the rest of the package reads of a trial's MLflow run."""
+
+    run_id: str
+    run_name: str
+    trial_id: str
+    status: str  # MLflow's: FINISHED, FAILED, KILLED, RUNNING
+    epochs_run: int
+    stopped_early: bool  # by ASHA
+    budget_cut: bool  # by the time budget
+    params: dict[str, str]
+    metrics: dict[str, float]  # the last value of each
+    start_s: float  # seconds since the epoch
+    end_s: float | None
+
+    @classmethod
+    def of(cls, run) -> TrialRecord:
+        t = run.data.tags
+        return cls(
+            run.info.run_id,
+            run.info.run_name or "",
+            t.get(TRIAL_ID, ""),
+            run.info.status,
+            int(t.get(EPOCHS_RUN, "0")),
+            t.get(STOPPED_EARLY) == "true",
+            t.get(BUDGET_CUT) == "true",
+            dict(run.data.params),
+            dict(run.data.metrics),
+            run.info.start_time / 1000,
+            run.info.end_time / 1000 if run.info.end_time else None,
+        )
+
+
+def holdout_tags(holdout) -> dict[str, str]:
+    """The tags that identify a valset split (:class:`~ffdi_tune.data.holdout.Holdout`) on a run."""
+    return {
+        HOLDOUT_FRACTION: repr(float(holdout.fraction)),  # exact: the split is made again from it
+        HOLDOUT_SEED: str(holdout.seed),
+        HOLDOUT_REPORT_HASH: holdout.report_hash,
+    }
+
+
+def holdout_from_tags(tags: dict[str, str]) -> dict | None:
+    """``{"fraction", "seed", "report_hash"}`` of the split a run's tags record; None when they
+    record none (a search made before splits were recorded)."""
+    if HOLDOUT_REPORT_HASH not in tags:
+        return None
+    return {
+        "fraction": float(tags.get(HOLDOUT_FRACTION, 0)),
+        "seed": int(tags.get(HOLDOUT_SEED, 0)),
+        "report_hash": tags[HOLDOUT_REPORT_HASH],
+    }
+
+
+def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None]:
+    """(tracking URI, artifact location) from YAML, then $MLFLOW_TRACKING_URI, then the default.
+
+    For a sqlite store the artifacts default to ``mlartifacts/`` beside the database file; for a
+    server they default to the server's own artifact store (``None``).
+    """
+    cfg = cfg or TrackingConfig()
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    artifacts = cfg.artifact_location
+    if uri.startswith("sqlite:///"):
+        # Absolute, so that the store does not depend on (or get cached across) working directories.
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
+        if artifacts is None:
+            artifacts = (db.parent / "mlartifacts").resolve().as_uri()
+    if artifacts and "://" not in artifacts:
+        artifacts = Path(artifacts).resolve().as_uri()
+    return uri, artifacts
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the store cannot be reached now, not that it refused a request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (
+            isinstance(seen, (ConnectionError, TimeoutError))
+            or type(seen).__name__ in _NETWORK_ERRORS
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return bool(_UNREACHABLE.search(str(exc)))
+
+
+_NETWORK_ERRORS = {
+    "ConnectionError",
+    "MaxRetryError",
+    "NewConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "RemoteDisconnected",
+    "ProtocolError",
+    "ChunkedEncodingError",
+}
+_UNREACHABLE = re.compile(
+    r"Max retries exceeded|Connection (refused|reset|aborted)|timed out|"
+    r"error code 5\d\d|database is locked"
+)
+
+
+class Tracker:
+    """Thin, picklable wrapper over ``MlflowClient`` with the project's run layout.
+
+    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept in
+    a local :class:`~ffdi_tune.tracking.spool.Spool` instead of failing, and replayed in their
+    original order as soon as the store answers again
+    (:class:`~ffdi_tune.tracking.spool.SpooledWrites`: tried at most every ``PROBE_S`` seconds), at
+    the end of the search, or by ``ffdi-tune sync``. A child run created during an outage gets a
+    placeholder id ``pending:<experiment>:<parent>:<trial>`` that later writes resolve by tags."""
+
+    def __init__(
+        self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None
+    ):
+        self.uri, self.artifact_location = uri, artifact_location
+        self.spool = Spool(spool_dir) if spool_dir else None
+        self._client = None
+        self._ids: dict[str, str] = {}  # placeholder -> run id, once known
+        self._writes: SpooledWrites | None = None
+
+    @property
+    def writes(self) -> SpooledWrites:
+        if self._writes is None:
+            self._writes = SpooledWrites(
+                self._apply,
+                unreachable,
+                self.spool,
+                {"uri": self.uri, "artifact_location": self.artifact_location},
+                f"MLflow at {self.uri}",
+            )
+        return self._writes
+
+    @property
+    def PROBE_S(self) -> float:  # noqa: N802 - kept under its old name: tests and users set it
+        return self.writes.probe_s
+
+    @PROBE_S.setter
+    def PROBE_S(self, value: float) -> None:  # noqa: N802
+        self.writes.probe_s = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "artifact_location": self.artifact_location,
+            "spool": self.spool,
+            "_client": None,
+            "_ids": dict(self._ids),
+            "_writes": None,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A search saved by an older version pickled only the first three fields.
+        state = {k: v for k, v in state.items() if k != "_last_try"}
+        self.__dict__.update({"spool": None, "_ids": {}, "_writes": None, **state})
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            # schema set-up chatter
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    # -- experiments and runs -------------------------------------------------------------
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                # made by an older version
+                if create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW:
+                    self.client.set_experiment_tag(
+                        exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW
+                    )
+                return exp.experiment_id
+            if not create:
+                return None
+            return self.client.create_experiment(
+                name,
+                artifact_location=self.artifact_location,
+                tags={EXPERIMENT_KIND: TRAINING_VIEW},
+            )
+        except Exception as exc:
+            if isinstance(exc, TrackingError):
+                raise
+            raise TrackingError(
+                f"MLflow tracking store {self.uri} cannot be used ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); check tracking.uri or $MLFLOW_TRACKING_URI"
+            ) from None
+
+    def _find(self, experiment_id: str, query: str):
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=query,
+            max_results=50,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0] if runs else None
+
+    def search_run(
+        self,
+        experiment_id: str,
+        name: str,
+        resume: bool,
+        config_yaml: str,
+        data_root: str,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """The parent run of search ``name``: the latest one when resuming, else a new one.
+
+        ``tags`` (package versions, data fingerprints) are set on it either way, so a resumed
+        search records what it continued with.
+        """
+        run_id = None
+        if resume:
+            run = self._find(
+                experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'"
+            )
+            if run is not None:
+                run_id = run.info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+        if run_id is None:
+            run_id = self.client.create_run(
+                experiment_id,
+                run_name=name,
+                tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root},
+            ).info.run_id
+            self.client.log_text(run_id, config_yaml, "search_space.yaml")
+        # a resume may read another root
+        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})
+        return run_id
+
+    def _latest_search(self, experiment_name: str):
+        exp_id = self.experiment_id(experiment_name, create=False)
+        return self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
+
+    def search_tags(self, experiment_name: str) -> dict[str, str]:
+        """The tags of the latest search run of ``experiment_name`` (empty when there is none)."""
+        run = self._latest_search(experiment_name)
+        return dict(run.data.tags) if run else {}
+
+    def search_config_text(self, experiment_name: str) -> str | None:
+        """The resolved YAML (``search_space.yaml``) of the latest search run of
+        ``experiment_name``."""
+        import tempfile
+
+        run = self._latest_search(experiment_name)
+        if run is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="ffdi-config-") as tmp:
+            try:
+                return Path(
+                    self.client.download_artifacts(run.info.run_id, "search_space.yaml", tmp)
+                ).read_text()
+            except Exception:  # an older or foreign run without the artifact
+                return None
+
+    def trial_run(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any],
+        run_name: str | None = None,
+    ) -> str:
+        """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
+        return self._write(
+            "trial_run",
+            f"pending:{experiment_id}:{parent_id}:{trial_id}",
+            params=params,
+            run_name=run_name,
+            time=int(time.time() * 1000),
+        )
+
+    def _trial_run_now(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any] | None,
+        run_name: str | None = None,
+        start_time: int | None = None,
+    ) -> str:
+        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        run = self._find(experiment_id, query)
+        if run is not None:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            if params and not run.data.params:  # created just before an outage cut its params off
+                from mlflow.entities import Param
+
+                self.client.log_batch(
+                    run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())]
+                )
+            return run.info.run_id
+        run = self.client.create_run(
+            experiment_id,
+            run_name=run_name or trial_id,
+            start_time=start_time,
+            tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
+        )
+        from mlflow.entities import Param
+
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())]
+        )
+        return run.info.run_id
+
+    def finished_trials(self, experiment_names: list[str]) -> list[TrialRecord]:
+        """FINISHED trial runs of the named searches; an unknown name is a one-line error."""
+        records = []
+        for name in experiment_names:
+            exp_id = self.experiment_id(name, create=False)
+            if exp_id is None:
+                known = [e.name for e in self.client.search_experiments()]
+                raise TrackingError(
+                    f"experiment {name!r} not found in {self.uri}{did_you_mean(name, known)}; run "
+                    "the search first, or pass the name of a finished one with --experiment"
+                )
+            records += [
+                TrialRecord.of(r)
+                for r in self.client.search_runs(
+                    [exp_id],
+                    filter_string=f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'",
+                    max_results=10000,
+                )
+            ]
+        return records
+
+    def trials_of(self, experiment_id: str, parent_id: str) -> list[TrialRecord]:
+        """Every trial run of the search run ``parent_id``."""
+        return [
+            TrialRecord.of(r)
+            for r in self.children(experiment_id, parent_id)
+            if r.data.tags.get(ROLE) == "trial"
+        ]
+
+    def metric_values(self, run_id: str, key: str) -> list[float]:
+        """Every value logged for ``key`` on a run (one per epoch for a trial), oldest first."""
+        return [m.value for m in self.client.get_metric_history(run_id, key)]
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Fetch one artifact of a run into ``dst``; a missing one is a one-line error."""
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+        except Exception as exc:
+            raise TrackingError(
+                f"run {run_id} has no readable artifact {artifact_path} ({type(exc).__name__}); "
+                "leave that trial out or rerun it"
+            ) from None
+
+    def ensemble_run(
+        self,
+        experiment_id: str,
+        name: str,
+        parent_id: str | None,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files."""
+        from mlflow.entities import Metric, Param
+
+        tags = {**(tags or {}), ROLE: "ensemble"}
+        if parent_id:
+            tags[PARENT] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())],
+        )
+        for path in artifacts:
+            self.client.log_artifact(run.info.run_id, str(path))
+        self.finish(run.info.run_id)
+        return run.info.run_id
+
+    def children(self, experiment_id: str, parent_id: str) -> list:
+        return self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000
+        )
+
+    # -- logging (through the spool when one is set) -----------------------------------------
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        self._write(
+            "metrics",
+            run_id,
+            metrics={k: float(v) for k, v in metrics.items()},
+            step=int(step),
+            time=int(time.time() * 1000),
+        )
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        if tags:
+            self._write("tags", run_id, tags={k: str(v) for k, v in tags.items()})
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._write("finish", run_id, status=status, time=int(time.time() * 1000))
+
+    def close_unfinished(self, experiment_id: str, parent_id: str, status: str = "KILLED") -> None:
+        """Mark every child of ``parent_id`` still RUNNING as ``status``."""
+        self._write("close_unfinished", parent_id, experiment_id=experiment_id, status=status)
+
+    # -- the spool ------------------------------------------------------------------------
+    def pending(self) -> int:
+        """How many writes wait in the spool for the store to come back."""
+        return self.writes.pending()
+
+    def resolve(self, run_id: str) -> str:
+        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if not created
+        yet."""
+        try:
+            return self._resolve(run_id)
+        except Exception:
+            return ""
+
+    def _resolve(self, run_id: str) -> str:
+        if not run_id.startswith("pending:"):
+            return run_id
+        if run_id not in self._ids:
+            _, experiment_id, parent_id, trial_id = run_id.split(":", 3)
+            # Found by its tags; created now (without params) if the write that made it was lost.
+            self._ids[run_id] = self._trial_run_now(experiment_id, parent_id, trial_id, None)
+        return self._ids[run_id]
+
+    def _apply(self, entry: dict[str, Any]) -> str | None:
+        from mlflow.entities import Metric, RunTag
+
+        op, run = entry["op"], entry["run"]
+        if op == "trial_run":
+            _, experiment_id, parent_id, trial_id = run.split(":", 3)
+            self._ids[run] = self._trial_run_now(
+                experiment_id,
+                parent_id,
+                trial_id,
+                entry.get("params"),
+                entry.get("run_name"),
+                entry.get("time"),
+            )
+            return self._ids[run]
+        run_id = self._resolve(run)
+        if op == "metrics":
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(k, v, entry["time"], entry["step"]) for k, v in entry["metrics"].items()
+                ],
+            )
+        elif op == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+        elif op == "artifact":
+            self.client.log_artifact(run_id, entry["path"], entry.get("artifact_path"))
+        elif op == "finish":
+            self.client.set_terminated(run_id, status=entry["status"], end_time=entry.get("time"))
+        elif op == "close_unfinished":
+            for child in self.children(entry["experiment_id"], run_id):
+                if child.info.status == "RUNNING":
+                    self.client.set_terminated(child.info.run_id, status=entry["status"])
+        else:
+            raise ValueError(
+                f"unknown tracking operation {op!r}; valid: trial_run, metrics, tags, artifact, "
+                "finish, close_unfinished"
+            )
+        return None
+
+    def _write(self, op: str, run: str, **args) -> str | None:
+        """Apply one write now, or keep it in the spool while the store is unreachable."""
+        result = self.writes.write({"op": op, "run": run, **args})
+        return (result or run) if op == "trial_run" else result
+
+    def replay(self, wait: bool = True) -> bool:
+        """Apply the spooled writes in order; True when none is left (:class:`SpooledWrites`)."""
+        return self.writes.replay(wait)
+
+
+def replay_spool(folder: str | Path) -> int:
+    """Replay the tracking writes kept in ``folder`` into their store; return how many."""
+    spool = Spool(folder)
+    n = len(spool)
+    if not n:
+        return 0
+    store = spool.store()
+    tracker = Tracker(store["uri"], store.get("artifact_location"), folder)
+    if not tracker.replay():
+        raise TrackingError(
+            f"MLflow at {tracker.uri} is still unreachable; {tracker.pending()} write(s) wait in "
+            f"{folder}; run ffdi-tune sync again once it answers"
+        )
+    return n
