@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.augment import AUGMENT_SETS, DEVICE_SETS, build_augment, device_augment
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 
 PER_IMAGE_ONLY = sorted(set(AUGMENT_SETS) - DEVICE_SETS)
 

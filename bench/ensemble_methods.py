@@ -17,14 +17,14 @@ import json
 import subprocess
 import sys
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.holdout import split_valset
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.build import COMBINATIONS, build_ensemble
 from ffdi_tune.ensemble.final_stage import candidate_runs, score_candidates, search_holdout
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.report import format_ensemble_table
 from ffdi_tune.scoring.predict import DecodedSplits
-from ffdi_tune.tracking.store import Tracker, resolve_tracking
+from ffdi_tune.tracking import Tracker, resolve_tracking
 
 
 def main() -> None:

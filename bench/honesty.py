@@ -43,7 +43,7 @@ from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.scoring.metrics import roc_auc
 from ffdi_tune.scoring.predict import DecodedSplits
 from ffdi_tune.search.runner import run_search
-from ffdi_tune.tracking.store import Tracker, resolve_tracking
+from ffdi_tune.tracking import Tracker, resolve_tracking
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "runs" / "honesty-data"

@@ -34,10 +34,10 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ffdi_tune.tracking.store import EPOCH_METRICS
+from ffdi_tune.scoring.epoch_metrics import epoch_metric_names
 
 # what a trial logs per epoch
-METRICS = EPOCH_METRICS
+METRICS = epoch_metric_names()
 
 
 def free_port() -> int:

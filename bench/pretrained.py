@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ffdi_tune.config import TrainSettings, load_search_config
+from ffdi_tune.config import load_search_config
 from ffdi_tune.data.layout import ensure_dataset
 from ffdi_tune.scoring.predict import DecodedSplits, load_member, predict_views
+from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import BEST_FILE, train_trial
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.cache import cached_array
 from ffdi_tune.data.check import check_dataset
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.layout import decode_split, read_split
 from ffdi_tune.data.passes import available_cpus
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.search.cache_plan import BUILD_KIND
 
 REPO = Path(__file__).resolve().parents[1]

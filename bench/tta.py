@@ -22,9 +22,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.layout import eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.models.factory import create_model
 from ffdi_tune.scoring.predict import Member, predict_views
 from ffdi_tune.scoring.tta import TTA_VIEWS, apply_view

@@ -30,8 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_search_config(args.space, overrides)
     extra_time_s = None
     if args.resume and args.time_budget is not None:
+        from ffdi_tune.durations import parse_duration
         from ffdi_tune.errors import ConfigError
-        from ffdi_tune.search.budget import parse_duration
 
         try:
             extra_time_s = parse_duration(args.time_budget)
@@ -43,12 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
+    from ffdi_tune import tracking
     from ffdi_tune.data.cache import cache_size_mb
     from ffdi_tune.data.layout import cache_dir_of
     from ffdi_tune.search.runner import run_search
     from ffdi_tune.search.trials_table import format_table
-    from ffdi_tune.tracking import store as tracking
-    from ffdi_tune.tracking.store import resolve_tracking
+    from ffdi_tune.tracking import resolve_tracking
 
     print(
         f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a "
@@ -80,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     elif recipe is not None:
         from ffdi_tune.ensemble.final_stage import run_ensemble
-        from ffdi_tune.tracking.store import Tracker
+        from ffdi_tune.tracking import Tracker
 
         print(f"ensemble stage: {cfg.ensemble}")
         ens = run_ensemble(
@@ -110,8 +110,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_ensemble(ens) -> None:
+    from ffdi_tune import tracking
     from ffdi_tune.report import format_ensemble_table
-    from ffdi_tune.tracking import store as tracking
 
     r, m = ens.result, ens.result.metrics
     print()
@@ -136,7 +136,7 @@ def _print_ensemble(ens) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from ffdi_tune.ensemble.final_stage import run_ensemble
     from ffdi_tune.ensemble.recipe import load_recipe
-    from ffdi_tune.tracking.store import Tracker, resolve_tracking
+    from ffdi_tune.tracking import Tracker, resolve_tracking
 
     recipe = load_recipe(args.recipe)
     ens = run_ensemble(
@@ -153,11 +153,11 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ffdi_tune.config import DataConfig
+    from ffdi_tune.data.settings import DataConfig
     from ffdi_tune.ensemble.final_stage import predict_run
     from ffdi_tune.errors import ConfigError
     from ffdi_tune.scoring.tta import check_views
-    from ffdi_tune.tracking.store import Tracker, resolve_tracking
+    from ffdi_tune.tracking import Tracker, resolve_tracking
 
     try:
         views = check_views(args.tta.split(","))
@@ -193,8 +193,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from ffdi_tune.tracking import replay_spool
     from ffdi_tune.tracking.spool import search_spool
-    from ffdi_tune.tracking.store import replay_spool
 
     n = replay_spool(search_spool(args.storage, args.name))
     print(
@@ -205,8 +205,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from ffdi_tune.config import TrackingConfig, load_search_config
-    from ffdi_tune.tracking.store import resolve_tracking
+    from ffdi_tune.config import load_search_config
+    from ffdi_tune.tracking import resolve_tracking
+    from ffdi_tune.tracking.settings import TrackingConfig
 
     tracking = load_search_config(args.config).tracking if args.config else TrackingConfig()
     uri, artifacts = resolve_tracking(tracking)
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True, help="output CSV (img_name,y_pred)")
     pred.set_defaults(func=_cmd_predict)
 
-    from ffdi_tune.config import DemoSpec
+    from ffdi_tune.data.settings import DemoSpec
 
     d = DemoSpec()
     demo = sub.add_parser(

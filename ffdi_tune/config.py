@@ -16,84 +16,34 @@ augmentation sets raise :class:`~ffdi_tune.errors.ConfigError` naming the file a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ffdi_tune.data.perturb import PerturbKinds, RobustValConfig
+from ffdi_tune.data.perturb import RobustValConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import ConfigError, did_you_mean
-from ffdi_tune.strict import StrictModel, range_validator
+from ffdi_tune.scoring.epoch_metrics import check_metric, metric_mode, robust_metrics
+from ffdi_tune.strict import StrictModel
+from ffdi_tune.tracking.settings import TrackingConfig
+from ffdi_tune.training.settings import TrainSettings
 
 __all__ = [
-    "StrictModel",
     "Domain",
-    "TrainSettings",
-    "DataConfig",
-    "DemoSpec",
     "SearchSettings",
     "HoldoutSettings",
     "SchedulerConfig",
     "ResourcesConfig",
-    "TrackingConfig",
-    "RobustValConfig",
-    "PerturbKinds",
     "SearchConfig",
-    "METRIC_MODES",
-    "ROBUST_METRICS",
-    "higher_is_better",
-    "best_value",
-    "is_better",
-    "check_metric",
+    "format_validation_error",
+    "read_yaml",
     "load_search_config",
     "parse_search_config",
 ]
-
-# Metrics a search can optimise, with the direction that is better.
-METRIC_MODES: dict[str, str] = {
-    "val_auc": "max",
-    "val_tpr_at_fpr_0.001": "max",
-    "val_acc": "max",
-    "val_loss": "min",
-    "val_robust_auc": "max",  # AUC on the perturbed copy of valset (see robust_val)
-    "val_worst_auc": "max",  # the lower of val_auc and val_robust_auc
-}
-# Metrics that need the perturbed valset.
-ROBUST_METRICS = ("val_robust_auc", "val_worst_auc")
-
-
-def higher_is_better(metric: str) -> bool:
-    """The direction of ``metric``: True for AUCs, TPR and accuracy, False for the loss."""
-    return METRIC_MODES[metric] == "max"
-
-
-def best_value(metric: str, values) -> float:
-    """The best of ``values`` in the metric's direction (NaN when there are none).
-
-    >>> best_value("val_loss", [0.4, 0.3]), best_value("val_auc", [0.8, 0.9])
-    (0.3, 0.9)
-    """
-    values = [float(v) for v in values]
-    if not values:
-        return float("nan")
-    return max(values) if higher_is_better(metric) else min(values)
-
-
-def is_better(metric: str, value: float, than: float | None) -> bool:
-    """Whether ``value`` of ``metric`` beats ``than`` in the metric's direction (anything beats
-    None).
-
-    >>> is_better("val_loss", 0.3, 0.4), is_better("val_auc", 0.8, 0.9)
-    (True, False)
-    """
-    if than is None:
-        return True
-    return value > than if higher_is_better(metric) else value < than
-
 
 _UNSET = object()
 
@@ -101,16 +51,6 @@ _UNSET = object()
 _Int = int
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def check_metric(v: str) -> str:
-    """A pydantic validator body: ``v`` must be one of :data:`METRIC_MODES`."""
-    if v not in METRIC_MODES:
-        raise ValueError(
-            f"unknown metric {v!r}{did_you_mean(v, METRIC_MODES)}; valid metrics are "
-            f"{', '.join(METRIC_MODES)}"
-        )
-    return v
 
 
 class Domain(StrictModel):
@@ -155,128 +95,6 @@ class Domain(StrictModel):
         return list(self.choice) if self.choice is not None else list(getattr(self, self.kind))
 
 
-class TrainSettings(StrictModel):
-    """Everything one trial needs to train; each key may be fixed in ``train`` or searched."""
-
-    backbone: str = "resnet10t"
-    pretrained: bool | str = False
-    img_size: int = Field(64, ge=16, le=2048)
-    batch_size: int = Field(32, ge=2)
-    epochs: int = Field(2, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    step_size: int = Field(1, ge=1)
-    gamma: float = Field(0.5, gt=0, le=1)
-    # Linear warm-up from lr / 100, over this many epochs (counted in steps), before StepLR starts.
-    warmup_epochs: float = Field(0.0, ge=0)
-    head_lr_mult: float = Field(1.0, gt=0)  # the new classifier's lr is lr * head_lr_mult
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    ema_decay: float | None = Field(None, gt=0, lt=1)
-    augment: str = "flips"
-    mix: Literal["none", "mixup", "cutmix", "mixup_or_cutmix"] = "none"
-    mixup_alpha: float = Field(0.4, gt=0)
-    cutmix_alpha: float = Field(1.0, gt=0)
-    drop_rate: float = Field(0.0, ge=0, lt=1)
-    # stochastic depth; None: the model's default
-    drop_path_rate: float | None = Field(None, ge=0, lt=1)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    channels_last: bool | Literal["auto"] = "auto"
-    compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
-    # Where sets with a kornia form (augment.DEVICE_SETS, other than the flips sets, which always
-    # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
-    # image by image in the loader; on = on the device even on a CPU; off = in the loader.
-    device_augment: Literal["auto", "on", "off"] = "auto"
-    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its
-    # own, derived from search.seed and the trial's number, so ensemble members differ; a number
-    # fixes it.
-    seed: int | None = None
-    eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
-    # rgb+srm adds fixed SRM noise residuals (ffdi_tune.models.srm)
-    input: Literal["rgb", "rgb+srm"] = "rgb"
-    jpeg_quality: tuple[_Int, _Int] = (30, 95)  # quality range of the jpeg augmentation set
-    jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
-
-    @field_validator("jpeg_quality", mode="before")
-    @classmethod
-    def _quality_from_label(cls, v: Any) -> Any:
-        # A searched choice of ranges reaches a trial as its JSON label (see space.suggest).
-        if isinstance(v, str) and v.strip().startswith("["):
-            try:
-                return json.loads(v)
-            except json.JSONDecodeError:
-                pass
-        return v
-
-    _quality_range = range_validator("jpeg_quality", 1, 100)
-
-    @field_validator("device_augment", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, v: Any) -> Any:
-        # YAML 1.1 reads a bare on / off as true / false
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _even_batch_for_mix(self) -> TrainSettings:
-        if self.mix != "none" and self.batch_size % 2:
-            raise ValueError(
-                f"mix={self.mix} pairs images within a batch, so batch_size must be even, "
-                f"but got {self.batch_size}"
-            )
-        return self
-
-    @property
-    def eval_size(self) -> int:
-        """The side validation and prediction feed the model (``eval_img_size`` or ``img_size``)."""
-        return self.eval_img_size or self.img_size
-
-
-class DemoSpec(StrictModel):
-    """Generate the demo dataset at ``data.root`` when it does not exist yet."""
-
-    n_train: int = Field(2000, ge=4)
-    n_val: int = Field(400, ge=4)
-    n_test: int = Field(200, ge=1)
-    size: int = Field(64, ge=32, le=1024)
-    seed: int = 0
-    difficulty: float = Field(0.5, ge=0, le=1)
-    # a forgery kind kept out of train/val: every test fake carries it
-    unseen_forgery: str | None = None
-
-    @field_validator("unseen_forgery")
-    @classmethod
-    def _known_kind(cls, v: str | None) -> str | None:
-        from ffdi_tune.data.demo import check_forgery_kind
-
-        return None if v is None else check_forgery_kind(v)
-
-
-class DataConfig(StrictModel):
-    """Where the FFDI-layout dataset lives; names default to the competition's."""
-
-    root: str
-    train_dir: str = "trainset"
-    val_dir: str = "valset"
-    test_dir: str = "testset"
-    train_labels: str = "trainset_label.txt"
-    val_labels: str = "valset_label.txt"
-    test_list: str | None = None
-    demo: DemoSpec | None = None
-    # DataLoader processes for augmentation run image by image; auto: on a GPU trial all but one of
-    # its CPU threads, on a CPU trial none (they would take cores from the model).
-    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
-    cache: bool = True  # decode each split once per node and size, into cache_dir
-    cache_dir: str | None = None  # default $FFDI_TUNE_CACHE, else ~/.cache/ffdi-tune
-    # refuse a search whose decoded arrays would need more
-    cache_max_gb: float | None = Field(None, gt=0)
-    # What the pre-check does with image files that cannot be decoded (empty, truncated, not an
-    # image): stop with the list ("error"), or leave them out of trainset/valset ("skip").
-    on_bad_image: Literal["error", "skip"] = "error"
-    # Images left out per split ("train", "val"), by img_name; the pre-check adds skipped ones here.
-    exclude: dict[Literal["train", "val"], list[str]] = {}
-
-
 class HoldoutSettings(StrictModel):
     """The valset split fixed at search start: ``fraction`` of it (stratified, seeded) is kept for
     the final stage's estimate and never read by the search; 0 keeps none (no honest estimate)."""
@@ -303,7 +121,7 @@ class SearchSettings(StrictModel):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        from ffdi_tune.search.budget import parse_duration
+        from ffdi_tune.durations import parse_duration
 
         return None if v is None else parse_duration(v)
 
@@ -311,7 +129,7 @@ class SearchSettings(StrictModel):
 
     @property
     def mode(self) -> str:
-        return METRIC_MODES[self.metric]
+        return metric_mode(self.metric)
 
 
 class SchedulerConfig(StrictModel):
@@ -335,13 +153,6 @@ class ResourcesConfig(StrictModel):
         if isinstance(v, float) and v < 0:
             raise ValueError(f"gpu must be >= 0 or 'auto', but got {v}")
         return v
-
-
-class TrackingConfig(StrictModel):
-    """MLflow store. ``uri`` falls back to $MLFLOW_TRACKING_URI, then sqlite:///runs/mlflow.db."""
-
-    uri: str | None = None
-    artifact_location: str | None = None
 
 
 class SearchConfig(StrictModel):
@@ -397,7 +208,7 @@ class SearchConfig(StrictModel):
             )
         for augment in self.augment_names():
             check_augment_name(augment, self.augment_sets)
-        if self.search.metric in ROBUST_METRICS and not self.robust_val.enabled:
+        if self.search.metric in robust_metrics() and not self.robust_val.enabled:
             raise ValueError(
                 f"search.metric={self.search.metric} is scored on the perturbed valset, but "
                 "robust_val.enabled is false; set robust_val.enabled: true or use metric val_auc"

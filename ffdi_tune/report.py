@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ffdi_tune.config import best_value, higher_is_better
+from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better
 
 if TYPE_CHECKING:
     from ffdi_tune.ensemble.build import EnsembleResult
@@ -178,7 +178,7 @@ def summarise_search(
     """
     import tempfile
 
-    from ffdi_tune.tracking import store as tracking
+    from ffdi_tune import tracking
 
     finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
     tracker.log_metrics(

@@ -8,9 +8,9 @@ from pathlib import Path
 def builder(root: str, cache: str, decoding, go, out) -> None:
     """Takes the lock and, while decoding, waits for ``go``: the other side is blocked on the lock
     then."""
-    from ffdi_tune.config import DataConfig
     from ffdi_tune.data.cache import cached_array
     from ffdi_tune.data.layout import decode_split, read_split
+    from ffdi_tune.data.settings import DataConfig
 
     s = read_split(DataConfig(root=root), "train")
 
@@ -28,9 +28,9 @@ def waiter(root: str, cache: str, waiting, out) -> None:
     """Arrives while the builder holds the lock: sets ``waiting`` as it starts to wait for it."""
     import filelock
 
-    from ffdi_tune.config import DataConfig
     from ffdi_tune.data.cache import cached_array
     from ffdi_tune.data.layout import decode_split, read_split
+    from ffdi_tune.data.settings import DataConfig
 
     acquire = filelock.FileLock.acquire
 

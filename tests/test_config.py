@@ -166,8 +166,8 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
-    from ffdi_tune.config import TrackingConfig
-    from ffdi_tune.tracking.store import resolve_tracking
+    from ffdi_tune.tracking import resolve_tracking
+    from ffdi_tune.tracking.settings import TrackingConfig
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -237,7 +237,7 @@ def test_recipe_pool_defaults_to_three_times_top_k_and_holds_top_k(tmp_path):
 def test_device_augment_reads_bare_yaml_on_and_off():
     import yaml
 
-    from ffdi_tune.config import TrainSettings
+    from ffdi_tune.training.settings import TrainSettings
 
     for text, want in [
         ("on", "on"),

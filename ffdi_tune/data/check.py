@@ -22,7 +22,6 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.cache import cache_key, file_stamp
 from ffdi_tune.data.layout import (
     SPLITS,
@@ -33,6 +32,7 @@ from ffdi_tune.data.layout import (
     single_class_problem,
 )
 from ffdi_tune.data.passes import available_cpus, run_pass
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 from ffdi_tune.files import write_atomic
 

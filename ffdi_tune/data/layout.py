@@ -25,9 +25,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.cache import cached_array, default_cache_dir
 from ffdi_tune.data.passes import available_cpus, run_pass
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ffdi_tune.config import ROBUST_METRICS, higher_is_better
+from ffdi_tune import tracking
 from ffdi_tune.ensemble.combine import (
     greedy_select,
     mean_log_odds,
@@ -37,8 +37,8 @@ from ffdi_tune.ensemble.combine import (
     to_probability,
 )
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.scoring.epoch_metrics import higher_is_better, robust_metrics
 from ffdi_tune.scoring.metrics import binary_metrics, roc_auc, tpr_at_fpr
-from ffdi_tune.tracking import store as tracking
 
 __all__ = ["MemberPredictions", "Combination", "EnsembleResult", "COMBINATIONS", "build_ensemble"]
 
@@ -122,7 +122,7 @@ def _objective(metric: str, y: np.ndarray, clean: np.ndarray, robust: np.ndarray
 
 
 def _rank_score(metric: str, y: np.ndarray, clean: np.ndarray, robust: np.ndarray | None) -> float:
-    if metric in ROBUST_METRICS:
+    if metric in robust_metrics():
         return _objective(metric, y, clean, robust)
     return binary_metrics(y, clean)[metric]
 
@@ -142,7 +142,7 @@ def _greedy(
 ) -> Combination:
     average = "logit" if name.endswith("-logit") else "prob"
     sets = np.stack([clean[n][sel] for n in pool])
-    if metric in ROBUST_METRICS:
+    if metric in robust_metrics():
         perturbed = np.stack([robust[n][sel] for n in pool])
         sets = perturbed if metric == "val_robust_auc" else np.stack([sets, perturbed])
     counts = greedy_select(sets, y_sel, average)
@@ -195,7 +195,7 @@ def build_ensemble(
     if recipe.top_k > len(candidates):
         raise ValueError(f"top_k={recipe.top_k} but only {len(candidates)} candidates")
     has_robust = all(c.val_robust is not None for c in candidates)
-    if recipe.metric in ROBUST_METRICS and not has_robust:
+    if recipe.metric in robust_metrics() and not has_robust:
         raise ValueError(
             f"metric {recipe.metric} needs every candidate's predictions on the perturbed valset"
         )

@@ -16,26 +16,21 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from ffdi_tune.config import (
-    ROBUST_METRICS,
-    DataConfig,
-    RobustValConfig,
-    best_value,
-    format_validation_error,
-    higher_is_better,
-)
+from ffdi_tune import tracking
+from ffdi_tune.config import format_validation_error
 from ffdi_tune.data.check import DataCheck, check_dataset
 from ffdi_tune.data.holdout import split_valset, unrecorded_split
-from ffdi_tune.data.perturb import Perturber
+from ffdi_tune.data.perturb import Perturber, RobustValConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.build import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.errors import ConfigError, DataError
 from ffdi_tune.files import write_atomic
 from ffdi_tune.report import plot_roc
+from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better, robust_metrics
 from ffdi_tune.scoring.inference import probability
 from ffdi_tune.scoring.predict import DecodedSplits, load_member, predict_views
-from ffdi_tune.tracking import store as tracking
-from ffdi_tune.tracking.store import DATA_ROOT, Tracker, TrialRecord
+from ffdi_tune.tracking import DATA_ROOT, Tracker, TrialRecord
 
 __all__ = [
     "EnsembleOutcome",
@@ -289,7 +284,8 @@ def run_ensemble(
             "way (its estimate is then less sure)"
         )
     # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
-    robust = search_robust_val(config, experiments[0]) if recipe.metric in ROBUST_METRICS else None
+    needs_perturbed = recipe.metric in robust_metrics()
+    robust = search_robust_val(config, experiments[0]) if needs_perturbed else None
     candidates = score_candidates(
         tracker,
         runs,

@@ -23,9 +23,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ffdi_tune.config import StrictModel, check_metric, format_validation_error, read_yaml
+from ffdi_tune.config import format_validation_error, read_yaml
 from ffdi_tune.errors import ConfigError
+from ffdi_tune.scoring.epoch_metrics import check_metric
 from ffdi_tune.scoring.tta import check_views
+from ffdi_tune.strict import StrictModel
 
 __all__ = ["EnsembleRecipe", "CandidateFilter", "load_recipe"]
 
@@ -98,9 +100,9 @@ class EnsembleRecipe(StrictModel):
     @property
     def passes_per_image(self) -> int:
         """How many times the final stage scores each valset and testset image with each member."""
-        from ffdi_tune.config import ROBUST_METRICS
+        from ffdi_tune.scoring.epoch_metrics import robust_metrics
 
-        return len(self.tta) * (2 if self.metric in ROBUST_METRICS else 1)
+        return len(self.tta) * (2 if self.metric in robust_metrics() else 1)
 
 
 def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.layout import Split, cache_dir_of, load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 from ffdi_tune.scoring.inference import view_log_odds
 

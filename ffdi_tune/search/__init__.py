@@ -1,1 +1,18 @@
-"""search"""
+"""Search: Ray Tune trials proposed by Optuna's TPE and stopped early by ASHA.
+
+``runner.run_search`` is the whole search as a list of steps; ``setup`` holds the steps around the
+trials (data, split, cache, tracking, budget, summary); ``rounds`` runs the Tune experiments,
+``searcher`` and ``callbacks`` are what Tune asks before and after each trial, ``space`` turns the
+YAML's space into Optuna's define-by-run function, ``cluster`` connects to Ray and checks its
+nodes, ``cache_plan`` sizes and builds the decode cache, ``budget`` keeps the wall clock and
+``trials_table`` ranks what finished. The only subpackage that imports Ray.
+"""
+
+from ffdi_tune.search.runner import SearchOutcome, run_search
+from ffdi_tune.search.trials_table import format_table
+
+__all__ = [
+    "SearchOutcome",
+    "run_search",
+    "format_table",
+]

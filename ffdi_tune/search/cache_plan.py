@@ -15,12 +15,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffdi_tune.config import DataConfig, SearchConfig
+from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.cache import cache_key
 from ffdi_tune.data.holdout import Holdout
 from ffdi_tune.data.layout import Split, load_images, read_split
 from ffdi_tune.data.passes import available_cpus
 from ffdi_tune.data.perturb import Perturber
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 
 __all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "build_here", "BUILD_KIND"]

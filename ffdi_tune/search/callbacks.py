@@ -15,10 +15,11 @@ from pathlib import Path
 from ray import tune
 from ray.tune.result import SHOULD_CHECKPOINT
 
+from ffdi_tune import tracking
+from ffdi_tune.scoring.epoch_metrics import epoch_metric_names
 from ffdi_tune.search.searcher import live_budget
 from ffdi_tune.search.space import CONDITIONAL_SEP, trial_settings
-from ffdi_tune.tracking import store as tracking
-from ffdi_tune.tracking.store import Tracker
+from ffdi_tune.tracking import Tracker
 from ffdi_tune.training.trial import BEST_FILE
 
 __all__ = ["MlflowTrials", "RESULT_TAGS", "progress"]
@@ -101,7 +102,7 @@ class MlflowTrials(tune.Callback):
         return self.__dict__.setdefault("pending", {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: result[k] for k in tracking.EPOCH_METRICS if k in result}
+        metrics = {k: result[k] for k in epoch_metric_names() if k in result}
         step = int(result.get("epoch", 0))
         if result.get(SHOULD_CHECKPOINT):
             # Logged once Tune has registered the epoch's checkpoint (on_checkpoint): a trial lost

@@ -16,7 +16,8 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ffdi_tune.config import DataConfig, SearchConfig
+from ffdi_tune.config import SearchConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError, SearchError
 from ffdi_tune.files import is_bucket_uri
 

@@ -17,8 +17,9 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from ffdi_tune.config import SearchConfig, best_value
+from ffdi_tune.config import SearchConfig
 from ffdi_tune.files import is_bucket_uri, write_atomic
+from ffdi_tune.scoring.epoch_metrics import best_value
 from ffdi_tune.search.callbacks import MlflowTrials, progress
 from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, TrialSearcher
 from ffdi_tune.search.space import CONDITIONAL_SEP, DefineByRun

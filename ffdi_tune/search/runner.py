@@ -24,9 +24,11 @@ import ray
 import torch
 from ray import tune
 
-from ffdi_tune.config import DataConfig, RobustValConfig, SearchConfig
+from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.check import DataCheck
 from ffdi_tune.data.holdout import Holdout
+from ffdi_tune.data.perturb import RobustValConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.files import is_bucket_uri
 from ffdi_tune.models.factory import resolve_weights
@@ -53,7 +55,7 @@ from ffdi_tune.search.setup import (
 )
 from ffdi_tune.search.space import trial_settings
 from ffdi_tune.search.trials_table import TrialRow, write_trials_csv
-from ffdi_tune.tracking.store import Tracker
+from ffdi_tune.tracking import Tracker
 from ffdi_tune.training.placement import augment_placement
 from ffdi_tune.training.trial import train_trial
 

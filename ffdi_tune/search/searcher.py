@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ffdi_tune.config import is_better
+from ffdi_tune.scoring.epoch_metrics import is_better
 from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
 
 __all__ = [

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ffdi_tune.config import DataConfig, SearchConfig
+from ffdi_tune import tracking
+from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.check import DataCheck, check_dataset
 from ffdi_tune.data.holdout import (
     HOLDOUT_FILE,
@@ -22,18 +23,19 @@ from ffdi_tune.data.holdout import (
     unrecorded_split,
 )
 from ffdi_tune.data.layout import cache_dir_of, ensure_dataset, read_split
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.durations import format_duration
 from ffdi_tune.errors import SearchError
 from ffdi_tune.files import is_bucket_uri, write_atomic
 from ffdi_tune.models.factory import check_weights
 from ffdi_tune.report import summarise_search
 from ffdi_tune.search import cache_plan
-from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget, format_duration
+from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
 from ffdi_tune.search.searcher import LiveBudget
 from ffdi_tune.search.space import CONDITIONAL_SEP
 from ffdi_tune.search.trials_table import TrialRow
-from ffdi_tune.tracking import store as tracking
+from ffdi_tune.tracking import Tracker, resolve_tracking, unreachable
 from ffdi_tune.tracking.spool import SPOOL_DIR
-from ffdi_tune.tracking.store import Tracker, resolve_tracking, unreachable
 
 __all__ = [
     "prepare_data",

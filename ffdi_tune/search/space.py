@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ffdi_tune.config import Domain, SearchConfig, TrainSettings
+from ffdi_tune.config import Domain, SearchConfig
+from ffdi_tune.training.settings import TrainSettings
 
 __all__ = ["DefineByRun", "suggest", "trial_settings", "trial_seed", "CONDITIONAL_SEP"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from ffdi_tune.config import higher_is_better
 from ffdi_tune.files import write_atomic
+from ffdi_tune.scoring.epoch_metrics import higher_is_better
 
 __all__ = ["TrialRow", "trials_frame", "write_trials_csv", "format_table"]
 

@@ -1,1 +1,37 @@
-"""tracking"""
+"""MLflow tracking: the schema of names, the store, and the spool that rides out an outage.
+
+A search writes one parent run, a child run per trial and an ensemble run; everything else in the
+package reads them back through :class:`Tracker` and :class:`TrialRecord`. ``schema`` holds every
+tag and metric name as a constant (no MLflow needed to import it); ``store`` is the only module
+that imports MLflow; ``spool`` journals writes made while the store is away and replays them.
+"""
+
+from ffdi_tune.tracking.records import TrialRecord, holdout_from_tags, holdout_tags
+from ffdi_tune.tracking.schema import *  # noqa: F403 - every name of the schema, as tracking.NAME
+from ffdi_tune.tracking.schema import __all__ as _schema_names
+from ffdi_tune.tracking.settings import TrackingConfig
+from ffdi_tune.tracking.spool import SPOOL_DIR, Spool, SpooledWrites, search_spool
+from ffdi_tune.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    Tracker,
+    replay_spool,
+    resolve_tracking,
+    unreachable,
+)
+
+__all__ = [
+    *_schema_names,
+    "TrialRecord",
+    "holdout_tags",
+    "holdout_from_tags",
+    "TrackingConfig",
+    "SPOOL_DIR",
+    "Spool",
+    "SpooledWrites",
+    "search_spool",
+    "DEFAULT_TRACKING_URI",
+    "Tracker",
+    "replay_spool",
+    "resolve_tracking",
+    "unreachable",
+]

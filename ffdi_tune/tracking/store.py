@@ -16,141 +16,43 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ffdi_tune.config import TrackingConfig
 from ffdi_tune.errors import TrackingError, did_you_mean
+from ffdi_tune.tracking.records import TrialRecord
+from ffdi_tune.tracking.schema import (
+    DATA_ROOT,
+    EXPERIMENT_KIND,
+    PARENT,
+    ROLE,
+    SEARCH,
+    TRAINING_VIEW,
+    TRIAL_ID,
+)
+from ffdi_tune.tracking.settings import TrackingConfig
 from ffdi_tune.tracking.spool import Spool, SpooledWrites
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
-    "EPOCH_METRICS",
     "resolve_tracking",
-    "holdout_tags",
     "Tracker",
-    "TrialRecord",
     "replay_spool",
-    "holdout_from_tags",
     "unreachable",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-# no progress bar per uploaded checkpoint
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a search
-# the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-# -- the MLflow schema: every tag and metric name the project writes or reads ---------------------
-# role: search | trial | ensemble
-ROLE, SEARCH, TRIAL_ID = (
-    "ffdi.role",
-    "ffdi.search",
-    "ffdi.trial_id",
-)
-PARENT = "mlflow.parentRunId"
-DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
-# search run
-BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
-ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
-VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
-HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
-    "ffdi.holdout.fraction",
-    "ffdi.holdout.seed",
-    "ffdi.holdout.report_hash",
-)
-# trial run
-STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
-BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
-NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
-WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
-# ensemble run
-COMBINE_CHOSEN = "ffdi.combine_chosen"
-# MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag
-EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
-
-# trial run metrics, one value per epoch (step = epoch); val_* on the selection part of valset
-EPOCH_METRICS = (
-    "val_auc",
-    "val_tpr_at_fpr_0.001",
-    "val_acc",
-    "val_loss",
-    "train_loss",
-    "lr",
-    "epoch_time_s",
-    "train_images_per_s",
-    "val_robust_auc",
-    "val_worst_auc",
-    "eval_time_s",
-    "data_wait_share",
-    "peak_accelerator_memory_mb",  # on a GPU only
-    "time_to_first_batch_s",
-)
-# ensemble run metrics: the shipped combination and the best single member, on the selection part
-# (which chose them) and on the report part (the honest estimate; absent with holdout fraction 0)
-SELECT_AUC, BEST_MEMBER_SELECT_AUC = "select_auc", "best_member_select_auc"
-HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
-HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
-HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
-N_MEMBERS = "n_members"
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """What the rest of the package reads of a trial's MLflow run."""
-
-    run_id: str
-    run_name: str
-    trial_id: str
-    status: str  # MLflow's: FINISHED, FAILED, KILLED, RUNNING
-    epochs_run: int
-    stopped_early: bool  # by ASHA
-    budget_cut: bool  # by the time budget
-    params: dict[str, str]
-    metrics: dict[str, float]  # the last value of each
-    start_s: float  # seconds since the epoch
-    end_s: float | None
-
-    @classmethod
-    def of(cls, run) -> TrialRecord:
-        t = run.data.tags
-        return cls(
-            run.info.run_id,
-            run.info.run_name or "",
-            t.get(TRIAL_ID, ""),
-            run.info.status,
-            int(t.get(EPOCHS_RUN, "0")),
-            t.get(STOPPED_EARLY) == "true",
-            t.get(BUDGET_CUT) == "true",
-            dict(run.data.params),
-            dict(run.data.metrics),
-            run.info.start_time / 1000,
-            run.info.end_time / 1000 if run.info.end_time else None,
-        )
-
-
-def holdout_tags(holdout) -> dict[str, str]:
-    """The tags that identify a valset split (:class:`~ffdi_tune.data.holdout.Holdout`) on a run."""
-    return {
-        HOLDOUT_FRACTION: repr(float(holdout.fraction)),  # exact: the split is made again from it
-        HOLDOUT_SEED: str(holdout.seed),
-        HOLDOUT_REPORT_HASH: holdout.report_hash,
-    }
-
-
-def holdout_from_tags(tags: dict[str, str]) -> dict | None:
-    """``{"fraction", "seed", "report_hash"}`` of the split a run's tags record; None when they
-    record none (a search made before splits were recorded)."""
-    if HOLDOUT_REPORT_HASH not in tags:
-        return None
-    return {
-        "fraction": float(tags.get(HOLDOUT_FRACTION, 0)),
-        "seed": int(tags.get(HOLDOUT_SEED, 0)),
-        "report_hash": tags[HOLDOUT_REPORT_HASH],
-    }
+def _quiet_mlflow_env() -> None:
+    """MLflow's own settings for a search, unless the user set them."""
+    # no progress bar per uploaded checkpoint
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow retries a failed request 7 times with exponential backoff (minutes in all); during a
+    # search the writes are spooled instead, so a few quick retries are enough to ride out a hiccup.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def resolve_tracking(cfg: TrackingConfig | None = None) -> tuple[str, str | None]:
@@ -261,6 +163,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
+            _quiet_mlflow_env()
             from mlflow.tracking import MlflowClient
 
             # schema set-up chatter

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ffdi_tune.config import TrainSettings
+from ffdi_tune.training.settings import TrainSettings
 
 __all__ = ["amp_dtype", "make_mixup", "classifier", "make_optimizer", "make_scheduler"]
 

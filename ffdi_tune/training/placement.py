@@ -12,7 +12,6 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ffdi_tune.config import TrainSettings
 from ffdi_tune.data.augment import (
     AugmentParams,
     BatchFlips,
@@ -21,6 +20,7 @@ from ffdi_tune.data.augment import (
     device_augment,
     has_device_form,
 )
+from ffdi_tune.training.settings import TrainSettings
 
 __all__ = ["augment_placement", "Augmenters", "augmenters", "loader_workers"]
 

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffdi_tune.config import ROBUST_METRICS, DataConfig, RobustValConfig, TrainSettings, is_better
 from ffdi_tune.data.layout import (
     Split,
     cache_dir_of,
@@ -38,13 +37,16 @@ from ffdi_tune.data.layout import (
     to_model_input,
     train_batches,
 )
-from ffdi_tune.data.perturb import Perturber
+from ffdi_tune.data.perturb import Perturber, RobustValConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.models.factory import Weights, create_model, resolve_weights
+from ffdi_tune.scoring.epoch_metrics import is_better, robust_metrics
 from ffdi_tune.scoring.inference import view_log_odds
 from ffdi_tune.scoring.metrics import binary_metrics, roc_auc
 from ffdi_tune.training.optimization import amp_dtype, make_mixup, make_optimizer, make_scheduler
 from ffdi_tune.training.placement import Augmenters, augmenters, loader_workers
+from ffdi_tune.training.settings import TrainSettings
 
 __all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE"]
 
@@ -160,7 +162,7 @@ def _build(
     val_names,
 ) -> _Trial:
     robust_on = robust_val is not None and robust_val.enabled
-    if metric in ROBUST_METRICS and not robust_on:
+    if metric in robust_metrics() and not robust_on:
         raise ConfigError(
             f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
             "enable robust_val or use val_auc"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.augment import AUGMENT_SETS, DEVICE_SETS, build_augment
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 
 NAMES = sorted(AUGMENT_SETS) + [
     "rand-m9-mstd0.5-inc1",

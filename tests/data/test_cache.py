@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
-from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data.cache import cache_key, cached_array
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.training.settings import TrainSettings
 
 
 @pytest.fixture()

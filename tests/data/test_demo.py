@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from ffdi_tune.cli import main
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.check import check_dataset
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.layout import read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 
 

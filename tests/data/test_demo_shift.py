@@ -7,9 +7,10 @@ import pytest
 from conftest import REPO
 
 from ffdi_tune.cli import main
-from ffdi_tune.config import DataConfig, DemoSpec, parse_search_config
+from ffdi_tune.config import parse_search_config
 from ffdi_tune.data.demo import FORGERY_KINDS, MANIFEST, write_demo_dataset
 from ffdi_tune.data.layout import ensure_dataset, read_split
+from ffdi_tune.data.settings import DataConfig, DemoSpec
 from ffdi_tune.errors import ConfigError, DataError
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data.holdout import NO_REPORT_HASH, report_hash, split_valset
 from ffdi_tune.data.layout import Split, read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
+from ffdi_tune.training.settings import TrainSettings
 
 
 def valset(n_real: int, n_fake: int) -> Split:
@@ -30,7 +31,7 @@ def test_split_is_stratified_seeded_and_complete():
     assert len(quarter.report_names) == 10 and len(fake & set(quarter.report_names)) in (2, 3)
     sel, rep = h.indices(val.names)
     assert [val.names[i] for i in rep] == list(h.report_names)  # valset's own order
-    from ffdi_tune.tracking.store import holdout_tags
+    from ffdi_tune.tracking import holdout_tags
 
     assert holdout_tags(h) == {
         "ffdi.holdout.fraction": "0.5",

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.check import check_dataset, fingerprint
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 
 

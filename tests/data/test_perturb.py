@@ -7,11 +7,13 @@ import pytest
 import torch
 import yaml
 
-from ffdi_tune.config import DataConfig, RobustValConfig, TrainSettings, parse_search_config
+from ffdi_tune.config import parse_search_config
 from ffdi_tune.data.layout import load_images, read_split
-from ffdi_tune.data.perturb import PERTURB_KINDS, Perturber
+from ffdi_tune.data.perturb import PERTURB_KINDS, Perturber, RobustValConfig
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import ConfigError
-from ffdi_tune.tracking.store import EPOCH_METRICS
+from ffdi_tune.scoring.epoch_metrics import epoch_metric_names
+from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import train_trial
 
 
@@ -128,7 +130,7 @@ def test_tiny_training_reports_the_three_metrics(tiny_data):
     m, ckpt = reports[0]
     assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(
         m
-    ) and "val_robust_auc" in EPOCH_METRICS
+    ) and "val_robust_auc" in epoch_metric_names()
     assert m["val_worst_auc"] == min(m["val_auc"], m["val_robust_auc"]) and best == m
     # val_robust_auc is the checkpoint's AUC on the perturbed copy of valset, decoded like the clean
     # one

@@ -12,8 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
-from ffdi_tune.config import RobustValConfig
-from ffdi_tune.data.perturb import Perturber
+from ffdi_tune.data.perturb import Perturber, RobustValConfig
 
 pytestmark = pytest.mark.slow
 

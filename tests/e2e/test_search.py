@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 from procs import free_port, stop_group
 
 from ffdi_tune.cli import main
-from ffdi_tune.config import DataConfig
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.holdout import split_valset
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.build import COMBINATIONS
 
 pytestmark = pytest.mark.slow

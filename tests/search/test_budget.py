@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget, parse_duration
+from ffdi_tune.durations import parse_duration
+from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
 
 
 @pytest.mark.parametrize(

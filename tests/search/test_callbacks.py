@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.result import SHOULD_CHECKPOINT
 
 from ffdi_tune.search.callbacks import MlflowTrials
-from ffdi_tune.tracking.store import Tracker
+from ffdi_tune.tracking import Tracker
 
 
 def _callback(tmp_path):

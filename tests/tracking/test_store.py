@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from procs import MlflowServer
 
-from ffdi_tune.tracking.store import Tracker, replay_spool, unreachable
+from ffdi_tune.tracking import Tracker, replay_spool, unreachable
 
 
 @pytest.fixture(scope="module")

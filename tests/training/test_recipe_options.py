@@ -8,13 +8,15 @@ import pytest
 import timm
 import torch
 
-from ffdi_tune.config import DataConfig, TrainSettings, parse_search_config
+from ffdi_tune.config import parse_search_config
 from ffdi_tune.data.augment import AugmentParams, build_augment
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.models.srm import SRM_KERNELS, SrmInput
 from ffdi_tune.scoring.metrics import binary_metrics
 from ffdi_tune.scoring.predict import load_member, predict_views
 from ffdi_tune.search.space import DefineByRun, trial_settings
+from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import BEST_FILE, LAST_FILE, train_trial
 
 

@@ -7,8 +7,10 @@ import math
 import pytest
 import yaml
 
-from ffdi_tune.config import DataConfig, TrainSettings, parse_search_config
+from ffdi_tune.config import parse_search_config
+from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.search.runner import make_searcher
+from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import train_trial
 
 SPACE = """

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ffdi_tune.config import DataConfig, TrainSettings
 from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.scoring.epoch_metrics import epoch_metric_names
 from ffdi_tune.scoring.inference import view_log_odds
-from ffdi_tune.tracking.store import EPOCH_METRICS
+from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import BEST_FILE, LAST_FILE, train_trial
 
 
@@ -55,7 +56,7 @@ def test_epochs_report_metrics_and_checkpoints(tiny_data, backbone, extra):
     assert [m["epoch"] for m, _, _ in reports] == [1, 2]
     for i, (m, b, last) in enumerate(reports):
         # that one on a GPU only
-        assert set(EPOCH_METRICS) - {"peak_accelerator_memory_mb"} <= set(m)
+        assert set(epoch_metric_names()) - {"peak_accelerator_memory_mb"} <= set(m)
         assert 0 < m["data_wait_share"] < 1 and m["eval_time_s"] < m["epoch_time_s"]
         assert (
             np.isfinite(m["train_loss"])

@@ -1,0 +1,78 @@
+"""The MLflow schema: every tag and metric name the project writes or reads, as constants.
+
+Importing it has no side effects and needs no MLflow: any module may name a tag or a metric.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ROLE",
+    "SEARCH",
+    "TRIAL_ID",
+    "PARENT",
+    "DATA_ROOT",
+    "BEST_TRIAL_ID",
+    "BEST_RUN_ID",
+    "ON_BAD_IMAGE",
+    "SKIPPED_IMAGES",
+    "VERSION_PREFIX",
+    "FINGERPRINT_PREFIX",
+    "HOLDOUT_FRACTION",
+    "HOLDOUT_SEED",
+    "HOLDOUT_REPORT_HASH",
+    "STOPPED_EARLY",
+    "EPOCHS_RUN",
+    "ERROR",
+    "BUDGET_CUT",
+    "NODE_ID",
+    "AUGMENT_ON",
+    "WEIGHTS_SOURCE",
+    "WEIGHTS_SHA256",
+    "COMBINE_CHOSEN",
+    "EXPERIMENT_KIND",
+    "TRAINING_VIEW",
+    "SELECT_AUC",
+    "BEST_MEMBER_SELECT_AUC",
+    "HOLDOUT_AUC",
+    "BEST_MEMBER_HOLDOUT_AUC",
+    "HOLDOUT_AUC_NO_TTA",
+    "HOLDOUT_TPR",
+    "HOLDOUT_ROBUST_AUC",
+    "HOLDOUT_WORST_AUC",
+    "N_MEMBERS",
+]
+
+# role: search | trial | ensemble
+ROLE, SEARCH, TRIAL_ID = (
+    "ffdi.role",
+    "ffdi.search",
+    "ffdi.trial_id",
+)
+PARENT = "mlflow.parentRunId"
+DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
+# search run
+BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
+ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
+VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
+HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
+    "ffdi.holdout.fraction",
+    "ffdi.holdout.seed",
+    "ffdi.holdout.report_hash",
+)
+# trial run
+STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
+BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
+NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
+WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
+# ensemble run
+COMBINE_CHOSEN = "ffdi.combine_chosen"
+# MLflow 3's UI opens an experiment in its GenAI view unless it carries this tag
+EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
+
+# ensemble run metrics: the shipped combination and the best single member, on the selection part
+# (which chose them) and on the report part (the honest estimate; absent with holdout fraction 0)
+SELECT_AUC, BEST_MEMBER_SELECT_AUC = "select_auc", "best_member_select_auc"
+HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
+HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
+HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
+N_MEMBERS = "n_members"

@@ -1,0 +1,93 @@
+"""The ``train:`` section of a search space: everything one trial needs to train.
+
+Each key may be fixed under ``train:``, searched under ``space:`` or set per backbone; a trial gets
+one validated :class:`TrainSettings`. ``docs/config.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ffdi_tune.strict import StrictModel, range_validator
+
+__all__ = ["TrainSettings"]
+
+
+class TrainSettings(StrictModel):
+    """Everything one trial needs to train; each key may be fixed in ``train`` or searched."""
+
+    backbone: str = "resnet10t"
+    pretrained: bool | str = False
+    img_size: int = Field(64, ge=16, le=2048)
+    batch_size: int = Field(32, ge=2)
+    epochs: int = Field(2, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    step_size: int = Field(1, ge=1)
+    gamma: float = Field(0.5, gt=0, le=1)
+    # Linear warm-up from lr / 100, over this many epochs (counted in steps), before StepLR starts.
+    warmup_epochs: float = Field(0.0, ge=0)
+    head_lr_mult: float = Field(1.0, gt=0)  # the new classifier's lr is lr * head_lr_mult
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    augment: str = "flips"
+    mix: Literal["none", "mixup", "cutmix", "mixup_or_cutmix"] = "none"
+    mixup_alpha: float = Field(0.4, gt=0)
+    cutmix_alpha: float = Field(1.0, gt=0)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    # stochastic depth; None: the model's default
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
+    # Where sets with a kornia form (augment.DEVICE_SETS, other than the flips sets, which always
+    # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
+    # image by image in the loader; on = on the device even on a CPU; off = in the loader.
+    device_augment: Literal["auto", "on", "off"] = "auto"
+    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its
+    # own, derived from search.seed and the trial's number, so ensemble members differ; a number
+    # fixes it.
+    seed: int | None = None
+    eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
+    # rgb+srm adds fixed SRM noise residuals (ffdi_tune.models.srm)
+    input: Literal["rgb", "rgb+srm"] = "rgb"
+    jpeg_quality: tuple[int, int] = (30, 95)  # quality range of the jpeg augmentation set
+    jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
+
+    @field_validator("jpeg_quality", mode="before")
+    @classmethod
+    def _quality_from_label(cls, v: Any) -> Any:
+        # A searched choice of ranges reaches a trial as its JSON label (see space.suggest).
+        if isinstance(v, str) and v.strip().startswith("["):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                pass
+        return v
+
+    _quality_range = range_validator("jpeg_quality", 1, 100)
+
+    @field_validator("device_augment", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _even_batch_for_mix(self) -> TrainSettings:
+        if self.mix != "none" and self.batch_size % 2:
+            raise ValueError(
+                f"mix={self.mix} pairs images within a batch, so batch_size must be even, "
+                f"but got {self.batch_size}"
+            )
+        return self
+
+    @property
+    def eval_size(self) -> int:
+        """The side validation and prediction feed the model (``eval_img_size`` or ``img_size``)."""
+        return self.eval_img_size or self.img_size
