@@ -25,12 +25,18 @@ from pathlib import Path
 
 import torch
 
-from ffdi_tune.data.augment import AUGMENT_SETS, DEVICE_SETS, build_augment, device_augment
+from ffdi_tune.data.augment import (
+    augment_names,
+    batch_augment,
+    build_augment,
+    device_augment,
+    has_device_form,
+)
 from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
 
-PER_IMAGE_ONLY = sorted(set(AUGMENT_SETS) - DEVICE_SETS)
+PER_IMAGE_ONLY = [name for name in augment_names() if not has_device_form(name)]
 
 
 def per_image_ms(name: str, batch: torch.Tensor) -> float:
@@ -74,13 +80,13 @@ def main() -> None:
     # 16 px images: the time of one batched call is then its fixed cost (Python, parameter draws),
     # which a GPU run pays on the host for every batch whatever the image size.
     tiny = torch.nn.functional.interpolate(batch[:, :, ::16, ::16].float(), size=16).to(torch.uint8)
-    names = sorted(DEVICE_SETS - {"none", "hflip", "flips"})
+    names = [n for n in augment_names() if has_device_form(n) and batch_augment(n) is None]
     rows: dict[str, dict[str, float | None]] = {}
     for name in names + PER_IMAGE_ONLY:
         per, cpu, gpu, overhead = [], [], [], []
         for _ in range(args.reps):
             per.append(per_image_ms(name, batch))
-            if name in DEVICE_SETS:
+            if has_device_form(name):
                 cpu.append(batched_ms(name, batch))
                 overhead.append(batched_ms(name, tiny) * len(tiny))
                 if cuda is not None:

@@ -19,10 +19,12 @@ import sys
 
 from ffdi_tune.data.holdout import split_valset
 from ffdi_tune.data.settings import DataConfig
-from ffdi_tune.ensemble.build import COMBINATIONS, build_ensemble
-from ffdi_tune.ensemble.final_stage import candidate_runs, score_candidates, search_holdout
+from ffdi_tune.ensemble.build import build_ensemble
+from ffdi_tune.ensemble.final_stage import candidate_runs, score_candidates
+from ffdi_tune.ensemble.methods import COMBINATIONS
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
-from ffdi_tune.report import format_ensemble_table
+from ffdi_tune.ensemble.search_record import recorded_holdout as search_holdout
+from ffdi_tune.ensemble.table import format_ensemble_table
 from ffdi_tune.scoring.predict import DecodedSplits
 from ffdi_tune.tracking import Tracker, resolve_tracking
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ffdi_tune.data.demo import write_demo_dataset
-from ffdi_tune.data.layout import load_images, read_split, to_model_input, train_batches
+from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.loaders import to_model_input, train_batches
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.models.factory import create_model
 from ffdi_tune.training.placement import Augmenters, augmenters

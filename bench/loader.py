@@ -26,7 +26,8 @@ from torchvision.transforms import v2
 
 from ffdi_tune.data.augment import batch_augment
 from ffdi_tune.data.demo import write_demo_dataset
-from ffdi_tune.data.layout import load_images, read_split, to_model_input, train_batches
+from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.loaders import to_model_input, train_batches
 from ffdi_tune.data.settings import DataConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ffdi_tune.data.demo import write_demo_dataset
-from ffdi_tune.data.layout import eval_loader, load_images, read_split, to_model_input
+from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.loaders import eval_loader, to_model_input
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.models.factory import create_model
 from ffdi_tune.scoring.predict import Member, predict_views

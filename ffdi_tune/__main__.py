@@ -1,5 +1,5 @@
-import sys
+"""``python -m ffdi_tune``: the same command line as ``ffdi-tune``."""
 
 from ffdi_tune.cli import main
 
-sys.exit(main())
+raise SystemExit(main())

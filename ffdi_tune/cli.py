@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ffdi_tune.errors import FfdiError, SearchInterrupted
 
@@ -17,38 +18,15 @@ __all__ = ["main", "build_parser"]
 def _cmd_run(args: argparse.Namespace) -> int:
     from ffdi_tune.config import load_search_config
 
-    overrides = {
-        "data.root": args.data,
-        "name": args.name,
-        "search.num_samples": args.num_samples,
-        "search.max_concurrent": args.max_concurrent,
-        "train.epochs": args.epochs,
-        "data.cache": False if args.no_cache else None,
-        # on a fresh search --time-budget is the budget; on a resumed one, more time (below)
-        "search.time_budget": None if args.resume else args.time_budget,
-    }
-    cfg = load_search_config(args.space, overrides)
-    extra_time_s = None
-    if args.resume and args.time_budget is not None:
-        from ffdi_tune.durations import parse_duration
-        from ffdi_tune.errors import ConfigError
-
-        try:
-            extra_time_s = parse_duration(args.time_budget)
-        except ValueError as exc:
-            raise ConfigError(f"--time-budget: {exc}") from None
+    cfg = load_search_config(args.space, _run_overrides(args))
+    extra_time_s = _more_time(args)
     recipe = None
     if cfg.ensemble and not args.no_ensemble:
         from ffdi_tune.ensemble.recipe import load_recipe
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
     # Ray is imported only once the config is known to be valid.
-    from ffdi_tune import tracking
-    from ffdi_tune.data.cache import cache_size_mb
-    from ffdi_tune.data.layout import cache_dir_of
     from ffdi_tune.search.runner import run_search
-    from ffdi_tune.search.trials_table import format_table
-    from ffdi_tune.tracking import resolve_tracking
 
     print(
         f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a "
@@ -63,36 +41,87 @@ def _cmd_run(args: argparse.Namespace) -> int:
         final_stage_passes=recipe.passes_per_image if recipe is not None else 0,
         final_stage_pool=recipe.pool_size if recipe is not None else None,
     )
+    _print_trials(outcome, cfg.search.metric)
+    submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
+    _print_where_results_are(args, cfg, outcome, submission)
+    return 0
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted YAML keys that ``run``'s flags override (None: not given)."""
+    return {
+        "data.root": args.data,
+        "name": args.name,
+        "search.num_samples": args.num_samples,
+        "search.max_concurrent": args.max_concurrent,
+        "train.epochs": args.epochs,
+        "data.cache": False if args.no_cache else None,
+        # on a fresh search --time-budget is the budget; on a resumed one, more time (_more_time)
+        "search.time_budget": None if args.resume else args.time_budget,
+    }
+
+
+def _more_time(args: argparse.Namespace) -> float | None:
+    """Seconds of ``--time-budget`` given with ``--resume``, else None."""
+    if not (args.resume and args.time_budget is not None):
+        return None
+    from ffdi_tune.durations import parse_duration
+    from ffdi_tune.errors import ConfigError
+
+    try:
+        return parse_duration(args.time_budget)
+    except ValueError as exc:
+        raise ConfigError(f"--time-budget: {exc}") from None
+
+
+def _print_trials(outcome, metric: str) -> None:
+    """The search's trials table, and how many trials failed."""
+    from ffdi_tune import tracking
+    from ffdi_tune.search.trials_table import format_table
+
     print()
-    print(format_table(outcome.rows, cfg.search.metric))
+    print(format_table(outcome.rows, metric))
     print()
-    uri, _ = resolve_tracking(cfg.tracking)
-    ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
-    failed = sum(r.status == "FAILED" for r in outcome.rows)
+    failed = sum(row.status == "FAILED" for row in outcome.rows)
     if failed:
         print(f"{failed} trial(s) failed: the tag {tracking.ERROR} of their MLflow runs says why")
-    submission = None
-    if recipe is not None and outcome.tracking_pending:
+
+
+def _final_stage(cfg, recipe, outcome) -> str | None:
+    """Run the recipe's final stage on the search's trials; the submission it wrote, if any."""
+    from ffdi_tune.tracking import resolve_tracking
+
+    if outcome.tracking_pending:
         print(
             "ensemble stage skipped: it reads the trials from MLflow, which is unreachable; run "
             f"ffdi-tune sync {cfg.name}, then ffdi-tune ensemble {cfg.ensemble} --experiment "
             f"{cfg.name}"
         )
-    elif recipe is not None:
-        from ffdi_tune.ensemble.final_stage import run_ensemble
-        from ffdi_tune.tracking import Tracker
+        return None
+    from ffdi_tune.ensemble.final_stage import run_ensemble
+    from ffdi_tune.tracking import Tracker
 
-        print(f"ensemble stage: {cfg.ensemble}")
-        ens = run_ensemble(
-            recipe,
-            recipe.experiments or [cfg.name],
-            Tracker(*resolve_tracking(cfg.tracking)),
-            data_root=outcome.data.root,
-            parent_run_id=outcome.parent_run_id,
-            recipe_name=cfg.ensemble,
-        )
-        _print_ensemble(ens)
-        submission = ens.submission
+    print(f"ensemble stage: {cfg.ensemble}")
+    stage = run_ensemble(
+        recipe,
+        recipe.experiments or [cfg.name],
+        Tracker(*resolve_tracking(cfg.tracking)),
+        data_root=outcome.data.root,
+        parent_run_id=outcome.parent_run_id,
+        recipe_name=cfg.ensemble,
+    )
+    _print_ensemble(stage)
+    return stage.submission
+
+
+def _print_where_results_are(args: argparse.Namespace, cfg, outcome, submission) -> None:
+    """How long the search took and where its table, submission, results, cache and runs are."""
+    from ffdi_tune.data.cache import cache_size_mb
+    from ffdi_tune.data.layout import cache_dir_of
+    from ffdi_tune.tracking import resolve_tracking
+
+    uri, _ = resolve_tracking(cfg.tracking)
+    ui = "ffdi-tune ui" + ("" if cfg.tracking.uri is None else f" --config {args.space}")
     print(f"done in {outcome.wall_s:.0f} s")
     print(f"trials table:   {outcome.trials_csv}")
     if submission:
@@ -106,31 +135,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     print(f"mlflow:         {uri} (experiment {cfg.name}, parent run {outcome.parent_run_id})")
     print(f"open the UI:    {ui}   then browse http://127.0.0.1:5000")
-    return 0
 
 
-def _print_ensemble(ens) -> None:
+def _print_ensemble(stage) -> None:
+    """The final stage's table, what it shipped with its estimate, and where the submission is."""
     from ffdi_tune import tracking
-    from ffdi_tune.report import format_ensemble_table
+    from ffdi_tune.ensemble.table import format_ensemble_table
 
-    r, m = ens.result, ens.result.metrics
+    result, metrics = stage.result, stage.result.metrics
     print()
-    print(format_ensemble_table(r.table))
-    shipped = f"ensemble {r.chosen} ({len(r.members)} member{'s' if len(r.members) > 1 else ''})"
-    if r.honest:
+    print(format_ensemble_table(result.table))
+    members = len(result.members)
+    shipped = f"ensemble {result.chosen} ({members} member{'s' if members > 1 else ''})"
+    if result.honest:
         print(
-            f"{shipped}: report-part AUC {m[tracking.HOLDOUT_AUC]:.4f} (TPR@FPR=1e-3 "
-            f"{m[tracking.HOLDOUT_TPR]:.4f}); best member "
-            f"{m[tracking.BEST_MEMBER_HOLDOUT_AUC]:.4f}; on the selection part, which chose it, "
-            f"{m[tracking.SELECT_AUC]:.4f} vs {m[tracking.BEST_MEMBER_SELECT_AUC]:.4f}"
+            f"{shipped}: report-part AUC {metrics[tracking.HOLDOUT_AUC]:.4f} (TPR@FPR=1e-3 "
+            f"{metrics[tracking.HOLDOUT_TPR]:.4f}); best member "
+            f"{metrics[tracking.BEST_MEMBER_HOLDOUT_AUC]:.4f}; on the selection part, which chose "
+            f"it, {metrics[tracking.SELECT_AUC]:.4f} vs "
+            f"{metrics[tracking.BEST_MEMBER_SELECT_AUC]:.4f}"
         )
     else:
         print(
             f"{shipped}: no honest estimate: search.holdout.fraction is 0, so every valset image "
-            f"took part in choosing; its selection-part AUC {m[tracking.SELECT_AUC]:.4f} is "
+            f"took part in choosing; its selection-part AUC {metrics[tracking.SELECT_AUC]:.4f} is "
             "optimistic"
         )
-    print(f"submission: {ens.submission} ({ens.n_test} rows), MLflow run {ens.run_id}")
+    print(f"submission: {stage.submission} ({stage.n_test} rows), MLflow run {stage.run_id}")
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
@@ -139,7 +170,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from ffdi_tune.tracking import Tracker, resolve_tracking
 
     recipe = load_recipe(args.recipe)
-    ens = run_ensemble(
+    stage = run_ensemble(
         recipe,
         args.experiment or recipe.experiments,
         Tracker(*resolve_tracking()),
@@ -148,13 +179,13 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         recipe_name=args.recipe,
         allow_changed_data=args.allow_changed_data,
     )
-    _print_ensemble(ens)
+    _print_ensemble(stage)
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ffdi_tune.data.settings import DataConfig
-    from ffdi_tune.ensemble.final_stage import predict_run
+    from ffdi_tune.ensemble.single_run import predict_run
     from ffdi_tune.errors import ConfigError
     from ffdi_tune.scoring.tta import check_views
     from ffdi_tune.tracking import Tracker, resolve_tracking
@@ -234,16 +265,22 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The ``ffdi-tune`` parser; each subcommand's ``func`` runs it."""
+    parser = argparse.ArgumentParser(
         prog="ffdi-tune",
         description=(
             "Ray Tune + Optuna + ASHA hyperparameter search for image deepfake detection, tracked "
             "in MLflow."
         ),
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_ensemble, _add_predict, _add_demo_data, _add_sync, _add_ui):
+        add(commands)
+    return parser
 
-    run = sub.add_parser("run", help="run a search described by a YAML file")
+
+def _add_run(commands) -> None:
+    run = commands.add_parser("run", help="run a search described by a YAML file")
     run.add_argument("space", help="search-space YAML, e.g. search_spaces/demo.yaml")
     run.add_argument("--data", help="data root (overrides data.root)")
     run.add_argument("--name", help="search name (overrides name)")
@@ -271,23 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    ens = sub.add_parser(
+
+def _add_ensemble(commands) -> None:
+    ensemble = commands.add_parser(
         "ensemble", help="build a top-k TTA ensemble and submission from finished searches"
     )
-    ens.add_argument("recipe", help="ensemble recipe YAML, e.g. ensembles/top5.yaml")
-    ens.add_argument(
+    ensemble.add_argument("recipe", help="ensemble recipe YAML, e.g. ensembles/top5.yaml")
+    ensemble.add_argument(
         "--experiment", action="append", help="search to pool trials from (repeatable)"
     )
-    ens.add_argument("--data", help="data root (default: the one recorded on the first search)")
-    ens.add_argument("--out", help="submission CSV path (default runs/<experiment>/submission.csv)")
-    ens.add_argument(
+    ensemble.add_argument(
+        "--data", help="data root (default: the one recorded on the first search)"
+    )
+    ensemble.add_argument(
+        "--out", help="submission CSV path (default runs/<experiment>/submission.csv)"
+    )
+    ensemble.add_argument(
         "--allow-changed-data",
         action="store_true",
         help="score valset/testset even if they changed since the search ran",
     )
-    ens.set_defaults(func=_cmd_ensemble)
+    ensemble.set_defaults(func=_cmd_ensemble)
 
-    pred = sub.add_parser("predict", help="score the test images with one trial's best checkpoint")
+
+def _add_predict(commands) -> None:
+    pred = commands.add_parser(
+        "predict", help="score the test images with one trial's best checkpoint"
+    )
     pred.add_argument("--run", required=True, help="MLflow run id of the trial")
     pred.add_argument("--data", required=True, help="data root")
     pred.add_argument(
@@ -296,20 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--out", required=True, help="output CSV (img_name,y_pred)")
     pred.set_defaults(func=_cmd_predict)
 
+
+def _add_demo_data(commands) -> None:
     from ffdi_tune.data.settings import DemoSpec
 
-    d = DemoSpec()
-    demo = sub.add_parser(
+    defaults = DemoSpec()
+    demo = commands.add_parser(
         "demo-data", help="write a generated FFDI-layout dataset of JPEG portraits"
     )
     demo.add_argument("dir")
-    demo.add_argument("--n-train", type=int, default=d.n_train)
-    demo.add_argument("--n-val", type=int, default=d.n_val)
-    demo.add_argument("--n-test", type=int, default=d.n_test)
-    demo.add_argument("--size", type=int, default=d.size, help="image side in pixels")
-    demo.add_argument("--seed", type=int, default=d.seed)
+    demo.add_argument("--n-train", type=int, default=defaults.n_train)
+    demo.add_argument("--n-val", type=int, default=defaults.n_val)
+    demo.add_argument("--n-test", type=int, default=defaults.n_test)
+    demo.add_argument("--size", type=int, default=defaults.size, help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument(
-        "--difficulty", type=float, default=d.difficulty, help="0 (obvious traces) .. 1 (faint)"
+        "--difficulty",
+        type=float,
+        default=defaults.difficulty,
+        help="0 (obvious traces) .. 1 (faint)",
     )
     demo.add_argument(
         "--unseen-forgery",
@@ -318,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo_data)
 
-    sync = sub.add_parser(
+
+def _add_sync(commands) -> None:
+    sync = commands.add_parser(
         "sync", help="replay tracking writes kept while the MLflow server was unreachable"
     )
     sync.add_argument("name", help="search name")
@@ -327,11 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.set_defaults(func=_cmd_sync)
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
+
+def _add_ui(commands) -> None:
+    ui = commands.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--config", help="search-space YAML whose tracking section to use")
     ui.set_defaults(func=_cmd_ui)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,7 @@ class Domain(StrictModel):
 
     @property
     def kind(self) -> str:
+        """Which of the keys is set."""
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
     def values_to_check(self) -> list[Any]:
@@ -104,6 +105,8 @@ class HoldoutSettings(StrictModel):
 
 
 class SearchSettings(StrictModel):
+    """The ``search:`` section: how many trials, how many at once, the metric and the budget."""
+
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
@@ -129,6 +132,7 @@ class SearchSettings(StrictModel):
 
     @property
     def mode(self) -> str:
+        """``max`` or ``min``: the direction of ``metric``."""
         return metric_mode(self.metric)
 
 
@@ -156,6 +160,8 @@ class ResourcesConfig(StrictModel):
 
 
 class SearchConfig(StrictModel):
+    """One search-space file, validated: every section, and the settings checked across them."""
+
     name: str
     description: str = ""
     data: DataConfig
@@ -226,22 +232,14 @@ class SearchConfig(StrictModel):
         return [str(b) for b in dom.choice] if dom is not None else [self.train.backbone]
 
     def pretrained_choices(self) -> dict[str, list[bool | str]]:
-        """Every ``pretrained`` value each backbone can be trained with (per_backbone, space,
-        train)."""
-        out = {}
-        for backbone in self.backbones():
-            dom = self.per_backbone.get(backbone, {}).get(
-                "pretrained", self.space.get("pretrained")
-            )
-            if isinstance(dom, Domain):
-                out[backbone] = list(dom.values_to_check())
-            else:
-                out[backbone] = [self.train.pretrained if dom is None else dom]
-        return out
+        """Every ``pretrained`` value each backbone can be trained with."""
+        return {
+            backbone: self.backbone_values(backbone, "pretrained") for backbone in self.backbones()
+        }
 
     def backbone_values(self, backbone: str, key: str) -> list[Any]:
-        """Every value setting ``key`` can take in a trial of ``backbone`` (per_backbone, else
-        space, else train)."""
+        """Every value setting ``key`` can take in a trial of ``backbone``: per_backbone's, else
+        space's, else train's."""
         given = self.per_backbone.get(backbone, {}).get(key, self.space.get(key, _UNSET))
         if given is _UNSET:
             return [getattr(self.train, key)]
@@ -258,6 +256,7 @@ class SearchConfig(StrictModel):
         return list(dict.fromkeys(values))
 
     def augment_names(self) -> list[str]:
+        """Every augmentation set a trial may use, sorted."""
         return sorted({str(v) for v in self.setting_values("augment")})
 
     def max_epochs(self) -> int:
@@ -278,6 +277,7 @@ def _check_setting(where: str, key: str, value: Any, fields: list[str], fixed: d
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
+    """pydantic's first error as one line, ``<source>: <key>: <message>``, with how many more."""
     errs = exc.errors()
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -294,6 +294,7 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 
 
 def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``raw``'s dotted key ``dotted`` to ``value``, making the mappings on its way."""
     node = raw
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -360,9 +361,9 @@ def load_search_config(
 
 
 def _near(relative: str, yaml_file: Path) -> str:
-    """A path from a YAML file: as written when it exists from here, else beside the file or one
-    folder up (so ``ensemble: ensembles/top5.yaml`` in ``search_spaces/`` works from any working
-    directory)."""
+    """A path written in a YAML file: as written when it exists from here, else beside the file or
+    one folder up, so ``ensemble: ensembles/top5.yaml`` in ``search_spaces/`` works from any
+    working directory."""
     given = Path(relative).expanduser()
     if given.is_absolute() or given.exists():
         return relative

@@ -1,25 +1,20 @@
-"""Figures and tables for people: ROC curves, search history, parameter importance."""
+"""Figures for people, from plain data: ROC curves, search history, parameter importance."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
-from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better
-
-if TYPE_CHECKING:
-    from ffdi_tune.ensemble.build import EnsembleResult
+from ffdi_tune.scoring.epoch_metrics import higher_is_better
 
 __all__ = [
     "plot_roc",
     "plot_search_history",
     "param_importance",
     "plot_param_importance",
-    "format_ensemble_table",
-    "summarise_search",
 ]
 
 
@@ -32,28 +27,27 @@ def _pyplot():
     return plt
 
 
-def plot_roc(result: EnsembleResult, path: Path) -> Path:
-    """ROC curves of the members and the ensemble on the report half."""
+def plot_roc(
+    targets: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    path: Path,
+    *,
+    bold: str | None = None,
+    title: str = "ROC",
+) -> Path:
+    """One ROC curve per entry of ``curves`` (legend name -> scores of the images labelled
+    ``targets``, higher = more likely positive), in order, each with its AUC; the ``bold`` one is
+    drawn thick and black."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    y = result.report_targets
-    for name, p in result.member_report_preds.items():
-        fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"{name[:8]} AUC {roc_auc_score(y, p):.4f}")
-    fpr, tpr, _ = roc_curve(y, result.report_pred)
-    ax.plot(
-        fpr,
-        tpr,
-        lw=2.5,
-        color="black",
-        label=f"ensemble AUC {roc_auc_score(y, result.report_pred):.4f}",
-    )
+    for name, scores in curves.items():
+        fpr, tpr, _ = roc_curve(targets, scores)
+        style = {"lw": 2.5, "color": "black"} if name == bold else {"lw": 1, "alpha": 0.6}
+        ax.plot(fpr, tpr, **style, label=f"{name} AUC {roc_auc_score(targets, scores):.4f}")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(
-        xlabel="false positive rate", ylabel="true positive rate", title="ROC on the report half"
-    )
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -125,94 +119,3 @@ def plot_param_importance(importance: dict[str, float], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def format_ensemble_table(table: pd.DataFrame) -> str:
-    """The members, then every combination, on both parts of valset; ``*`` marks what ships."""
-    view = table.copy()
-    # The perturbed-valset columns are there when the members were scored on it too.
-    robust = [c for c in ("select_robust_auc", "holdout_robust_auc") if c in view]
-    for c in (
-        "select_auc_no_tta",
-        "select_auc_tta",
-        "holdout_auc_no_tta",
-        "holdout_auc_tta",
-        "weight",
-        *robust,
-    ):
-        view[c] = view[c].map(
-            lambda v: "-" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
-        )
-    view["member"] = [
-        ("* " if shipped else "  ") + (m if kind == "ensemble" else m[:12])
-        for m, kind, shipped in zip(view["member"], view["kind"], view["shipped"], strict=True)
-    ]
-    cols = [
-        "member",
-        "label",
-        "views",
-        "weight",
-        "select_auc_no_tta",
-        "select_auc_tta",
-        "holdout_auc_no_tta",
-        "holdout_auc_tta",
-        *robust,
-    ]
-    return view[cols].to_string(index=False)
-
-
-def summarise_search(
-    tracker,
-    experiment_id: str,
-    parent_id: str,
-    rows,
-    metric: str,
-    trials_csv: Path,
-    searched: list[str],
-) -> None:
-    """Log a search's totals, best trial, history and parameter importance on its parent run.
-
-    ``tracker`` is a :class:`~ffdi_tune.tracking.store.Tracker`, ``rows`` the ranked
-    :class:`~ffdi_tune.search.trials_table.TrialRow` s; the run times come from the trials' MLflow
-    runs.
-    """
-    import tempfile
-
-    from ffdi_tune import tracking
-
-    finished = [r for r in rows if r.status != "FAILED" and not math.isnan(r.best)]
-    tracker.log_metrics(
-        parent_id, {"trials_finished": len(finished), "trials_failed": len(rows) - len(finished)}, 0
-    )
-    tracker.log_artifact(parent_id, trials_csv)
-    if not finished:
-        return
-    best = next(r for r in finished if r.best == best_value(metric, [r.best for r in finished]))
-    tracker.log_metrics(parent_id, {f"best_{metric}": best.best}, 0)
-    tracker.set_tags(
-        parent_id, {tracking.BEST_TRIAL_ID: best.trial_id, tracking.BEST_RUN_ID: best.run_id}
-    )
-    times = {
-        t.trial_id: (t.start_s, t.end_s or 0.0) for t in tracker.trials_of(experiment_id, parent_id)
-    }
-    history = pd.DataFrame(
-        [
-            {
-                "start_time": times[r.trial_id][0],
-                "end_time": times[r.trial_id][1],
-                metric: r.best,
-                **r.params,
-            }
-            for r in finished
-            if r.trial_id in times
-        ]
-    )
-    with tempfile.TemporaryDirectory(prefix="ffdi-plots-") as tmp:
-        tracker.log_artifact(
-            parent_id, plot_search_history(history, metric, Path(tmp) / "search_history.png")
-        )
-        importance = param_importance(history, searched, metric)
-        if importance:
-            tracker.log_artifact(
-                parent_id, plot_param_importance(importance, Path(tmp) / "param_importance.png")
-            )

@@ -11,7 +11,6 @@ import pytest
 
 from ffdi_tune.data.demo import write_demo_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 # Keep every test (and the Ray workers it starts) to the machine's two cores, one thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

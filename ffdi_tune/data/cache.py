@@ -53,8 +53,8 @@ def file_stamp(path: Path) -> str:
 
 
 def cache_key(paths: tuple[Path, ...], img_size: int, variant: str = "") -> str:
-    """Hash of what the decoded array depends on: each file (path, :func:`file_stamp`), size,
-    policy, variant."""
+    """Hash of what the decoded array depends on: each file's path and :func:`file_stamp`, the
+    size, the resize policy and the variant."""
     extra = f"|{variant}" if variant else ""
     h = hashlib.sha256(f"{RESIZE_POLICY}|{img_size}|{len(paths)}{extra}".encode())
     for p in paths:

@@ -1,5 +1,4 @@
-"""Check a dataset in one pass before any trial starts: layout, labels, and that every image
-decodes.
+"""Check a dataset in one pass before any trial starts: layout, labels, every image decodes.
 
 All problems of all splits are collected and reported together (the first few and a count), so a
 user fixes a broken dataset in one round instead of one error per run. Images that cannot be
@@ -39,9 +38,8 @@ from ffdi_tune.files import write_atomic
 __all__ = ["DataCheck", "check_dataset", "image_problem", "fingerprint"]
 
 SCAN_POLICY = "scan-draft-load-v1"  # bump when image_problem changes what it accepts
-# bench/scale.py measured processes 0-30% faster than threads (Pillow decodes without holding the
-# GIL); threads, because the final stage also checks, in a driver whose MLflow and Ray threads make
-# forking unsafe
+# Threads, though bench/scale.py measured processes 0-30% faster (Pillow decodes without the
+# GIL): the final stage checks too, in a driver whose MLflow and Ray threads make forking unsafe.
 CHECK_KIND = "threads"
 
 
@@ -113,8 +111,8 @@ def _bad_images(split: Split, cache_dir: Path | None, workers: int, kind: str) -
 
 
 def fingerprint(split: Split) -> str:
-    """A short hash of a split's file names, file stamps (:func:`~ffdi_tune.data.cache.file_stamp`)
-    and labels.
+    """A short hash of a split's file names, labels and file stamps (see
+    :func:`~ffdi_tune.data.cache.file_stamp`).
 
     Any added, removed, renamed, rewritten (even with its old size and mtime put back) or relabelled
     image changes it.
@@ -141,7 +139,7 @@ def check_dataset(
     problems: list[str] = []
     summary: dict[str, dict[str, int]] = {}
     skipped: list[tuple[str, str, str]] = []
-    prints: dict[str, str] = {}
+    fingerprints: dict[str, str] = {}
     exclude = {k: list(v) for k, v in cfg.exclude.items()}
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
@@ -150,37 +148,43 @@ def check_dataset(
             "write a demo dataset there first with ffdi-tune demo-data DIR"
         )
     for name in splits:
-        split, found = scan_split(cfg, name)
-        problems += found
+        split, scan_problems = scan_split(cfg, name)
+        problems += scan_problems
         if split is None:
             continue
-        bad = _bad_images(split, cache_dir_of(cfg), workers, kind)
-        if bad and cfg.on_bad_image == "skip" and name != "test":
-            skipped += [(name, n, why) for n, why in bad.items()]
-            exclude.setdefault(name, []).extend(bad)
-            split = split.without(bad)
-        elif bad:
+        undecodable = _bad_images(split, cache_dir_of(cfg), workers, kind)
+        if undecodable and cfg.on_bad_image == "skip" and name != "test":
+            skipped += [(name, n, why) for n, why in undecodable.items()]
+            exclude.setdefault(name, []).extend(undecodable)
+        elif undecodable:
             hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
             where = dict(zip(split.names, split.paths, strict=True))
             problems += [
-                f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in bad.items()
+                f"{where[n]}: {why}; replace or remove the file{hint}"
+                for n, why in undecodable.items()
             ]
-            split = split.without(bad)
-        if bad and not len(split) and cfg.on_bad_image == "skip":
+        if undecodable:
+            split = split.without(undecodable)
+        if undecodable and not len(split) and cfg.on_bad_image == "skip":
             problems.append(
-                f"split {name}: none of its {len(bad)} image(s) decodes; replace them or fix "
-                "data.root"
+                f"split {name}: none of its {len(undecodable)} image(s) decodes; replace them or "
+                "fix data.root"
             )
-        if split.targets is not None and len(split) and not found:
+        if split.targets is not None and len(split) and not scan_problems:
             single = single_class_problem(split)
             if single:
                 problems.append(single)
-        n_fake = int(split.targets.sum()) if split.targets is not None else None
-        summary[name] = {"images": len(split)} | (
-            {} if n_fake is None else {"fake": n_fake, "real": len(split) - n_fake}
-        )
+        summary[name] = _counts(split)
         if not problems:
-            prints[name] = fingerprint(split)
+            fingerprints[name] = fingerprint(split)
     if problems:
         raise DataError(problems_message(problems))
-    return DataCheck(cfg.model_copy(update={"exclude": exclude}), summary, skipped, prints)
+    return DataCheck(cfg.model_copy(update={"exclude": exclude}), summary, skipped, fingerprints)
+
+
+def _counts(split: Split) -> dict[str, int]:
+    """The number of images of ``split``, and of fake and real ones when it is labelled."""
+    if split.targets is None:
+        return {"images": len(split)}
+    n_fake = int(split.targets.sum())
+    return {"images": len(split), "fake": n_fake, "real": len(split) - n_fake}

@@ -96,20 +96,20 @@ def _blur(arr: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
 
 
-def render_portrait(
-    rng: np.random.Generator, size: int, forgery: str | None = None, strength: float = 1.0
-) -> np.ndarray:
-    """One portrait (``H x W x 3`` float32, 0..255), with a ``forgery`` trace at ``strength``."""
-    s = float(size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    # Background: a lit gradient between two random colours, sometimes with stripes.
+def _background(rng: np.random.Generator, xx, yy, s: float) -> tuple[np.ndarray, float]:
+    """A lit gradient between two random colours, sometimes with stripes; and the light's angle."""
     c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
     angle = rng.uniform(0, 2 * np.pi)
     t = ((xx * np.cos(angle) + yy * np.sin(angle)) / s + 1) / 2
     img = (c0 * (1 - t[..., None]) + c1 * t[..., None]).astype(np.float32)
     if rng.random() < 0.3:
         img += (np.sin(xx / s * rng.uniform(6, 20)) * rng.uniform(5, 20))[..., None]
-    # Shoulders, hair, face.
+    return img, angle
+
+
+def _head(rng: np.random.Generator, img: np.ndarray, xx, yy, s: float, angle: float):
+    """Paint shoulders, hair and a lit face on ``img``; return the face's mask, its ellipse
+    ``(cx, cy, a, b)``, and the hair and skin colours."""
     cx, cy = s * rng.uniform(0.42, 0.58), s * rng.uniform(0.44, 0.56)
     a, b = s * rng.uniform(0.2, 0.27), s * rng.uniform(0.27, 0.34)
     _paint(
@@ -138,7 +138,12 @@ def render_portrait(
     )
     _paint(img, face, skin)
     img *= np.where(face[..., None] > 0, light[..., None], 1.0)
-    # Eyes, brows, nose, mouth.
+    return face, (cx, cy, a, b), hair, skin
+
+
+def _features(rng: np.random.Generator, img: np.ndarray, xx, yy, s: float, ellipse, hair, skin):
+    """Paint eyes, brows, nose and mouth on the face of ``ellipse`` ``(cx, cy, a, b)``."""
+    cx, cy, a, b = ellipse
     ex, ey = a * rng.uniform(0.35, 0.5), cy - b * rng.uniform(0.1, 0.25)
     er = max(1.0, s * rng.uniform(0.025, 0.04))
     iris = rng.choice([[60, 40, 20], [40, 80, 140], [70, 110, 60], [30, 25, 20]]).astype(np.float32)
@@ -164,7 +169,10 @@ def render_portrait(
         ),
         [rng.uniform(120, 200), 50, 60],
     )
-    # Camera: sensor noise, sometimes a colour cast, blur or hard JPEG over the whole frame.
+
+
+def _camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Sensor noise, and sometimes a colour cast, blur or hard JPEG over the whole frame."""
     img += rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
     if rng.random() < 0.2:
         img = img * rng.uniform(0.9, 1.1, 3) + rng.uniform(-10, 10, 3)
@@ -172,8 +180,21 @@ def render_portrait(
         img = _blur(img, rng.uniform(0.4, 0.9))
     if rng.random() < 0.1:
         img = _jpeg(img, int(rng.integers(35, 70)))
+    return img
+
+
+def render_portrait(
+    rng: np.random.Generator, size: int, forgery: str | None = None, strength: float = 1.0
+) -> np.ndarray:
+    """One portrait (``H x W x 3`` float32, 0..255), with a ``forgery`` trace at ``strength``."""
+    s = float(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img, angle = _background(rng, xx, yy, s)
+    face, ellipse, hair, skin = _head(rng, img, xx, yy, s, angle)
+    _features(rng, img, xx, yy, s, ellipse, hair, skin)
+    img = _camera(rng, img)
     if forgery is not None:
-        img = _forge(img, rng, forgery, strength, face, (cx, cy, a, b), xx, yy)
+        img = _forge(img, rng, forgery, strength, face, ellipse, xx, yy)
     return np.clip(img, 0, 255)
 
 
@@ -229,6 +250,79 @@ def check_forgery_kind(kind: str) -> str:
     return kind
 
 
+_SPLIT_INDEX = {"trainset": 0, "valset": 1, "testset": 2}  # each split's part of an image's seed
+
+
+def _check_demo_args(
+    root: Path,
+    counts: dict[str, int],
+    size: int,
+    difficulty: float,
+    kinds: tuple[str, ...],
+    unseen_forgery: str | None,
+) -> None:
+    """Raise DataError on the first argument of :func:`write_demo_dataset` that cannot work."""
+    if unseen_forgery is not None:
+        try:
+            check_forgery_kind(unseen_forgery)
+        except ValueError as exc:
+            raise DataError(f"unseen forgery: {exc}") from None
+        if unseen_forgery not in kinds or len(kinds) < 2:
+            raise DataError(
+                f"unseen forgery {unseen_forgery!r} must be one of at least two kinds drawn "
+                f"({', '.join(kinds)}); pick one of them"
+            )
+    if root.exists() and any(root.iterdir()):
+        raise DataError(f"{root} already exists and is not empty; pick a new folder or delete it")
+    if not 0.0 <= difficulty <= 1.0:
+        raise DataError(
+            f"difficulty must be in [0, 1], but got {difficulty}; e.g. --difficulty 0.5"
+        )
+    if min(counts["trainset"], counts["valset"]) < 4 or counts["testset"] < 1:
+        raise DataError(
+            "demo data needs n_train >= 4, n_val >= 4 and n_test >= 1 so both classes appear"
+        )
+    if not 32 <= size <= 1024:
+        raise DataError(f"size must be between 32 and 1024 pixels, but got {size}")
+
+
+def _write_split(
+    folder: Path,
+    split: str,
+    n: int,
+    seed: int,
+    size: int,
+    difficulty: float,
+    drawn: tuple[str | None, ...],
+) -> list[tuple[str, str, int, str]]:
+    """Write the ``n`` images of ``split`` and its label file under ``folder``; return the split's
+    manifest rows ``(img_name, split, target, kind)``.
+
+    Each image draws from its own generator (seed, split, index), and classes alternate, so every
+    split has both in file order, whatever ``n``.
+    """
+    (folder / split).mkdir()
+    rows, manifest = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, _SPLIT_INDEX[split], i])
+        target = i % 2
+        kind = drawn[rng.integers(len(drawn))] if target else None
+        strength = _strength(rng, difficulty)
+        pixels = render_portrait(rng, size, kind, strength)
+        name = _image_name(seed, split, i)
+        Image.fromarray(pixels.astype(np.uint8)).save(
+            folder / split / name, "JPEG", quality=int(rng.integers(82, 97))
+        )
+        rows.append((name, target))
+        manifest.append((name, split, target, kind or ""))
+    rows.sort()
+    lines = "img_name,target\n" + "".join(f"{n},{t}\n" for n, t in rows)
+    # testset's labels are written for evaluation only: training reads testset as a folder listing
+    label_file = "testset_label.txt" if split == "testset" else f"{split}_label.txt"
+    (folder / label_file).write_text(lines)
+    return manifest
+
+
 def write_demo_dataset(
     root: str | Path,
     n_train: int = 2000,
@@ -240,71 +334,29 @@ def write_demo_dataset(
     kinds: tuple[str, ...] = FORGERY_KINDS,
     unseen_forgery: str | None = None,
 ) -> Path:
-    """Write ``trainset/``, ``valset/``, ``testset/`` and label CSVs under ``root`` (atomically).
+    """Write ``trainset/``, ``valset/``, ``testset/``, their label files and :data:`MANIFEST`
+    under ``root``, atomically (into a temporary folder, renamed when complete).
 
     With ``unseen_forgery`` that kind appears in testset only (as every test fake's trace).
     The same arguments always give the same files, byte for byte.
+
     >>> write_demo_dataset("/tmp/demo", n_train=8, n_val=8, n_test=4)  # doctest: +SKIP
     """
     root = Path(root)
-    if unseen_forgery is not None:
-        try:
-            check_forgery_kind(unseen_forgery)
-        except ValueError as exc:
-            raise DataError(f"unseen forgery: {exc}") from None
-        if unseen_forgery not in kinds or len(kinds) < 2:
-            raise DataError(
-                f"unseen forgery {unseen_forgery!r} must be one of at least two kinds drawn "
-                f"({', '.join(kinds)}); pick one of them"
-            )
+    counts = {"trainset": n_train, "valset": n_val, "testset": n_test}
+    _check_demo_args(root, counts, size, difficulty, kinds, unseen_forgery)
     seen = tuple(k for k in kinds if k != unseen_forgery)
-    split_kinds = {
+    drawn = {
         "trainset": seen,
         "valset": seen,
         "testset": (unseen_forgery,) if unseen_forgery else kinds,
     }
-    if root.exists() and any(root.iterdir()):
-        raise DataError(f"{root} already exists and is not empty; pick a new folder or delete it")
-    if not 0.0 <= difficulty <= 1.0:
-        raise DataError(
-            f"difficulty must be in [0, 1], but got {difficulty}; e.g. --difficulty 0.5"
-        )
-    if min(n_train, n_val) < 4 or n_test < 1:
-        raise DataError(
-            "demo data needs n_train >= 4, n_val >= 4 and n_test >= 1 so both classes appear"
-        )
-    if not 32 <= size <= 1024:
-        raise DataError(f"size must be between 32 and 1024 pixels, but got {size}")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    manifest = []
     try:
-        for split, n in (("trainset", n_train), ("valset", n_val), ("testset", n_test)):
-            (tmp / split).mkdir()
-            rows = []
-            for i in range(n):
-                rng = np.random.default_rng(
-                    [seed, {"trainset": 0, "valset": 1, "testset": 2}[split], i]
-                )
-                # Alternate classes so every split has both, in file order independent of n.
-                target = i % 2
-                drawn = split_kinds[split]
-                kind = drawn[rng.integers(len(drawn))] if target else None
-                strength = _strength(rng, difficulty)
-                arr = render_portrait(rng, size, kind, strength)
-                name = _image_name(seed, split, i)
-                Image.fromarray(arr.astype(np.uint8)).save(
-                    tmp / split / name, "JPEG", quality=int(rng.integers(82, 97))
-                )
-                rows.append((name, target))
-                manifest.append((name, split, target, kind or ""))
-            rows.sort()
-            lines = "img_name,target\n" + "".join(f"{n},{t}\n" for n, t in rows)
-            if split == "testset":
-                # kept for evaluation, never for training
-                (tmp / "testset_label.txt").write_text(lines)
-            else:
-                (tmp / f"{split}_label.txt").write_text(lines)
+        manifest = []
+        for split, n in counts.items():
+            manifest += _write_split(tmp, split, n, seed, size, difficulty, drawn[split])
         manifest.sort()
         (tmp / MANIFEST).write_text(
             "img_name,split,target,kind\n" + "".join(",".join(map(str, r)) + "\n" for r in manifest)

@@ -1,13 +1,14 @@
-"""FFDI data: read the layout, decode images, and feed batches to training and prediction.
+"""The FFDI layout on disk: label files, the scan of a split, and decoding its images once.
 
 The small interface the rest of the code uses:
 
-- :func:`read_split` -> :class:`Split` (image names, paths, targets) for ``train``/``val``/``test``;
+- :func:`read_split` -> :class:`Split` (image names, paths, targets) for ``train``/``val``/``test``,
+  every label row and file checked (:func:`scan_split` returns the problems instead of raising);
 - :func:`load_images` -> uint8 ``N x 3 x S x S`` tensor, every image decoded and resized once
   (through the per-node decode-once cache of :mod:`ffdi_tune.data.cache` when one is given);
-- :func:`train_batches` / :func:`eval_loader` -> batches of uint8 images (and targets);
-- :func:`to_model_input` -> float, normalised, on the device (normalisation happens there, as in
-  timm's PrefetchLoader, so the loader moves 4x fewer bytes).
+- :func:`ensure_dataset` writes the demo dataset where ``data.demo`` asks for it.
+
+Batches of the decoded images are :mod:`ffdi_tune.data.loaders`' job.
 
 Resolution policy: the full image is resized to ``img_size x img_size`` (the competition's winners
 used the full frame, no face crop).
@@ -23,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
 
 from ffdi_tune.data.cache import cached_array, default_cache_dir
 from ffdi_tune.data.passes import available_cpus, run_pass
@@ -41,9 +41,6 @@ __all__ = [
     "load_images",
     "decode_split",
     "cache_dir_of",
-    "train_batches",
-    "eval_loader",
-    "to_model_input",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -177,8 +174,8 @@ def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
 
 
 def problems_message(problems: list[str], shown: int = 5) -> str:
-    """One line for a list of data problems: all of them when few, else the first ``shown`` and a
-    count."""
+    """One line for a list of data problems: all of them when few, else the first ``shown`` and
+    how many more there are."""
     if len(problems) == 1:
         return problems[0]
     head = " | ".join(problems[:shown])
@@ -188,10 +185,10 @@ def problems_message(problems: list[str], shown: int = 5) -> str:
 
 def read_split(cfg: DataConfig, split: str) -> Split:
     """Read one split's file list (and labels) and check every listed image exists."""
-    s, problems = scan_split(cfg, split)
+    found, problems = scan_split(cfg, split)
     if problems:
         raise DataError(problems_message(problems))
-    return s
+    return found
 
 
 def single_class_problem(split: Split) -> str | None:
@@ -216,8 +213,8 @@ def ensure_dataset(cfg: DataConfig) -> None:
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: grayscale, palette, CMYK, alpha, and 16/32-bit (scaled, not
-    clipped)."""
+    """8-bit RGB from any mode: grayscale, palette, CMYK, alpha, and 16/32-bit (the last scaled
+    down to 0-255, not clipped)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         wide = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
@@ -322,92 +319,3 @@ def load_images(
         arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
         decode_split(split, img_size, arr, workers, "threads", perturb)
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
-
-
-class _AugmentedImages(Dataset):
-    def __init__(self, images: torch.Tensor, targets: np.ndarray, transform):
-        self.images, self.targets, self.transform = images, torch.tensor(targets), transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i]), self.targets[i]
-
-
-def _gather(
-    images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor
-) -> torch.Tensor:
-    """Copy images ``idx`` into a new NCHW batch, flipping on the way (numpy views: one pass)."""
-    nhwc = images.permute(0, 2, 3, 1).numpy()  # the decoded (often memory-mapped) array itself
-    out = np.empty((len(idx), 3, nhwc.shape[1], nhwc.shape[2]), dtype=np.uint8)
-    for j, (i, h, v) in enumerate(zip(idx.tolist(), hflip.tolist(), vflip.tolist(), strict=True)):
-        src = nhwc[i]
-        if v:
-            src = src[::-1]
-        if h:
-            src = src[:, ::-1]
-        out[j] = src.transpose(2, 0, 1)
-    return torch.from_numpy(out)
-
-
-def train_batches(
-    images: torch.Tensor,
-    targets: np.ndarray,
-    batch_size: int,
-    generator: torch.Generator,
-    sample_transform=None,
-    flips=None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-):
-    """One epoch of shuffled uint8 batches ``(images, targets)``; the last short batch is dropped.
-
-    ``flips`` (a :class:`~ffdi_tune.data.augment.BatchFlips`) are applied while the batch is
-    gathered. A per-image ``sample_transform`` runs in ``num_workers`` DataLoader processes when
-    asked, else inline. With neither, a batch is one gather from the decoded array (augment it on
-    the device).
-    """
-    y = torch.tensor(targets)
-    batch_size = min(batch_size, len(images))
-    if sample_transform is not None and num_workers > 0:
-        yield from DataLoader(
-            _AugmentedImages(images, targets, sample_transform),
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=generator,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        )
-        return
-    order = torch.randperm(len(images), generator=generator)
-    no_flip = torch.zeros(batch_size, dtype=torch.bool)
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
-        h, v = flips.draw(batch_size, generator) if flips is not None else (no_flip, no_flip)
-        batch = _gather(images, idx, h, v)
-        if sample_transform is not None:
-            batch = torch.stack([sample_transform(img) for img in batch])
-        yield (batch.pin_memory() if pin_memory else batch), y[idx]
-
-
-def eval_loader(images: torch.Tensor, batch_size: int):
-    """Plain in-order batches of the decoded images (no copies, no workers needed)."""
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
-
-
-def to_model_input(
-    batch: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    device: torch.device,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """``B x 3 x H x W`` on the 0-255 scale (uint8, or float from a device augmentation) ->
-    normalised float on ``device``."""
-    # (x / 255 - mean) / std as two in-place passes over the batch
-    x = batch.to(device, non_blocking=True).float()
-    x = x.sub_((mean * 255).view(1, 3, 1, 1)).mul_((1 / (std * 255)).view(1, 3, 1, 1))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -9,6 +9,9 @@ chance of fake, and :func:`to_probability` turns it into the submission's ``y_pr
   smoothing or mixup are calibrated differently; averaging log-odds weighs their confidence alike);
 - :func:`rank_average`: weighted mean of each member's normalised ranks, which is all ROC AUC sees;
 - :func:`greedy_select`: Caruana et al. (2004) forward selection with replacement, either average.
+
+``SCALES`` gives the weighted combiner of each scale a combination averages on (``prob``,
+``logit``, ``rank``); ``AVERAGES`` the two a recipe's ``average`` may name.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 __all__ = [
     "AVERAGES",
+    "SCALES",
     "mean_probability",
     "mean_log_odds",
     "rank_average",
@@ -53,6 +57,13 @@ def rank_average(log_odds: np.ndarray, weights: np.ndarray | None = None) -> np.
 # average name -> (combiner, the scale of its output)
 AVERAGES = {"prob": (mean_probability, "prob"), "logit": (mean_log_odds, "logit")}
 
+# score scale -> (the weighted combiner that averages on it, what it averages, in words)
+SCALES = {
+    "prob": (mean_probability, "probabilities"),
+    "logit": (mean_log_odds, "log-odds"),
+    "rank": (rank_average, "ranks"),
+}
+
 
 def to_probability(score: np.ndarray, scale: str) -> np.ndarray:
     """A combined score on ``scale`` (``prob``, ``logit`` or ``rank``) as a probability-like value
@@ -61,7 +72,7 @@ def to_probability(score: np.ndarray, scale: str) -> np.ndarray:
         return expit(score)
     if scale in ("prob", "rank"):
         return np.clip(score, 0.0, 1.0)  # float sums may stray by an ulp
-    raise ValueError(f"unknown score scale {scale!r}; valid scales are prob, logit, rank")
+    raise ValueError(f"unknown score scale {scale!r}; valid scales are {', '.join(SCALES)}")
 
 
 def greedy_select(
@@ -78,7 +89,7 @@ def greedy_select(
     if average not in AVERAGES:
         raise ValueError(f"unknown average {average!r}; valid averages are {', '.join(AVERAGES)}")
     sets = log_odds[None] if log_odds.ndim == 2 else log_odds
-    # both are plain means then
+    # on probabilities or on log-odds, either average is then a plain mean of the chosen members
     sets = expit(sets) if average == "prob" else np.asarray(sets, dtype=np.float64)
     counts = np.zeros(sets.shape[1], dtype=np.int64)
     total = np.zeros((len(sets), sets.shape[2]))

@@ -1,7 +1,10 @@
 """The final stage: from finished trials in MLflow to a submission CSV, a report and an MLflow run.
 
-Works from the tracking store alone (trial runs and their ``checkpoint/best.pt`` artifacts), so it
-runs right after a search or later on any machine that reaches the store.
+Works from the tracking store alone (trial runs and their ``checkpoint/best.pt`` artifacts, and
+what the search recorded: :mod:`ffdi_tune.ensemble.search_record`), so it runs right after a search
+or later on any machine that reaches the store. :func:`run_ensemble` goes step by step: the trials
+to score, the data and valset split the search used, every candidate's log-odds per TTA view,
+:func:`~ffdi_tune.ensemble.build.build_ensemble`, the ensemble run, then the submission.
 """
 
 from __future__ import annotations
@@ -11,26 +14,28 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import yaml
-from pydantic import ValidationError
-
 from ffdi_tune import tracking
-from ffdi_tune.config import format_validation_error
-from ffdi_tune.data.check import DataCheck, check_dataset
-from ffdi_tune.data.holdout import split_valset, unrecorded_split
+from ffdi_tune.data.check import check_dataset
+from ffdi_tune.data.holdout import Holdout, split_valset
+from ffdi_tune.data.layout import Split
 from ffdi_tune.data.perturb import Perturber, RobustValConfig
-from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.build import EnsembleResult, MemberPredictions, build_ensemble
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.ensemble.search_record import (
+    check_data_unchanged,
+    recorded_data_root,
+    recorded_holdout,
+    search_config,
+    search_data,
+    search_robust_val,
+)
+from ffdi_tune.ensemble.submission import submission_text
 from ffdi_tune.errors import ConfigError, DataError
 from ffdi_tune.files import write_atomic
 from ffdi_tune.report import plot_roc
 from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better, robust_metrics
-from ffdi_tune.scoring.inference import probability
 from ffdi_tune.scoring.predict import DecodedSplits, load_member, predict_views
-from ffdi_tune.tracking import DATA_ROOT, Tracker, TrialRecord
+from ffdi_tune.tracking import Tracker, TrialRecord
 
 __all__ = [
     "EnsembleOutcome",
@@ -38,35 +43,18 @@ __all__ = [
     "candidate_runs",
     "scoring_pool",
     "score_candidates",
-    "search_config",
-    "search_data",
-    "search_robust_val",
-    "search_holdout",
-    "predict_run",
-    "submission_text",
+    "plot_report_roc",
 ]
 
 
 @dataclass
 class EnsembleOutcome:
+    """What :func:`run_ensemble` made: the ensemble, the submission it wrote, its MLflow run."""
+
     result: EnsembleResult
     submission: Path
     run_id: str
-    n_test: int
-
-
-def submission_text(names: tuple[str, ...], prob: np.ndarray) -> str:
-    """``img_name,y_pred`` CSV text; refuses NaN or values outside [0, 1].
-
-    Each value is written with as many digits as it takes to read back the same float64, so two
-    different scores are never written alike (rounding to a fixed 6 decimals would tie confident
-    images, which decides AUC and TPR at low FPR).
-    """
-    prob = np.asarray(prob, dtype=np.float64)
-    if len(prob) != len(names) or not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
-        raise ValueError("submission probabilities must be finite, in [0, 1], one per test image")
-    # repr: round trip
-    return pd.DataFrame({"img_name": list(names), "y_pred": prob}).to_csv(index=False)
+    n_test: int  # rows in the submission
 
 
 def candidate_runs(
@@ -121,7 +109,7 @@ def score_candidates(
     echo=print,
     perturb=None,
 ) -> list[MemberPredictions]:
-    """Every run's probabilities on val and test for identity plus each view of ``tta``.
+    """Every run's log-odds of fake on val and test for identity plus each view of ``tta``.
 
     With ``perturb`` (a :class:`~ffdi_tune.data.perturb.Perturber`), also on the perturbed copy of
     val.
@@ -147,82 +135,120 @@ def score_candidates(
     return candidates
 
 
-def search_config(tracker: Tracker, experiment: str) -> dict:
-    """The resolved YAML the search ``experiment`` ran with, parsed (empty when none is logged)."""
-    text = tracker.search_config_text(experiment)
-    raw = yaml.safe_load(text) if text else None
-    return raw if isinstance(raw, dict) else {}
+def plot_report_roc(result: EnsembleResult, path: Path) -> Path:
+    """The ROC figure of the shipped members (run ids cut to 8 characters) and of the ensemble, in
+    bold, on the report part."""
+    curves = {}
+    for name, scores in result.member_report_preds.items():
+        curves[name if name[:8] in curves else name[:8]] = scores
+    curves["ensemble"] = result.report_pred
+    return plot_roc(
+        result.report_targets, curves, path, bold="ensemble", title="ROC on the report half"
+    )
 
 
-def search_data(config: dict, root: str, on_bad_image: str = "error") -> DataConfig:
-    """The data section of a search's ``config`` (layout names, exclusions), at ``root``."""
-    section = config.get("data") if isinstance(config.get("data"), dict) else {}
-    # The demo generator and a cache folder belong to the machine that searched, not this one.
-    keep = {k: v for k, v in section.items() if k not in ("root", "demo", "cache_dir")}
-    try:
-        return DataConfig.model_validate({"on_bad_image": on_bad_image, **keep, "root": root})
-    except ValidationError:
-        return DataConfig(root=root, on_bad_image=on_bad_image)
-
-
-def search_robust_val(config: dict, experiment: str) -> RobustValConfig:
-    """The perturbation recipe the search ``experiment`` (its ``config``) scored with; default when
-    none."""
-    recorded = config.get("robust_val")
-    try:
-        recipe = (
-            RobustValConfig.model_validate(recorded)
-            if isinstance(recorded, dict)
-            else RobustValConfig()
+def _runs_to_score(
+    tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str], echo
+) -> list[TrialRecord]:
+    """The qualifying trials, cut to the recipe's scoring pool (said when it cuts)."""
+    qualifying = candidate_runs(tracker, recipe, experiments)
+    runs = scoring_pool(tracker, recipe, qualifying)
+    if len(runs) < len(qualifying):
+        echo(
+            f"scoring the best {len(runs)} of {len(qualifying)} qualifying trials by their "
+            f"logged {recipe.metric} (candidates.pool)"
         )
-    except ValidationError as exc:
-        raise ConfigError(
-            f"search {experiment!r}: {format_validation_error('robust_val', exc)}; rank with "
-            "metric val_auc, or rerun the search with a valid robust_val"
-        ) from None
-    return recipe.model_copy(update={"enabled": True})
+    return runs
 
 
-def search_holdout(searches: dict[str, dict[str, str]]) -> tuple[float, int, str]:
-    """(fraction, seed, report hash) of the valset split the pooled searches share.
+def _checked_splits(
+    config: dict,
+    data_root: str,
+    searches: dict[str, dict[str, str]],
+    first: str,
+    allow_changed_data: bool,
+) -> DecodedSplits:
+    """Val and test at ``data_root``, laid out as the first search's ``config`` says, checked
+    against the fingerprints the searches recorded."""
+    on_bad_image = searches[first].get(tracking.ON_BAD_IMAGE, "error")
+    # Only val and test are read: trainset need not be on this machine.
+    check = check_dataset(search_data(config, data_root, on_bad_image), splits=("val", "test"))
+    if not allow_changed_data:
+        check_data_unchanged(check, searches)
+    return DecodedSplits(check.data)
 
-    Searches whose splits differ cannot be pooled honestly (one's report part may be another's
-    selection part): that is a one-line error. A search that recorded no split (made by an older
-    version, which chose on all of valset) counts as ``fraction 0``.
-    """
-    recorded = {
-        name: tracking.holdout_from_tags(t) or unrecorded_split() for name, t in searches.items()
+
+def _valset_split(
+    val: Split, searches: dict[str, dict[str, str]], first: str, allow_changed_data: bool
+) -> Holdout:
+    """Valset split again as the searches split it; a report part that changed since is refused
+    unless ``allow_changed_data``."""
+    fraction, seed, recorded = recorded_holdout(searches)
+    holdout = split_valset(val, fraction, seed)
+    if holdout.report_hash != recorded and not allow_changed_data:
+        raise DataError(
+            f"valset's report part is not the one search {first!r} kept aside (hash "
+            f"{recorded} then, {holdout.report_hash} now: images added, removed or renamed); "
+            "restore valset, or pass --allow-changed-data to split the current valset the same "
+            "way (its estimate is then less sure)"
+        )
+    return holdout
+
+
+def _run_params(
+    recipe: EnsembleRecipe,
+    recipe_name: str,
+    experiments: list[str],
+    holdout: Holdout,
+    result: EnsembleResult,
+    perturbation: RobustValConfig | None,
+) -> dict:
+    """The ensemble run's params: the recipe as written, the split, what shipped."""
+    params = {
+        "recipe": recipe_name,
+        "experiments": ",".join(experiments),
+        "combine": recipe.combine,
+        "average": recipe.average,
+        "top_k": recipe.top_k,
+        "metric": recipe.metric,
+        "tta": ",".join(recipe.tta),
+        "tta_select": recipe.tta_select,
+        "holdout_fraction": holdout.fraction,
+        "holdout_seed": holdout.seed,
+        "members": ",".join(result.members),
+        "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
+        "member_views": ",".join("+".join(result.views[m]) for m in result.members),
     }
-    splits = {name: (s["fraction"], s["seed"], s["report_hash"]) for name, s in recorded.items()}
-    first, (fraction, seed, digest) = next(iter(splits.items()))
-    for name, (f, sd, h) in splits.items():
-        if h != digest:
-            raise ConfigError(
-                f"searches {first!r} and {name!r} split valset differently (fraction {fraction:g} "
-                f"seed {seed}, report part {digest}; fraction {f:g} seed {sd}, report part {h}), "
-                "so neither report part is unseen by the other's trials; ensemble them "
-                "separately, or rerun one with the other's search.holdout"
-            )
-    return fraction, seed, digest
+    if perturbation is not None:
+        params["robust_val"] = perturbation.model_dump_json()
+    return params
 
 
-def _same_data_as_searches(check: DataCheck, searches: dict[str, dict[str, str]]) -> None:
-    """Refuse val/test files that changed since a search at the same root fingerprinted them."""
-    here = Path(check.data.root).resolve()
-    for name, t in searches.items():
-        if not t.get(DATA_ROOT) or Path(t[DATA_ROOT]).resolve() != here:
-            continue  # another root is scored on purpose
-        for split in ("val", "test"):
-            then, now = (
-                t.get(f"{tracking.FINGERPRINT_PREFIX}{split}"),
-                check.fingerprints.get(split),
-            )
-            if then and now and then != now:
-                raise DataError(
-                    f"{split}set in {here} changed since search {name!r} ran (images added, "
-                    f"removed, rewritten or relabelled: fingerprint {then} then, {now} now); "
-                    "restore it, or pass --allow-changed-data to score the files as they are now"
-                )
+def _log_ensemble_run(
+    tracker: Tracker,
+    experiment: str,
+    parent_run_id: str | None,
+    params: dict,
+    result: EnsembleResult,
+    holdout: Holdout,
+    submission: str,
+) -> str:
+    """The ensemble run, with the submission, the members table and (with a report part) the ROC
+    figure as artifacts; returns its id."""
+    with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
+        members_csv = Path(tmp) / "members.csv"
+        result.table.to_csv(members_csv, index=False)
+        figures = [plot_report_roc(result, Path(tmp) / "roc.png")] if result.honest else []
+        sub = write_atomic(Path(tmp) / "submission.csv", submission)
+        return tracker.ensemble_run(
+            tracker.experiment_id(experiment, create=False),
+            f"ensemble-{result.chosen}",
+            parent_run_id,
+            params,
+            result.metrics,
+            [sub, members_csv, *figures],
+            {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout)},
+        )
 
 
 def run_ensemble(
@@ -248,109 +274,27 @@ def run_ensemble(
             f"{recipe_name}: no searches to pool trials from; pass --experiment NAME "
             "or list them under experiments:"
         )
-    qualifying = candidate_runs(tracker, recipe, experiments)
-    runs = scoring_pool(tracker, recipe, qualifying)
-    if len(runs) < len(qualifying):
-        echo(
-            f"scoring the best {len(runs)} of {len(qualifying)} qualifying trials by their "
-            f"logged {recipe.metric} (candidates.pool)"
-        )
+    first = experiments[0]
+    runs = _runs_to_score(tracker, recipe, experiments, echo)
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
-        data_root = searches[experiments[0]].get(DATA_ROOT)
-        if data_root is None:
-            raise ConfigError(
-                f"no data root is recorded for search {experiments[0]!r}; pass --data DIR"
-            )
-    # Only val and test are read: trainset need not be on this machine.
-    # the first search's layout and perturbation recipe
-    config = search_config(tracker, experiments[0])
-    data = search_data(
-        config, data_root, searches[experiments[0]].get(tracking.ON_BAD_IMAGE, "error")
-    )
-    check = check_dataset(data, splits=("val", "test"))
-    if not allow_changed_data:
-        _same_data_as_searches(check, searches)
-    out = Path(out or recipe.output or Path("runs") / experiments[0] / "submission.csv")
-    splits = DecodedSplits(check.data)
-    fraction, seed, recorded = search_holdout(searches)
+        data_root = recorded_data_root(searches[first], first)
+    config = search_config(tracker, first)  # the first search's layout and perturbation recipe
+    splits = _checked_splits(config, data_root, searches, first, allow_changed_data)
     val = splits.split("val")
-    holdout = split_valset(val, fraction, seed)
-    if holdout.report_hash != recorded and not allow_changed_data:
-        raise DataError(
-            f"valset's report part is not the one search {experiments[0]!r} kept aside (hash "
-            f"{recorded} then, {holdout.report_hash} now: images added, removed or renamed); "
-            "restore valset, or pass --allow-changed-data to split the current valset the same "
-            "way (its estimate is then less sure)"
-        )
-    # A robust metric ranks on the perturbed valset the (first) search's trials were scored on.
-    needs_perturbed = recipe.metric in robust_metrics()
-    robust = search_robust_val(config, experiments[0]) if needs_perturbed else None
+    holdout = _valset_split(val, searches, first, allow_changed_data)
+    # A robust metric ranks on the perturbed valset the first search's trials were scored on.
+    perturbation = search_robust_val(config, first) if recipe.metric in robust_metrics() else None
+    perturb = Perturber(perturbation) if perturbation is not None else None
     candidates = score_candidates(
-        tracker,
-        runs,
-        splits,
-        recipe.tta,
-        recipe.batch_size,
-        echo,
-        Perturber(robust) if robust is not None else None,
+        tracker, runs, splits, recipe.tta, recipe.batch_size, echo, perturb
     )
     result = build_ensemble(candidates, val.targets, recipe, *holdout.indices(val.names))
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
-
-    with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
-        members_csv = Path(tmp) / "members.csv"
-        result.table.to_csv(members_csv, index=False)
-        figures = [plot_roc(result, Path(tmp) / "roc.png")] if result.honest else []
-        sub = write_atomic(Path(tmp) / "submission.csv", text)
-        params = {
-            "recipe": recipe_name,
-            "experiments": ",".join(experiments),
-            "combine": recipe.combine,
-            "average": recipe.average,
-            "top_k": recipe.top_k,
-            "metric": recipe.metric,
-            "tta": ",".join(recipe.tta),
-            "tta_select": recipe.tta_select,
-            "holdout_fraction": fraction,
-            "holdout_seed": seed,
-            "members": ",".join(result.members),
-            "weights": ",".join(f"{result.weights[m]:.4f}" for m in result.members),
-            "member_views": ",".join("+".join(result.views[m]) for m in result.members),
-        }
-        if robust is not None:
-            params["robust_val"] = robust.model_dump_json()
-        exp_id = tracker.experiment_id(experiments[0], create=False)
-        run_tags = {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout)}
-        run_id = tracker.ensemble_run(
-            exp_id,
-            f"ensemble-{result.chosen}",
-            parent_run_id,
-            params,
-            result.metrics,
-            [sub, members_csv, *figures],
-            run_tags,
-        )
+    params = _run_params(recipe, recipe_name, experiments, holdout, result, perturbation)
+    run_id = _log_ensemble_run(tracker, first, parent_run_id, params, result, holdout, text)
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
+    out = Path(out or recipe.output or Path("runs") / first / "submission.csv")
     submission = write_atomic(out, text)
     return EnsembleOutcome(result, submission, run_id, len(test))
-
-
-def predict_run(
-    tracker: Tracker,
-    run_id: str,
-    data: DataConfig,
-    views: list[str],
-    out: Path,
-    batch_size: int = 64,
-) -> Path:
-    """Score the test split with one trial's best checkpoint (mean over ``views``)."""
-    splits = DecodedSplits(data)
-    test = splits.split("test")
-    with tempfile.TemporaryDirectory(prefix="ffdi-predict-") as tmp:
-        member = load_member(tracker.download(run_id, "checkpoint/best.pt", Path(tmp)), run_id)
-        prob = probability(
-            predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0)
-        )
-    return write_atomic(out, submission_text(test.names, prob))

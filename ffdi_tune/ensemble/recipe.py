@@ -5,12 +5,13 @@
     top_k: 5                  # members (for greedy: the pool it picks from, with replacement)
     metric: val_auc           # ranks candidates, on the selection part of valset; val_robust_auc or
                               # val_worst_auc rank (and choose views, weights and the combination)
-                              # on
-                              # the perturbed copy of valset, or on the lower of the two AUCs
-    combine: auto             # auto | best | mean | rank | greedy
+                              # on the perturbed copy of valset, or on the lower of the two AUCs
+    combine: auto             # auto, or a registered method: best | mean | rank | greedy
     average: prob             # prob | logit: what mean and greedy average
     # views averaged per member; tta_select keeps them only where they help
     tta: [identity, hflip]
+
+``combine`` is checked against the registry of :mod:`ffdi_tune.ensemble.methods`.
 
 The valset split into a selection and a report part is the search's (``search.holdout``), not
 the recipe's: the final stage reuses it, so the report part stays unseen by everything.
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ffdi_tune.config import format_validation_error, read_yaml
+from ffdi_tune.ensemble.methods import AUTO, check_combine
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.scoring.epoch_metrics import check_metric
 from ffdi_tune.scoring.tta import check_views
@@ -53,15 +55,17 @@ class EnsembleRecipe(StrictModel):
     # val_robust_auc / val_worst_auc: views, ranking, weights on the perturbed valset
     metric: str = "val_auc"
     candidates: CandidateFilter = CandidateFilter()
-    # auto builds every combination below and ships the best on the selection part
-    combine: Literal["auto", "best", "mean", "rank", "greedy"] = "auto"
-    average: Literal["prob", "logit"] = "prob"  # for mean and greedy: probabilities or log-odds
+    # auto builds every registered combination and ships the best on the selection part
+    combine: str = AUTO
+    # for methods that use it (mean, greedy): average probabilities or log-odds
+    average: Literal["prob", "logit"] = "prob"
     tta: list[str] = ["identity", "hflip"]
     tta_select: bool = True
     output: str | None = None  # default runs/<first experiment>/submission.csv
     batch_size: int = Field(64, ge=1)
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
+    _known_combine = field_validator("combine")(lambda v: check_combine(v))
 
     @model_validator(mode="after")
     def _pool_holds_top_k(self) -> EnsembleRecipe:

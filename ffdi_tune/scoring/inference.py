@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ffdi_tune.data.layout import eval_loader, to_model_input
+from ffdi_tune.data.loaders import eval_loader, to_model_input
 from ffdi_tune.scoring.tta import apply_view
 
 __all__ = ["view_log_odds", "probability"]
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 logits of a normalised batch; under ``amp_dtype`` only the body runs in it."""
     if amp_dtype is None:
         return model(x).float()
     with torch.autocast(x.device.type, dtype=amp_dtype):
@@ -42,17 +43,17 @@ def view_log_odds(
     """
     model.eval()
     device = mean.device
-    out = np.empty((len(views), len(images)), dtype=np.float64)
+    log_odds = np.empty((len(views), len(images)), dtype=np.float64)
     start = 0
     for batch in eval_loader(images, batch_size):
         x = to_model_input(batch, mean, std, device, channels_last)
-        for v, view in enumerate(views):
+        for row, view in enumerate(views):
             logits = _logits(model, apply_view(view, x), amp_dtype)
-            out[v, start : start + len(batch)] = (
+            log_odds[row, start : start + len(batch)] = (
                 (logits[:, 1] - logits[:, 0]).double().cpu().numpy()
             )
         start += len(batch)
-    return out
+    return log_odds
 
 
 def probability(log_odds: np.ndarray) -> np.ndarray:

@@ -30,8 +30,7 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 
 def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float = 1e-3) -> float:
-    """The best true-positive rate among thresholds whose false-positive rate is at most
-    ``max_fpr``.
+    """The best true-positive rate among thresholds whose false-positive rate is <= ``max_fpr``.
 
     Every point of the ROC curve is considered (``drop_intermediate=False``) and nothing is
     interpolated: the value is that of an operating point one can actually choose. FPR exactly at

@@ -1,9 +1,9 @@
-"""Score images with a trained member: load ``best.pt`` safely, predict every TTA view from one
-decode.
+"""Score images with a trained member: load its ``best.pt`` safely, score every TTA view of it.
 
-:class:`DecodedSplits` decodes each split once per image size and shares it across members;
-:func:`predict_views` runs each view as a tensor op on the decoded batch (on the device) and
-returns log-odds of fake (see :mod:`ffdi_tune.scoring.inference`).
+:func:`load_member` rebuilds a trial's model from ``best.pt``; :class:`DecodedSplits` decodes each
+split once per image size and shares it across members; :func:`predict_views` runs each view as a
+tensor op on the decoded batch (on the device) and returns log-odds of fake (see
+:mod:`ffdi_tune.scoring.inference`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_d
 
 
 def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -36,22 +37,23 @@ class Member:
     img_size: int  # the side it is fed at (the trial's evaluation size)
     mean: torch.Tensor
     std: torch.Tensor
-    checkpoint: dict[str, Any]
+    checkpoint: dict[str, Any]  # what best.pt holds
 
 
 def load_member(path: str | Path, name: str, device: torch.device | None = None) -> Member:
     """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file).
 
     The model is rebuilt as the trial built it (backbone and ``input`` mode) and fed images at the
-    checkpoint's evaluation size (``eval_img_size`` when the trial set one, else ``img_size``).
+    trial's evaluation size (best.pt's ``eval_img_size``: the trial's ``eval_img_size`` when it set
+    one, else its ``img_size``). A file that cannot be loaded is a :class:`DataError`.
     """
     from ffdi_tune.models.factory import create_model
 
     device = device or default_device()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = create_model(ckpt["backbone"], input_mode=ckpt.get("input", "rgb"))
-        model.load_state_dict(ckpt["state_dict"])
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = create_model(checkpoint["backbone"], input_mode=checkpoint["input"])
+        model.load_state_dict(checkpoint["state_dict"])
     except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
         raise DataError(
             f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
@@ -60,14 +62,13 @@ def load_member(path: str | Path, name: str, device: torch.device | None = None)
     model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    img_size = int(ckpt.get("eval_img_size") or ckpt["img_size"])
     return Member(
         name,
         model,
-        img_size,
-        torch.tensor(ckpt["mean"], device=device),
-        torch.tensor(ckpt["std"], device=device),
-        ckpt,
+        int(checkpoint["eval_img_size"]),
+        torch.tensor(checkpoint["mean"], device=device),
+        torch.tensor(checkpoint["std"], device=device),
+        checkpoint,
     )
 
 
@@ -80,6 +81,7 @@ class DecodedSplits:
         self._images: dict[tuple[str, int, str], torch.Tensor] = {}
 
     def split(self, name: str) -> Split:
+        """Split ``name``'s file list and labels, read once."""
         if name not in self.splits:
             self.splits[name] = read_split(self.data, name)
         return self.splits[name]
@@ -99,8 +101,8 @@ def predict_views(
 ) -> np.ndarray:
     """A member's log-odds of fake for each view (the body in bf16 on a GPU that has it, the head in
     float32): ``len(views) x len(images)``."""
-    cuda = member.mean.device.type == "cuda"
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    on_gpu = member.mean.device.type == "cuda"  # load_member made the model channels-last there
+    amp = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else None
     return view_log_odds(
-        member.model, images, member.mean, member.std, views, batch_size, amp, cuda
+        member.model, images, member.mean, member.std, views, batch_size, amp, on_gpu
     )

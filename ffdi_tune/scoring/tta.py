@@ -42,4 +42,5 @@ def check_views(views: list[str]) -> list[str]:
 
 
 def apply_view(name: str, batch: torch.Tensor) -> torch.Tensor:
+    """View ``name`` of a ``B x C x H x W`` batch."""
     return TTA_VIEWS[name](batch)

@@ -1,11 +1,11 @@
 """A search's wall-clock budget: what is left of it, and what the final stage will need of it.
 
 ``search.time_budget: 8h`` (or ``--time-budget``) is time the driver is alive: what it has used is
-kept in ``runs/<name>/budget.json`` as it goes, so a resumed search continues from there and the
-time the driver was dead does not count. The search stops proposing trials once the rest cannot fit
-one, stops a running trial when its next epoch would run into the time kept for the final stage
-(:class:`FinalStageEstimate`, measured from the trials' own scoring speed), and ends any trial still
-running at the budget's end.
+kept in ``budget.json`` in the search's output folder (``runs/<name>/``) as it goes, so a resumed
+search continues from there and the time the driver was dead does not count. The search stops
+proposing trials once the rest cannot fit one, stops a running trial when its next epoch would run
+into the time kept for the final stage (:class:`FinalStageEstimate`, measured from the trials' own
+scoring speed), and ends any trial still running at the budget's end.
 
 Durations are written as in :mod:`ffdi_tune.durations` (``8h``, ``90m``, ``1h30m``).
 """
@@ -61,29 +61,18 @@ class TimeBudget:
 
         ``total_s`` (the YAML's budget) applies when nothing was kept; None when there is no budget.
         """
-        kept = (
-            json.loads((Path(folder) / BUDGET_FILE).read_text())
-            if (Path(folder) / BUDGET_FILE).is_file()
-            else {}
-        )
-        used = float(kept.get("used_s", 0.0))
+        path = Path(folder) / BUDGET_FILE
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            used, total = float(kept["used_s"]), float(kept["total_s"])
+            cut, trial_s = set(kept["cut"]), list(kept["trial_s"])
+        else:  # the search had no budget, or resumes on a machine without its budget.json
+            used, total, cut, trial_s = 0.0, total_s, set(), []
         if extra_s is not None:
             total = used + extra_s
-        elif "total_s" in kept:
-            total = float(kept["total_s"])
-        elif total_s is not None:
-            total = total_s
-        else:
+        if total is None:
             return None
-        return cls(
-            total,
-            used,
-            Path(folder),
-            set(kept.get("cut", [])),
-            list(kept.get("trial_s", [])),
-            clock,
-            started,
-        )
+        return cls(total, used, Path(folder), cut, trial_s, clock, started)
 
     def used(self) -> float:
         return self.used_before_s + (self.clock() - self.started)

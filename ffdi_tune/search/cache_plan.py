@@ -26,10 +26,10 @@ from ffdi_tune.errors import DataError
 
 __all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "build_here", "BUILD_KIND"]
 
-# threads and processes build within 15% of each other in bench/scale.py, the winner changing
-# between runs; in processes no part of the work (the copy into the map) waits for one GIL. It runs
-# before Ray starts and before the tracking store is opened, so the fork copies no Ray or MLflow
-# thread
+# Threads and processes build within 15% of each other in bench/scale.py, the winner changing
+# between runs; in processes no part of the work (the copy into the map) waits for one GIL. The
+# build runs before Ray starts and before the tracking store is opened, so the fork copies no Ray
+# or MLflow thread.
 BUILD_KIND = "processes"
 HEADER_BYTES = 128  # of a .npy file
 SPARE_GB = 1.0  # left free on the cache's disk
@@ -114,8 +114,8 @@ def build(
     workers: int | None = None,
     kind: str = BUILD_KIND,
 ) -> int:
-    """Decode the missing entries into the cache with ``workers`` (default every CPU); return how
-    many."""
+    """Decode the missing entries into the cache with ``workers`` (default: every CPU); return how
+    many were missing."""
     missing = [e for e in entries if not e.built(cache_dir)]
     for e in missing:
         echo(

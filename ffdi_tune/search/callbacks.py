@@ -1,9 +1,13 @@
-"""The driver's eye on Tune: every trial mirrored into an MLflow child run, and the budget's clock.
+"""The driver's callbacks on Tune: every trial mirrored into an MLflow child run, and the time
+budget's clock kept.
 
 Trials never talk to MLflow: :class:`MlflowTrials` runs on the driver, so workers need no tracking
 access and a trial stopped by ASHA (which never returns from its last ``tune.report``) still gets a
-correct final status. Tune pickles the callback into its experiment state, so a resumed search
-re-attaches to the same runs.
+correct final status. :class:`BudgetClock` feeds the search's live time budget
+(:func:`~ffdi_tune.search.searcher.attach_budget`) with the trials' starts, results and ends, and
+decides which trials the budget cut. A round lists the clock first: Tune calls its callbacks in
+that order, so a trial's cut is decided before its run is tagged. Tune pickles both into its
+experiment state, so a resumed search re-attaches to the same runs and the same budget.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ffdi_tune.search.space import CONDITIONAL_SEP, trial_settings
 from ffdi_tune.tracking import Tracker
 from ffdi_tune.training.trial import BEST_FILE
 
-__all__ = ["MlflowTrials", "RESULT_TAGS", "progress"]
+__all__ = ["MlflowTrials", "BudgetClock", "RESULT_TAGS", "progress"]
 
 # result key (what the trainable adds to every report) -> tag on the trial's MLflow run, set when
 # the value first appears or changes
@@ -42,12 +46,22 @@ def progress(trial, fixed: dict) -> tuple[int, int]:
     ).epochs
 
 
+def _error_message(trial) -> str:
+    """The last line of a failed trial's error file ('trial failed' without one)."""
+    if not (trial.error_file and os.path.exists(trial.error_file)):
+        return "trial failed"
+    text = Path(trial.error_file).read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial failed"
+
+
 class MlflowTrials(tune.Callback):
     """Mirror trials into MLflow child runs from the driver (picklable: Tune saves it for resume).
 
-    With a time budget attached to the search (:func:`~ffdi_tune.search.searcher.attach_budget`) it
-    also keeps the budget's clock: time used is saved as results come in, each trial's duration and
-    result feed the estimates, and a trial the budget ended is tagged ``ffdi.budget_cut``.
+    A trial's run gets its settings as params, each epoch's metrics once Tune has registered that
+    epoch's checkpoint, the :data:`RESULT_TAGS` whenever they change, and at its end how many
+    epochs it ran, whether it was stopped early or cut by the time budget (as :class:`BudgetClock`
+    decided), its ``checkpoint/best.pt`` and its status.
     """
 
     def __init__(
@@ -59,23 +73,21 @@ class MlflowTrials(tune.Callback):
         val_images: int,
         search_name: str = "",
     ):
-        self.tracker, self.experiment_id, self.parent_id, self.fixed = (
-            tracker,
-            experiment_id,
-            parent_id,
-            fixed,
-        )
+        self.tracker, self.experiment_id, self.parent_id = tracker, experiment_id, parent_id
+        self.fixed = fixed
         # how many valset images each epoch's metrics use (the selection part)
         self.val_images = val_images
         self.search_name = search_name
         self.run_ids: dict[str, str] = {}
         self.result_tags: dict[tuple[str, str], str] = {}
+        # trial id -> (epoch, metrics) reported with a checkpoint Tune has not registered yet
+        self.held: dict[str, tuple[int, dict]] = {}
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             params = trial_settings(self.fixed, trial.config).model_dump()
             params.update({k: v for k, v in trial.config.items() if CONDITIONAL_SEP in k})
-            if getattr(self, "val_images", None):  # absent in a callback pickled before it existed
+            if self.val_images:
                 params["val_images"] = self.val_images
             self.run_ids[trial.trial_id] = self.tracker.trial_run(
                 self.experiment_id,
@@ -86,20 +98,14 @@ class MlflowTrials(tune.Callback):
             )
         return self.run_ids[trial.trial_id]
 
-    def _live(self):
-        return live_budget(getattr(self, "search_name", ""))
+    def _budget_cut(self, trial) -> bool:
+        live = live_budget(self.search_name)
+        return live is not None and trial.trial_id in live.budget.cut
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
         # a start after a failure or a resume reruns whatever was held
-        self._pending().pop(trial.trial_id, None)
-        live = self._live()
-        if live is not None:
-            live.started.setdefault(trial.trial_id, live.budget.used())
-
-    def _pending(self) -> dict[str, tuple[int, dict]]:
-        # absent in a callback pickled before it existed
-        return self.__dict__.setdefault("pending", {})
+        self.held.pop(trial.trial_id, None)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: result[k] for k in epoch_metric_names() if k in result}
@@ -107,53 +113,33 @@ class MlflowTrials(tune.Callback):
         if result.get(SHOULD_CHECKPOINT):
             # Logged once Tune has registered the epoch's checkpoint (on_checkpoint): a trial lost
             # before that restarts from the epoch before and reports this epoch again.
-            self._pending()[trial.trial_id] = (step, metrics)
+            self.held[trial.trial_id] = (step, metrics)
         else:
             self.tracker.log_metrics(self._run(trial), metrics, step=step)
         # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
-        # absent in a callback pickled before it existed
-        tagged = self.__dict__.setdefault("result_tags", {})
         new = {
             tag: str(result[key])
             for key, tag in RESULT_TAGS.items()
-            if result.get(key) and tagged.get((trial.trial_id, tag)) != str(result[key])
+            if result.get(key) and self.result_tags.get((trial.trial_id, tag)) != str(result[key])
         }
         if new:
-            tagged.update({(trial.trial_id, tag): value for tag, value in new.items()})
+            self.result_tags.update({(trial.trial_id, tag): value for tag, value in new.items()})
             self.tracker.set_tags(self._run(trial), new)
-        live = self._live()
-        if live is not None:
-            live.scored.add(trial.trial_id)
-            if time.monotonic() - getattr(self, "_saved_at", 0.0) > SAVE_BUDGET_EVERY_S:
-                live.budget.save()
-                self._saved_at = time.monotonic()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        pending = self._pending().pop(trial.trial_id, None)
-        if pending is not None:
-            step, metrics = pending
+        held = self.held.pop(trial.trial_id, None)
+        if held is not None:
+            step, metrics = held
             self.tracker.log_metrics(self._run(trial), metrics, step=step)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._pending().pop(trial.trial_id, None)  # its checkpoint never came: the epoch reruns
+        self.held.pop(trial.trial_id, None)  # its checkpoint never came: the epoch reruns
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
         self.on_checkpoint(iteration, trials, trial, trial.checkpoint)  # anything still held
         epochs_run, planned = progress(trial, self.fixed)
-        live = self._live()
-        cut = False
-        if live is not None:
-            cut = trial.trial_id in live.budget.cut or (
-                epochs_run < planned and live.budget.remaining() <= 1.0
-            )
-            if cut:
-                live.budget.cut.add(trial.trial_id)
-            # a cut trial: as long as all its epochs would have taken
-            if trial.trial_id in live.started:
-                took = live.budget.used() - live.started[trial.trial_id]
-                live.budget.trial_s.append(took * planned / max(epochs_run, 1) if cut else took)
-            live.budget.save()
+        cut = self._budget_cut(trial)
         self.tracker.set_tags(
             run_id,
             {
@@ -170,15 +156,50 @@ class MlflowTrials(tune.Callback):
         self.tracker.finish(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._pending().pop(trial.trial_id, None)
+        self.held.pop(trial.trial_id, None)
         run_id = self._run(trial)
-        message = "trial failed"
-        if trial.error_file and os.path.exists(trial.error_file):
-            lines = [
-                ln
-                for ln in Path(trial.error_file).read_text(errors="replace").splitlines()
-                if ln.strip()
-            ]
-            message = lines[-1] if lines else message
-        self.tracker.set_tags(run_id, {tracking.ERROR: message[:5000]})
+        self.tracker.set_tags(run_id, {tracking.ERROR: _error_message(trial)[:5000]})
         self.tracker.finish(run_id, "FAILED")
+
+
+class BudgetClock(tune.Callback):
+    """Keep the clock of the search's time budget, when it has one (the
+    :class:`~ffdi_tune.search.searcher.LiveBudget` of ``search_name``, looked up, never pickled).
+
+    Time used is saved as results come in; a trial with a scored epoch becomes a candidate of the
+    final stage; each trial's duration feeds the estimate of the next one's; and a trial that ends
+    before its last epoch with the budget spent is added to the budget's ``cut`` trials.
+    """
+
+    def __init__(self, search_name: str, fixed: dict):
+        self.search_name, self.fixed = search_name, fixed
+        self._saved_at = 0.0  # time.monotonic() of the last save
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        live = live_budget(self.search_name)
+        if live is not None:
+            live.started.setdefault(trial.trial_id, live.budget.used())
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        live = live_budget(self.search_name)
+        if live is None:
+            return
+        live.scored.add(trial.trial_id)
+        if time.monotonic() - self._saved_at > SAVE_BUDGET_EVERY_S:
+            live.budget.save()
+            self._saved_at = time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        live = live_budget(self.search_name)
+        if live is None:
+            return
+        budget = live.budget
+        epochs_run, planned = progress(trial, self.fixed)
+        if epochs_run < planned and budget.remaining() <= 1.0:
+            budget.cut.add(trial.trial_id)
+        cut = trial.trial_id in budget.cut
+        if trial.trial_id in live.started:
+            took = budget.used() - live.started[trial.trial_id]
+            # a cut trial: as long as all its epochs would have taken
+            budget.trial_s.append(took * planned / max(epochs_run, 1) if cut else took)
+        budget.save()

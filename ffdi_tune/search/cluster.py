@@ -8,6 +8,7 @@ small task on every node that can, to check it sees the dataset and the search's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -18,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.settings import DataConfig
-from ffdi_tune.errors import DataError, SearchError
+from ffdi_tune.errors import DataError, FfdiError, SearchError
 from ffdi_tune.files import is_bucket_uri
 
 __all__ = [
@@ -35,8 +36,7 @@ NODE_CHECK_TIMEOUT_S = 120.0
 
 
 def ray_address(address: str | None) -> str:
-    """The Ray a search uses: ``address`` (``--address`` or YAML), else $RAY_ADDRESS, else a new
-    local one.
+    """The Ray a search uses: ``address`` (``--address`` or YAML), $RAY_ADDRESS, or a new local one.
 
     Ray's own default, ``ray.init()``, joins the cluster that ``ray start`` last started on this
     machine, which may be someone else's; a search without an address starts a private Ray
@@ -49,8 +49,7 @@ def ray_address(address: str | None) -> str:
 
 
 def connect(address: str) -> None:
-    """Start a local Ray or join a cluster; a cluster that cannot be joined is a one-line
-    SearchError."""
+    """Start a local Ray or join a cluster (one that cannot be joined is a one-line SearchError)."""
     # Ray notes on every start that token authentication (its default) is on; that is not news.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
@@ -76,8 +75,8 @@ def connect(address: str) -> None:
 
 
 def trial_resources(cfg: SearchConfig) -> dict[str, float]:
-    """What each trial asks of the connected cluster (``gpu: auto`` resolved); refused if it can't
-    have it."""
+    """What each trial asks of the connected cluster (``gpu: auto`` resolved); a SearchError when
+    the cluster has less in all."""
     total = ray.cluster_resources()
     gpu = cfg.resources.gpu
     if gpu == "auto":
@@ -109,8 +108,8 @@ def _where(node: dict) -> str:
 
 
 def _paths_trials_read(data: DataConfig) -> list[tuple[str, str, str, int | None]]:
-    """(key, path, kind, entries on the driver) of what every trial opens; counts catch stale
-    copies."""
+    """(key, path, kind, entries on the driver) of what every trial opens; the counts of entries
+    catch a node's stale copy."""
     root = Path(data.root)
     items: list[tuple[str, str, str, int | None]] = [("data.root", str(root), "dir", None)]
     for key in ("train_dir", "val_dir"):
@@ -148,17 +147,44 @@ def check_cluster_paths(
     if len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
         return 1  # one machine, the driver's own: it has just checked the dataset itself
     items = _paths_trials_read(data)
-    marker, made = None, []
-    if not is_bucket_uri(storage_path):
-        storage = Path(storage_path)
-        made = [p for p in (storage, *storage.parents) if not p.exists()]  # deepest first
-        storage.mkdir(parents=True, exist_ok=True)
-        marker = storage / f".ffdi-node-check-{uuid.uuid4().hex}"
-        marker.touch()
-        items.append(("search.storage", str(marker), "marker", None))
+    with _storage_marker(storage_path) as marker:
+        if marker is not None:
+            items.append(("search.storage", str(marker), "marker", None))
+        lines = _ask_nodes(nodes, items, timeout_s)
+    if lines:
+        raise _blind_nodes_error(lines, len(nodes), data, storage_asked=marker is not None)
+    return len(nodes)
+
+
+@contextlib.contextmanager
+def _storage_marker(storage_path: str):
+    """A file the driver writes in a local ``storage_path`` for the nodes to find (None for a
+    bucket); removed afterwards, with the folders made for it, so that no empty storage folder is
+    left behind a refused search."""
+    if is_bucket_uri(storage_path):
+        yield None
+        return
+    storage = Path(storage_path)
+    made = [p for p in (storage, *storage.parents) if not p.exists()]  # deepest first
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".ffdi-node-check-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        yield marker
+    finally:
+        marker.unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _path_check():
+    """The task a node runs: why it cannot see one of the items, or None. Made inside a function so
+    that Ray sends it by value: the node imports neither this package nor torch."""
 
     def look(items: list[tuple[str, str, str, int | None]]) -> str | None:
-        # A nested function travels by value: the node imports neither this package nor torch.
         import os
 
         for key, path, kind, count in items:
@@ -181,54 +207,54 @@ def check_cluster_paths(
                     return f"{key} {path} has {seen} entries there but {count} on the driver"
         return None
 
-    probe = ray.remote(num_cpus=0, max_retries=0)(look)
-    try:
-        refs = {
-            probe.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(items): n
-            for n in nodes
-        }
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        lines = []
-        for ref, node in refs.items():
-            if ref not in ready:
-                why = f"the check did not answer within {timeout_s:g} s (a hung mount?)"
-            else:
-                try:
-                    why = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    why = f"the check failed there ({type(exc).__name__})"
-            if why:
-                lines.append(f"  {_where(node)}: {why}")
-    finally:
-        if marker is not None:
-            marker.unlink(missing_ok=True)
-        for folder in made:  # leave no empty storage folder behind a refused search
+    return look
+
+
+def _ask_nodes(
+    nodes: list[dict], items: list[tuple[str, str, str, int | None]], timeout_s: float
+) -> list[str]:
+    """Run the path check on every node at once; a line for each that cannot see an item, whose
+    check failed, or that did not answer within ``timeout_s``."""
+    probe = ray.remote(num_cpus=0, max_retries=0)(_path_check())
+    refs = {
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(items): n
+        for n in nodes
+    }
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    lines = []
+    for ref, node in refs.items():
+        if ref not in ready:
+            why = f"the check did not answer within {timeout_s:g} s (a hung mount?)"
+        else:
             try:
-                folder.rmdir()
-            except OSError:
-                break
-    if lines:
-        only_storage = all(": search.storage " in line for line in lines)
-        need = (
-            "search.storage on a shared filesystem (or s3://...)"
-            if only_storage
-            else (
-                f"data.root ({data.root}) at the same path, with the same files"
-                + (
-                    ", and search.storage on a shared filesystem (or s3://...)"
-                    if marker is not None
-                    else ""
-                )
-            )
+                why = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                why = f"the check failed there ({type(exc).__name__})"
+        if why:
+            lines.append(f"  {_where(node)}: {why}")
+    return lines
+
+
+def _blind_nodes_error(
+    lines: list[str], n_nodes: int, data: DataConfig, storage_asked: bool
+) -> FfdiError:
+    """The error for nodes that cannot see what the trials read: a SearchError when only the
+    storage is missing, else a DataError; ``storage_asked``: whether the nodes looked for it."""
+    only_storage = all(": search.storage " in line for line in lines)
+    need = (
+        "search.storage on a shared filesystem (or s3://...)"
+        if only_storage
+        else (
+            f"data.root ({data.root}) at the same path, with the same files"
+            + (", and search.storage on a shared filesystem (or s3://...)" if storage_asked else "")
         )
-        raise (SearchError if only_storage else DataError)(
-            f"{len(lines)} of {len(nodes)} Ray node(s) that can run trials cannot see what the "
-            "trials read; every "
-            f"such node needs {need}:\n" + "\n".join(lines)
-        )
-    return len(nodes)
+    )
+    return (SearchError if only_storage else DataError)(
+        f"{len(lines)} of {n_nodes} Ray node(s) that can run trials cannot see what the trials "
+        f"read; every such node needs {need}:\n" + "\n".join(lines)
+    )
 
 
 def warm_node_caches(entries: list, data: DataConfig, resources: dict[str, float], echo) -> None:

@@ -3,8 +3,9 @@
 The first round lives at ``<storage>/<name>``, later ones at ``<storage>/<name>/round-<k>``, each
 proposed by a searcher restored from the round before, so TPE continues from everything it has
 learned. :func:`fit_rounds` runs a new search's first round, or finishes a resumed search's last
-round and adds one when more trials are asked for; :func:`trial_rows` reads every round back as
-the rows of the trials table.
+round and adds one when it should end with more trials (:func:`trials_wanted`); ``rounds.json`` in
+the search's output folder records the rounds. :func:`trial_rows` reads every round back as the
+rows of the trials table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.files import is_bucket_uri, write_atomic
 from ffdi_tune.scoring.epoch_metrics import best_value
-from ffdi_tune.search.callbacks import MlflowTrials, progress
+from ffdi_tune.search.callbacks import progress
 from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, TrialSearcher
 from ffdi_tune.search.space import CONDITIONAL_SEP, DefineByRun
 from ffdi_tune.search.trials_table import TrialRow
@@ -29,7 +30,7 @@ __all__ = [
     "ROUNDS_FILE",
     "make_searcher",
     "fit_rounds",
-    "rounds_wanted",
+    "trials_wanted",
     "trial_rows",
     "round_path",
 ]
@@ -105,7 +106,7 @@ def _scheduler(cfg: SearchConfig):
 def _new_round(
     cfg: SearchConfig,
     trainable,
-    callback: MlflowTrials,
+    callbacks: list[tune.Callback],
     storage: str,
     name: str,
     num_samples: int,
@@ -124,7 +125,7 @@ def _new_round(
             name=name,
             storage_path=storage,
             verbose=1,
-            callbacks=[callback],
+            callbacks=list(callbacks),  # a list of its own: Tune adds its defaults to it
             stop=BudgetStopper(cfg.name),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
@@ -133,17 +134,19 @@ def _new_round(
 
 
 def _load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
+    """The rounds ``rounds.json`` recorded; without it (a resume on another machine, with bucket
+    storage) the first round only, its size and whether it finished unknown until it is read."""
     path = out_dir / ROUNDS_FILE
     if path.is_file():
         return json.loads(path.read_text())
-    return [{"path": exp_path, "num_samples": None}]  # a search started before rounds were recorded
+    return [{"path": exp_path, "num_samples": None, "finished": None}]
 
 
 def _save_rounds(out_dir: Path, rounds: list[dict]) -> None:
     write_atomic(out_dir / ROUNDS_FILE, json.dumps(rounds, indent=1))
 
 
-def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool, planned: int = 0) -> int:
+def trials_wanted(have: int, num_samples: int, grow: bool, finished: bool, planned: int = 0) -> int:
     """How many trials a resumed search should end with.
 
     ``have`` trials exist once its last round is finished; ``planned`` is how many its rounds
@@ -152,9 +155,9 @@ def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool, plann
     planned (an interrupted search, or one its budget cut short), and only a search that had done
     all of that gets ``num_samples`` more.
 
-    >>> rounds_wanted(4, 6, grow=False, finished=True), rounds_wanted(4, 4, True, finished=True)
+    >>> trials_wanted(4, 6, grow=False, finished=True), trials_wanted(4, 4, True, finished=True)
     (6, 8)
-    >>> rounds_wanted(4, 4, grow=True, finished=False), rounds_wanted(11, 8, True, True, planned=16)
+    >>> trials_wanted(4, 4, grow=True, finished=False), trials_wanted(11, 8, True, True, planned=16)
     (4, 16)
     """
     if not grow:
@@ -166,7 +169,7 @@ def rounds_wanted(have: int, num_samples: int, grow: bool, finished: bool, plann
 def fit_rounds(
     cfg: SearchConfig,
     trainable,
-    callback: MlflowTrials,
+    callbacks: list[tune.Callback],
     storage_path: str,
     exp_path: str,
     out_dir: Path,
@@ -177,7 +180,7 @@ def fit_rounds(
     """Run the search's rounds; return every round's ResultGrid and how many trials were planned.
 
     On a resume the last round is finished first (the earlier ones are only read back), then a new
-    round is added while fewer trials exist than :func:`rounds_wanted` says (``grow``: a new time
+    round is added while fewer trials exist than :func:`trials_wanted` says (``grow``: a new time
     budget on a finished search adds up to ``num_samples`` more). ``rounds.json`` records each
     round and whether it ran all its trials to their end (``finished``).
     """
@@ -185,22 +188,22 @@ def fit_rounds(
         n = cfg.search.num_samples
         rounds = [{"path": exp_path, "num_samples": n, "finished": False}]
         _save_rounds(out_dir, rounds)
-        tuner = _new_round(cfg, trainable, callback, storage_path, cfg.name, n, make_searcher(cfg))
+        tuner = _new_round(cfg, trainable, callbacks, storage_path, cfg.name, n, make_searcher(cfg))
         return [_fit_round(tuner, rounds, out_dir, live)], n
     rounds = _load_rounds(out_dir, exp_path)
     if len(rounds) > 1 and not tune.Tuner.can_restore(rounds[-1]["path"]):
         rounds.pop()  # added just before the driver died, before Tune wrote anything of it
     grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
     planned = sum(r["num_samples"] or 0 for r in rounds)
-    # The restored run config brings back its pickled MlflowTrials, which finds the same parent run
-    # and re-attaches to existing child runs by their ffdi.trial_id tag.
+    # The restored run config brings back its pickled callbacks: MlflowTrials finds the same parent
+    # run and re-attaches to existing child runs by their ffdi.trial_id tag.
     tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
-    was_finished = rounds[-1].get("finished")
-    if was_finished is None:  # recorded before rounds said so: ask the round's own state
+    was_finished = rounds[-1]["finished"]
+    if was_finished is None:  # a round rounds.json did not record: ask its own state
         was_finished = _all_ended(tuner.get_results())
     grids.append(_fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
-    want = rounds_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
+    want = trials_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
         # what the last round did not run (its budget cut it short) is planned in the new one
         rounds[-1]["num_samples"] = len(grids[-1])
@@ -210,7 +213,7 @@ def fit_rounds(
         )
         _save_rounds(out_dir, rounds)
         searcher = _restored_searcher(cfg, rounds[-2]["path"])
-        tuner = _new_round(cfg, trainable, callback, exp_path, name, want - have, searcher)
+        tuner = _new_round(cfg, trainable, callbacks, exp_path, name, want - have, searcher)
         grids.append(_fit_round(tuner, rounds, out_dir, live))
     return grids, sum(r["num_samples"] for r in rounds)
 
@@ -220,7 +223,7 @@ def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveB
     (or all its budget allowed) to its end."""
     grid = tuner.fit()
     last = rounds[-1]
-    last["num_samples"] = last["num_samples"] or len(grid)  # a round recorded without its size
+    last["num_samples"] = last["num_samples"] or len(grid)  # a round rounds.json did not record
     spent = live is not None and not live.room_for_a_trial()
     last["finished"] = _all_ended(grid) and (len(grid) >= last["num_samples"] or spent)
     _save_rounds(out_dir, rounds)

@@ -3,14 +3,16 @@
 Ray is imported here and in the modules of the Tune side only: :mod:`~ffdi_tune.search.cluster`
 (the Ray to run on), :mod:`~ffdi_tune.search.rounds` (the Tune experiments),
 :mod:`~ffdi_tune.search.searcher` and :mod:`~ffdi_tune.search.callbacks` (what Tune asks before and
-after each trial). The steps around the trials are in :mod:`~ffdi_tune.search.setup`; trials run
-:func:`ffdi_tune.training.trial.train_trial`.
+after each trial). The steps around the trials are in :mod:`~ffdi_tune.search.setup` and
+:mod:`~ffdi_tune.search.summary`; trials run :func:`ffdi_tune.training.trial.train_trial`.
+
 ``--resume`` finishes the last round of trials, then adds a round when the search is asked for
 more trials (``--num-samples``) or more time (``--time-budget``) than it has had.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -31,9 +33,9 @@ from ffdi_tune.data.perturb import RobustValConfig
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import SearchError, SearchInterrupted
 from ffdi_tune.files import is_bucket_uri
-from ffdi_tune.models.factory import resolve_weights
+from ffdi_tune.models.weights import resolve_weights
 from ffdi_tune.search.budget import TimeBudget
-from ffdi_tune.search.callbacks import MlflowTrials
+from ffdi_tune.search.callbacks import BudgetClock, MlflowTrials
 from ffdi_tune.search.cluster import (
     check_cluster_paths,
     connect,
@@ -46,10 +48,10 @@ from ffdi_tune.search.searcher import LiveBudget, attach_budget, detach_budget
 from ffdi_tune.search.setup import (
     cache_entries,
     finish_tracking,
+    holdout_for_search,
     live_budget,
     open_tracking,
     prepare_data,
-    search_holdout,
     trial_run_ids,
     warm_cache,
 )
@@ -65,8 +67,7 @@ __all__ = [
     "search_dir",
     "make_searcher",
     "experiment_path",
-    "MlflowTrials",
-]  # MlflowTrials: searches saved by older versions pickled it under this module
+]
 
 
 # Each epoch forces an experiment-state snapshot (num_to_keep=1); with epochs of seconds (the demo)
@@ -240,6 +241,15 @@ class _Connected:
         if self.started_ray:
             ray.shutdown()
 
+    @contextlib.contextmanager
+    def released_on_failure(self):
+        """Ctrl-C or a fault in the block: leave no Ray running and no run RUNNING (FAILED)."""
+        try:
+            yield
+        except BaseException:
+            self.release("FAILED")
+            raise
+
 
 def _connect_and_open(
     cfg: SearchConfig,
@@ -279,25 +289,34 @@ def _connect_and_open(
 def _run_trials(
     cfg: SearchConfig,
     on: _Connected,
-    make_trainable,
-    callback: MlflowTrials,
+    data: DataConfig,
+    holdout: Holdout,
     paths: tuple[str, str, Path],
     resume: bool,
     grow: bool,
     live: LiveBudget | None,
-) -> tuple[list, int]:
-    """Every round of trials, to its end; then Ray is shut down (when started here) and no trial
-    run is left RUNNING. Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
+) -> tuple[list, int, dict[str, str]]:
+    """Every round of trials, to its end, watched from the driver by :class:`BudgetClock` and
+    :class:`MlflowTrials`: every round's ResultGrid, how many trials were planned, and trial id ->
+    run id as the driver knows them. Then Ray is shut down (when started here) and no trial run is
+    left RUNNING. Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
     storage_path, exp_path, out_dir = paths
+    fixed = cfg.train.model_dump()
+    mirror = MlflowTrials(
+        on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name
+    )
+    # the clock first: Tune calls them in order, and a trial's cut is decided before its tags
+    callbacks = [BudgetClock(cfg.name, fixed), mirror]
     status = "FAILED"
     try:
         if live is not None:
             attach_budget(cfg.name, live)
-        found = fit_rounds(
-            cfg, make_trainable(), callback, storage_path, exp_path, out_dir, resume, grow, live
+        trainable = _make_trainable(cfg, data, holdout, on.resources, live)
+        grids, planned = fit_rounds(
+            cfg, trainable, callbacks, storage_path, exp_path, out_dir, resume, grow, live
         )
         status = "FINISHED"
-        return found
+        return grids, planned, mirror.run_ids
     except KeyboardInterrupt:
         status = "KILLED"
         raise SearchInterrupted(
@@ -309,6 +328,41 @@ def _run_trials(
             live.budget.save()
         on.tracker.close_unfinished(on.experiment_id, on.parent_id, "KILLED")
         on.release(None if status == "FINISHED" else status)
+
+
+def _trials_table(
+    cfg: SearchConfig,
+    on: _Connected,
+    grids: list,
+    known: dict[str, str],
+    live: LiveBudget | None,
+    out_dir: Path,
+) -> tuple[list[TrialRow], Path]:
+    """Every trial of every round as a row, ranked into ``out_dir/trials.csv``; ``known`` maps trial
+    ids to the run ids the driver made (used while the tracking store is down)."""
+    run_ids = trial_run_ids(on.tracker, on.experiment_id, on.parent_id, known)
+    cut = live.budget.cut if live else set()
+    rows = trial_rows(grids, run_ids, cfg.train.model_dump(), cfg.search.metric, cut)
+    return rows, write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric)
+
+
+def _close_search(
+    cfg: SearchConfig,
+    on: _Connected,
+    rows: list[TrialRow],
+    trials_csv: Path,
+    planned: int,
+    live: LiveBudget | None,
+    exp_path: str,
+    echo,
+) -> None:
+    """Close the parent run: KILLED with :class:`SearchInterrupted` raised when the search must be
+    resumed, else summarised and FINISHED."""
+    interrupted = _interrupted(cfg, rows, planned, live, exp_path, echo)
+    if interrupted is not None:
+        on.tracker.finish(on.parent_id, "KILLED")
+        raise interrupted
+    finish_tracking(cfg, on.tracker, on.experiment_id, on.parent_id, rows, trials_csv, echo)
 
 
 def run_search(
@@ -335,9 +389,9 @@ def run_search(
     exp_path = experiment_path(storage_path, cfg.name)
     _check_name(cfg, exp_path, resume)
     check = prepare_data(cfg, echo)
-    holdout = search_holdout(cfg, check.data, out_dir, resume, echo)
+    holdout = holdout_for_search(cfg, check.data, out_dir, resume, echo)
     on = _connect_and_open(cfg, address, check, holdout, storage_path, out_dir, resume, echo)
-    try:
+    with on.released_on_failure():
         live = live_budget(
             cfg,
             out_dir,
@@ -350,31 +404,11 @@ def run_search(
             final_stage_pool,
             started=clock_start,
         )
-    except BaseException:  # Ctrl-C or a fault here: leave no Ray running and no run RUNNING
-        on.release("FAILED")
-        raise
-    fixed = cfg.train.model_dump()
-    callback = MlflowTrials(
-        on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name
-    )
-    grids, planned = _run_trials(
-        cfg,
-        on,
-        lambda: _make_trainable(cfg, check.data, holdout, on.resources, live),
-        callback,
-        (storage_path, exp_path, out_dir),
-        resume,
-        grow=resume and extra_time_s is not None,
-        live=live,
-    )
-    run_ids = trial_run_ids(on.tracker, on.experiment_id, on.parent_id, callback.run_ids)
-    rows = trial_rows(grids, run_ids, fixed, cfg.search.metric, live.budget.cut if live else set())
-    trials_csv = write_trials_csv(rows, out_dir / "trials.csv", cfg.search.metric)
-    interrupted = _interrupted(cfg, rows, planned, live, exp_path, echo)
-    if interrupted is not None:
-        on.tracker.finish(on.parent_id, "KILLED")
-        raise interrupted
-    finish_tracking(cfg, on.tracker, on.experiment_id, on.parent_id, rows, trials_csv, echo)
+    paths = (storage_path, exp_path, out_dir)
+    grow = resume and extra_time_s is not None  # more time: a finished search gets a new round
+    grids, planned, run_ids = _run_trials(cfg, on, check.data, holdout, paths, resume, grow, live)
+    rows, trials_csv = _trials_table(cfg, on, grids, run_ids, live, out_dir)
+    _close_search(cfg, on, rows, trials_csv, planned, live, exp_path, echo)
     return SearchOutcome(
         cfg.name,
         out_dir,

@@ -1,5 +1,4 @@
-"""What Tune asks before and after each trial: Optuna's TPE told the truth, and the time budget
-kept.
+"""What Tune asks before and after each trial: TPE told the truth, and the time budget kept.
 
 Ray's ``OptunaSearch`` tells Optuna each trial's *last* reported value as COMPLETE, so a trial that
 ASHA stopped after one epoch looks to TPE like a finished one with a one-epoch score, and a trial
@@ -11,8 +10,8 @@ trials. It also proposes no new trial once the time budget cannot fit one; :clas
 stops a running trial when its next epoch would eat into the final stage's share.
 
 Both are pickled into Tune's experiment state, and a resumed search gets them back from there; the
-live budget of the running driver is therefore looked up by search name (:func:`attach_budget`),
-never pickled.
+live budget of the running driver (:class:`LiveBudget`) is therefore never pickled: they, and the
+driver's callbacks, look it up by search name (:func:`attach_budget`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A search's steps around its trials, none of them Ray's: before (weights, data, the valset split,
-the decode cache, the tracking runs, the time budget) and after (trial runs found again, the parent
-run's summary)."""
+the decode cache, the tracking runs, the time budget) and after (the trial runs found again, the
+parent run summarised by :mod:`~ffdi_tune.search.summary` and closed)."""
 
 from __future__ import annotations
 
@@ -28,18 +28,18 @@ from ffdi_tune.durations import format_duration
 from ffdi_tune.errors import SearchError
 from ffdi_tune.files import is_bucket_uri, write_atomic
 from ffdi_tune.models.factory import check_weights
-from ffdi_tune.report import summarise_search
 from ffdi_tune.search import cache_plan
 from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
 from ffdi_tune.search.searcher import LiveBudget
 from ffdi_tune.search.space import CONDITIONAL_SEP
+from ffdi_tune.search.summary import summarise_search
 from ffdi_tune.search.trials_table import TrialRow
 from ffdi_tune.tracking import Tracker, resolve_tracking, unreachable
 from ffdi_tune.tracking.spool import SPOOL_DIR
 
 __all__ = [
     "prepare_data",
-    "search_holdout",
+    "holdout_for_search",
     "cache_entries",
     "warm_cache",
     "provenance",
@@ -51,8 +51,8 @@ __all__ = [
 
 
 def prepare_data(cfg: SearchConfig, echo) -> DataCheck:
-    """Check the weights, generate the demo data if asked, check the dataset in one pass; absolute
-    root."""
+    """Check the weights, generate the demo data if asked, and check the dataset in one pass (its
+    root made absolute)."""
     # Trials run in other working directories (and on other nodes): give them an absolute root.
     data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
     # Weights first: finding out about them after minutes of image checks wastes the user's time.
@@ -78,11 +78,11 @@ def prepare_data(cfg: SearchConfig, echo) -> DataCheck:
     return check
 
 
-def search_holdout(
+def holdout_for_search(
     cfg: SearchConfig, data: DataConfig, out_dir: Path, resume: bool, echo
 ) -> Holdout:
-    """The valset split of the search: from ``search.holdout``, or the one it started with on a
-    resume."""
+    """Split valset for the search: as ``search.holdout`` says, or as the search started on a resume
+    (refused when the report part's images changed since)."""
     fraction, seed = cfg.search.holdout.fraction, cfg.search.holdout.seed
     before = (saved_holdout(out_dir) or _recorded_holdout(cfg)) if resume else None
     if before is not None:

@@ -86,8 +86,7 @@ class DefineByRun:
                 suggest(trial, f"{key}{CONDITIONAL_SEP}{backbone}", value)
             else:
                 constants[key] = value
-        # absent in a searcher pickled before it existed
-        if getattr(self, "seed_base", None) is not None:
+        if self.seed_base is not None:
             constants["seed"] = trial_seed(self.seed_base, trial.number)
         return constants or None
 

@@ -1,4 +1,9 @@
-"""The ranked trials table: printed at the end of a search and written to ``trials.csv``."""
+"""The ranked trials table: printed at the end of a search and written to ``trials.csv``.
+
+One row per trial, best first, with its status: FINISHED (ran all its epochs), STOPPED (by ASHA),
+CUT (ended by the time budget before its last epoch), FAILED, or INTERRUPTED (pending or running
+when the driver stopped; a ``--resume`` finishes it).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ __all__ = ["TrialRow", "trials_frame", "write_trials_csv", "format_table"]
 
 @dataclass
 class TrialRow:
+    """One trial of the search, as the table shows it."""
+
     trial_id: str
     run_id: str
-    status: str  # FINISHED, STOPPED (by ASHA), FAILED, or INTERRUPTED (driver stopped first)
+    status: str  # FINISHED, STOPPED (by ASHA), CUT (by the time budget), FAILED or INTERRUPTED
     best: float  # best value of the search metric over the trial's epochs (NaN if none)
     epochs_run: int
     params: dict[str, Any] = field(default_factory=dict)

@@ -1,9 +1,12 @@
 """MLflow tracking: the schema of names, the store, and the spool that rides out an outage.
 
 A search writes one parent run, a child run per trial and an ensemble run; everything else in the
-package reads them back through :class:`Tracker` and :class:`TrialRecord`. ``schema`` holds every
-tag and metric name as a constant (no MLflow needed to import it); ``store`` is the only module
-that imports MLflow; ``spool`` journals writes made while the store is away and replays them.
+package writes and reads them through :class:`Tracker` and reads a trial as a :class:`TrialRecord`.
+``schema`` holds every tag and metric name as a constant (no MLflow needed to import it);
+``records`` the typed records read back (and a valset split's tags); ``settings`` the YAML's
+``tracking:`` section; ``store`` is the only module that imports MLflow (:class:`Tracker`, built
+on a reader and a writer of the store); ``spool`` journals writes made while the store is away and
+replays them.
 """
 
 from ffdi_tune.tracking.records import TrialRecord, holdout_from_tags, holdout_tags

@@ -1,11 +1,12 @@
-"""A local journal of tracking writes that could not reach the tracking store, replayed in order
-later.
+"""A local journal of the tracking writes that could not reach their store, replayed in order.
 
 Each entry is one JSON line (an operation name and its arguments); files an entry refers to (a
 checkpoint, a table) are copied into the journal's folder first, because the originals may be gone
 by the time the store is back. Lines are appended and fsynced one by one, so a killed process loses
 at most the entry it was writing. ``tracking.json`` beside the journal says which store it belongs
-to, so ``ffdi-tune sync`` can replay it from a fresh process.
+to, so ``ffdi-tune sync`` can replay it from a fresh process. :class:`SpooledWrites` applies each
+write at once, or journals it (and every later one) while the store is unreachable and replays them
+in order once the store answers.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def search_spool(storage: str, name: str) -> Path:
-    """The spool folder of search ``name``: under ``search.storage``, or under ``./runs`` for a
-    bucket URI."""
+    """The spool folder of search ``name``: under ``search.storage`` (``./runs`` for a bucket)."""
     from ffdi_tune.errors import TrackingError
 
     local = "runs" if is_bucket_uri(storage) else storage.removeprefix("file://")
@@ -169,8 +169,8 @@ class SpooledWrites:
                 except Exception as exc:
                     if self.unreachable(exc):
                         return False
-                    # Refused (a run deleted meanwhile, a lost file): set aside, never block the
-                    # rest.
+                    # Refused (a run deleted meanwhile, a lost file): set aside, so that it
+                    # never blocks the rest.
                     self.spool.reject(
                         entry,
                         f"{type(exc).__name__}: "
@@ -185,8 +185,8 @@ class SpooledWrites:
                     )
                 done += 1
         finally:
-            # Progress first, files after: a replay killed in between repeats writes, never loses
-            # one.
+            # Progress first, files after: a replay killed in between may repeat a write, but it
+            # never loses one.
             self._last_try = time.monotonic()
             self.spool.keep(entries[done:])
             for entry in entries[:done]:

@@ -1,13 +1,21 @@
-"""MLflow bookkeeping: one parent run per search, one child run per trial.
+"""MLflow bookkeeping: one parent run per search, one child run per trial, a run per ensemble.
 
 This is the only module that imports MLflow. It talks through an explicit ``MlflowClient`` (no
 global active run), so the driver can track many trials at once and a resumed search finds its
 runs again by tags instead of creating duplicates:
 
-- parent: tags ``ffdi.role=search``, ``ffdi.search=<name>``; the resolved YAML as an artifact;
+- parent: tags ``ffdi.role=search``, ``ffdi.search=<name>``, ``ffdi.data_root``; the resolved YAML
+  as an artifact;
 - child: tags ``ffdi.role=trial``, ``mlflow.parentRunId``, ``ffdi.trial_id``; every setting as a
   param; per-epoch metrics with ``step=epoch``; ``checkpoint/best.pt``; status FINISHED (also when
-  ASHA stopped it, tagged ``ffdi.stopped_early=true``) or FAILED (tag ``ffdi.error``).
+  ASHA stopped it, tagged ``ffdi.stopped_early=true``) or FAILED (tag ``ffdi.error``);
+- ensemble: tag ``ffdi.role=ensemble`` (and ``mlflow.parentRunId`` when there is a parent); the
+  recipe as params, the scores as metrics, the submission, tables and figures as artifacts.
+
+:class:`Tracker`, the one object the rest of the package uses, is built in three layers, one job
+each: :class:`StoreReader` connects and reads runs back, :class:`StoreWriter` creates runs and makes
+a journaled write in the store, and :class:`Tracker` sends every write through the spool that rides
+out an outage.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,8 @@ from ffdi_tune.tracking.spool import Spool, SpooledWrites
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "resolve_tracking",
+    "StoreReader",
+    "StoreWriter",
     "Tracker",
     "replay_spool",
     "unreachable",
@@ -106,59 +117,19 @@ _UNREACHABLE = re.compile(
 )
 
 
-class Tracker:
-    """Thin, picklable wrapper over ``MlflowClient`` with the project's run layout.
+class StoreReader:
+    """The connection to the store, and what is read back from it: runs, metrics and artifacts.
 
-    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept in
-    a local :class:`~ffdi_tune.tracking.spool.Spool` instead of failing, and replayed in their
-    original order as soon as the store answers again
-    (:class:`~ffdi_tune.tracking.spool.SpooledWrites`: tried at most every ``PROBE_S`` seconds), at
-    the end of the search, or by ``ffdi-tune sync``. A child run created during an outage gets a
-    placeholder id ``pending:<experiment>:<parent>:<trial>`` that later writes resolve by tags."""
+    The ``MlflowClient`` is made on first use and left out of a pickle (Tune pickles the callbacks
+    that hold a tracker), so an unpickled reader connects again when it is next used.
+    """
 
-    def __init__(
-        self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None
-    ):
+    def __init__(self, uri: str, artifact_location: str | None = None):
         self.uri, self.artifact_location = uri, artifact_location
-        self.spool = Spool(spool_dir) if spool_dir else None
         self._client = None
-        self._ids: dict[str, str] = {}  # placeholder -> run id, once known
-        self._writes: SpooledWrites | None = None
-
-    @property
-    def writes(self) -> SpooledWrites:
-        if self._writes is None:
-            self._writes = SpooledWrites(
-                self._apply,
-                unreachable,
-                self.spool,
-                {"uri": self.uri, "artifact_location": self.artifact_location},
-                f"MLflow at {self.uri}",
-            )
-        return self._writes
-
-    @property
-    def PROBE_S(self) -> float:  # noqa: N802 - kept under its old name: tests and users set it
-        return self.writes.probe_s
-
-    @PROBE_S.setter
-    def PROBE_S(self, value: float) -> None:  # noqa: N802
-        self.writes.probe_s = value
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "artifact_location": self.artifact_location,
-            "spool": self.spool,
-            "_client": None,
-            "_ids": dict(self._ids),
-            "_writes": None,
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # A search saved by an older version pickled only the first three fields.
-        state = {k: v for k, v in state.items() if k != "_last_try"}
-        self.__dict__.update({"spool": None, "_ids": {}, "_writes": None, **state})
+        return {**self.__dict__, "_client": None}
 
     @property
     def client(self):
@@ -171,14 +142,15 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
-    # -- experiments and runs -------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> str | None:
+        """The id of experiment ``name`` (restored if deleted); made when missing and ``create``,
+        else None. A store that cannot be used is a one-line :class:`TrackingError`."""
         try:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
-                # made by an older version
+                # one made without the tag (by hand, say) would open in MLflow's GenAI view
                 if create and exp.tags.get(EXPERIMENT_KIND) != TRAINING_VIEW:
                     self.client.set_experiment_tag(
                         exp.experiment_id, EXPERIMENT_KIND, TRAINING_VIEW
@@ -200,6 +172,7 @@ class Tracker:
             ) from None
 
     def _find(self, experiment_id: str, query: str):
+        """The latest run of the experiment that matches ``query``, or None."""
         runs = self.client.search_runs(
             [experiment_id],
             filter_string=query,
@@ -207,39 +180,6 @@ class Tracker:
             order_by=["attributes.start_time DESC"],
         )
         return runs[0] if runs else None
-
-    def search_run(
-        self,
-        experiment_id: str,
-        name: str,
-        resume: bool,
-        config_yaml: str,
-        data_root: str,
-        tags: dict[str, str] | None = None,
-    ) -> str:
-        """The parent run of search ``name``: the latest one when resuming, else a new one.
-
-        ``tags`` (package versions, data fingerprints) are set on it either way, so a resumed
-        search records what it continued with.
-        """
-        run_id = None
-        if resume:
-            run = self._find(
-                experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'"
-            )
-            if run is not None:
-                run_id = run.info.run_id
-                self.client.update_run(run_id, status="RUNNING")
-        if run_id is None:
-            run_id = self.client.create_run(
-                experiment_id,
-                run_name=name,
-                tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root},
-            ).info.run_id
-            self.client.log_text(run_id, config_yaml, "search_space.yaml")
-        # a resume may read another root
-        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})
-        return run_id
 
     def _latest_search(self, experiment_name: str):
         exp_id = self.experiment_id(experiment_name, create=False)
@@ -251,10 +191,7 @@ class Tracker:
         return dict(run.data.tags) if run else {}
 
     def search_config_text(self, experiment_name: str) -> str | None:
-        """The resolved YAML (``search_space.yaml``) of the latest search run of
-        ``experiment_name``."""
-        import tempfile
-
+        """The resolved YAML (``search_space.yaml``) of the latest search of ``experiment_name``."""
         run = self._latest_search(experiment_name)
         if run is None:
             return None
@@ -263,59 +200,8 @@ class Tracker:
                 return Path(
                     self.client.download_artifacts(run.info.run_id, "search_space.yaml", tmp)
                 ).read_text()
-            except Exception:  # an older or foreign run without the artifact
+            except Exception:  # a run made elsewhere, without the artifact
                 return None
-
-    def trial_run(
-        self,
-        experiment_id: str,
-        parent_id: str,
-        trial_id: str,
-        params: dict[str, Any],
-        run_name: str | None = None,
-    ) -> str:
-        """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
-        return self._write(
-            "trial_run",
-            f"pending:{experiment_id}:{parent_id}:{trial_id}",
-            params=params,
-            run_name=run_name,
-            time=int(time.time() * 1000),
-        )
-
-    def _trial_run_now(
-        self,
-        experiment_id: str,
-        parent_id: str,
-        trial_id: str,
-        params: dict[str, Any] | None,
-        run_name: str | None = None,
-        start_time: int | None = None,
-    ) -> str:
-        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
-        run = self._find(experiment_id, query)
-        if run is not None:
-            if run.info.status != "RUNNING":
-                self.client.update_run(run.info.run_id, status="RUNNING")
-            if params and not run.data.params:  # created just before an outage cut its params off
-                from mlflow.entities import Param
-
-                self.client.log_batch(
-                    run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())]
-                )
-            return run.info.run_id
-        run = self.client.create_run(
-            experiment_id,
-            run_name=run_name or trial_id,
-            start_time=start_time,
-            tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
-        )
-        from mlflow.entities import Param
-
-        self.client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())]
-        )
-        return run.info.run_id
 
     def finished_trials(self, experiment_names: list[str]) -> list[TrialRecord]:
         """FINISHED trial runs of the named searches; an unknown name is a one-line error."""
@@ -337,6 +223,12 @@ class Tracker:
                 )
             ]
         return records
+
+    def children(self, experiment_id: str, parent_id: str) -> list:
+        """Every run whose parent is ``parent_id`` (MLflow's own run objects)."""
+        return self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000
+        )
 
     def trials_of(self, experiment_id: str, parent_id: str) -> list[TrialRecord]:
         """Every trial run of the search run ``parent_id``."""
@@ -360,7 +252,72 @@ class Tracker:
                 "leave that trial out or rerun it"
             ) from None
 
-    def ensemble_run(
+
+class StoreWriter(StoreReader):
+    """The writes, made in the store at once: runs created (or found again) and journaled
+    operations applied (:meth:`apply`), a trial run's placeholder id resolved on the way."""
+
+    OPERATIONS = ("trial_run", "metrics", "tags", "artifact", "finish", "close_unfinished")
+
+    def __init__(self, uri: str, artifact_location: str | None = None):
+        super().__init__(uri, artifact_location)
+        self._ids: dict[str, str] = {}  # placeholder -> run id, once known
+
+    def _open_search_run(
+        self, experiment_id: str, name: str, resume: bool, config_yaml: str, data_root: str
+    ) -> str:
+        """The latest search run ``name`` (RUNNING again) on a resume, else a new one with the
+        resolved YAML as its artifact."""
+        if resume:
+            run = self._find(
+                experiment_id, f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'"
+            )
+            if run is not None:
+                self.client.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id
+        run_id = self.client.create_run(
+            experiment_id,
+            run_name=name,
+            tags={ROLE: "search", SEARCH: name, DATA_ROOT: data_root},
+        ).info.run_id
+        self.client.log_text(run_id, config_yaml, "search_space.yaml")
+        return run_id
+
+    def _find_or_create_trial_run(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any] | None,
+        run_name: str | None = None,
+        start_time: int | None = None,
+    ) -> str:
+        """The child run of ``trial_id`` under ``parent_id``: found by its tags (RUNNING again), or
+        created with ``params``."""
+        from mlflow.entities import Param
+
+        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        run = self._find(experiment_id, query)
+        if run is not None:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            if params and not run.data.params:  # created just before an outage cut its params off
+                self.client.log_batch(
+                    run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())]
+                )
+            return run.info.run_id
+        run = self.client.create_run(
+            experiment_id,
+            run_name=run_name or trial_id,
+            start_time=start_time,
+            tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
+        )
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())]
+        )
+        return run.info.run_id
+
+    def _create_ensemble_run(
         self,
         experiment_id: str,
         name: str,
@@ -370,7 +327,7 @@ class Tracker:
         artifacts: list[Path],
         tags: dict[str, str] | None = None,
     ) -> str:
-        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files."""
+        """A new run tagged ``ffdi.role=ensemble`` with params, metrics and files (left open)."""
         from mlflow.entities import Metric, Param
 
         tags = {**(tags or {}), ROLE: "ensemble"}
@@ -385,67 +342,29 @@ class Tracker:
         )
         for path in artifacts:
             self.client.log_artifact(run.info.run_id, str(path))
-        self.finish(run.info.run_id)
         return run.info.run_id
 
-    def children(self, experiment_id: str, parent_id: str) -> list:
-        return self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000
-        )
-
-    # -- logging (through the spool when one is set) -----------------------------------------
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        self._write(
-            "metrics",
-            run_id,
-            metrics={k: float(v) for k, v in metrics.items()},
-            step=int(step),
-            time=int(time.time() * 1000),
-        )
-
-    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        if tags:
-            self._write("tags", run_id, tags={k: str(v) for k, v in tags.items()})
-
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self._write("finish", run_id, status=status, time=int(time.time() * 1000))
-
-    def close_unfinished(self, experiment_id: str, parent_id: str, status: str = "KILLED") -> None:
-        """Mark every child of ``parent_id`` still RUNNING as ``status``."""
-        self._write("close_unfinished", parent_id, experiment_id=experiment_id, status=status)
-
-    # -- the spool ------------------------------------------------------------------------
-    def pending(self) -> int:
-        """How many writes wait in the spool for the store to come back."""
-        return self.writes.pending()
-
-    def resolve(self, run_id: str) -> str:
-        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if not created
-        yet."""
-        try:
-            return self._resolve(run_id)
-        except Exception:
-            return ""
-
     def _resolve(self, run_id: str) -> str:
+        """The real id of ``run_id``; a placeholder ``pending:<experiment>:<parent>:<trial>`` is
+        found by its tags, or created now (without params) if the write that made it was lost."""
         if not run_id.startswith("pending:"):
             return run_id
         if run_id not in self._ids:
             _, experiment_id, parent_id, trial_id = run_id.split(":", 3)
-            # Found by its tags; created now (without params) if the write that made it was lost.
-            self._ids[run_id] = self._trial_run_now(experiment_id, parent_id, trial_id, None)
+            self._ids[run_id] = self._find_or_create_trial_run(
+                experiment_id, parent_id, trial_id, None
+            )
         return self._ids[run_id]
 
-    def _apply(self, entry: dict[str, Any]) -> str | None:
+    def apply(self, entry: dict[str, Any]) -> str | None:
+        """Make one journaled write (an entry of the spool) in the store; a ``trial_run`` returns
+        the run's id."""
         from mlflow.entities import Metric, RunTag
 
         op, run = entry["op"], entry["run"]
         if op == "trial_run":
             _, experiment_id, parent_id, trial_id = run.split(":", 3)
-            self._ids[run] = self._trial_run_now(
+            self._ids[run] = self._find_or_create_trial_run(
                 experiment_id,
                 parent_id,
                 trial_id,
@@ -474,15 +393,140 @@ class Tracker:
                     self.client.set_terminated(child.info.run_id, status=entry["status"])
         else:
             raise ValueError(
-                f"unknown tracking operation {op!r}; valid: trial_run, metrics, tags, artifact, "
-                "finish, close_unfinished"
+                f"unknown tracking operation {op!r}; valid: {', '.join(self.OPERATIONS)}"
             )
         return None
+
+
+class Tracker(StoreWriter):
+    """The project's run layout on an MLflow store, every write through a spool; picklable.
+
+    With a ``spool_dir``, writes that cannot reach the store (server down or restarting) are kept in
+    a local :class:`~ffdi_tune.tracking.spool.Spool` instead of failing, and replayed in their
+    original order as soon as the store answers again
+    (:class:`~ffdi_tune.tracking.spool.SpooledWrites`: tried at most every ``writes.probe_s``
+    seconds), at the end of the search, or by ``ffdi-tune sync``. A child run created during an
+    outage gets a placeholder id ``pending:<experiment>:<parent>:<trial>`` that later writes
+    resolve by tags. A search run and an ensemble run are created in the store at once."""
+
+    def __init__(
+        self, uri: str, artifact_location: str | None = None, spool_dir: str | Path | None = None
+    ):
+        super().__init__(uri, artifact_location)
+        self.spool = Spool(spool_dir) if spool_dir else None
+        self._writes: SpooledWrites | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_writes": None}
+
+    @property
+    def writes(self) -> SpooledWrites:
+        """The spooled-write machinery (made on first use; its ``probe_s`` paces the retries)."""
+        if self._writes is None:
+            self._writes = SpooledWrites(
+                self.apply,
+                unreachable,
+                self.spool,
+                {"uri": self.uri, "artifact_location": self.artifact_location},
+                f"MLflow at {self.uri}",
+            )
+        return self._writes
 
     def _write(self, op: str, run: str, **args) -> str | None:
         """Apply one write now, or keep it in the spool while the store is unreachable."""
         result = self.writes.write({"op": op, "run": run, **args})
         return (result or run) if op == "trial_run" else result
+
+    # -- runs --------------------------------------------------------------------------------
+    def search_run(
+        self,
+        experiment_id: str,
+        name: str,
+        resume: bool,
+        config_yaml: str,
+        data_root: str,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """The parent run of search ``name``: the latest one when resuming, else a new one.
+
+        ``tags`` (package versions, data fingerprints) are set on it either way, so a resumed
+        search records what it continued with.
+        """
+        run_id = self._open_search_run(experiment_id, name, resume, config_yaml, data_root)
+        # a resume may read another root
+        self.set_tags(run_id, {DATA_ROOT: data_root, **(tags or {})})
+        return run_id
+
+    def trial_run(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        trial_id: str,
+        params: dict[str, Any],
+        run_name: str | None = None,
+    ) -> str:
+        """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
+        return self._write(
+            "trial_run",
+            f"pending:{experiment_id}:{parent_id}:{trial_id}",
+            params=params,
+            run_name=run_name,
+            time=int(time.time() * 1000),
+        )
+
+    def ensemble_run(
+        self,
+        experiment_id: str,
+        name: str,
+        parent_id: str | None,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files."""
+        run_id = self._create_ensemble_run(
+            experiment_id, name, parent_id, params, metrics, artifacts, tags
+        )
+        self.finish(run_id)
+        return run_id
+
+    # -- logging ------------------------------------------------------------------------------
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        self._write(
+            "metrics",
+            run_id,
+            metrics={k: float(v) for k, v in metrics.items()},
+            step=int(step),
+            time=int(time.time() * 1000),
+        )
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        if tags:
+            self._write("tags", run_id, tags={k: str(v) for k, v in tags.items()})
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._write("finish", run_id, status=status, time=int(time.time() * 1000))
+
+    def close_unfinished(self, experiment_id: str, parent_id: str, status: str = "KILLED") -> None:
+        """Mark every child of ``parent_id`` still RUNNING as ``status``."""
+        self._write("close_unfinished", parent_id, experiment_id=experiment_id, status=status)
+
+    # -- the spool ----------------------------------------------------------------------------
+    def pending(self) -> int:
+        """How many writes wait in the spool for the store to come back."""
+        return self.writes.pending()
+
+    def resolve(self, run_id: str) -> str:
+        """The real id of ``run_id`` (a placeholder is looked up by its tags); '' if there is none
+        yet, or the store is unreachable."""
+        try:
+            return self._resolve(run_id)
+        except Exception:
+            return ""
 
     def replay(self, wait: bool = True) -> bool:
         """Apply the spooled writes in order; True when none is left (:class:`SpooledWrites`)."""

@@ -21,17 +21,19 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def make_mixup(s: TrainSettings):
+def make_mixup(settings: TrainSettings):
     """timm's ``Mixup`` for setting ``mix`` (with the trial's label smoothing), or None."""
-    if s.mix == "none":
+    if settings.mix == "none":
         return None
     from timm.data import Mixup
 
+    mixup_on = settings.mix in ("mixup", "mixup_or_cutmix")
+    cutmix_on = settings.mix in ("cutmix", "mixup_or_cutmix")
     return Mixup(
-        mixup_alpha=s.mixup_alpha if s.mix in ("mixup", "mixup_or_cutmix") else 0.0,
-        cutmix_alpha=s.cutmix_alpha if s.mix in ("cutmix", "mixup_or_cutmix") else 0.0,
+        mixup_alpha=settings.mixup_alpha if mixup_on else 0.0,
+        cutmix_alpha=settings.cutmix_alpha if cutmix_on else 0.0,
         switch_prob=0.5,
-        label_smoothing=s.label_smoothing,
+        label_smoothing=settings.label_smoothing,
         num_classes=2,
     )
 
@@ -41,45 +43,53 @@ def classifier(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "backbone", model).get_classifier()  # through the SRM wrapper
 
 
-def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """timm's optimizer; with ``head_lr_mult`` the new classifier's groups carry an ``lr_scale``.
 
     timm's schedulers multiply a group's lr by its ``lr_scale``; the weight-decay split (none on
     biases and norms) is timm's own.
     """
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+    from timm.optim import create_optimizer_v2
 
     kwargs = {
-        "opt": s.optimizer,
-        "lr": s.lr,
-        "weight_decay": s.weight_decay,
-        "momentum": s.momentum,
+        "opt": settings.optimizer,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "momentum": settings.momentum,
     }
-    if s.head_lr_mult == 1.0:
+    if settings.head_lr_mult == 1.0:
         return create_optimizer_v2(model, **kwargs)
 
     def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
-        head = {id(p) for p in classifier(m).parameters()}
-        base = (
-            param_groups_weight_decay(m, s.weight_decay)
-            if s.weight_decay
-            else [{"params": list(m.parameters())}]
-        )
-        out = []
-        for group in base:
-            for in_head in (False, True):
-                params = [p for p in group["params"] if (id(p) in head) == in_head]
-                if params:
-                    out.append(
-                        {**group, "params": params}
-                        | ({"lr_scale": s.head_lr_mult} if in_head else {})
-                    )
-        return out
+        return _head_scaled_groups(m, settings.weight_decay, settings.head_lr_mult)
 
     return create_optimizer_v2(model, param_group_fn=groups, **kwargs)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int):
+def _head_scaled_groups(
+    model: torch.nn.Module, weight_decay: float, head_lr_mult: float
+) -> list[dict[str, Any]]:
+    """timm's parameter groups (decayed / not decayed when ``weight_decay`` is set), each split in
+    its body part and its classifier part; the classifier parts carry ``lr_scale=head_lr_mult``."""
+    from timm.optim import param_groups_weight_decay
+
+    head = {id(p) for p in classifier(model).parameters()}
+    base = (
+        param_groups_weight_decay(model, weight_decay)
+        if weight_decay
+        else [{"params": list(model.parameters())}]
+    )
+    groups = []
+    for group in base:
+        for in_head in (False, True):
+            params = [p for p in group["params"] if (id(p) in head) == in_head]
+            if params:
+                scale = {"lr_scale": head_lr_mult} if in_head else {}
+                groups.append({**group, "params": params} | scale)
+    return groups
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
     """StepLR counted in optimizer steps, after ``warmup_epochs`` of linear warm-up from lr / 100.
 
     Set per step (``step_update(steps done)``), so an epoch trains at ``lr * gamma ** (epochs after
@@ -90,10 +100,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per
 
     return StepLRScheduler(
         optimizer,
-        decay_t=s.step_size * steps_per_epoch,
-        decay_rate=s.gamma,
-        warmup_t=round(s.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=s.lr / 100,
+        decay_t=settings.step_size * steps_per_epoch,
+        decay_rate=settings.gamma,
+        warmup_t=round(settings.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=settings.lr / 100,
         warmup_prefix=True,
         t_in_epochs=False,
     )

@@ -26,7 +26,7 @@ __all__ = ["augment_placement", "Augmenters", "augmenters", "loader_workers"]
 
 
 def augment_placement(
-    s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
+    settings: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
 ) -> Literal["device", "gather", "loader"]:
     """Where the trial's augmentation set runs.
 
@@ -35,13 +35,15 @@ def augment_placement(
     a batch is gathered from the decode cache. ``loader``: torchvision, image by image, in the
     DataLoader's workers when ``data.num_workers`` asks for them.
     """
-    user = any(part in (augment_sets or {}) for part in s.augment.split("+"))
-    if not user and batch_augment(s.augment) is not None:
+    names_a_user_set = any(part in (augment_sets or {}) for part in settings.augment.split("+"))
+    if not names_a_user_set and batch_augment(settings.augment) is not None:
         return "device" if device.type != "cpu" else "gather"
-    wants_device = s.device_augment == "on" or (
-        s.device_augment == "auto" and device.type == "cuda"
+    wants_device = settings.device_augment == "on" or (
+        settings.device_augment == "auto" and device.type == "cuda"
     )
-    return "device" if wants_device and has_device_form(s.augment, augment_sets) else "loader"
+    return (
+        "device" if wants_device and has_device_form(settings.augment, augment_sets) else "loader"
+    )
 
 
 def loader_workers(num_workers: int | str, where: str, device: torch.device) -> int:
@@ -68,17 +70,23 @@ class Augmenters(NamedTuple):
 
 
 def augmenters(
-    s: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
+    settings: TrainSettings, augment_sets: dict[str, list[dict]] | None, device: torch.device
 ) -> Augmenters:
     """The trial's set, built for the place :func:`augment_placement` picks."""
-    where = augment_placement(s, augment_sets, device)
-    flips = batch_augment(s.augment)
+    where = augment_placement(settings, augment_sets, device)
+    flips = batch_augment(settings.augment)
     if where == "gather":
         return Augmenters(where, None, flips, None)
     if where == "device":
-        batched = flips if flips is not None else device_augment(s.augment, s.img_size).to(device)
-        return Augmenters(where, batched, None, None)
-    params = AugmentParams(jpeg_quality=s.jpeg_quality, jpeg_p=s.jpeg_p)
+        if flips is not None:
+            return Augmenters(where, flips, None, None)
+        return Augmenters(
+            where, device_augment(settings.augment, settings.img_size).to(device), None, None
+        )
+    params = AugmentParams(jpeg_quality=settings.jpeg_quality, jpeg_p=settings.jpeg_p)
     return Augmenters(
-        where, None, None, build_augment(s.augment, s.img_size, augment_sets, params=params)
+        where,
+        None,
+        None,
+        build_augment(settings.augment, settings.img_size, augment_sets, params=params),
     )

@@ -45,13 +45,13 @@ class TrainSettings(StrictModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile the model (pays off on a GPU for trials of many steps)
-    # Where sets with a kornia form (augment.DEVICE_SETS, other than the flips sets, which always
-    # go on the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
+    # Where the sets with a kornia form (data.augment.has_device_form; the flips sets always go on
+    # the device or while gathering) augment: auto = on the device when it is a CUDA GPU, else
     # image by image in the loader; on = on the device even on a CPU; off = in the loader.
     device_augment: Literal["auto", "on", "off"] = "auto"
-    # Seeds weights, shuffling and augmentation. null (default): each trial of a search gets its
-    # own, derived from search.seed and the trial's number, so ensemble members differ; a number
-    # fixes it.
+    # Seeds weights, shuffling and augmentation. A number fixes it; null (default): each trial of
+    # a search gets its own, derived from search.seed and the trial's number, so ensemble members
+    # differ (a trial run alone gets 0).
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
     # rgb+srm adds fixed SRM noise residuals (ffdi_tune.models.srm)

@@ -5,13 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flip_mix import check_flip_mix
 from torchvision.transforms import v2
 
-from ffdi_tune.data.augment import AUGMENT_SETS, DEVICE_SETS, build_augment
+from ffdi_tune.data.augment import (
+    BatchFlips,
+    augment_names,
+    augment_set,
+    batch_augment,
+    build_augment,
+    check_augment_name,
+    device_augment,
+    has_device_form,
+    register_augment,
+)
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
 
-NAMES = sorted(AUGMENT_SETS) + [
+DEVICE_NAMES = [name for name in augment_names() if has_device_form(name)]
+NAMES = augment_names() + [
     "rand-m9-mstd0.5-inc1",
     "augmix-m5-w4-d2",
     "original-mstd0.5",
@@ -56,56 +68,13 @@ def test_unknown_set_lists_valid_names():
 
 @pytest.mark.parametrize("name", ["hflip", "flips", "flips+hflip"])
 def test_batched_sets_flip_each_image_independently(name, image):
-    from ffdi_tune.data.augment import batch_augment
-
     torch.manual_seed(0)
     batch = image.unsqueeze(0).repeat(400, 1, 1, 1)
     out = batch_augment(name)(batch)
     check_flip_mix(name, out, image)
 
 
-@pytest.mark.parametrize("name", ["hflip", "flips"])
-def test_loader_applies_batched_flips_while_gathering(name, image):
-    from ffdi_tune.data.augment import batch_augment
-    from ffdi_tune.data.layout import train_batches
-
-    images = image.unsqueeze(0).repeat(400, 1, 1, 1)
-    batches = list(
-        train_batches(
-            images,
-            torch.zeros(400, dtype=torch.long).numpy(),
-            400,
-            torch.Generator().manual_seed(0),
-            flips=batch_augment(name),
-        )
-    )
-    check_flip_mix(name, batches[0][0], image)
-
-
-def check_flip_mix(name, out, image):
-    """Each image is the original or one of its flips, drawn independently with the set's odds."""
-    assert out.shape == (400, *image.shape) and out.dtype == torch.uint8
-
-    def share(img):
-        return float((out == img).flatten(1).all(1).float().mean())
-
-    unchanged, h, v, hv = (
-        share(image),
-        share(image.flip(-1)),
-        share(image.flip(-2)),
-        share(image.flip(-1).flip(-2)),
-    )
-    if name == "hflip":
-        assert 0.4 < h < 0.6 and h + unchanged == pytest.approx(1)
-    else:  # each of the four outcomes about 1/4
-        assert all(
-            0.15 < x < 0.35 for x in (unchanged, h, v, hv)
-        ) and unchanged + h + v + hv == pytest.approx(1)
-
-
 def test_sets_without_batched_form_fall_back():
-    from ffdi_tune.data.augment import batch_augment
-
     assert batch_augment("randaugment") is None and batch_augment("flips+jpeg") is None
     assert batch_augment("none") is not None
 
@@ -141,15 +110,57 @@ def many_images(tmp_path_factory):
     return load_images(read_split(DataConfig(root=str(root)), "train"), 32)
 
 
-def test_device_sets_are_a_subset_with_one_factory_each():
-    from ffdi_tune.data.augment import _device_set_factories
+def test_registry_lists_every_set_once_with_its_batched_forms():
+    assert augment_names() == sorted(
+        ["none", "hflip", "flips", "crop", "rotate", "affine", "perspective", "geometric", "color"]
+        + ["grayscale", "blur", "invert", "posterize", "solarize", "sharpness", "equalize"]
+        + ["autocontrast", "photometric", "autoaugment", "randaugment", "trivialaugment"]
+        + ["augmix", "jpeg"]
+    )
+    assert augment_names({"mine": []})[-1] == "mine"  # the user's sets after the built-in ones
+    # a kornia form for all but the policies, augmix and the real JPEG codec
+    per_image_only = {"autoaugment", "randaugment", "trivialaugment", "augmix", "jpeg"}
+    assert set(DEVICE_NAMES) == set(augment_names()) - per_image_only
+    assert [n for n in augment_names() if augment_set(n).batched] == ["flips", "hflip", "none"]
+    assert augment_set("flips").batched == BatchFlips(hflip=0.5, vflip=0.5)
 
-    assert set(_device_set_factories()) == DEVICE_SETS and DEVICE_SETS <= set(AUGMENT_SETS)
+
+def test_unknown_set_is_one_error_with_close_names():
+    with pytest.raises(
+        ValueError, match=r"unknown augmentation set 'flipz' \(did you mean 'hflip' "
+    ):
+        augment_set("flipz")
+    with pytest.raises(
+        ValueError, match=r"'photometrc' \(did you mean 'photometric' or 'geometric'\?\); valid"
+    ):
+        check_augment_name("flips+photometrc")
+    with pytest.raises(ValueError, match="'mien' .*did you mean 'mine'.*valid sets are .*, mine,"):
+        check_augment_name("mien", {"mine": []})
+
+
+def test_a_registered_set_gets_every_form_and_a_name_registers_once(image, monkeypatch):
+    import ffdi_tune.data.augment as augment
+
+    # registrations made here go into a copy of the registry, dropped after the test
+    monkeypatch.setattr(augment, "_AUGMENT_REGISTRY", dict(augment._AUGMENT_REGISTRY))
+
+    @register_augment(
+        "vflip",
+        batched=BatchFlips(vflip=1.0),
+        on_device=lambda K, size: [K.RandomVerticalFlip(p=1)],
+    )
+    def _vflip(size, params):
+        return [v2.RandomVerticalFlip(p=1.0)]
+
+    assert "vflip" in augment_names() and has_device_form("vflip+color")
+    assert torch.equal(build_augment("vflip", 48)(image), image.flip(-2))
+    assert torch.equal(batch_augment("vflip")(image[None])[0], image.flip(-2))
+    assert torch.equal(device_augment("vflip", 48)(image[None])[0], image.flip(-2).float())
+    with pytest.raises(ValueError, match="'flips' is registered twice"):
+        register_augment("flips")(_vflip)
 
 
 def test_sets_without_device_form_fall_back():
-    from ffdi_tune.data.augment import device_augment
-
     for name in ["jpeg", "flips+jpeg", "randaugment", "augmix", "rand-m9-mstd0.5-inc1"]:
         assert device_augment(name, 32) is None
     sets = {"mine": [{"name": "RandomHorizontalFlip"}]}
@@ -166,8 +177,7 @@ def change_stats(out, images):
     return float(changed.float().mean()), float(diff[changed].mean()) if changed.any() else 0.0
 
 
-# sets whose strengths are continuous: drawn per image, 64 copies of one image all come out
-# different
+# sets whose strengths are continuous (drawn per image): 64 copies of one image all differ
 CONTINUOUS = {
     "crop",
     "rotate",
@@ -180,13 +190,11 @@ CONTINUOUS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(DEVICE_SETS - {"none"}))
+@pytest.mark.parametrize("name", sorted(set(DEVICE_NAMES) - {"none"}))
 def test_device_form_gives_the_same_kind_of_images(name, many_images):
     """Batched form vs torchvision image by image, on the same 512 images: about as many images
     changed, by about as much; and the random gate (and, for continuous sets, the strength) is drawn
     per image, not once for the whole batch."""
-    from ffdi_tune.data.augment import device_augment
-
     torch.manual_seed(0)
     t = build_augment(name, 32)
     reference = torch.stack([t(img) for img in many_images])
@@ -210,32 +218,9 @@ def test_device_form_gives_the_same_kind_of_images(name, many_images):
 
 
 def test_device_form_follows_the_seed(many_images):
-    from ffdi_tune.data.augment import device_augment
-
     t = device_augment("photometric", 32)
     outs = []
     for seed in (1, 1, 2):
         torch.manual_seed(seed)
         outs.append(t(many_images[:64]))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
-
-
-def test_loader_workers_pair_each_image_with_its_target():
-    """The per-image path in DataLoader worker processes: every image once per epoch, with its
-    target."""
-    from ffdi_tune.data.layout import train_batches
-
-    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
-    targets = (torch.arange(20) % 2).numpy()
-    batches = list(
-        train_batches(
-            images, targets, 5, torch.Generator().manual_seed(0), v2.Identity(), None, num_workers=1
-        )
-    )
-    assert len(batches) == 4 and all(
-        b.shape == (5, 3, 4, 4) and b.dtype == torch.uint8 for b, _ in batches
-    )
-    ids = torch.cat([b[:, 0, 0, 0] for b, _ in batches]).long()
-    # every image once, shuffled
-    assert sorted(ids.tolist()) == list(range(20)) and ids.tolist() != list(range(20))
-    assert torch.equal(torch.cat([y for _, y in batches]), ids % 2)

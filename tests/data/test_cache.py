@@ -1,4 +1,5 @@
-"""Decode-once cache: built once under concurrency, reused, invalidated, never half-read, exact."""
+"""Decode-once cache: built once under concurrency, reused, invalidated, never half-read, exact;
+planned and capped before any trial."""
 
 from __future__ import annotations
 
@@ -69,8 +70,7 @@ def test_rewrite_with_old_size_and_mtime_invalidates(data, tmp_path):
     victim.write_bytes(other + b"\0" * (st.st_size - len(other)))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
-    after = load_images(split(data), 24, cache_dir=cache)
-    # decoded again
+    after = load_images(split(data), 24, cache_dir=cache)  # decoded again
     assert torch.equal(after[big], before[small]) and not torch.equal(after[big], before[big])
     assert len([p for p in cache.iterdir() if p.suffix == ".npy"]) == 2
 
@@ -200,3 +200,19 @@ def test_build_fills_the_cache_with_the_pixels_trials_get(data, tmp_path):
             load_images(e.split, e.img_size, cache_dir=cache, perturb=e.perturb),
             load_images(e.split, e.img_size, perturb=e.perturb),
         )
+
+
+def test_a_cache_over_its_cap_stops_the_run_before_any_trial(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    from ffdi_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(
+        f"name: capped\ndata: {{root: '{tiny_data}', cache_max_gb: 1.0e-6}}\n"
+        "train: {backbone: test_resnet, img_size: 32}\n"
+    )
+    assert main(["run", "space.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "data.cache_max_gb" in err
+    assert "--no-cache" in err and not (tmp_path / "runs").exists()

@@ -1,5 +1,5 @@
-"""The valset split a search fixes: stratified, seeded, identified by its report names; never read
-by trials."""
+"""The valset split a search fixes: stratified, seeded, identified by its report part's names,
+which trials never read."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def test_a_split_that_would_lose_a_class_is_refused():
 
 
 def test_trials_never_read_the_report_part(tiny_data, monkeypatch):
-    """A spy on the image decoder: training with the search's selection part never opens a report
-    image."""
+    """A spy on the image decoder: a trial given the search's selection part opens no image of
+    the report part."""
     import ffdi_tune.data.layout as data
     from ffdi_tune.training.trial import train_trial
 

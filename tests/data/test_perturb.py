@@ -128,12 +128,10 @@ def test_tiny_training_reports_the_three_metrics(tiny_data):
         robust_val=RobustValConfig(),
     )
     m, ckpt = reports[0]
-    assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(
-        m
-    ) and "val_robust_auc" in epoch_metric_names()
+    assert {"val_auc", "val_robust_auc", "val_worst_auc"} <= set(m)
+    assert "val_robust_auc" in epoch_metric_names()
     assert m["val_worst_auc"] == min(m["val_auc"], m["val_robust_auc"]) and best == m
-    # val_robust_auc is the checkpoint's AUC on the perturbed copy of valset, decoded like the clean
-    # one
+    # val_robust_auc: the checkpoint's AUC on the perturbed copy of valset, decoded like the clean
     model = timm.create_model("test_resnet", num_classes=2)
     model.load_state_dict(ckpt["state_dict"])
     val = read_split(DataConfig(root=str(tiny_data)), "val")
@@ -216,8 +214,7 @@ def _only(**kinds) -> RobustValConfig:
 
 
 def test_perturbed_copy_is_decoded_like_the_clean_one(tiny_data):
-    """A perturbation that changes nothing (a crop keeping the whole frame) gives the clean pixels
-    exactly."""
+    """A no-op perturbation (a crop keeping the whole frame) gives exactly the clean pixels."""
     val = read_split(DataConfig(root=str(tiny_data)), "val")
     clean = load_images(val, 32)
     unchanged = load_images(val, 32, perturb=Perturber(_only(crop={"keep": [1.0, 1.0]})))

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import runs_by_role, write_space
 from mlflow.tracking import MlflowClient
 from procs import MlflowServer, free_port
 
@@ -244,7 +245,7 @@ tracking: {{uri: {uri}}}
 """
 
 
-def write_space(
+def cluster_space(
     folder: Path,
     data: Path | str,
     uri: str,
@@ -260,22 +261,19 @@ def write_space(
     on each node at once, whereas a reused worker could take every trial when trials are shorter
     than starting a second worker.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "space.yaml"
-    data = data if isinstance(data, str) else f"{{root: {data}}}"
-    path.write_text(
+    return write_space(
+        folder,
         SPACE.format(
             name=name,
-            data=data,
+            data=data if isinstance(data, str) else f"{{root: {data}}}",
             uri=uri,
             samples=samples,
             epochs=epochs,
             storage=folder / "shared-storage",
             scheduler=scheduler,
             cpu=cpu,
-        )
+        ),
     )
-    return path
 
 
 def ffdi(
@@ -300,20 +298,11 @@ def ffdi(
     return done
 
 
-def trial_runs(client: MlflowClient, name: str) -> list:
-    exp = client.get_experiment_by_name(name)
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id])
-        if r.data.tags.get("ffdi.role") == "trial"
-    ]
-
-
 @pytest.mark.slow
 def test_search_spreads_over_nodes_and_lands_in_the_server(
     cluster, mlflow_server, tiny_data, tmp_path
 ):
-    space = write_space(tmp_path / "driver", tiny_data, mlflow_server, "spread", samples=2)
+    space = cluster_space(tmp_path / "driver", tiny_data, mlflow_server, "spread", samples=2)
     (tmp_path / "driver" / "top2.yaml").write_text(
         "top_k: 2\ncombine: mean\ntta: [identity, hflip]\n"
     )
@@ -329,7 +318,7 @@ def test_search_spreads_over_nodes_and_lands_in_the_server(
         assert len(list(cache.glob("*.npy"))) == 3, sorted(p.name for p in cache.iterdir())
 
     client = MlflowClient(mlflow_server)
-    children = trial_runs(client, "spread")
+    children = runs_by_role(client, "spread")["trial"]
     assert len(children) == 2
     experiment = client.get_experiment_by_name("spread")
     # through the server, not its disk
@@ -377,7 +366,7 @@ def test_without_address_a_search_starts_its_own_ray(cluster, mlflow_server, tin
     The search asks for more CPUs than any Ray here has, so it stops right after connecting; the
     cluster's job table tells whether it joined.
     """
-    space = write_space(tmp_path, tiny_data, mlflow_server, "private", cpu=64)
+    space = cluster_space(tmp_path, tiny_data, mlflow_server, "private", cpu=64)
     # RAY_TMPDIR leads to the cluster
     env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
     proc = ffdi(["run", str(space), "--no-ensemble"], tmp_path, env)
@@ -407,7 +396,7 @@ def test_a_node_that_cannot_see_the_data_is_named(cluster, mlflow_server, tiny_d
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
     blind = cluster.start_node(prefix=prefix)
     try:
-        space = write_space(tmp_path, tiny_data, mlflow_server, "blind")
+        space = cluster_space(tmp_path, tiny_data, mlflow_server, "blind")
         proc = ffdi(["run", str(space), "--address", cluster.address], tmp_path, cluster.env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -445,7 +434,7 @@ def test_a_node_whose_cache_disk_is_too_small_is_named(cluster, mlflow_server, t
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
     cramped = cluster.start_node(prefix=prefix, env={"FFDI_TUNE_CACHE": str(small)})
     try:
-        space = write_space(tmp_path, tiny_data, mlflow_server, "cramped")
+        space = cluster_space(tmp_path, tiny_data, mlflow_server, "cramped")
         proc = ffdi(["run", str(space), "--address", cluster.address], tmp_path, cluster.env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -471,7 +460,7 @@ def test_losing_a_node_mid_search(make_cluster, mlflow_server, tmp_path):
     # Enough images that an epoch takes seconds: the worker's trial is still training when its node
     # dies.
     data = "{root: data, demo: {n_train: 600, n_val: 48, n_test: 4, size: 32, seed: 5}}"
-    space = write_space(
+    space = cluster_space(
         tmp_path, data, mlflow_server, "node-loss", samples=2, epochs=3, scheduler="fifo"
     )
     proc = subprocess.Popen(
@@ -523,7 +512,7 @@ def test_losing_a_node_mid_search(make_cluster, mlflow_server, tmp_path):
         proc.wait()
     assert proc.returncode == 0, err
 
-    children = trial_runs(client, "node-loss")
+    children = runs_by_role(client, "node-loss")["trial"]
     assert len(children) == 2
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["ffdi.epochs_run"] == "3"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import runs_by_role, store_client, write_space
 from mlflow.tracking import MlflowClient
 from procs import MlflowServer, TcpGate, spawn, stop_group
 
@@ -33,24 +34,12 @@ scheduler: {{type: fifo}}
 """
 
 
-def write_space(
+def search_command(
     folder: Path, name: str, trials: int = 4, epochs: int = 4, extra: str = ""
-) -> list[str]:
-    (folder / "space.yaml").write_text(
-        SPACE.format(name=name, trials=trials, epochs=epochs) + extra
-    )
+) -> list:
+    """Write the search YAML in ``folder``; the command line that runs it without a final stage."""
+    write_space(folder, SPACE.format(name=name, trials=trials, epochs=epochs) + extra)
     return [sys.executable, "-m", "ffdi_tune", "run", "space.yaml", "--no-ensemble"]
-
-
-def runs_of(client: MlflowClient, name: str) -> tuple[list, list]:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return [], []
-    runs = client.search_runs([exp.experiment_id])
-    return (
-        [r for r in runs if r.data.tags.get("ffdi.role") == "search"],
-        [r for r in runs if r.data.tags.get("ffdi.role") == "trial"],
-    )
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str = ""):
@@ -67,32 +56,39 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 300, what: str 
         time.sleep(0.5)
 
 
-def assert_complete(
+def completeness_problems(
     client: MlflowClient, name: str, trials: int, epochs: int, folder: Path
-) -> list:
-    """Every trial of Ray's results once in MLflow, FINISHED, with one val_auc per epoch and its
-    checkpoint; any other run is one the killed driver had started but Ray had not saved yet: it
-    ran no epoch and is closed as KILLED. Nothing is left RUNNING."""
-    parents, children = runs_of(client, name)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+) -> tuple[list[str], list]:
+    """What breaks "every trial of Ray's results once in MLflow, FINISHED, with one val_auc per
+    epoch and its checkpoint; any other run is one the killed driver had started but Ray had not
+    saved yet: it ran no epoch and is closed as KILLED; nothing is left RUNNING", and the trial runs
+    that Ray's results keep."""
+    runs = runs_by_role(client, name)
+    problems = []
+    if [r.info.status for r in runs["search"]] != ["FINISHED"]:
+        problems.append(f"search runs: {[r.info.status for r in runs['search']]}")
     df = pd.read_csv(folder / "runs" / name / "trials.csv")
-    assert len(df) == trials and set(df["status"]) == {"FINISHED"}
+    if len(df) != trials or set(df["status"]) != {"FINISHED"}:
+        problems.append(f"trials.csv: {len(df)} rows, statuses {set(df['status'])}")
     ids = set(df["trial_id"].astype(str))
-    kept = [r for r in children if r.data.tags["ffdi.trial_id"] in ids]
-    # one run per trial
-    assert len(kept) == trials and {r.data.tags["ffdi.trial_id"] for r in kept} == ids
-    for run in children:
-        if run in kept:
-            continue
-        assert run.info.status == "KILLED" and "val_auc" not in run.data.metrics
+    kept = [r for r in runs["trial"] if r.data.tags["ffdi.trial_id"] in ids]
+    if len(kept) != trials or {r.data.tags["ffdi.trial_id"] for r in kept} != ids:
+        problems.append(f"{len(kept)} runs for the {len(ids)} trials of trials.csv")
+    for run in runs["trial"]:
+        if run not in kept and (run.info.status != "KILLED" or "val_auc" in run.data.metrics):
+            problems.append(f"leftover run {run.info.run_id}: {run.info.status}")
     for run in kept:
-        assert run.info.status == "FINISHED", run.data.tags.get("ffdi.error")
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")]
-        assert sorted(set(steps)) == list(range(1, epochs + 1))
-        assert "checkpoint/best.pt" in {
-            a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
-        }
-    return kept
+        if run.info.status != "FINISHED":
+            problems.append(
+                f"{run.info.run_id}: {run.info.status} {run.data.tags.get('ffdi.error')}"
+            )
+        steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "val_auc")})
+        if steps != list(range(1, epochs + 1)):
+            problems.append(f"{run.info.run_id}: val_auc at epochs {steps}")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        if "checkpoint/best.pt" not in artifacts:
+            problems.append(f"{run.info.run_id}: no checkpoint/best.pt")
+    return problems, kept
 
 
 def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path):
@@ -102,8 +98,8 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     RUNNING. SIGKILL: runs are left RUNNING; running again without --resume is refused; --resume
     finishes with the finished trials' runs and metrics untouched and no point proposed twice.
     """
-    cmd = write_space(tmp_path, "killed", trials=4, epochs=3)
-    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    cmd = search_command(tmp_path, "killed", trials=4, epochs=3)
+    client = store_client(tmp_path)
     proc = spawn(cmd, tmp_path)
     try:
         wait_for(
@@ -117,7 +113,8 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
         stop_group(proc)
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in err.strip().splitlines()[-1]
-    parents, children = runs_of(client, "killed")
+    runs = runs_by_role(client, "killed")
+    parents, children = runs["search"], runs["trial"]
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
     assert children and all(r.info.status != "RUNNING" for r in children)
 
@@ -125,7 +122,7 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
     try:
 
         def one_finished():
-            _, children = runs_of(client, "killed")
+            children = runs_by_role(client, "killed")["trial"]
             done = [r for r in children if r.info.status == "FINISHED"]
             # A trial has finished and another has at least two of its three epochs to go, so the
             # kill surely leaves that one RUNNING.
@@ -152,7 +149,7 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
         proc.wait(timeout=60)
     finally:
         stop_group(proc)  # whatever of that Ray is still around
-    _, children = runs_of(client, "killed")
+    children = runs_by_role(client, "killed")["trial"]
     assert any(r.info.status == "RUNNING" for r in children)  # left behind by the killed driver
 
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -170,7 +167,10 @@ def test_ctrl_c_then_killed_driver_resumes_without_losing_or_repeating(tmp_path)
         start_new_session=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    children = assert_complete(client, "killed", trials=4, epochs=3, folder=tmp_path)
+    problems, children = completeness_problems(
+        client, "killed", trials=4, epochs=3, folder=tmp_path
+    )
+    assert not problems, problems
     by_trial = {r.data.tags["ffdi.trial_id"]: r for r in children}
     for trial_id, (run_id, history) in before.items():  # finished work kept as it was
         assert by_trial[trial_id].info.run_id == run_id
@@ -205,17 +205,17 @@ def _trial_workers(marker: str) -> list[int]:
 
 
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
-    cmd = write_space(tmp_path, "workerkill", trials=2, epochs=4)
+    cmd = search_command(tmp_path, "workerkill", trials=2, epochs=4)
     marker = f"FFDI_FAULT_TEST={uuid.uuid4().hex}"
     env = dict(os.environ, FFDI_FAULT_TEST=marker.split("=", 1)[1])
-    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    client = store_client(tmp_path)
     proc = spawn(cmd, tmp_path, env)
     try:
 
         def reported_epoch():
             if not (tmp_path / "runs" / "mlflow.db").exists():
                 return None
-            _, children = runs_of(client, "workerkill")
+            children = runs_by_role(client, "workerkill")["trial"]
             running = [
                 r for r in children if r.info.status == "RUNNING" and "val_auc" in r.data.metrics
             ]
@@ -228,7 +228,8 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     finally:
         stop_group(proc)
     assert proc.returncode == 0, err[-3000:]
-    assert_complete(client, "workerkill", trials=2, epochs=4, folder=tmp_path)
+    problems, _ = completeness_problems(client, "workerkill", trials=2, epochs=4, folder=tmp_path)
+    assert not problems, problems
 
 
 def test_tracking_server_outage_loses_nothing(tmp_path):
@@ -236,7 +237,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
     the search keeps its writes, notices the server is back, replays them, and ends complete."""
     server = MlflowServer(tmp_path / "server").start()
     gate = TcpGate(server.port).restore()  # the search's only way to the server
-    cmd = write_space(
+    cmd = search_command(
         tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{gate.uri}'}}\n"
     )
     client = MlflowClient(server.uri)
@@ -245,7 +246,9 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
     proc = spawn(cmd, tmp_path, env)
     try:
         wait_for(
-            lambda: any("val_auc" in r.data.metrics for r in runs_of(client, "outage")[1]),
+            lambda: any(
+                "val_auc" in r.data.metrics for r in runs_by_role(client, "outage")["trial"]
+            ),
             proc,
             what="a first metric in MLflow",
         )
@@ -261,7 +264,8 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
         assert proc.returncode == 0, err[-3000:]
         assert "answers again" in err and "ffdi-tune sync" not in out
         assert not spool.exists()
-        assert_complete(client, "outage", trials=4, epochs=4, folder=tmp_path)
+        problems, _ = completeness_problems(client, "outage", trials=4, epochs=4, folder=tmp_path)
+        assert not problems, problems
     finally:
         gate.close()
         stop_group(proc)
@@ -270,14 +274,14 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
 
 def test_tracking_server_gone_for_good_then_sync(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    cmd = write_space(
+    cmd = search_command(
         tmp_path, "gone", trials=2, epochs=2, extra=f"tracking: {{uri: '{server.uri}'}}\n"
     )
     client = MlflowClient(server.uri)
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     proc = spawn(cmd, tmp_path, env)
     try:
-        wait_for(lambda: runs_of(client, "gone")[1], proc, what="a trial run in MLflow")
+        wait_for(lambda: runs_by_role(client, "gone")["trial"], proc, what="a trial run in MLflow")
         server.stop()
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -294,7 +298,8 @@ def test_tracking_server_gone_for_good_then_sync(tmp_path):
             timeout=120,
         )
         assert sync.returncode == 0 and "replayed" in sync.stdout, sync.stderr
-        assert_complete(client, "gone", trials=2, epochs=2, folder=tmp_path)
+        problems, _ = completeness_problems(client, "gone", trials=2, epochs=2, folder=tmp_path)
+        assert not problems, problems
     finally:
         stop_group(proc)
         server.stop()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 
 from ffdi_tune.cli import main
-from ffdi_tune.models.factory import resolve_weights
+from ffdi_tune.models.weights import resolve_weights
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pickle
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers import runs_by_role, store_client
 from optuna.trial import TrialState
 
 from ffdi_tune.cli import main
@@ -38,15 +38,10 @@ def write(folder, name, trials, epochs, scheduler="{type: fifo}"):
 
 
 def runs(folder, name):
-    client = MlflowClient(f"sqlite:///{folder}/runs/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    found = client.search_runs([exp.experiment_id])
-    return (
-        client,
-        [r for r in found if r.data.tags["ffdi.role"] == "search"],
-        [r for r in found if r.data.tags["ffdi.role"] == "trial"],
-        [r for r in found if r.data.tags["ffdi.role"] == "ensemble"],
-    )
+    """The search's store client and its search, trial and ensemble runs."""
+    client = store_client(folder)
+    found = runs_by_role(client, name)
+    return client, found["search"], found["trial"], found["ensemble"]
 
 
 def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import run_cli, runs_by_role, store_client
 from mlflow.tracking import MlflowClient
 from procs import free_port, stop_group
 
@@ -22,7 +23,7 @@ from ffdi_tune.data.demo import write_demo_dataset
 from ffdi_tune.data.holdout import split_valset
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
-from ffdi_tune.ensemble.build import COMBINATIONS
+from ffdi_tune.ensemble.methods import COMBINATIONS
 
 pytestmark = pytest.mark.slow
 
@@ -67,24 +68,17 @@ def finished_search(tmp_path_factory):
     return work
 
 
-def cli(cwd, *args: str) -> subprocess.CompletedProcess:
-    """``ffdi-tune ARGS`` in a fresh process started in ``cwd``, output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "ffdi_tune", *args], cwd=cwd, capture_output=True, text=True
-    )
-
-
 def client_and_runs(work):
-    client = MlflowClient(f"sqlite:///{work}/runs/mlflow.db")
+    client = store_client(work)
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id])
     return client, exp, runs
 
 
 def test_mlflow_parent_and_children(finished_search):
-    client, exp, runs = client_and_runs(finished_search)
-    parents = [r for r in runs if r.data.tags.get("ffdi.role") == "search"]
-    children = [r for r in runs if r.data.tags.get("ffdi.role") == "trial"]
+    client, exp, _ = client_and_runs(finished_search)
+    runs = runs_by_role(client, "e2e")
+    parents, children = runs["search"], runs["trial"]
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -280,11 +274,11 @@ def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
     """A fresh process that knows only the tracking store rebuilds an ensemble, another recipe."""
     env_cwd = finished_search
     out = tmp_path / "rank.csv"
-    proc = cli(env_cwd, "ensemble", "rank.yaml", "--experiment", "e2e", "--out", str(out))
+    proc = run_cli(env_cwd, "ensemble", "rank.yaml", "--experiment", "e2e", "--out", str(out))
     assert proc.returncode == 2 and "top_k=5, but only 4 finished trial(s)" in proc.stderr
     assert not out.exists()
     (finished_search / "rank3.yaml").write_text(RANK.replace("top_k: 5", "top_k: 3"))
-    proc = cli(env_cwd, "ensemble", "rank3.yaml", "--experiment", "e2e", "--out", str(out))
+    proc = run_cli(env_cwd, "ensemble", "rank3.yaml", "--experiment", "e2e", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, finished_search / "data")
     client, _, runs = client_and_runs(finished_search)
@@ -296,7 +290,7 @@ def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
     assert len(rank_runs) >= 1 and "mlflow.parentRunId" not in rank_runs[0].data.tags
     trial = next(r for r in runs if r.data.tags.get("ffdi.role") == "trial")
     pred = tmp_path / "one.csv"
-    proc = cli(
+    proc = run_cli(
         env_cwd,
         "predict",
         "--run",
@@ -630,7 +624,7 @@ def test_ensemble_needs_only_val_and_test(finished_search, tmp_path):
     shutil.copytree(finished_search / "data" / "testset", data / "testset")
     shutil.copy(finished_search / "data" / "valset_label.txt", data)
     out = tmp_path / "sub.csv"
-    proc = cli(
+    proc = run_cli(
         finished_search,
         "ensemble",
         "top3.yaml",

@@ -1,5 +1,5 @@
-"""Scoring keeps full precision: float32 logits from the head under AMP, log-odds that keep their
-order."""
+"""Scoring keeps full precision: float32 logits from the head under AMP, and log-odds that keep
+their order."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_confident_scores_stay_apart():
-    """float32 softmax rounds both to 1.0; the log-odds (and their float64 probabilities) keep them
-    apart."""
+    """float32 softmax rounds both to 1.0; the log-odds, and their float64 probabilities, keep
+    them apart."""
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     images[0], images[1] = 200, 210
     # the model sees pixel / 10: log-odds 20 and 21

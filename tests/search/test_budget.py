@@ -1,34 +1,11 @@
-"""Time budgets: durations, the clock that does not count a dead driver, the final stage's share."""
+"""Time budgets: the clock that does not count a dead driver, the final stage's share,
+and how many trials a resumed search grows to."""
 
 from __future__ import annotations
 
 import pytest
 
-from ffdi_tune.durations import parse_duration
 from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
-
-
-@pytest.mark.parametrize(
-    "text,seconds",
-    [
-        ("8h", 28800),
-        ("90m", 5400),
-        ("1h30m", 5400),
-        ("45s", 45),
-        ("2d", 172800),
-        ("1.5h", 5400),
-        (600, 600),
-        ("600", 600),
-    ],
-)
-def test_durations(text, seconds):
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("bad", ["8 hours", "h", "", "-5", 0, "1x"])
-def test_bad_durations_say_what_is_accepted(bad):
-    with pytest.raises(ValueError, match="duration|positive"):
-        parse_duration(bad)
 
 
 class Clock:
@@ -86,68 +63,14 @@ def test_the_drivers_set_up_counts_and_so_does_a_resumed_ones(tmp_path):
 
 
 def test_growing_a_search_adds_a_round_only_to_a_finished_one():
-    from ffdi_tune.search.rounds import rounds_wanted
+    # rounds.py's own test file would share its name with tests/e2e/test_rounds.py
+    from ffdi_tune.search.rounds import trials_wanted
 
-    assert rounds_wanted(4, 6, grow=False, finished=True) == 6  # --num-samples 6
-    assert rounds_wanted(4, 4, grow=True, finished=True) == 8  # --time-budget: num_samples more
+    assert trials_wanted(4, 6, grow=False, finished=True) == 6  # --num-samples 6
+    assert trials_wanted(4, 4, grow=True, finished=True) == 8  # --time-budget: num_samples more
     # interrupted, resumed with more time: it finishes what it planned, nothing more
-    assert rounds_wanted(4, 4, grow=True, finished=False) == 4
+    assert trials_wanted(4, 4, grow=True, finished=False) == 4
     # cut by its budget after 3 of 4, given more time: the fourth
-    assert rounds_wanted(3, 4, grow=True, finished=True) == 4
+    assert trials_wanted(3, 4, grow=True, finished=True) == 4
     # a grown second round of 8 cut after 3 (11 of 16 planned): first the 5 it planned
-    assert rounds_wanted(11, 8, grow=True, finished=True, planned=16) == 16
-
-
-def _live(clock, total_s=100.0):
-    from ffdi_tune.search.searcher import LiveBudget
-
-    return LiveBudget(TimeBudget(total_s, clock=clock), FinalStageEstimate(100, 1, 50))
-
-
-def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
-    import yaml
-    from ray.tune.search import Searcher
-
-    from ffdi_tune.config import parse_search_config
-    from ffdi_tune.search.rounds import make_searcher
-    from ffdi_tune.search.searcher import attach_budget, detach_budget
-
-    cfg = parse_search_config(
-        yaml.safe_load(
-            "name: gate\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
-            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
-        )
-    )
-    clock, searcher = Clock(), make_searcher(cfg)
-    live = _live(clock)
-    live.budget.trial_s.append(30.0)  # trials take 30 s
-    attach_budget("gate", live)
-    try:
-        assert isinstance(searcher.suggest("t1"), dict)
-        clock.now += 65  # 35 s left: one more fits
-        assert isinstance(searcher.suggest("t2"), dict)
-        clock.now += 10  # 25 s left
-        assert searcher.suggest("t3") == Searcher.FINISHED
-    finally:
-        detach_budget("gate")
-
-
-def test_a_running_trial_is_cut_before_an_epoch_that_would_eat_the_final_stages_share():
-    from ffdi_tune.search.searcher import BudgetStopper, attach_budget, detach_budget
-
-    clock = Clock()
-    live = _live(clock)
-    attach_budget("stopper", live)
-    stop = BudgetStopper("stopper")
-    try:
-        # scoring 50 images took 5 s: the final stage (100 images, 1 pass) needs 1.5 x (10 + 3) s
-        epoch = {"epoch": 1, "epochs_planned": 3, "epoch_time_s": 20.0, "eval_time_s": 5.0}
-        assert not stop("t1", epoch) and live.reserve() == pytest.approx(19.5)
-        clock.now += 55  # 45 s left, 19.5 kept back: a 20 s epoch still fits
-        assert not stop("t1", dict(epoch, epoch=2)) and live.budget.cut == set()
-        clock.now += 10  # 35 s left: it does not
-        assert stop("t1", dict(epoch, epoch=2)) and live.budget.cut == {"t1"}
-        assert not stop("t2", dict(epoch, epoch=3))  # a trial's last epoch ends by itself
-    finally:
-        detach_budget("stopper")
-    assert not BudgetStopper("stopper")("t1", epoch)  # no live budget: never stops
+    assert trials_wanted(11, 8, grow=True, finished=True, planned=16) == 16

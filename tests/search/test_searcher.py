@@ -1,14 +1,20 @@
 """What TPE is told, driven as Tune's controller drives a searcher: finished trials with their best
-epoch, trials stopped early (ASHA or the budget) as pruned with every epoch's value, failures as
-failed."""
+epoch, trials stopped early (ASHA or the budget) as pruned with every epoch's value, and failures as
+failed; and what the time budget lets it propose and lets run."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import yaml
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from ffdi_tune.config import parse_search_config
+from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
 from ffdi_tune.search.rounds import make_searcher
+from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, attach_budget, detach_budget
 
 SPACE = """
 name: told
@@ -68,3 +74,117 @@ def test_a_lower_is_better_metric_is_told_its_minimum():
     told = _study_trials(searcher)["t"]
     assert told.state == TrialState.COMPLETE and told.value == 0.5
     assert told.intermediate_values == {1: 0.7, 2: 0.5, 3: 0.65}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _live(clock, total_s=100.0):
+    return LiveBudget(TimeBudget(total_s, clock=clock), FinalStageEstimate(100, 1, 50))
+
+
+def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
+    cfg = parse_search_config(
+        yaml.safe_load(
+            "name: gate\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
+            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+        )
+    )
+    clock, searcher = Clock(), make_searcher(cfg)
+    live = _live(clock)
+    live.budget.trial_s.append(30.0)  # trials take 30 s
+    attach_budget("gate", live)
+    try:
+        assert isinstance(searcher.suggest("t1"), dict)
+        clock.now += 65  # 35 s left: one more fits
+        assert isinstance(searcher.suggest("t2"), dict)
+        clock.now += 10  # 25 s left
+        assert searcher.suggest("t3") == Searcher.FINISHED
+    finally:
+        detach_budget("gate")
+
+
+def test_a_running_trial_is_cut_before_an_epoch_that_would_eat_the_final_stages_share():
+    clock = Clock()
+    live = _live(clock)
+    attach_budget("stopper", live)
+    stop = BudgetStopper("stopper")
+    try:
+        # scoring 50 images took 5 s: the final stage (100 images, 1 pass) needs 1.5 x (10 + 3) s
+        epoch = {"epoch": 1, "epochs_planned": 3, "epoch_time_s": 20.0, "eval_time_s": 5.0}
+        assert not stop("t1", epoch) and live.reserve() == pytest.approx(19.5)
+        clock.now += 55  # 45 s left, 19.5 kept back: a 20 s epoch still fits
+        assert not stop("t1", dict(epoch, epoch=2)) and live.budget.cut == set()
+        clock.now += 10  # 35 s left: it does not
+        assert stop("t1", dict(epoch, epoch=2)) and live.budget.cut == {"t1"}
+        assert not stop("t2", dict(epoch, epoch=3))  # a trial's last epoch ends by itself
+    finally:
+        detach_budget("stopper")
+    assert not BudgetStopper("stopper")("t1", epoch)  # no live budget: never stops
+
+
+# -- reproducibility: the same config and seed give the same points, and each trial its own
+# seed unless the YAML fixes one
+
+REPRO_SPACE = """
+name: repro
+data: {root: data}
+train: {backbone: resnet10t}
+space:
+  backbone: {choice: [resnet10t, test_resnet]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  step_size: {int: [1, 4]}
+  augment: {choice: [none, flips, color]}
+per_backbone:
+  test_resnet: {lr: {loguniform: [1.0e-3, 3.0e-2]}}
+search: {seed: SEED, tpe_startup_trials: 3}
+"""
+
+
+def proposals(seed: int, n: int = 8) -> list[dict]:
+    """The searcher's first ``n`` points, each scored by a fixed function of its lr (TPE learns
+    from it)."""
+    cfg = parse_search_config(yaml.safe_load(REPRO_SPACE.replace("SEED", str(seed))))
+    searcher = make_searcher(cfg)
+    out = []
+    for i in range(n):
+        config = searcher.suggest(f"t{i}")
+        out.append(config)
+        lr = next(v for k, v in config.items() if k.startswith("lr"))
+        searcher.on_trial_complete(
+            f"t{i}", {"val_auc": 1 - abs(math.log10(lr) + 2.5), "training_iteration": 1}
+        )
+    return out
+
+
+def test_same_seed_same_sequence_of_configurations():
+    first, second = proposals(0), proposals(0)
+    assert first == second
+    assert len({tuple(sorted(c.items())) for c in first}) == len(first)  # distinct points
+    assert proposals(1) != first
+
+
+def suggested(space: str, n: int = 4) -> list[dict]:
+    searcher = make_searcher(parse_search_config(yaml.safe_load(space)))
+    return [searcher.suggest(f"t{i}") for i in range(n)]
+
+
+def test_each_trial_gets_its_own_seed_unless_the_yaml_fixes_one():
+    from ffdi_tune.search.space import trial_seed, trial_settings
+
+    seeds = [c["seed"] for c in suggested(REPRO_SPACE.replace("SEED", "0"))]
+    assert len(set(seeds)) == 4 and seeds == [trial_seed(0, i) for i in range(4)]
+    # the same search, the same seeds
+    assert [c["seed"] for c in suggested(REPRO_SPACE.replace("SEED", "0"))] == seeds
+    assert not set(seeds) & {c["seed"] for c in suggested(REPRO_SPACE.replace("SEED", "1"))}
+    fixed = REPRO_SPACE.replace("SEED", "0").replace(
+        "train: {backbone: resnet10t}", "train: {backbone: resnet10t, seed: 7}"
+    )
+    cfg = parse_search_config(yaml.safe_load(fixed))
+    for config in suggested(fixed):
+        assert "seed" not in config and trial_settings(cfg.train, config).seed == 7

@@ -1,15 +1,17 @@
-"""Tracking writes survive a tracking-server outage: kept in a local spool, replayed in order."""
+"""The tracker: its writes survive a tracking-server outage (kept in a local spool, replayed in
+order), and a pickled copy of it carries on where it was."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-from procs import MlflowServer
+from procs import MlflowServer, free_port
 
-from ffdi_tune.tracking import Tracker, replay_spool, unreachable
+from ffdi_tune.tracking import Spool, Tracker, replay_spool, unreachable
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_refused_requests_are_not_mistaken_for_an_outage(server, tmp_path):
 def test_outage_is_spooled_then_replayed_in_order(server, tmp_path):
     spool = tmp_path / "spool"
     tracker = Tracker(server.uri, spool_dir=spool)
-    tracker.PROBE_S = 0.0
+    tracker.writes.probe_s = 0.0
     exp = tracker.experiment_id("outage")
     parent = tracker.search_run(exp, "outage", False, "name: outage\n", str(tmp_path))
     before = tracker.trial_run(exp, parent, "t1", {"lr": 0.1})
@@ -121,8 +123,6 @@ def test_sync_replays_from_a_fresh_process(server, tmp_path):
 
 def test_a_refused_write_is_set_aside_and_the_rest_replayed(tmp_path):
     """A kept write the store refuses (its run was deleted meanwhile) must not block the others."""
-    from ffdi_tune.tracking.spool import Spool
-
     uri, artifacts = f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "artifacts").as_uri()
     tracker = Tracker(uri, artifacts, spool_dir=tmp_path / "spool")
     exp = tracker.experiment_id("refusals")
@@ -139,24 +139,37 @@ def test_a_refused_write_is_set_aside_and_the_rest_replayed(tmp_path):
     assert len(rejected) == 1 and '"run": "' + "f" * 32 in rejected[0]
 
 
-def test_a_line_cut_by_a_killed_process_costs_only_itself(tmp_path):
-    from ffdi_tune.tracking.spool import Spool
-
-    spool = Spool(tmp_path / "spool")
-    spool.append({"op": "tags", "run": "a", "tags": {}}, {"uri": "x"})
-    with open(spool.journal, "a") as f:
-        f.write('{"op": "tags", "ru')  # the process died here
-    spool.append({"op": "finish", "run": "b", "status": "FINISHED"}, {"uri": "x"})
-    assert [e["run"] for e in spool.entries()] == ["a", "b"]
-
-
-def test_a_tracker_pickled_by_an_older_version_still_works(tmp_path):
+def test_a_pickled_tracker_finds_its_runs_again_and_keeps_writing(tmp_path):
+    """Tune pickles the callbacks that hold a tracker: the copy connects again on first use and
+    resolves the trial runs the original made."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    old = Tracker.__new__(Tracker)
-    old.__setstate__(
-        {"uri": uri, "artifact_location": (tmp_path / "artifacts").as_uri(), "_client": None}
-    )
-    exp = old.experiment_id("old")
-    parent = old.search_run(exp, "old", False, "name: old\n", str(tmp_path))
-    old.finish(parent)
-    assert old.pending() == 0 and MlflowClient(uri).get_run(parent).info.status == "FINISHED"
+    tracker = Tracker(uri, (tmp_path / "artifacts").as_uri(), spool_dir=tmp_path / "spool")
+    exp = tracker.experiment_id("pickled")
+    parent = tracker.search_run(exp, "pickled", False, "name: pickled\n", str(tmp_path))
+    run = tracker.trial_run(exp, parent, "t1", {"lr": 0.1})
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert copy.resolve(f"pending:{exp}:{parent}:t1") == run
+    copy.log_metrics(run, {"val_auc": 0.7}, step=1)
+    copy.finish(run)
+    assert copy.pending() == 0 and copy.metric_values(run, "val_auc") == [0.7]
+    assert MlflowClient(uri).get_run(run).info.status == "FINISHED"
+
+
+def test_writes_to_an_unreachable_store_are_spooled_and_so_are_a_pickled_copys(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, no retries
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracker = Tracker(uri, spool_dir=tmp_path / "spool")
+    run = tracker.trial_run("1", "p" * 32, "t1", {"lr": 0.1})
+    assert run == f"pending:1:{'p' * 32}:t1" and tracker.resolve(run) == ""
+    tracker.log_metrics(run, {"val_auc": 0.5}, step=1)
+    copy = pickle.loads(pickle.dumps(tracker))
+    copy.finish(run)
+    assert copy.pending() == tracker.pending() == 3
+    assert [e["op"] for e in Spool(tmp_path / "spool").entries()] == [
+        "trial_run",
+        "metrics",
+        "finish",
+    ]
+    assert Spool(tmp_path / "spool").store() == {"uri": uri, "artifact_location": None}

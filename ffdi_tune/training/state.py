@@ -1,0 +1,195 @@
+"""What one trial trains and scores with, built once from its settings, and how far it has got.
+
+:func:`build_trial_state` seeds the trial, builds the model (with its EMA twin and its
+``torch.compile``'d twin when asked), the optimizer, schedule, MixUp / CutMix and AMP of
+:mod:`~ffdi_tune.training.optimization`, decodes trainset and valset (and valset's perturbed copy
+when ``robust_val`` is on) and builds the augmentation where
+:mod:`~ffdi_tune.training.placement` puts it. The resulting :class:`TrialState` also counts the
+epochs and steps done and keeps the best epoch so far.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ffdi_tune.data.layout import Split, cache_dir_of, load_images, read_split
+from ffdi_tune.data.perturb import Perturber, RobustValConfig
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.errors import ConfigError
+from ffdi_tune.models.factory import create_model
+from ffdi_tune.models.weights import Weights, resolve_weights
+from ffdi_tune.scoring.epoch_metrics import robust_metrics
+from ffdi_tune.training.optimization import amp_dtype, make_mixup, make_optimizer, make_scheduler
+from ffdi_tune.training.placement import Augmenters, augmenters, loader_workers
+from ffdi_tune.training.settings import TrainSettings
+
+__all__ = ["seed_everything", "TrialSplits", "TrialState", "build_trial_state"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrialSplits:
+    """The trial's splits and their decoded images (valset's perturbed copy when robust_val is on).
+
+    ``val_split`` is the selection part of valset in a search; trainset is decoded at the training
+    size, valset at the evaluation size.
+    """
+
+    train_split: Split
+    val_split: Split
+    train_images: torch.Tensor
+    val_images: torch.Tensor
+    robust_images: torch.Tensor | None
+
+
+@dataclass
+class TrialState:
+    """Everything one trial trains and scores with, and its progress (epochs, steps, best epoch)."""
+
+    settings: TrainSettings
+    metric: str  # the search metric that picks the best epoch
+    device: torch.device
+    seed: int
+    weights: Weights  # where the pretrained weights came from
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model, or its torch.compile'd twin (same parameters)
+    ema: Any  # timm's ModelEmaV3 of the model with ``ema_decay``, else None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm's StepLRScheduler, stepped per optimizer step
+    grad_scaler: torch.amp.GradScaler  # enabled for float16 AMP only
+    mixup: Any  # timm's Mixup, or None
+    mean: torch.Tensor  # the normalisation of the backbone's pretrained config
+    std: torch.Tensor
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    splits: TrialSplits
+    augmenters: Augmenters
+    num_workers: int  # DataLoader processes of the per-image augmentation
+    started_at: float  # when the caller began the trial (time.perf_counter())
+    epoch: int = 0  # the last epoch done
+    step: int = 0  # optimizer steps done
+    best_value: float | None = None  # the best epoch's value of ``metric``
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: dict[str, Any] | None = None  # what best.pt holds
+    first_batch_s: float | None = None  # from started_at to the end of the first training step
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are scored and saved: the EMA ones with ``ema_decay``."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_trial_state(
+    settings: TrainSettings,
+    data: DataConfig,
+    metric: str,
+    augment_sets: dict[str, list[dict]] | None,
+    device: torch.device,
+    started_at: float,
+    robust_val: RobustValConfig | None,
+    val_names: tuple[str, ...] | None,
+) -> TrialState:
+    """Seed, build and decode everything the trial needs (the arguments are
+    :func:`~ffdi_tune.training.trial.train_trial`'s); ConfigError when ``metric`` needs the
+    perturbed valset and robust_val is off."""
+    robust_on = robust_val is not None and robust_val.enabled
+    if metric in robust_metrics() and not robust_on:
+        raise ConfigError(
+            f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
+            "enable robust_val or use val_auc"
+        )
+    # A search gives every trial its own seed (space.trial_seed); a lone trial gets 0.
+    seed = 0 if settings.seed is None else settings.seed
+    seed_everything(seed)
+    weights, model, channels_last = _build_model(settings, device)
+    optimizer = make_optimizer(model, settings)
+    splits = _load_splits(settings, data, val_names, robust_val if robust_on else None)
+    augment = augmenters(settings, augment_sets, device)
+    amp = amp_dtype(settings.amp, device)
+    pretrained_cfg = model.pretrained_cfg
+    steps_per_epoch = len(splits.train_images) // min(settings.batch_size, len(splits.train_images))
+    return TrialState(
+        settings=settings,
+        metric=metric,
+        device=device,
+        seed=seed,
+        weights=weights,
+        model=model,
+        step_model=torch.compile(model) if settings.compile else model,
+        ema=_ema_of(model, settings.ema_decay),
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, settings, steps_per_epoch),
+        grad_scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),
+        mixup=make_mixup(settings),
+        mean=torch.tensor(pretrained_cfg.get("mean", (0.485, 0.456, 0.406)), device=device),
+        std=torch.tensor(pretrained_cfg.get("std", (0.229, 0.224, 0.225)), device=device),
+        amp_dtype=amp,
+        channels_last=channels_last,
+        splits=splits,
+        augmenters=augment,
+        num_workers=loader_workers(data.num_workers, augment.where, device),
+        started_at=started_at,
+    )
+
+
+def _build_model(
+    settings: TrainSettings, device: torch.device
+) -> tuple[Weights, torch.nn.Module, bool]:
+    """The trial's pretrained weights, its model on ``device`` and whether that is channels-last."""
+    weights = resolve_weights(settings.backbone, settings.pretrained)
+    model = create_model(
+        settings.backbone,
+        weights,
+        settings.drop_rate,
+        input_mode=settings.input,
+        drop_path_rate=settings.drop_path_rate,
+    ).to(device)
+    channels_last = (
+        device.type == "cuda" if settings.channels_last == "auto" else bool(settings.channels_last)
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return weights, model, channels_last
+
+
+def _ema_of(model: torch.nn.Module, decay: float | None):
+    """timm's EMA of ``model`` with ``decay``, or None without one."""
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay) if decay else None
+
+
+def _load_splits(
+    settings: TrainSettings,
+    data: DataConfig,
+    val_names: tuple[str, ...] | None,
+    robust_val: RobustValConfig | None,
+) -> TrialSplits:
+    """Read trainset and valset (only ``val_names`` of it, when given) and decode them; with
+    ``robust_val``, valset's perturbed copy too."""
+    train_split, val_split = read_split(data, "train"), read_split(data, "val")
+    if val_names is not None:  # the search's selection part: the report part is never read here
+        val_split = val_split.only(val_names)
+    cache_dir = cache_dir_of(data)
+    train_images = load_images(train_split, settings.img_size, cache_dir=cache_dir)
+    # Validation (and best.pt's prediction) may run at a larger side than training.
+    val_images = load_images(val_split, settings.eval_size, cache_dir=cache_dir)
+    robust_images = (
+        load_images(
+            val_split, settings.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val)
+        )
+        if robust_val is not None
+        else None
+    )
+    return TrialSplits(train_split, val_split, train_images, val_images, robust_images)

@@ -1,0 +1,49 @@
+"""Helpers shared by the tests: the repository's path, search YAMLs, the CLI in a fresh process and
+a search's runs read back from MLflow. They return facts; the tests assert on them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+__all__ = ["REPO", "write_space", "run_cli", "runs_by_role", "store_client"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_space(folder: Path, text: str, filename: str = "space.yaml") -> Path:
+    """A search YAML ``text`` written in ``folder`` (made if need be); its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(text)
+    return path
+
+
+def run_cli(cwd: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """``ffdi-tune ARGS`` in a fresh process started in ``cwd``, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ffdi_tune", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def store_client(folder: Path) -> MlflowClient:
+    """A client of the sqlite store a search run in ``folder`` writes by default."""
+    return MlflowClient(f"sqlite:///{folder}/runs/mlflow.db")
+
+
+def runs_by_role(client: MlflowClient, experiment: str) -> dict[str, list]:
+    """The experiment's runs by their ``ffdi.role`` tag (search, trial, ensemble); empty lists
+    when the experiment does not exist yet."""
+    found = {"search": [], "trial": [], "ensemble": []}
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        for run in client.search_runs([exp.experiment_id]):
+            found.setdefault(run.data.tags.get("ffdi.role", ""), []).append(run)
+    return found

@@ -1,0 +1,58 @@
+"""Test-time views: the eight symmetries of the square, exact on a batch, and their name checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffdi_tune.scoring.tta import TTA_VIEWS, apply_view, check_views
+
+
+def test_views_are_the_eight_symmetries_of_the_square():
+    x = torch.arange(2 * 3 * 5 * 5).reshape(2, 3, 5, 5)
+    seen = {name: apply_view(name, x) for name in TTA_VIEWS}
+    for name, view in seen.items():
+        assert view.shape == x.shape, name
+        # each image is only rearranged within itself, channel by channel
+        assert torch.equal(view.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values), name
+    assert len({tuple(v.flatten().tolist()) for v in seen.values()}) == 8
+    # closed under composition: any view of a view is one of the eight
+    for first in TTA_VIEWS:
+        for second in TTA_VIEWS:
+            both = apply_view(second, apply_view(first, x))
+            assert any(torch.equal(both, v) for v in seen.values()), (first, second)
+    # the mirror across the anti-diagonal: pixel (i, j) comes from (n-1-j, n-1-i)
+    anti, n = apply_view("antitranspose", x)[0, 0], 5
+    assert all(anti[i, j] == x[0, 0, n - 1 - j, n - 1 - i] for i in range(n) for j in range(n))
+
+
+def test_check_views_names_the_bad_view():
+    assert check_views(["identity", "hflip"]) == ["identity", "hflip"]
+    with pytest.raises(ValueError, match="unknown TTA view 'rot45'.*valid views are identity"):
+        check_views(["identity", "rot45"])
+    with pytest.raises(ValueError, match=r"did you mean 'vflip'"):
+        check_views(["vflp"])
+    with pytest.raises(ValueError, match="at least one view"):
+        check_views([])
+    with pytest.raises(ValueError, match="lists a view twice"):
+        check_views(["hflip", "hflip"])
+
+
+def test_views_are_exact_flips_and_rotations():
+    x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    assert torch.equal(apply_view("identity", x), x)
+    assert torch.equal(apply_view("hflip", x)[..., 0], x[..., -1])
+    assert torch.equal(apply_view("vflip", x)[..., 0, :], x[..., -1, :])
+    assert torch.equal(apply_view("rot180", x), x.flip(-1).flip(-2))
+    assert torch.equal(apply_view("rot90", apply_view("rot270", x)), x)
+    assert torch.equal(apply_view("transpose", x)[0, 0], x[0, 0].T)
+    # rot90 turns counter-clockwise: the top row becomes the left column, reversed
+    assert torch.equal(apply_view("rot90", x)[0, 0][:, 0], x[0, 0][0].flip(0))
+    assert len({tuple(apply_view(v, x).flatten().tolist()) for v in TTA_VIEWS}) == len(TTA_VIEWS)
+
+
+def test_check_views_errors():
+    with pytest.raises(ValueError, match="unknown TTA view 'hflp'.*did you mean 'hflip'"):
+        check_views(["identity", "hflp"])
+    with pytest.raises(ValueError, match="twice"):
+        check_views(["hflip", "hflip"])

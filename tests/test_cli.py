@@ -1,0 +1,93 @@
+"""The command line: every subcommand parses its flags, and the project's errors end as one line,
+``error: ...``, with exit status 2 (no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from ffdi_tune.cli import build_parser, main
+from ffdi_tune.data.settings import DemoSpec
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_subcommands_parse_their_flags():
+    parser = build_parser()
+    run = parser.parse_args(
+        ["run", "s.yaml", "--num-samples", "3", "--resume", "--time-budget", "2h", "--no-cache"]
+    )
+    assert (run.space, run.num_samples, run.resume, run.time_budget) == ("s.yaml", 3, True, "2h")
+    assert run.no_cache and not run.no_ensemble and run.func.__name__ == "_cmd_run"
+    ensemble = parser.parse_args(["ensemble", "r.yaml", "--experiment", "a", "--experiment", "b"])
+    assert ensemble.experiment == ["a", "b"] and not ensemble.allow_changed_data
+    predict = parser.parse_args(["predict", "--run", "x", "--data", "d", "--out", "o.csv"])
+    assert predict.tta == "identity"
+    demo = parser.parse_args(["demo-data", "out"])
+    defaults = DemoSpec()
+    assert (demo.n_train, demo.n_val, demo.size, demo.difficulty) == (
+        defaults.n_train,
+        defaults.n_val,
+        defaults.size,
+        defaults.difficulty,
+    )
+    assert parser.parse_args(["sync", "s"]).storage == "runs"
+    assert parser.parse_args(["ui"]).port == 5000
+
+
+def test_yaml_syntax_error_reports_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace:\n  lr: {loguniform: [1e-4, 1e-2]\n  gamma: 1\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "YAML syntax error at line" in err and "\n" not in err
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: s\ndata: {root: /x}\nsearch: {num_samples: 2, max_concurent: 1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ffdi_tune", "run", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "Traceback" not in proc.stderr
+    assert "did you mean 'max_concurrent'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--time-budget", "soon"], "error: search_spaces/demo.yaml: search.time_budget: "),
+        (["--resume", "--time-budget", "soon"], "error: --time-budget: "),
+    ],
+)
+def test_a_bad_time_budget_is_one_error_line(capsys, monkeypatch, flags, message):
+    """A fresh search reads --time-budget as the YAML key; a resumed one as more time."""
+    monkeypatch.chdir(REPO)
+    assert main(["run", "search_spaces/demo.yaml", *flags]) == 2
+    assert one_error_line(capsys).startswith(message)
+
+
+def test_an_unknown_tta_view_is_one_error_line(tmp_path, capsys):
+    args = ["predict", "--run", "r", "--data", str(tmp_path), "--out", str(tmp_path / "o.csv")]
+    assert main([*args, "--tta", "identity,hflp"]) == 2
+    err = one_error_line(capsys)
+    assert err.startswith("error: --tta: unknown TTA view 'hflp'") and "'hflip'" in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_sync_names_a_search_it_cannot_find_and_says_when_nothing_waits(tmp_path, capsys):
+    assert main(["sync", "nope", "--storage", str(tmp_path)]) == 2
+    assert "no search 'nope' under" in one_error_line(capsys)
+    (tmp_path / "done").mkdir()
+    assert main(["sync", "done", "--storage", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == "search done: nothing to sync"

@@ -1,0 +1,69 @@
+"""One epoch of a trial on real JPEGs with a tiny real timm model: its steps, figures and scores."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.scoring.inference import view_log_odds
+from ffdi_tune.scoring.metrics import binary_metrics
+from ffdi_tune.training.epoch import evaluate, run_epoch
+from ffdi_tune.training.settings import TrainSettings
+from ffdi_tune.training.state import build_trial_state
+
+
+def state_of(data, **settings):
+    """A built trial of test_resnet at 32 px on the CPU (robust_val off unless given)."""
+    robust_val = settings.pop("robust_val", None)
+    s = TrainSettings(
+        **{"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "epochs": 1, **settings}
+    )
+    return build_trial_state(
+        s, DataConfig(root=str(data)), "val_auc", None, torch.device("cpu"), 0.0, robust_val, None
+    )
+
+
+def test_an_epoch_steps_once_per_batch_and_scores_the_trained_weights(tiny_data):
+    state = state_of(tiny_data)
+    metrics = run_epoch(state, 1, None)
+    assert state.step == 48 // 8 and state.first_batch_s is not None
+    assert metrics["epoch"] == 1 and metrics["time_to_first_batch_s"] == state.first_batch_s
+    assert metrics["train_images_per_s"] > 0 and 0 <= metrics["data_wait_share"] <= 1
+    assert metrics["eval_time_s"] < metrics["epoch_time_s"]
+    # the validation metrics are those of the weights the pass left
+    score = view_log_odds(
+        state.model, state.splits.val_images, state.mean, state.std, ["identity"]
+    )[0]
+    expected = binary_metrics(state.splits.val_split.targets, score)
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+
+
+def test_a_deadline_already_past_leaves_the_epoch_undone(tiny_data):
+    state = state_of(tiny_data)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    assert run_epoch(state, 1, time.time() - 1) is None
+    assert state.step == 0 and state.first_batch_s is None
+    assert all(torch.equal(v, before[k]) for k, v in state.model.state_dict().items())
+
+
+def test_the_perturbed_copy_is_scored_when_robust_val_is_on(tiny_data):
+    from ffdi_tune.data.perturb import RobustValConfig
+
+    metrics = evaluate(state_of(tiny_data, robust_val=RobustValConfig()), 1)
+    assert 0 <= metrics["val_robust_auc"] <= 1
+    assert metrics["val_worst_auc"] == min(metrics["val_auc"], metrics["val_robust_auc"])
+    assert "val_robust_auc" not in evaluate(state_of(tiny_data), 1)
+
+
+def test_nan_weights_stop_the_trial_with_a_clear_error(tiny_data):
+    state = state_of(tiny_data)
+    with torch.no_grad():
+        for p in state.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="outputs became NaN at epoch 3; lower lr"):
+        evaluate(state, 3)
+    with pytest.raises(FloatingPointError, match="train_loss became nan at epoch 2; lower lr"):
+        run_epoch(state, 2, None)
