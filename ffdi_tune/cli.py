@@ -28,11 +28,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Ray is imported only once the config is known to be valid.
     from ffdi_tune.search.runner import run_search
 
-    print(
-        f"search {cfg.name}: {cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a "
-        f"time, metric {cfg.search.metric}",
-        flush=True,
+    size = (
+        f"{cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time"
+        if not cfg.search.time_budget or args.resume
+        else "trials planned from its time budget"
     )
+    print(f"search {cfg.name}: {size}, metric {cfg.search.metric}", flush=True)
     outcome = run_search(
         cfg,
         resume=args.resume,
@@ -161,6 +162,8 @@ def _print_ensemble(stage) -> None:
             f"took part in choosing; its selection-part AUC {metrics[tracking.SELECT_AUC]:.4f} is "
             "optimistic"
         )
+    if stage.against_default:
+        print(stage.against_default)
     print(f"submission: {stage.submission} ({stage.n_test} rows), MLflow run {stage.run_id}")
 
 

@@ -116,6 +116,9 @@ class SearchSettings(StrictModel):
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True
+    # the first trial is the default recipe (train: values where the space holds them), and the
+    # final stage always counts it: the search can only add to one well-run recipe
+    default_trial: bool = True
     holdout: HoldoutSettings = HoldoutSettings()
     # Wall-clock budget of the search (8h, 90m, 1h30m, or seconds): no trial starts that cannot fit,
     # running ones end in time, and the final stage's share is kept; null: no budget.

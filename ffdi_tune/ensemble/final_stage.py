@@ -55,12 +55,15 @@ class EnsembleOutcome:
     submission: Path
     run_id: str
     n_test: int  # rows in the submission
+    # the shipped ensemble against the search's default recipe, on the selection part (one line)
+    against_default: str | None = None
 
 
 def candidate_runs(
     tracker: Tracker, recipe: EnsembleRecipe, experiments: list[str]
 ) -> list[TrialRecord]:
-    """The FINISHED trial runs of ``experiments`` that pass the recipe's filter (at least top_k)."""
+    """The FINISHED trial runs of ``experiments`` that pass the recipe's filter (at least one;
+    fewer than top_k when a budget ended the search early: the final stage uses those)."""
     keep = [
         r
         for r in tracker.finished_trials(experiments)
@@ -71,11 +74,6 @@ def candidate_runs(
         raise ConfigError(
             f"no finished trials in {', '.join(experiments)} pass the recipe's candidates filter; "
             "let a search finish trials first or loosen candidates"
-        )
-    if recipe.top_k > len(keep):
-        raise ConfigError(
-            f"top_k={recipe.top_k}, but only {len(keep)} finished trial(s) qualify in "
-            f"{', '.join(experiments)}; lower top_k or run more trials"
         )
     return keep
 
@@ -97,7 +95,9 @@ def scoring_pool(
         return (not math.isfinite(best), -sign * best if math.isfinite(best) else 0.0)
 
     ranked = sorted(runs, key=order)  # stable: equals keep the store's order
-    return ranked[:size]
+    # the default recipe is always a candidate: the search can then only add to it
+    defaults = [r for r in ranked[size:] if r.default_recipe]
+    return ranked[: size - len(defaults)] + defaults
 
 
 def score_candidates(
@@ -130,6 +130,7 @@ def score_candidates(
                 else None
             )
             label = f"{r.params.get('backbone', '?')} {r.run_name}"
+            label += " (default recipe)" if r.default_recipe else ""
             candidates.append(MemberPredictions(r.run_id, label, views, val, test, robust))
             echo(f"scored {label}")
     return candidates
@@ -158,7 +159,32 @@ def _runs_to_score(
             f"scoring the best {len(runs)} of {len(qualifying)} qualifying trials by their "
             f"logged {recipe.metric} (candidates.pool)"
         )
+    if len(qualifying) < recipe.top_k:
+        echo(
+            f"only {len(qualifying)} finished trial(s) qualify for top_k={recipe.top_k}: the "
+            "ensemble is built from those"
+        )
     return runs
+
+
+def against_default(result: EnsembleResult, runs: list[TrialRecord]) -> str | None:
+    """The shipped ensemble against the default recipe's trial on the selection part, as metrics
+    added to ``result.metrics`` and one line; None when no candidate is the default recipe."""
+    default = next((r for r in runs if r.default_recipe), None)
+    if default is None:
+        return None
+    row = result.table[result.table["member"] == default.run_id].iloc[0]
+    # with the views chosen for it (identity alone, or every view)
+    base = float(row["select_auc_tta"] if "+" in row["views"] else row["select_auc_no_tta"])
+    shipped = result.metrics[tracking.SELECT_AUC]
+    result.metrics[tracking.DEFAULT_RECIPE_SELECT_AUC] = base
+    result.metrics[tracking.SEARCH_GAIN_SELECT_AUC] = shipped - base
+    fewer = 1 - (1 - shipped) / (1 - base) if base < 1 else 0.0
+    pairs = f"{abs(fewer):.0%} {'fewer' if fewer >= 0 else 'more'} mis-ordered pairs"
+    return (
+        f"against the default recipe ({default.run_name}): selection-part AUC {base:.4f} -> "
+        f"shipped {shipped:.4f} ({shipped - base:+.4f}, {pairs})"
+    )
 
 
 def _checked_splits(
@@ -232,9 +258,10 @@ def _log_ensemble_run(
     result: EnsembleResult,
     holdout: Holdout,
     submission: str,
+    tags: dict[str, str],
 ) -> str:
     """The ensemble run, with the submission, the members table and (with a report part) the ROC
-    figure as artifacts; returns its id."""
+    figure as artifacts, and ``tags`` besides its own; returns its id."""
     with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
         members_csv = Path(tmp) / "members.csv"
         result.table.to_csv(members_csv, index=False)
@@ -247,7 +274,7 @@ def _log_ensemble_run(
             params,
             result.metrics,
             [sub, members_csv, *figures],
-            {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout)},
+            {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout), **tags},
         )
 
 
@@ -276,6 +303,13 @@ def run_ensemble(
         )
     first = experiments[0]
     runs = _runs_to_score(tracker, recipe, experiments, echo)
+    # a budget that ended the search early ships what finished: fewer members than top_k
+    short = (
+        {tracking.MEMBERS_SHORT: f"{len(runs)} of {recipe.top_k}"}
+        if len(runs) < recipe.top_k
+        else {}
+    )
+    recipe = recipe.model_copy(update={"top_k": min(recipe.top_k, len(runs))})
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
         data_root = recorded_data_root(searches[first], first)
@@ -290,11 +324,12 @@ def run_ensemble(
         tracker, runs, splits, recipe.tta, recipe.batch_size, echo, perturb
     )
     result = build_ensemble(candidates, val.targets, recipe, *holdout.indices(val.names))
+    comparison = against_default(result, runs)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
     params = _run_params(recipe, recipe_name, experiments, holdout, result, perturbation)
-    run_id = _log_ensemble_run(tracker, first, parent_run_id, params, result, holdout, text)
+    run_id = _log_ensemble_run(tracker, first, parent_run_id, params, result, holdout, text, short)
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     out = Path(out or recipe.output or Path("runs") / first / "submission.csv")
     submission = write_atomic(out, text)
-    return EnsembleOutcome(result, submission, run_id, len(test))
+    return EnsembleOutcome(result, submission, run_id, len(test), comparison)

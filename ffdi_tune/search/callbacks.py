@@ -35,6 +35,8 @@ RESULT_TAGS = {
     "augment_on": tracking.AUGMENT_ON,
     "weights_source": tracking.WEIGHTS_SOURCE,
     "weights_sha256": tracking.WEIGHTS_SHA256,
+    "default_recipe": tracking.DEFAULT_RECIPE,
+    "continued_from": tracking.CONTINUED_FROM,
 }
 SAVE_BUDGET_EVERY_S = 10.0
 

@@ -22,8 +22,9 @@ from ffdi_tune.config import SearchConfig
 from ffdi_tune.files import is_bucket_uri, write_atomic
 from ffdi_tune.scoring.epoch_metrics import best_value
 from ffdi_tune.search.callbacks import progress
+from ffdi_tune.search.default_recipe import default_point
 from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, TrialSearcher
-from ffdi_tune.search.space import CONDITIONAL_SEP, DefineByRun
+from ffdi_tune.search.space import CONDITIONAL_SEP, CONTINUE_FROM_KEY, DefineByRun
 from ffdi_tune.search.trials_table import TrialRow
 
 __all__ = [
@@ -31,6 +32,11 @@ __all__ = [
     "make_searcher",
     "fit_rounds",
     "trials_wanted",
+    "load_rounds",
+    "save_rounds",
+    "fit_round",
+    "checkpoint_location",
+    "trials_and_results",
     "trial_rows",
     "round_path",
 ]
@@ -44,7 +50,7 @@ def round_path(storage_path: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
-def _checkpoint_location(checkpoint) -> str:
+def checkpoint_location(checkpoint) -> str:
     """A checkpoint's folder as a path, or a URI (``s3://bucket/...``) when it lives in a bucket."""
     kind = checkpoint.filesystem.type_name
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
@@ -133,7 +139,7 @@ def _new_round(
     )
 
 
-def _load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
+def load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
     """The rounds ``rounds.json`` recorded; without it (a resume on another machine, with bucket
     storage) the first round only, its size and whether it finished unknown until it is read."""
     path = out_dir / ROUNDS_FILE
@@ -142,7 +148,7 @@ def _load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
     return [{"path": exp_path, "num_samples": None, "finished": None}]
 
 
-def _save_rounds(out_dir: Path, rounds: list[dict]) -> None:
+def save_rounds(out_dir: Path, rounds: list[dict]) -> None:
     write_atomic(out_dir / ROUNDS_FILE, json.dumps(rounds, indent=1))
 
 
@@ -187,10 +193,13 @@ def fit_rounds(
     if not resume:
         n = cfg.search.num_samples
         rounds = [{"path": exp_path, "num_samples": n, "finished": False}]
-        _save_rounds(out_dir, rounds)
-        tuner = _new_round(cfg, trainable, callbacks, storage_path, cfg.name, n, make_searcher(cfg))
-        return [_fit_round(tuner, rounds, out_dir, live)], n
-    rounds = _load_rounds(out_dir, exp_path)
+        save_rounds(out_dir, rounds)
+        searcher = make_searcher(cfg)
+        if cfg.search.default_trial:
+            searcher.enqueue_default(default_point(cfg))
+        tuner = _new_round(cfg, trainable, callbacks, storage_path, cfg.name, n, searcher)
+        return [fit_round(tuner, rounds, out_dir, live)], n
+    rounds = load_rounds(out_dir, exp_path)
     if len(rounds) > 1 and not tune.Tuner.can_restore(rounds[-1]["path"]):
         rounds.pop()  # added just before the driver died, before Tune wrote anything of it
     grids = [tune.Tuner.restore(r["path"], trainable=trainable).get_results() for r in rounds[:-1]]
@@ -201,7 +210,7 @@ def fit_rounds(
     was_finished = rounds[-1]["finished"]
     if was_finished is None:  # a round rounds.json did not record: ask its own state
         was_finished = _all_ended(tuner.get_results())
-    grids.append(_fit_round(tuner, rounds, out_dir, live))
+    grids.append(fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
     want = trials_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
@@ -211,14 +220,14 @@ def fit_rounds(
         rounds.append(
             {"path": round_path(exp_path, name), "num_samples": want - have, "finished": False}
         )
-        _save_rounds(out_dir, rounds)
+        save_rounds(out_dir, rounds)
         searcher = _restored_searcher(cfg, rounds[-2]["path"])
         tuner = _new_round(cfg, trainable, callbacks, exp_path, name, want - have, searcher)
-        grids.append(_fit_round(tuner, rounds, out_dir, live))
+        grids.append(fit_round(tuner, rounds, out_dir, live))
     return grids, sum(r["num_samples"] for r in rounds)
 
 
-def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):
+def fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):
     """Run the last round until it ends (or Ctrl-C); record whether it ran every trial it planned
     (or all its budget allowed) to its end."""
     grid = tuner.fit()
@@ -226,7 +235,7 @@ def _fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveB
     last["num_samples"] = last["num_samples"] or len(grid)  # a round rounds.json did not record
     spent = live is not None and not live.room_for_a_trial()
     last["finished"] = _all_ended(grid) and (len(grid) >= last["num_samples"] or spent)
-    _save_rounds(out_dir, rounds)
+    save_rounds(out_dir, rounds)
     return grid
 
 
@@ -235,7 +244,7 @@ def _all_ended(grid) -> bool:
     return not any(s == "INTERRUPTED" for s in _statuses(grid))
 
 
-def _trials_and_results(grid) -> list:
+def trials_and_results(grid) -> list:
     """(Tune trial, Result) pairs of a ResultGrid. The public Result lacks the trial's id and status
     (pending, running, terminated, errored); only the grid's analysis object keeps them."""
     return list(zip(grid._experiment_analysis.trials, grid, strict=True))
@@ -244,7 +253,7 @@ def _trials_and_results(grid) -> list:
 def _statuses(grid) -> list[str]:
     return [
         "INTERRUPTED" if t.status not in ("TERMINATED", "ERROR") else t.status
-        for t, _ in _trials_and_results(grid)
+        for t, _ in trials_and_results(grid)
     ]
 
 
@@ -254,7 +263,7 @@ def trial_rows(
     """One row per trial of every round of a finished (or interrupted) search."""
     rows = []
     for grid in grids:
-        for trial, result in _trials_and_results(grid):
+        for trial, result in trials_and_results(grid):
             history = result.metrics_dataframe
             best = best_value(
                 metric,
@@ -276,8 +285,12 @@ def trial_rows(
                     status=status,
                     best=best,
                     epochs_run=epochs_run,
-                    params={k.split(CONDITIONAL_SEP)[0]: v for k, v in trial.config.items()},
-                    checkpoint=_checkpoint_location(result.checkpoint) if result.checkpoint else "",
+                    params={
+                        k.split(CONDITIONAL_SEP)[0]: v
+                        for k, v in trial.config.items()
+                        if k != CONTINUE_FROM_KEY  # a checkpoint's path, not a setting
+                    },
+                    checkpoint=checkpoint_location(result.checkpoint) if result.checkpoint else "",
                 )
             )
     return rows

@@ -26,6 +26,7 @@ import ray
 import torch
 from ray import tune
 
+from ffdi_tune import tracking
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.check import DataCheck
 from ffdi_tune.data.holdout import Holdout
@@ -43,6 +44,8 @@ from ffdi_tune.search.cluster import (
     trial_resources,
     warm_node_caches,
 )
+from ffdi_tune.search.further import train_best_further
+from ffdi_tune.search.plan import SearchPlan, plan_for_run
 from ffdi_tune.search.rounds import fit_rounds, make_searcher, round_path, trial_rows
 from ffdi_tune.search.searcher import LiveBudget, attach_budget, detach_budget
 from ffdi_tune.search.setup import (
@@ -55,7 +58,12 @@ from ffdi_tune.search.setup import (
     trial_run_ids,
     warm_cache,
 )
-from ffdi_tune.search.space import trial_settings
+from ffdi_tune.search.space import (
+    CONTINUE_FROM_KEY,
+    CONTINUED_TRIAL_KEY,
+    DEFAULT_RECIPE_KEY,
+    trial_settings,
+)
 from ffdi_tune.search.trials_table import TrialRow, write_trials_csv
 from ffdi_tune.tracking import Tracker
 from ffdi_tune.training.placement import augment_placement
@@ -139,16 +147,14 @@ def _trainable(
         "weights_source": weights.source,
         "weights_sha256": weights.sha256,
         "epochs_planned": settings.epochs,
+        "default_recipe": bool(config.get(DEFAULT_RECIPE_KEY)),
+        "continued_from": config.get(CONTINUED_TRIAL_KEY),
     }
 
     def report(metrics: dict[str, float], folder: Path) -> None:
         tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-    checkpoint = tune.get_checkpoint()
-    resume_dir = None
-    if checkpoint is not None:
-        resume_dir = Path(tempfile.mkdtemp(prefix="ffdi-resume-"))
-        checkpoint.to_directory(str(resume_dir))
+    resume_dir = _checkpoint_to_resume(config)
     try:
         train_trial(
             settings,
@@ -166,6 +172,19 @@ def _trainable(
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _checkpoint_to_resume(config: dict[str, Any]) -> Path | None:
+    """A local copy of the checkpoint the trial continues from: its own (a retry or a resumed
+    search), else the one of the trial it trains further; None for a fresh trial."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and config.get(CONTINUE_FROM_KEY):
+        checkpoint = tune.Checkpoint(config[CONTINUE_FROM_KEY])
+    if checkpoint is None:
+        return None
+    resume_dir = Path(tempfile.mkdtemp(prefix="ffdi-resume-"))
+    checkpoint.to_directory(str(resume_dir))
+    return resume_dir
 
 
 def _check_name(cfg: SearchConfig, exp_path: str, resume: bool) -> None:
@@ -286,6 +305,19 @@ def _connect_and_open(
     return _Connected(tracker, experiment_id, parent_id, resources, started_ray)
 
 
+def _note_plan(on: _Connected, plan: SearchPlan | None, live: LiveBudget | None) -> None:
+    """The plan on the search run, and the probe's scoring speed as the final stage's first
+    estimate (the trials' own replace it as they report)."""
+    if plan is None:
+        return
+    if live is not None:
+        live.final_stage.per_image_s = max(live.final_stage.per_image_s, plan.eval_image_s)
+    fields = {k: v for k, v in plan.as_dict().items() if k != "notes"}
+    on.tracker.set_tags(
+        on.parent_id, {f"{tracking.PLAN_PREFIX}{k}": str(v) for k, v in fields.items()}
+    )
+
+
 def _run_trials(
     cfg: SearchConfig,
     on: _Connected,
@@ -295,11 +327,14 @@ def _run_trials(
     resume: bool,
     grow: bool,
     live: LiveBudget | None,
+    plan: SearchPlan | None = None,
+    echo=print,
 ) -> tuple[list, int, dict[str, str]]:
     """Every round of trials, to its end, watched from the driver by :class:`BudgetClock` and
-    :class:`MlflowTrials`: every round's ResultGrid, how many trials were planned, and trial id ->
-    run id as the driver knows them. Then Ray is shut down (when started here) and no trial run is
-    left RUNNING. Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
+    :class:`MlflowTrials`, then the best trained further with the time a budget has to spare:
+    every round's ResultGrid, how many trials were planned, and trial id -> run id as the driver
+    knows them. Then Ray is shut down (when started here) and no trial run is left RUNNING.
+    Ctrl-C becomes :class:`SearchInterrupted`, with the parent run KILLED."""
     storage_path, exp_path, out_dir = paths
     fixed = cfg.train.model_dump()
     mirror = MlflowTrials(
@@ -314,6 +349,10 @@ def _run_trials(
         trainable = _make_trainable(cfg, data, holdout, on.resources, live)
         grids, planned = fit_rounds(
             cfg, trainable, callbacks, storage_path, exp_path, out_dir, resume, grow, live
+        )
+        epoch_s = plan.trial_epoch_s if plan else None
+        grids += train_best_further(
+            cfg, trainable, callbacks, grids, exp_path, out_dir, live, epoch_s, echo
         )
         status = "FINISHED"
         return grids, planned, mirror.run_ids
@@ -389,24 +428,21 @@ def run_search(
     exp_path = experiment_path(storage_path, cfg.name)
     _check_name(cfg, exp_path, resume)
     check = prepare_data(cfg, echo)
+    final_stage = (final_stage_passes, final_stage_pool)
+    used_s = time.monotonic() - clock_start
+    cfg, plan = plan_for_run(cfg, out_dir, resume, check, used_s, final_stage, echo)
     holdout = holdout_for_search(cfg, check.data, out_dir, resume, echo)
     on = _connect_and_open(cfg, address, check, holdout, storage_path, out_dir, resume, echo)
     with on.released_on_failure():
         live = live_budget(
-            cfg,
-            out_dir,
-            resume,
-            extra_time_s,
-            check,
-            holdout,
-            final_stage_passes,
-            echo,
-            final_stage_pool,
-            started=clock_start,
+            cfg, out_dir, resume, extra_time_s, check, holdout, final_stage, echo, clock_start
         )
+        _note_plan(on, plan, live)
     paths = (storage_path, exp_path, out_dir)
     grow = resume and extra_time_s is not None  # more time: a finished search gets a new round
-    grids, planned, run_ids = _run_trials(cfg, on, check.data, holdout, paths, resume, grow, live)
+    grids, planned, run_ids = _run_trials(
+        cfg, on, check.data, holdout, paths, resume, grow, live, plan, echo
+    )
     rows, trials_csv = _trials_table(cfg, on, grids, run_ids, live, out_dir)
     _close_search(cfg, on, rows, trials_csv, planned, live, exp_path, echo)
     return SearchOutcome(

@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ffdi_tune.scoring.epoch_metrics import is_better
 from ffdi_tune.search.budget import FinalStageEstimate, TimeBudget
+from ffdi_tune.search.space import DEFAULT_RECIPE_KEY
 
 __all__ = [
     "TrialSearcher",
@@ -84,6 +85,11 @@ class TrialSearcher(OptunaSearch):
     def study(self):
         """The Optuna study behind the searcher (every trial and its state)."""
         return self._ot_study
+
+    def enqueue_default(self, point: dict) -> None:
+        """Propose ``point`` (the default recipe) before anything TPE samples; its trial is marked
+        so that its run is tagged and the final stage always counts it."""
+        self._ot_study.enqueue_trial(point, user_attrs={DEFAULT_RECIPE_KEY: True})
 
     def suggest(self, trial_id: str):
         live = live_budget(self.search_name)

@@ -220,15 +220,15 @@ def live_budget(
     extra_time_s: float | None,
     check: DataCheck,
     holdout: Holdout,
-    final_stage_passes: int,
+    final_stage: tuple[int, int | None],
     echo,
-    final_stage_pool: int | None = None,
     started: float | None = None,
 ) -> LiveBudget | None:
     """The time budget of this run of the driver, with its estimate of the final stage's share.
 
-    ``started`` is the ``time.monotonic()`` at which this run of the driver began: the set-up
-    before the trials counts against the budget too.
+    ``final_stage`` is (how many times the final stage scores each image, how many trials it
+    scores at most); ``started`` is the ``time.monotonic()`` at which this run of the driver began:
+    the set-up before the trials counts against the budget too.
     """
     total = cfg.search.time_budget
     budget = (
@@ -247,9 +247,8 @@ def live_budget(
     )
     images = check.summary["val"]["images"] + check.summary["test"]["images"]
     per_eval = len(holdout.select_names) * (2 if cfg.robust_val.enabled else 1)
-    return LiveBudget(
-        budget, FinalStageEstimate(images, final_stage_passes, per_eval, final_stage_pool)
-    )
+    passes, pool = final_stage
+    return LiveBudget(budget, FinalStageEstimate(images, passes, per_eval, pool))
 
 
 def trial_run_ids(

@@ -16,9 +16,25 @@ import numpy as np
 from ffdi_tune.config import Domain, SearchConfig
 from ffdi_tune.training.settings import TrainSettings
 
-__all__ = ["DefineByRun", "suggest", "trial_settings", "trial_seed", "CONDITIONAL_SEP"]
+__all__ = [
+    "DefineByRun",
+    "suggest",
+    "trial_settings",
+    "trial_seed",
+    "CONDITIONAL_SEP",
+    "DEFAULT_RECIPE_KEY",
+    "CONTINUE_FROM_KEY",
+    "CONTINUED_TRIAL_KEY",
+    "MARKER_KEYS",
+]
 
 CONDITIONAL_SEP = ":"
+# Marks the default recipe: an Optuna user attribute of the enqueued trial, then a key of the
+# trial's config (not a training setting) that tags its run
+DEFAULT_RECIPE_KEY = "default_recipe"
+# A trial that trains another one further: that trial's checkpoint (a path or URI) and its id
+CONTINUE_FROM_KEY, CONTINUED_TRIAL_KEY = "continue_from", "continued_from"
+MARKER_KEYS = (DEFAULT_RECIPE_KEY, CONTINUE_FROM_KEY, CONTINUED_TRIAL_KEY)
 
 
 def suggest(trial: Any, name: str, domain: Domain) -> Any:
@@ -88,6 +104,8 @@ class DefineByRun:
                 constants[key] = value
         if self.seed_base is not None:
             constants["seed"] = trial_seed(self.seed_base, trial.number)
+        if trial.user_attrs.get(DEFAULT_RECIPE_KEY):
+            constants[DEFAULT_RECIPE_KEY] = True
         return constants or None
 
 
@@ -109,5 +127,6 @@ def trial_settings(fixed: TrainSettings | dict[str, Any], config: dict[str, Any]
     """
     base = fixed.model_dump() if isinstance(fixed, TrainSettings) else dict(fixed)
     for key, value in config.items():
-        base[key.split(CONDITIONAL_SEP, 1)[0]] = value
+        if key not in MARKER_KEYS:
+            base[key.split(CONDITIONAL_SEP, 1)[0]] = value
     return TrainSettings.model_validate(base)

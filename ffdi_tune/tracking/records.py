@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ffdi_tune.tracking.schema import (
     BUDGET_CUT,
+    DEFAULT_RECIPE,
     EPOCHS_RUN,
     HOLDOUT_FRACTION,
     HOLDOUT_REPORT_HASH,
@@ -32,6 +33,7 @@ class TrialRecord:
     metrics: dict[str, float]  # the last value of each
     start_s: float  # seconds since the epoch
     end_s: float | None
+    default_recipe: bool = False  # the search's first trial: its default recipe
 
     @classmethod
     def of(cls, run) -> TrialRecord:
@@ -48,6 +50,7 @@ class TrialRecord:
             dict(run.data.metrics),
             run.info.start_time / 1000,
             run.info.end_time / 1000 if run.info.end_time else None,
+            t.get(DEFAULT_RECIPE) == "True",
         )
 
 

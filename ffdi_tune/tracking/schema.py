@@ -24,6 +24,9 @@ __all__ = [
     "EPOCHS_RUN",
     "ERROR",
     "BUDGET_CUT",
+    "DEFAULT_RECIPE",
+    "PLAN_PREFIX",
+    "CONTINUED_FROM",
     "NODE_ID",
     "AUGMENT_ON",
     "WEIGHTS_SOURCE",
@@ -40,6 +43,9 @@ __all__ = [
     "HOLDOUT_ROBUST_AUC",
     "HOLDOUT_WORST_AUC",
     "N_MEMBERS",
+    "DEFAULT_RECIPE_SELECT_AUC",
+    "SEARCH_GAIN_SELECT_AUC",
+    "MEMBERS_SHORT",
 ]
 
 # role: search | trial | ensemble
@@ -52,6 +58,7 @@ PARENT = "mlflow.parentRunId"
 DATA_ROOT = "ffdi.data_root"  # on the search run: where its trials read their images
 # search run
 BEST_TRIAL_ID, BEST_RUN_ID = "ffdi.best_trial_id", "ffdi.best_run_id"
+PLAN_PREFIX = "ffdi.plan."  # + key: what the time budget planned (trials, rungs, reserve...)
 ON_BAD_IMAGE, SKIPPED_IMAGES = "ffdi.on_bad_image", "ffdi.skipped_images"
 VERSION_PREFIX, FINGERPRINT_PREFIX = "ffdi.version.", "ffdi.data_fingerprint."  # + package / split
 HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
@@ -62,6 +69,8 @@ HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_REPORT_HASH = (
 # trial run
 STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffdi.error"
 BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
+DEFAULT_RECIPE = "ffdi.default_recipe"  # the search's first trial: its default recipe
+CONTINUED_FROM = "ffdi.continued_from"  # trained further from this trial's checkpoint
 NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
 WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
 # ensemble run
@@ -76,3 +85,11 @@ HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
 HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
 HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
 N_MEMBERS = "n_members"
+# the default recipe (the search's first trial) on the selection part, and what the shipped
+# ensemble gains over it there
+DEFAULT_RECIPE_SELECT_AUC, SEARCH_GAIN_SELECT_AUC = (
+    "default_recipe_select_auc",
+    "search_gain_select_auc",
+)
+# on the ensemble run: fewer trials qualified than top_k (a budget ended the search early)
+MEMBERS_SHORT = "ffdi.members_short"

@@ -1,0 +1,85 @@
+"""The plan a time budget makes, on made-up probe costs (no clock, no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ffdi_tune.errors import SearchError
+from ffdi_tune.search.plan import PlanInputs, expected_epochs_per_trial, plan_search, rung_epochs
+
+
+def inputs(**changes) -> PlanInputs:
+    base = dict(
+        budget_s=300.0,
+        used_s=20.0,
+        epoch_s=30.0,
+        eval_image_s=0.002,
+        final_images=600,
+        final_passes=2,
+        full_epochs=4,
+        slots=2,
+        accelerators=0,
+    )
+    return PlanInputs(**{**base, **changes})
+
+
+def test_rungs_double_up_to_the_full_length():
+    assert rung_epochs(1, 2, 8) == [1, 2, 4, 8]
+    assert rung_epochs(1, 2, 6) == [1, 2, 4, 6]
+    assert rung_epochs(2, 3, 2) == [2]
+    # half the trials survive each rung: 1 + 1/2 + 2/4 + 4/8 epochs on average
+    assert expected_epochs_per_trial([1, 2, 4, 8], 2) == 2.5
+    assert expected_epochs_per_trial([1, 2, 4], 2) == 2.0
+
+
+def test_a_300s_cpu_budget_runs_the_default_to_full_length_and_a_few_short_trials():
+    plan = plan_search(inputs())
+    # one at a time: two CPU trials at once would each take twice as long per epoch
+    assert plan.max_concurrent == 1 and plan.trial_epoch_s == 30.0
+    assert plan.rungs == [1, 2, 4] and plan.max_epochs == 4 and plan.expected_best_epochs == 4
+    # the default's 4 epochs, then trials of 1 + 1/2 + 2/4 = 2 epochs on average, 3 s to start each
+    assert plan.num_samples == 2
+    # kept for its 2 members: 1.5 * 2 * (600 images * 2 views * 2 ms + 3 s to load)
+    assert plan.final_reserve_s == pytest.approx(16.2)
+    # what the plan spends fits what the budget leaves for training
+    spent = (plan.max_epochs + (plan.num_samples - 1) * 2.0) * plan.trial_epoch_s + 2 * 3.0
+    assert spent <= plan.training_s <= 300 - 20 - plan.final_reserve_s
+
+
+def test_a_night_on_eight_gpus_runs_one_trial_per_gpu_and_many_trials():
+    plan = plan_search(
+        inputs(budget_s=8 * 3600, used_s=600, epoch_s=600, full_epochs=8, slots=8, accelerators=8)
+    )
+    assert plan.max_concurrent == 8 and plan.trial_epoch_s == 600
+    assert plan.rungs == [1, 2, 4, 8]
+    # 8 GPUs x 7.4 h of training = 355 ten-minute epochs: 8 for the default, 2.5 each for others
+    assert plan.training_s == pytest.approx(7 * 3600 + 24 * 60 + 35, abs=1)
+    left = plan.training_s * 8 - 8 * 600 - 3.0
+    assert plan.num_samples == 1 + int(left / (2.5 * 600 + 3.0)) == 139
+
+
+def test_more_budget_means_more_trials_never_shorter_ones():
+    small, large = plan_search(inputs()), plan_search(inputs(budget_s=1200))
+    assert large.num_samples > small.num_samples
+    assert large.max_epochs == small.max_epochs == 4
+
+
+def test_keys_the_user_wrote_win():
+    plan = plan_search(inputs(explicit_num_samples=7, explicit_max_concurrent=2))
+    assert plan.num_samples == 7 and plan.max_concurrent == 2
+    assert plan.trial_epoch_s == 60.0  # two CPU trials share the cores
+
+
+def test_a_budget_that_cannot_fit_one_full_length_trial_says_so_in_one_line():
+    with pytest.raises(SearchError) as err:
+        plan_search(inputs(budget_s=120))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "one full-length trial of 4 epochs takes about 2m" in message
+    assert "raise --time-budget to at least" in message
+
+
+def test_the_plan_reads_as_one_line():
+    line = plan_search(inputs()).describe()
+    assert line.startswith("plan: 2 trials, 1 at a time, ASHA rungs 1/2/4 epochs (the best train 4)")
+    assert "kept for the final stage" in line and "\n" not in line
