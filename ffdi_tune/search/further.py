@@ -3,8 +3,9 @@ trains further instead of the time being lost.
 
 The best trial that ran all its epochs is continued from its checkpoint (weights, optimizer,
 schedule, best epoch so far) by a new trial, in a round of its own (``<name>/further``), for as
-many more epochs as the budget leaves before the final stage's share. The new trial's run is tagged
-``ffdi.continued_from`` with the trial it continues; both are candidates of the final stage.
+many more epochs as the budget leaves before the final stage's share, at most as many again as it
+ran. The new trial's run is tagged ``ffdi.continued_from`` with the trial it continues; both are
+candidates of the final stage.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ray import tune
 
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better
+from ffdi_tune.search.callbacks import progress
 from ffdi_tune.search.rounds import (
     checkpoint_location,
     fit_round,
@@ -32,20 +34,24 @@ __all__ = ["train_best_further"]
 SPARE_SHARE = 0.9
 
 
-def _best_finished(grids: list, metric: str):
-    """(trial, result) of the trial that ran all its epochs with the best value of ``metric``."""
+def _best_finished(grids: list, metric: str, fixed: dict):
+    """(trial, result) of the best trial by ``metric`` among those that ran every epoch they
+    planned (not stopped by ASHA or cut by the budget); (None, None) when there is none."""
+
+    def ran_all(trial, result) -> bool:
+        history = result.metrics_dataframe
+        ran, planned = progress(trial, fixed)
+        usable = not result.error and result.checkpoint is not None and history is not None
+        return trial.status == "TERMINATED" and usable and metric in history and ran >= planned
+
     finished = [
         (trial, result)
         for grid in grids
         for trial, result in trials_and_results(grid)
-        if trial.status == "TERMINATED"
-        and not result.error
-        and result.checkpoint is not None
-        and result.metrics_dataframe is not None
-        and metric in result.metrics_dataframe
+        if ran_all(trial, result)
     ]
 
-    def best(pair):
+    def best(pair) -> float:
         return best_value(metric, pair[1].metrics_dataframe[metric].dropna())
 
     ranked = sorted(finished, key=best, reverse=higher_is_better(metric))
@@ -68,11 +74,15 @@ def train_best_further(
     stage's share). Returns the new round's ResultGrid in a list, or an empty list."""
     if live is None or not epoch_s:
         return []
-    extra = int((live.budget.remaining() - live.reserve()) * SPARE_SHARE // epoch_s)
-    trial, result = _best_finished(grids, cfg.search.metric)
-    if extra < 1 or trial is None:
+    trial, result = _best_finished(grids, cfg.search.metric, cfg.train.model_dump())
+    if trial is None:
         return []
     epochs = int(result.metrics["epoch"])
+    # at most as long again: past that the recipe's schedule has long decayed
+    fit = int((live.budget.remaining() - live.reserve()) * SPARE_SHARE // epoch_s)
+    extra = min(fit, epochs)
+    if extra < 1:
+        return []
     config = {k: v for k, v in trial.config.items() if k not in MARKER_KEYS}
     config.update(
         {

@@ -92,7 +92,8 @@ class PlanInputs:
 class SearchPlan:
     num_samples: int
     max_concurrent: int
-    cpus_per_trial: int  # on CPUs: the share of the cores each of the concurrent trials gets
+    # on CPUs, the share of the cores each of the concurrent trials gets; None with accelerators
+    cpus_per_trial: int | None
     rungs: list[int]
     max_epochs: int
     final_reserve_s: float
@@ -222,7 +223,7 @@ def _plan_with_reserve(inputs: PlanInputs, reserve: float, most_trials: int) -> 
     return SearchPlan(
         num_samples=num_samples,
         max_concurrent=min(concurrency, num_samples),
-        cpus_per_trial=max(1, inputs.slots // concurrency),
+        cpus_per_trial=None if inputs.accelerators else max(1, inputs.slots // concurrency),
         rungs=rungs,
         max_epochs=inputs.full_epochs,
         final_reserve_s=reserve,
@@ -301,7 +302,7 @@ def apply_plan(cfg: SearchConfig, plan: SearchPlan) -> SearchConfig:
     )
     scheduler = cfg.scheduler.model_copy(update={"max_epochs": plan.max_epochs})
     update = {"search": search, "scheduler": scheduler}
-    if "cpu" not in cfg.resources.model_fields_set and not torch.cuda.is_available():
+    if "cpu" not in cfg.resources.model_fields_set and plan.cpus_per_trial is not None:
         update["resources"] = cfg.resources.model_copy(update={"cpu": float(plan.cpus_per_trial)})
     return cfg.model_copy(update=update)
 

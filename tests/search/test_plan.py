@@ -81,5 +81,35 @@ def test_a_budget_that_cannot_fit_one_full_length_trial_says_so_in_one_line():
 
 def test_the_plan_reads_as_one_line():
     line = plan_search(inputs()).describe()
-    assert line.startswith("plan: 2 trials, 1 at a time, ASHA rungs 1/2/4 epochs (the best train 4)")
+    assert line.startswith("plan: 2 trials, 1 at a time, ASHA rungs 1/2/4 epochs (the best train")
     assert "kept for the final stage" in line and "\n" not in line
+
+
+def space(**search):
+    from ffdi_tune.config import parse_search_config
+
+    return parse_search_config(
+        {"name": "p", "data": {"root": "x"}, "train": {"epochs": 4}, "search": search}
+    )
+
+
+def test_the_plan_sets_what_the_user_left_to_it():
+    from ffdi_tune.search.plan import apply_plan
+
+    plan = plan_search(inputs())
+    cfg = apply_plan(space(time_budget=300), plan)
+    assert (cfg.search.num_samples, cfg.search.max_concurrent) == (2, 1)
+    assert cfg.scheduler.max_epochs == 4
+    # one trial at a time on 2 CPUs: it gets both
+    assert cfg.resources.cpu == 2.0
+
+
+def test_a_resumed_search_keeps_its_plan_and_one_without_a_budget_has_none(tmp_path):
+    from ffdi_tune.search.plan import PLAN_FILE, plan_for_run
+
+    plan = plan_search(inputs())
+    (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan.as_dict()))
+    cfg, kept = plan_for_run(space(time_budget=300), tmp_path, True, None, 0.0, (2, None))
+    assert kept == plan and cfg.search.num_samples == 2
+    cfg, none = plan_for_run(space(), tmp_path, False, None, 0.0, (2, None))
+    assert none is None and cfg == space()
