@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.files import is_bucket_uri, write_atomic
@@ -24,7 +24,12 @@ from ffdi_tune.scoring.epoch_metrics import best_value
 from ffdi_tune.search.callbacks import progress
 from ffdi_tune.search.default_recipe import default_point
 from ffdi_tune.search.searcher import BudgetStopper, LiveBudget, TrialSearcher
-from ffdi_tune.search.space import CONDITIONAL_SEP, CONTINUE_FROM_KEY, DefineByRun
+from ffdi_tune.search.space import (
+    CONDITIONAL_SEP,
+    CONTINUE_FROM_KEY,
+    DEFAULT_RECIPE_KEY,
+    DefineByRun,
+)
 from ffdi_tune.search.trials_table import TrialRow
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "make_searcher",
     "fit_rounds",
     "trials_wanted",
+    "DefaultKeepingASHA",
     "load_rounds",
     "save_rounds",
     "fit_round",
@@ -96,9 +102,20 @@ def _restored_searcher(cfg: SearchConfig, path: str) -> TrialSearcher:
     return searcher
 
 
+class DefaultKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the default recipe early: it is the one well-run recipe the search
+    must beat, so it trains to full length (its values still count at every rung)."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and trial.config.get(DEFAULT_RECIPE_KEY):
+            return TrialScheduler.CONTINUE
+        return decision
+
+
 def _scheduler(cfg: SearchConfig):
     if cfg.scheduler.type == "asha":
-        return ASHAScheduler(
+        return DefaultKeepingASHA(
             metric=cfg.search.metric,
             mode=cfg.search.mode,
             time_attr="epoch",

@@ -49,6 +49,11 @@ def test_the_default_recipe_runs_first_to_full_length_and_is_a_candidate(planned
     # Optuna's trial 0 (its seed is the first trial's), with the demo's train: values
     assert first.data.params["seed"] == str(trial_seed(0, 0))
     assert first.data.params["lr"] == "0.001" and first.data.params["augment"] == "flips"
+    # ASHA never stops it: it trains the recipe's full length
+    assert (
+        first.data.tags["ffdi.epochs_run"] == "4"
+        and first.data.tags["ffdi.stopped_early"] == "false"
+    )
     # the survivors reach the top rung, the recipe's full length, and no searched trial trains
     # longer (only one trained further with time to spare may)
     searched = [r for r in trials if "ffdi.continued_from" not in r.data.tags]
