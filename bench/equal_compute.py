@@ -6,8 +6,9 @@ Per task and seed, in a scratch folder each, through the real command line:
 - **search**: ``ffdi-tune run search_spaces/demo.yaml --time-budget B`` (the plan, the default
   recipe as first trial, ASHA rungs, the final stage), its whole wall time ``W`` measured;
 - **one recipe**: the same space's default recipe (the search's first trial) as the only trial,
-  every CPU, as many epochs as ``W`` allows (``--time-budget W``; ``best.pt`` is its best epoch on
-  the selection part), then the same final stage with that one member.
+  every CPU, for as many epochs as fit in ``W`` less the search's own set-up and final stage (the
+  epoch cost the search's probe measured, in its ``plan.json``; ``best.pt`` is its best epoch on
+  the selection part), then the same final stage with that one member. Both walls are printed.
 
 Both score testset against ``testset_label.txt``. Tasks: ``shift`` (``--unseen-forgery
 double_jpeg``: every test fake carries a forgery kind trainset and valset never show) and
@@ -64,16 +65,24 @@ def test_auc(submission: Path, data: Path) -> float:
     return roc_auc(scores["target"].to_numpy(), scores["y_pred"].to_numpy())
 
 
-def one_recipe_space(work: Path, data: Path, seconds: float) -> Path:
-    """The demo space reduced to its default recipe, one trial with every CPU, cut by the clock."""
+def recipe_epochs(search_folder: Path) -> int:
+    """Epochs of the default recipe alone, on every CPU, that fit the search's training time (its
+    wall less its set-up and final stage)."""
+    plan = json.loads((search_folder / "plan.json").read_text())
+    epoch_s = plan["trial_epoch_s"] / plan["max_concurrent"]  # CPU trials shared the cores
+    return max(1, int(plan["training_s"] // epoch_s))
+
+
+def one_recipe_space(work: Path, data: Path, epochs: int) -> Path:
+    """The demo space reduced to its default recipe: one trial with every CPU for ``epochs``."""
     cfg = load_search_config(SPACE)
     recipe = trial_settings(cfg.train, default_point(cfg)).model_dump(mode="json")
-    recipe.update(epochs=100, seed=0)
+    recipe.update(epochs=epochs, seed=0)
     space = {
         "name": "recipe",
         "data": {"root": str(data)},
         "train": recipe,
-        "search": {"num_samples": 1, "max_concurrent": 1, "time_budget": round(seconds)},
+        "search": {"num_samples": 1, "max_concurrent": 1},
         "scheduler": {"type": "fifo"},
         "resources": {"cpu": 2, "gpu": 0},
         "ensemble": str(work / "one.yaml"),
@@ -95,7 +104,8 @@ def run_pair(task: str, seed: int, budget: float) -> dict:
         )  # fmt: skip
         search_auc = test_auc(work / "runs" / "search" / "submission.csv", data)
         trials = pd.read_csv(work / "runs" / "search" / "trials.csv")
-        _, recipe_wall = ffdi(work, "run", str(one_recipe_space(work, data, wall)))
+        epochs = recipe_epochs(work / "runs" / "search")
+        _, recipe_wall = ffdi(work, "run", str(one_recipe_space(work, data, epochs)))
         recipe_auc = test_auc(work / "runs" / "recipe" / "submission.csv", data)
         recipe_trials = pd.read_csv(work / "runs" / "recipe" / "trials.csv")
     return {

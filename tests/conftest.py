@@ -33,6 +33,14 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private copy of ``tiny_data`` that a test may break."""
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+@pytest.fixture
 def offline_home(tmp_path, monkeypatch):
     """Empty Hugging Face and torch hub caches; none of the machine's HF_HUB_OFFLINE, HF_ENDPOINT or
     proxies."""

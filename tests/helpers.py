@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-__all__ = ["REPO", "write_space", "run_cli", "runs_by_role", "store_client"]
+__all__ = ["REPO", "write_space", "run_cli", "runs_by_role", "store_client", "train_collecting"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +47,23 @@ def runs_by_role(client: MlflowClient, experiment: str) -> dict[str, list]:
         for run in client.search_runs([exp.experiment_id]):
             found.setdefault(run.data.tags.get("ffdi.role", ""), []).append(run)
     return found
+
+
+def train_collecting(settings, data: Path, resume_from: Path | None = None) -> tuple[dict, list]:
+    """Train ``settings`` on the dataset at ``data``: (best metrics, [(metrics, best.pt, last.pt)
+    of each epoch as reported])."""
+    import torch
+
+    from ffdi_tune.data.settings import DataConfig
+    from ffdi_tune.training.checkpoint import BEST_FILE, LAST_FILE
+    from ffdi_tune.training.trial import train_trial
+
+    reports = []
+
+    def report(metrics, folder):
+        best = torch.load(folder / BEST_FILE, weights_only=True)
+        last = torch.load(folder / LAST_FILE, weights_only=True)
+        reports.append((metrics, best, last))
+
+    best = train_trial(settings, DataConfig(root=str(data)), report, resume_from=resume_from)
+    return best, reports

@@ -2,7 +2,7 @@
 trains further instead of the time being lost.
 
 The best trial that ran all its epochs is continued from its checkpoint (weights, optimizer,
-schedule, best epoch so far) by a new trial, in a round of its own (``<name>/further``), for as
+schedule, best epoch so far) by a new trial, in a round of its own (``<name>/further-<k>``), for as
 many more epochs as the budget leaves before the final stage's share, at most as many again as it
 ran. The new trial's run is tagged ``ffdi.continued_from`` with the trial it continues; both are
 candidates of the final stage.
@@ -95,14 +95,30 @@ def train_best_further(
         f"time to spare: trial {trial.trial_id} trains {extra} more epoch(s), to {epochs + extra}"
     )
     rounds = load_rounds(out_dir, exp_path)
-    rounds.append({"path": round_path(exp_path, "further"), "num_samples": 1, "finished": False})
+    name = f"further-{len(rounds) + 1}"
+    rounds.append(
+        {
+            "path": round_path(exp_path, name),
+            "num_samples": 1,
+            "finished": False,
+            "further": True,
+        }
+    )
     save_rounds(out_dir, rounds)
-    tuner = tune.Tuner(
+    tuner = _one_trial_round(cfg, trainable, callbacks, exp_path, name, config)
+    return [fit_round(tuner, rounds, out_dir, live)]
+
+
+def _one_trial_round(
+    cfg: SearchConfig, trainable, callbacks: list[tune.Callback], exp_path: str, name: str, config
+) -> tune.Tuner:
+    """A Tune experiment of the one trial ``config`` (no searcher, no ASHA), in the search."""
+    return tune.Tuner(
         trainable,
         param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=cfg.search.reuse_actors),
         run_config=tune.RunConfig(
-            name="further",
+            name=name,
             storage_path=exp_path,
             verbose=1,
             callbacks=list(callbacks),
@@ -111,4 +127,3 @@ def train_best_further(
             failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         ),
     )
-    return [fit_round(tuner, rounds, out_dir, live)]

@@ -273,6 +273,9 @@ def plan_inputs(
     epochs_s = [p.epoch_s(train_images, eval_images) for p in probes]
     accelerators = torch.cuda.device_count()
     explicit = cfg.search.model_fields_set
+    full_epochs = cfg.scheduler.max_epochs or cfg.max_epochs()
+    # FIFO stops nothing: one rung, the full length
+    grace = cfg.scheduler.grace_period if cfg.scheduler.type == "asha" else full_epochs
     return PlanInputs(
         budget_s=float(cfg.search.time_budget),
         used_s=used_s + RAY_START_S,
@@ -280,11 +283,11 @@ def plan_inputs(
         eval_image_s=probes[0].eval_image_s,
         final_images=check.summary["val"]["images"] + check.summary["test"]["images"],
         final_passes=final_stage_passes,
-        full_epochs=cfg.max_epochs(),
+        full_epochs=full_epochs,
         slots=accelerators or available_cpus(),
         accelerators=accelerators,
         pool=final_stage_pool,
-        grace_period=cfg.scheduler.grace_period,
+        grace_period=grace,
         reduction_factor=cfg.scheduler.reduction_factor,
         explicit_num_samples=cfg.search.num_samples if "num_samples" in explicit else None,
         explicit_max_concurrent=(
@@ -296,12 +299,13 @@ def plan_inputs(
 
 def apply_plan(cfg: SearchConfig, plan: SearchPlan) -> SearchConfig:
     """``cfg`` with the plan's trials, concurrency, rung horizon and (on CPUs) cores per trial;
-    what the user wrote stays."""
+    what the user wrote stays (:func:`plan_inputs` kept their trials and concurrency)."""
     search = cfg.search.model_copy(
         update={"num_samples": plan.num_samples, "max_concurrent": plan.max_concurrent}
     )
-    scheduler = cfg.scheduler.model_copy(update={"max_epochs": plan.max_epochs})
-    update = {"search": search, "scheduler": scheduler}
+    update = {"search": search}
+    if cfg.scheduler.max_epochs is None:
+        update["scheduler"] = cfg.scheduler.model_copy(update={"max_epochs": plan.max_epochs})
     if "cpu" not in cfg.resources.model_fields_set and plan.cpus_per_trial is not None:
         update["resources"] = cfg.resources.model_copy(update={"cpu": float(plan.cpus_per_trial)})
     return cfg.model_copy(update=update)

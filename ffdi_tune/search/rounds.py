@@ -238,7 +238,9 @@ def fit_rounds(
             {"path": round_path(exp_path, name), "num_samples": want - have, "finished": False}
         )
         save_rounds(out_dir, rounds)
-        searcher = _restored_searcher(cfg, rounds[-2]["path"])
+        # TPE continues from the last round it proposed (a round training the best further has none)
+        searched = [r for r in rounds[:-1] if not r.get("further")]
+        searcher = _restored_searcher(cfg, searched[-1]["path"])
         tuner = _new_round(cfg, trainable, callbacks, exp_path, name, want - have, searcher)
         grids.append(fit_round(tuner, rounds, out_dir, live))
     return grids, sum(r["num_samples"] for r in rounds)

@@ -4,7 +4,6 @@ planned and capped before any trial."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
@@ -14,13 +13,6 @@ from ffdi_tune.data.cache import cache_key, cached_array
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.training.settings import TrainSettings
-
-
-@pytest.fixture()
-def data(tiny_data, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def split(root):

@@ -13,13 +13,6 @@ from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 
 
-@pytest.fixture()
-def data(tiny_data, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(tiny_data, root)
-    return root
-
-
 def labels(root, split="trainset"):
     return root / f"{split}_label.txt"
 

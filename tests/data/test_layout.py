@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from ffdi_tune.data.layout import load_images, read_split, scan_split
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
-
-
-@pytest.fixture()
-def data(tiny_data, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def labels(root, split="trainset"):

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import timm
 import torch
+from helpers import train_collecting
 
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
@@ -15,23 +16,10 @@ from ffdi_tune.models.srm import SrmInput
 from ffdi_tune.scoring.inference import view_log_odds
 from ffdi_tune.scoring.metrics import binary_metrics
 from ffdi_tune.scoring.predict import load_member, predict_views
-from ffdi_tune.training.checkpoint import BEST_FILE, LAST_FILE, keep_if_best
+from ffdi_tune.training.checkpoint import keep_if_best
 from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.state import build_trial_state
 from ffdi_tune.training.trial import train_trial
-
-
-def run(settings, data, resume_from=None):
-    """Train ``settings``; (best metrics, [(metrics, best.pt, last.pt) of each epoch])."""
-    reports = []
-
-    def report(metrics, folder):
-        best = torch.load(folder / BEST_FILE, weights_only=True)
-        last = torch.load(folder / LAST_FILE, weights_only=True)
-        reports.append((metrics, best, last))
-
-    best = train_trial(settings, DataConfig(root=str(data)), report, resume_from=resume_from)
-    return best, reports
 
 
 def train(data, **settings):
@@ -40,7 +28,7 @@ def train(data, **settings):
     s = TrainSettings(
         **{"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "epochs": 1, **settings}
     )
-    return run(s, data)[1][-1]
+    return train_collecting(s, data)[1][-1]
 
 
 def val_loss_of(model, ckpt, data, size):
@@ -60,7 +48,7 @@ def test_best_checkpoint_holds_the_best_epochs_weights(tiny_data):
     when a later epoch was worse: on a CPU, a state dict that aliased the live weights would be
     overwritten by it."""
     s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=3, lr=3e-3, gamma=1.0)
-    _, reports = run(s, tiny_data)
+    _, reports = train_collecting(s, tiny_data)
     weights_of_epoch = {m["epoch"]: last["model"] for m, _, last in reports}
     # a report whose best is an earlier epoch
     assert any(b["epoch"] < m["epoch"] for m, b, _ in reports)
@@ -91,7 +79,7 @@ def test_resume_continues_after_saved_epoch(tiny_data, tmp_path):
         shutil.copytree(folder, saved)
 
     train_trial(s, DataConfig(root=str(tiny_data)), keep)
-    _, reports = run(s.model_copy(update={"epochs": 2}), tiny_data, resume_from=saved)
+    _, reports = train_collecting(s.model_copy(update={"epochs": 2}), tiny_data, resume_from=saved)
     assert [m["epoch"] for m, _, _ in reports] == [2]
     assert reports[0][2]["step"] == 2 * (48 // 8)
 
@@ -100,7 +88,7 @@ def test_pretrained_trial_records_its_weights(tiny_data):
     s = TrainSettings(
         backbone="tf_efficientnet_lite0", pretrained=True, img_size=32, batch_size=8, epochs=1
     )
-    _, reports = run(s, tiny_data)
+    _, reports = train_collecting(s, tiny_data)
     best = reports[-1][1]
     assert best["weights_source"] == "package" and len(best["weights_sha256"]) == 64
     assert best["mean"] == [0.5, 0.5, 0.5]  # the normalisation these weights were trained with

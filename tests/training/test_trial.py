@@ -6,24 +6,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
+from helpers import train_collecting
 
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.scoring.epoch_metrics import epoch_metric_names
 from ffdi_tune.training.settings import TrainSettings
-from ffdi_tune.training.trial import BEST_FILE, LAST_FILE, train_trial
-
-
-def run(settings, data, resume_from=None):
-    reports = []
-
-    def report(metrics, folder):
-        best = torch.load(folder / BEST_FILE, weights_only=True)
-        last = torch.load(folder / LAST_FILE, weights_only=True)
-        reports.append((metrics, best, last))
-
-    best = train_trial(settings, DataConfig(root=str(data)), report, resume_from=resume_from)
-    return best, reports
+from ffdi_tune.training.trial import train_trial
 
 
 @pytest.mark.parametrize(
@@ -52,7 +40,7 @@ def test_epochs_report_metrics_and_checkpoints(tiny_data, backbone, extra):
         gamma=0.5,
         **extra,
     )
-    best, reports = run(s, tiny_data)
+    best, reports = train_collecting(s, tiny_data)
     assert [m["epoch"] for m, _, _ in reports] == [1, 2]
     for i, (m, b, last) in enumerate(reports):
         # every registered metric but the peak accelerator memory, which a GPU alone reports
