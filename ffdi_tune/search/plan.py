@@ -64,8 +64,11 @@ class PlanInputs:
     when it runs alone with every CPU or on one accelerator; ``eval_image_s``: seconds to score one
     image; ``final_images`` / ``final_passes``: what the final stage scores per member (valset and
     testset, TTA views); ``slots``: trials that can run at once (CPUs on a CPU-only machine, else
-    accelerators); ``accelerators``: 0 on a CPU-only machine. The ``explicit_*`` values are the
-    user's own and win over the plan."""
+    accelerators); ``accelerators``: 0 on a CPU-only machine; ``full_epochs``: the recipe's length
+    as the user wrote it, or None for the plan to choose (the longest rung ladder whose top trial
+    fits :data:`DEPTH_SHARE` of the training time, as one recipe alone would use the budget);
+    ``asha``: False for a FIFO search (every trial trains the full length). The ``explicit_*``
+    values are the user's own and win over the plan."""
 
     budget_s: float
     used_s: float
@@ -73,7 +76,7 @@ class PlanInputs:
     eval_image_s: float
     final_images: int
     final_passes: int
-    full_epochs: int
+    full_epochs: int | None
     slots: int
     accelerators: int
     top_k: int = 5
@@ -86,6 +89,7 @@ class PlanInputs:
     others_epoch_s: float | None = None
     # a trial's start: its worker, the model and its weights, the first batch
     trial_start_s: float = 3.0
+    asha: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,23 @@ def _final_reserve(inputs: PlanInputs, trials: int) -> float:
     return estimate.seconds(min(trials, inputs.pool or 3 * inputs.top_k))
 
 
-def _concurrency(inputs: PlanInputs, training_s: float) -> int:
+def _full_epochs(inputs: PlanInputs, training_s: float) -> int:
+    """The recipe's length as written, else the top of the longest rung ladder (``g * rf**k``)
+    whose trial, alone, fits :data:`DEPTH_SHARE` of the training time (the grace period at least).
+
+    >>> _full_epochs(PlanInputs(300, 0, 10, 0, 0, 0, None, 2, 0), 200.0)
+    8
+    """
+    if inputs.full_epochs is not None:
+        return inputs.full_epochs
+    top, epochs = inputs.grace_period, float(inputs.grace_period)
+    while round(epochs * inputs.reduction_factor) * inputs.epoch_s <= DEPTH_SHARE * training_s:
+        epochs *= inputs.reduction_factor
+        top = int(round(epochs))
+    return top
+
+
+def _concurrency(inputs: PlanInputs, full_epochs: int, training_s: float) -> int:
     """Trials at once: every accelerator; on CPUs, as many as still let one full-length trial
     finish within :data:`DEPTH_SHARE` of the training time (CPU trials share the cores)."""
     if inputs.explicit_max_concurrent is not None:
@@ -162,7 +182,7 @@ def _concurrency(inputs: PlanInputs, training_s: float) -> int:
     fits = [
         k
         for k in range(1, max(inputs.slots, 1) + 1)
-        if inputs.full_epochs * inputs.epoch_s * k <= DEPTH_SHARE * training_s
+        if full_epochs * inputs.epoch_s * k <= DEPTH_SHARE * training_s
     ]
     return max(fits, default=1)
 
@@ -195,25 +215,29 @@ def _trials_that_fit(inputs: PlanInputs, members: int) -> int:
 
 def _plan_with_reserve(inputs: PlanInputs, reserve: float, most_trials: int) -> SearchPlan:
     training_s = (inputs.budget_s - inputs.used_s - reserve) * (1 - MARGIN)
-    full_s = inputs.full_epochs * inputs.epoch_s
+    full_epochs = _full_epochs(inputs, training_s)
+    full_s = full_epochs * inputs.epoch_s
     if training_s < full_s:
         raise SearchError(
             f"the time budget ({format_duration(inputs.budget_s)}) leaves "
             f"{format_duration(max(training_s, 0))} for training after the set-up "
             f"({format_duration(inputs.used_s)}) and the final stage "
-            f"({format_duration(reserve)}), but one full-length trial of {inputs.full_epochs} "
+            f"({format_duration(reserve)}), but one full-length trial of {full_epochs} "
             f"epochs takes about {format_duration(full_s)}; raise --time-budget to at least "
             f"{format_duration(inputs.budget_s + (full_s - training_s) / (1 - MARGIN))} or lower "
             "train.epochs"
         )
-    concurrency = _concurrency(inputs, training_s)
+    concurrency = _concurrency(inputs, full_epochs, training_s)
     # CPU trials share the cores: k at once each run k times slower
     slowdown = 1 if inputs.accelerators else concurrency
     trial_epoch_s = inputs.epoch_s * slowdown
-    rungs = rung_epochs(inputs.grace_period, inputs.reduction_factor, inputs.full_epochs)
-    per_trial = expected_epochs_per_trial(rungs, inputs.reduction_factor)
+    if inputs.asha:
+        rungs = rung_epochs(inputs.grace_period, inputs.reduction_factor, full_epochs)
+        per_trial = expected_epochs_per_trial(rungs, inputs.reduction_factor)
+    else:
+        rungs, per_trial = [full_epochs], float(full_epochs)
     # the default recipe trains to full length; the others as ASHA lets them
-    left_s = training_s * concurrency - inputs.full_epochs * trial_epoch_s - inputs.trial_start_s
+    left_s = training_s * concurrency - full_epochs * trial_epoch_s - inputs.trial_start_s
     others_epoch_s = (inputs.others_epoch_s or inputs.epoch_s) * slowdown
     sampled = math.floor(max(left_s, 0) / (per_trial * others_epoch_s + inputs.trial_start_s))
     num_samples = inputs.explicit_num_samples or min(1 + sampled, most_trials)
@@ -225,11 +249,11 @@ def _plan_with_reserve(inputs: PlanInputs, reserve: float, most_trials: int) -> 
         max_concurrent=min(concurrency, num_samples),
         cpus_per_trial=None if inputs.accelerators else max(1, inputs.slots // concurrency),
         rungs=rungs,
-        max_epochs=inputs.full_epochs,
+        max_epochs=full_epochs,
         final_reserve_s=reserve,
         training_s=training_s,
         trial_epoch_s=trial_epoch_s,
-        expected_best_epochs=inputs.full_epochs,
+        expected_best_epochs=full_epochs,
         eval_image_s=inputs.eval_image_s,
         notes=notes,
     )
@@ -273,9 +297,7 @@ def plan_inputs(
     epochs_s = [p.epoch_s(train_images, eval_images) for p in probes]
     accelerators = torch.cuda.device_count()
     explicit = cfg.search.model_fields_set
-    full_epochs = cfg.scheduler.max_epochs or cfg.max_epochs()
-    # FIFO stops nothing: one rung, the full length
-    grace = cfg.scheduler.grace_period if cfg.scheduler.type == "asha" else full_epochs
+    full_epochs = cfg.scheduler.max_epochs or cfg.max_epochs() if _epochs_written(cfg) else None
     return PlanInputs(
         budget_s=float(cfg.search.time_budget),
         used_s=used_s + RAY_START_S,
@@ -287,7 +309,8 @@ def plan_inputs(
         slots=accelerators or available_cpus(),
         accelerators=accelerators,
         pool=final_stage_pool,
-        grace_period=grace,
+        grace_period=cfg.scheduler.grace_period,
+        asha=cfg.scheduler.type == "asha",
         reduction_factor=cfg.scheduler.reduction_factor,
         explicit_num_samples=cfg.search.num_samples if "num_samples" in explicit else None,
         explicit_max_concurrent=(
@@ -297,6 +320,14 @@ def plan_inputs(
     )
 
 
+def _epochs_written(cfg: SearchConfig) -> bool:
+    """Whether the user set the recipe's length (``train.epochs``, searched or per backbone, or
+    ``scheduler.max_epochs``); else the plan chooses it."""
+    written = "epochs" in cfg.train.model_fields_set or "epochs" in cfg.space
+    per_backbone = any("epochs" in o for o in cfg.per_backbone.values())
+    return written or per_backbone or cfg.scheduler.max_epochs is not None
+
+
 def apply_plan(cfg: SearchConfig, plan: SearchPlan) -> SearchConfig:
     """``cfg`` with the plan's trials, concurrency, rung horizon and (on CPUs) cores per trial;
     what the user wrote stays (:func:`plan_inputs` kept their trials and concurrency)."""
@@ -304,6 +335,8 @@ def apply_plan(cfg: SearchConfig, plan: SearchPlan) -> SearchConfig:
         update={"num_samples": plan.num_samples, "max_concurrent": plan.max_concurrent}
     )
     update = {"search": search}
+    if not _epochs_written(cfg):
+        update["train"] = cfg.train.model_copy(update={"epochs": plan.max_epochs})
     if cfg.scheduler.max_epochs is None:
         update["scheduler"] = cfg.scheduler.model_copy(update={"max_epochs": plan.max_epochs})
     if "cpu" not in cfg.resources.model_fields_set and plan.cpus_per_trial is not None:

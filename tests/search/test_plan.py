@@ -113,3 +113,34 @@ def test_a_resumed_search_keeps_its_plan_and_one_without_a_budget_has_none(tmp_p
     assert kept == plan and cfg.search.num_samples == 2
     cfg, none = plan_for_run(space(), tmp_path, False, None, 0.0, (2, None))
     assert none is None and cfg == space()
+
+
+def test_an_unwritten_recipe_length_grows_with_the_budget():
+    # the longest rung ladder whose top trial alone fits 60% of the training time
+    short, long = (
+        plan_search(inputs(full_epochs=None)),
+        plan_search(inputs(full_epochs=None, budget_s=1200)),
+    )
+    assert short.max_epochs == 4 and short.rungs == [1, 2, 4]
+    assert long.max_epochs == 16 and long.rungs == [1, 2, 4, 8, 16]
+    assert long.max_epochs * long.trial_epoch_s <= 0.6 * long.training_s
+
+
+def test_a_fifo_search_trains_every_trial_to_full_length():
+    plan = plan_search(inputs(asha=False))
+    assert plan.rungs == [4]
+    # the default's 4 epochs and 4 for each other trial, 3 s to start each
+    assert plan.num_samples == 1 + int((plan.training_s - 4 * 30 - 3) // (4 * 30 + 3))
+
+
+def test_the_plan_sets_the_length_only_where_the_user_left_it():
+    from ffdi_tune.search.plan import apply_plan
+
+    chosen = plan_search(inputs(full_epochs=None, budget_s=1200))
+    cfg = apply_plan(space(time_budget=1200), chosen)
+    assert cfg.train.epochs == 4  # written in train: (space() writes epochs: 4)
+    from ffdi_tune.config import parse_search_config
+
+    unwritten = parse_search_config({"name": "p", "data": {"root": "x"}})
+    assert apply_plan(unwritten, chosen).train.epochs == 16
+    assert apply_plan(unwritten, chosen).scheduler.max_epochs == 16
