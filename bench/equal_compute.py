@@ -17,7 +17,7 @@ arms, the share of the one recipe's mis-ordered (real, fake) pairs the search re
 (``1 - (1 - auc_search) / (1 - auc_recipe)``) and the seed-to-seed spread; the last line is JSON.
 About ``2 x B`` seconds per task and seed on 2 cores:
 
-    python bench/equal_compute.py [--seeds 0 1 2] [--budget 180] [--tasks shift hard]
+    python bench/equal_compute.py [--seeds 0 1 2] [--budget 150] [--tasks shift hard]
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--budget", type=float, default=180.0, help="the search's --time-budget, s")
+    ap.add_argument("--budget", type=float, default=150.0, help="the search's --time-budget, s")
     ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     args = ap.parse_args()
     rows = []
