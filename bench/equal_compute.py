@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from ffdi_tune.config import load_search_config
-from ffdi_tune.scoring.metrics import roc_auc
+from ffdi_tune.scoring.metrics import misordered_pairs_removed, roc_auc
 from ffdi_tune.search.default_recipe import default_point
 from ffdi_tune.search.space import trial_settings
 
@@ -121,16 +121,11 @@ def run_pair(task: str, seed: int, budget: float) -> dict:
     }
 
 
-def removed_share(search_auc: float, recipe_auc: float) -> float:
-    """Share of the one recipe's mis-ordered (real, fake) pairs that the search put right."""
-    return 1 - (1 - search_auc) / (1 - recipe_auc) if recipe_auc < 1 else 0.0
-
-
 def summarise(rows: list[dict]) -> dict:
     out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        shares = [removed_share(r["search_auc"], r["recipe_auc"]) for r in mine]
+        shares = [misordered_pairs_removed(r["search_auc"], r["recipe_auc"]) for r in mine]
         out[task] = {
             "seeds": len(mine),
             "search_auc_mean": statistics.fmean(r["search_auc"] for r in mine),

@@ -34,6 +34,7 @@ from ffdi_tune.errors import ConfigError, DataError
 from ffdi_tune.files import write_atomic
 from ffdi_tune.report import plot_roc
 from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better, robust_metrics
+from ffdi_tune.scoring.metrics import misordered_pairs_removed
 from ffdi_tune.scoring.predict import DecodedSplits, load_member, predict_views
 from ffdi_tune.tracking import Tracker, TrialRecord
 
@@ -179,7 +180,7 @@ def against_default(result: EnsembleResult, runs: list[TrialRecord]) -> str | No
     shipped = result.metrics[tracking.SELECT_AUC]
     result.metrics[tracking.DEFAULT_RECIPE_SELECT_AUC] = base
     result.metrics[tracking.SEARCH_GAIN_SELECT_AUC] = shipped - base
-    fewer = 1 - (1 - shipped) / (1 - base) if base < 1 else 0.0
+    fewer = misordered_pairs_removed(shipped, base)
     pairs = f"{abs(fewer):.0%} {'fewer' if fewer >= 0 else 'more'} mis-ordered pairs"
     return (
         f"against the default recipe ({default.run_name}): selection-part AUC {base:.4f} -> "
