@@ -105,6 +105,9 @@ class SearchPlan:
     trial_epoch_s: float  # one epoch of one trial at the planned concurrency
     expected_best_epochs: int
     eval_image_s: float = 0.0  # the probe's: seeds the final stage's estimate before any trial
+    # the shortest useful trial: its start and its epochs to the first rung; a new trial starts
+    # only while the budget still fits this
+    first_rung_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -255,6 +258,7 @@ def _plan_with_reserve(inputs: PlanInputs, reserve: float, most_trials: int) -> 
         trial_epoch_s=trial_epoch_s,
         expected_best_epochs=full_epochs,
         eval_image_s=inputs.eval_image_s,
+        first_rung_s=rungs[0] * others_epoch_s + inputs.trial_start_s,
         notes=notes,
     )
 

@@ -47,12 +47,24 @@ class LiveBudget:
     started: dict[str, float] = field(default_factory=dict)
     # trials with a scored epoch: the final stage's candidates
     scored: set[str] = field(default_factory=set)
+    # with a plan: the shortest useful trial (to ASHA's first rung); without, the ended trials'
+    # mean length decides
+    shortest_trial_s: float | None = None
 
     def reserve(self) -> float:
         return self.final_stage.seconds(max(len(self.scored), 1))
 
     def room_for_a_trial(self) -> bool:
-        return self.budget.remaining() - self.reserve() > self.budget.expected_trial_s()
+        """Whether the rest of the budget, less the final stage's share, fits one more trial.
+
+        A planned search's trials are mostly short (ASHA stops most at a low rung), and its first
+        trial, the default recipe, trains to full length: the mean of the ended trials would then
+        close the search after the default alone, so the planned first-rung cost decides there.
+        """
+        needed = self.shortest_trial_s
+        if needed is None:
+            needed = self.budget.expected_trial_s()
+        return self.budget.remaining() - self.reserve() > needed
 
 
 _LIVE: dict[str, LiveBudget] = {}

@@ -44,6 +44,8 @@ def test_a_300s_cpu_budget_runs_the_default_to_full_length_and_a_few_short_trial
     # what the plan spends fits what the budget leaves for training
     spent = (plan.max_epochs + (plan.num_samples - 1) * 2.0) * plan.trial_epoch_s + 2 * 3.0
     assert spent <= plan.training_s <= 300 - 20 - plan.final_reserve_s
+    # a new trial starts while the budget fits its start and one epoch (the first rung)
+    assert plan.first_rung_s == 30.0 + 3.0
 
 
 def test_a_night_on_eight_gpus_runs_one_trial_per_gpu_and_many_trials():

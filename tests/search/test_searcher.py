@@ -109,6 +109,27 @@ def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
         detach_budget("gate")
 
 
+def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_recipes_length():
+    cfg = parse_search_config(
+        yaml.safe_load(
+            "name: gate2\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
+            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+        )
+    )
+    clock, searcher = Clock(), make_searcher(cfg)
+    live = _live(clock)
+    live.budget.trial_s.append(60.0)  # the default recipe trained to full length in 60 s
+    live.shortest_trial_s = 12.0  # the plan: a trial to its first rung takes 12 s
+    attach_budget("gate2", live)
+    try:
+        clock.now += 60  # 40 s left: no room for another 60 s trial, but for a 12 s one
+        assert isinstance(searcher.suggest("t1"), dict)
+        clock.now += 30  # 10 s left
+        assert searcher.suggest("t2") == Searcher.FINISHED
+    finally:
+        detach_budget("gate2")
+
+
 def test_a_running_trial_is_cut_before_an_epoch_that_would_eat_the_final_stages_share():
     clock = Clock()
     live = _live(clock)
