@@ -72,6 +72,9 @@ for _metric in (
     EpochMetric("data_wait_share"),
     EpochMetric("peak_accelerator_memory_mb"),  # on a GPU only
     EpochMetric("time_to_first_batch_s"),
+    # with ema_decay: val_auc of the raw and of the EMA weights (val_auc is the kept one's)
+    EpochMetric("val_auc_raw", "max"),
+    EpochMetric("val_auc_ema", "max"),
 ):
     register_metric(_metric)
 

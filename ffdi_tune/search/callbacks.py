@@ -37,6 +37,7 @@ RESULT_TAGS = {
     "weights_sha256": tracking.WEIGHTS_SHA256,
     "default_recipe": tracking.DEFAULT_RECIPE,
     "continued_from": tracking.CONTINUED_FROM,
+    "weights_kept": tracking.WEIGHTS_KEPT,
 }
 SAVE_BUDGET_EVERY_S = 10.0
 

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_RECIPE",
     "PLAN_PREFIX",
     "CONTINUED_FROM",
+    "WEIGHTS_KEPT",
     "NODE_ID",
     "AUGMENT_ON",
     "WEIGHTS_SOURCE",
@@ -71,6 +72,7 @@ STOPPED_EARLY, EPOCHS_RUN, ERROR = "ffdi.stopped_early", "ffdi.epochs_run", "ffd
 BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
 DEFAULT_RECIPE = "ffdi.default_recipe"  # the search's first trial: its default recipe
 CONTINUED_FROM = "ffdi.continued_from"  # trained further from this trial's checkpoint
+WEIGHTS_KEPT = "ffdi.weights_kept"  # the kind of weights in best.pt: raw, ema (or swa)
 NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
 WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
 # ensemble run

@@ -4,7 +4,8 @@ The folder holds ``last.pt`` (full state, to resume: weights, optimizer, EMA, ep
 done, the best epoch's metrics) and ``best.pt`` (the weights that scored best on the search metric
 so far, with what prediction needs: backbone, input mode, training and evaluation size,
 normalisation, the trial's settings and where its pretrained weights came from; with ``ema_decay``
-these are the EMA weights, which are also the ones evaluated). Both load with
+they are the raw or the EMA weights, whichever scored better that epoch, named in
+``weights_kind``). Both load with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -55,6 +56,7 @@ def _best_checkpoint(state: TrialState, metrics: dict[str, float]) -> dict[str, 
         "weights_source": state.weights.source,
         "weights_sha256": state.weights.sha256,
         "epoch": metrics["epoch"],
+        "weights_kind": state.kept,
         "metric": state.metric,
         "metrics": dict(metrics),
     }
@@ -76,11 +78,13 @@ def _last_checkpoint(state: TrialState) -> dict[str, Any]:
 
 
 def report_checkpoint(state: TrialState, metrics: dict[str, float], report: Reporter) -> None:
-    """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics."""
+    """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics
+    and ``weights_kept``, the kind of weights best.pt holds (``raw`` or ``ema``)."""
     with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
         torch.save(state.best_checkpoint, Path(tmp) / BEST_FILE)
         torch.save(_last_checkpoint(state), Path(tmp) / LAST_FILE)
-        report(metrics, Path(tmp))
+        kind = state.best_checkpoint.get("weights_kind", "raw")
+        report({**metrics, "weights_kept": kind}, Path(tmp))
 
 
 def restore(state: TrialState, folder: Path) -> None:

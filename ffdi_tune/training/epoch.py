@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ffdi_tune.data.loaders import to_model_input, train_batches
+from ffdi_tune.scoring.epoch_metrics import is_better
 from ffdi_tune.scoring.inference import view_log_odds
 from ffdi_tune.scoring.metrics import binary_metrics, roc_auc
 from ffdi_tune.training.state import TrialState
@@ -171,28 +172,47 @@ class _BusyTime:
 
 
 def evaluate(state: TrialState, epoch: int) -> dict[str, float]:
-    """The validation metrics of the model that is saved (the EMA one with ``ema_decay``) on
-    valset, and on its perturbed copy when robust_val is on; FloatingPointError on a NaN score."""
+    """The validation metrics on valset (and its perturbed copy when robust_val is on) of the
+    trial's weights; with ``ema_decay``, of both the raw and the EMA weights, keeping the better on
+    the trial's metric (the EMA on a tie) in ``state.kept`` and adding ``val_auc_raw`` and
+    ``val_auc_ema``. FloatingPointError on a NaN score."""
     started = time.perf_counter()
+    kinds = ["raw", "ema"] if state.ema is not None else ["raw"]
+    scored = {kind: _scores(state, kind, epoch) for kind in kinds}
+    state.kept = kinds[-1]
+    if len(kinds) > 1 and is_better(
+        state.metric, scored["raw"][state.metric], scored["ema"][state.metric]
+    ):
+        state.kept = "raw"
+    metrics = dict(scored[state.kept])
+    if len(kinds) > 1:
+        metrics |= {f"val_auc_{kind}": scored[kind]["val_auc"] for kind in kinds}
+    metrics["eval_time_s"] = time.perf_counter() - started
+    return metrics
+
+
+def _scores(state: TrialState, kind: str, epoch: int) -> dict[str, float]:
+    """The validation metrics of one kind of the trial's weights (``raw`` or ``ema``)."""
+    model = state.weights_of(kind)
     targets = state.splits.val_split.targets
-    score = _log_odds(state, state.splits.val_images)
+    score = _log_odds(state, model, state.splits.val_images)
     if not np.isfinite(score).all():
         raise FloatingPointError(
             f"the model's outputs became NaN at epoch {epoch}; lower lr or turn off AMP"
         )
     metrics = binary_metrics(targets, score)
     if state.splits.robust_images is not None:
-        metrics["val_robust_auc"] = roc_auc(targets, _log_odds(state, state.splits.robust_images))
+        robust = _log_odds(state, model, state.splits.robust_images)
+        metrics["val_robust_auc"] = roc_auc(targets, robust)
         metrics["val_worst_auc"] = min(metrics["val_auc"], metrics["val_robust_auc"])
-    metrics["eval_time_s"] = time.perf_counter() - started
     return metrics
 
 
-def _log_odds(state: TrialState, images: torch.Tensor) -> np.ndarray:
-    """The scored model's log-odds of fake for ``images``: the identity view, in batches of twice
-    the training batch."""
+def _log_odds(state: TrialState, model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """``model``'s log-odds of fake for ``images``: the identity view, in batches of twice the
+    training batch."""
     return view_log_odds(
-        state.eval_model,
+        model,
         images,
         state.mean,
         state.std,

@@ -1,5 +1,6 @@
-"""How a trial learns: timm's optimizer (with a head learning-rate multiplier), the StepLR schedule
-with warm-up, MixUp / CutMix, and the AMP precision; factories from settings, no training loop."""
+"""How a trial learns: timm's optimizer (with a head learning-rate multiplier), the step or cosine
+schedule with warm-up, MixUp / CutMix, and the AMP precision; factories from settings, no training
+loop."""
 
 from __future__ import annotations
 
@@ -90,20 +91,32 @@ def _head_scaled_groups(
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
-    """StepLR counted in optimizer steps, after ``warmup_epochs`` of linear warm-up from lr / 100.
+    """timm's schedule of ``settings.schedule``, counted in optimizer steps, after
+    ``warmup_epochs`` of linear warm-up from lr / 100.
 
-    Set per step (``step_update(steps done)``), so an epoch trains at ``lr * gamma ** (epochs after
-    warm-up // step_size)``, as torch's StepLR stepped after each epoch, and a resumed trial needs
-    only its step count.
+    Set per step (``step_update(steps done)``), so a resumed trial needs only its step count.
+    ``step``: an epoch trains at ``lr * gamma ** (epochs after warm-up // step_size)``, as torch's
+    StepLR stepped after each epoch. ``cosine``: half a cosine from ``lr`` after the warm-up to
+    ``min_lr`` at the end of the trial's last epoch.
     """
-    from timm.scheduler import StepLRScheduler
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
+    warmup = {
+        "warmup_t": round(settings.warmup_epochs * steps_per_epoch),
+        "warmup_lr_init": settings.lr / 100,
+        "warmup_prefix": True,
+        "t_in_epochs": False,
+    }
+    if settings.schedule == "cosine":
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, settings.epochs * steps_per_epoch - warmup["warmup_t"]),
+            lr_min=settings.min_lr,
+            **warmup,
+        )
     return StepLRScheduler(
         optimizer,
         decay_t=settings.step_size * steps_per_epoch,
         decay_rate=settings.gamma,
-        warmup_t=round(settings.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=settings.lr / 100,
-        warmup_prefix=True,
-        t_in_epochs=False,
+        **warmup,
     )

@@ -28,13 +28,22 @@ class TrainSettings(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    # the learning-rate schedule after the warm-up: step (StepLR: lr * gamma every step_size
+    # epochs) or cosine (from lr down to min_lr at the last epoch)
+    schedule: Literal["step", "cosine"] = "step"
     step_size: int = Field(1, ge=1)
     gamma: float = Field(0.5, gt=0, le=1)
-    # Linear warm-up from lr / 100, over this many epochs (counted in steps), before StepLR starts.
+    min_lr: float = Field(0.0, ge=0)  # cosine's end
+    # Linear warm-up from lr / 100, over this many epochs (counted in steps), before the schedule.
     warmup_epochs: float = Field(0.0, ge=0)
     head_lr_mult: float = Field(1.0, gt=0)  # the new classifier's lr is lr * head_lr_mult
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    # an exponential moving average of the weights; each epoch scores both the raw and the EMA
+    # weights and keeps the better (best.pt holds it)
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    # the EMA's decay grows from 0 to ema_decay as 1 - (1 + step) ** -2/3 (timm's warm-up), so an
+    # early average does not lag on the random head's first steps
+    ema_warmup: bool = True
     augment: str = "flips"
     mix: Literal["none", "mixup", "cutmix", "mixup_or_cutmix"] = "none"
     mixup_alpha: float = Field(0.4, gt=0)

@@ -64,7 +64,7 @@ class TrialState:
     weights: Weights  # where the pretrained weights came from
     model: torch.nn.Module
     step_model: torch.nn.Module  # the model, or its torch.compile'd twin (same parameters)
-    ema: Any  # timm's ModelEmaV3 of the model with ``ema_decay``, else None
+    ema: Any  # timm's ModelEmaV3 of the model with ``ema_decay`` (warmed up), else None
     optimizer: torch.optim.Optimizer
     scheduler: Any  # timm's StepLRScheduler, stepped per optimizer step
     grad_scaler: torch.amp.GradScaler  # enabled for float16 AMP only
@@ -83,11 +83,17 @@ class TrialState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_checkpoint: dict[str, Any] | None = None  # what best.pt holds
     first_batch_s: float | None = None  # from started_at to the end of the first training step
+    # whose weights the last evaluation kept: "raw" or "ema" (the better of the two)
+    kept: str = "raw"
+
+    def weights_of(self, kind: str) -> torch.nn.Module:
+        """The model of a kind of weights: ``raw`` (trained) or ``ema`` (their average)."""
+        return self.ema.module if kind == "ema" else self.model
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """The weights that are scored and saved: the EMA ones with ``ema_decay``."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights the last evaluation kept (saved in best.pt when the epoch is the best)."""
+        return self.weights_of(self.kept)
 
 
 def build_trial_state(
@@ -127,7 +133,7 @@ def build_trial_state(
         weights=weights,
         model=model,
         step_model=torch.compile(model) if settings.compile else model,
-        ema=_ema_of(model, settings.ema_decay),
+        ema=_ema_of(model, settings.ema_decay, settings.ema_warmup),
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, settings, steps_per_epoch),
         grad_scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),
@@ -163,11 +169,12 @@ def _build_model(
     return weights, model, channels_last
 
 
-def _ema_of(model: torch.nn.Module, decay: float | None):
-    """timm's EMA of ``model`` with ``decay``, or None without one."""
+def _ema_of(model: torch.nn.Module, decay: float | None, warmup: bool):
+    """timm's EMA of ``model`` with ``decay`` (its decay warmed up from 0 with ``warmup``), or None
+    without one."""
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=decay) if decay else None
+    return ModelEmaV3(model, decay=decay, use_warmup=warmup) if decay else None
 
 
 def _load_splits(

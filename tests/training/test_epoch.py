@@ -67,3 +67,54 @@ def test_nan_weights_stop_the_trial_with_a_clear_error(tiny_data):
         evaluate(state, 3)
     with pytest.raises(FloatingPointError, match="train_loss became nan at epoch 2; lower lr"):
         run_epoch(state, 2, None)
+
+
+def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pb = dict(b.named_parameters())
+    return sum(float((p - pb[n]).detach().abs().sum()) for n, p in a.named_parameters())
+
+
+def test_the_ema_warm_up_follows_the_early_weights_closely():
+    """With ema_decay 0.9998 a cold EMA barely moves off the first weights in a few steps; the
+    warmed-up one (decay 1 - (1 + step) ** -2/3 at first) stays near the trained weights."""
+    import timm
+    from timm.utils import ModelEmaV3
+
+    from ffdi_tune.training.state import _ema_of
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    warm, cold = _ema_of(model, 0.9998, True), _ema_of(model, 0.9998, False)
+    assert isinstance(warm, ModelEmaV3) and warm.get_decay(3) < 0.9 < cold.get_decay(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(1, 7):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 32, 32)).sum().backward()
+        opt.step()
+        warm.update(model, step=step)
+        cold.update(model, step=step)
+    assert _distance(warm.module, model) < 0.5 * _distance(cold.module, model)
+
+
+def test_the_better_of_the_raw_and_the_ema_weights_is_kept(tiny_data):
+    state = state_of(tiny_data, ema_decay=0.9)
+    run_epoch(state, 1, None)
+    metrics = evaluate(state, 1)
+    assert {"val_auc_raw", "val_auc_ema"} <= metrics.keys()
+    assert metrics["val_auc"] == max(metrics["val_auc_raw"], metrics["val_auc_ema"])
+    # spoil one kind of weights (a constant score: AUC 0.5), then the other: the good one is kept
+    for spoiled, kept in (("ema", "raw"), ("raw", "ema")):
+        good = {k: v.clone() for k, v in state.weights_of(kept).state_dict().items()}
+        with torch.no_grad():
+            for name, p in state.weights_of(spoiled).named_parameters():
+                p.copy_(good[name])
+                if name.endswith("fc.weight") or name.endswith("head.fc.weight"):
+                    p.zero_()
+        metrics = evaluate(state, 1)
+        assert state.kept == kept and state.eval_model is state.weights_of(kept)
+        assert metrics[f"val_auc_{spoiled}"] == 0.5 < metrics[f"val_auc_{kept}"]
+        assert metrics["val_auc"] == metrics[f"val_auc_{kept}"]
+        state.weights_of(spoiled).load_state_dict(good)
+    # without ema_decay only the trained weights are scored
+    plain = state_of(tiny_data)
+    assert "val_auc_ema" not in evaluate(plain, 1) and plain.kept == "raw"

@@ -1,5 +1,5 @@
-"""How a trial learns: AMP, MixUp / CutMix, the head's learning rate and the warm-up + StepLR
-schedule, on tiny real timm models."""
+"""How a trial learns: AMP, MixUp / CutMix, the head's learning rate and the warm-up + StepLR or
+cosine schedule, on tiny real timm models."""
 
 from __future__ import annotations
 
@@ -90,6 +90,29 @@ def test_schedule_warms_up_then_steps_per_epoch():
     assert warmup == sorted(warmup)  # a linear ramp up
     # after warm-up: lr for step_size epochs, then lr * gamma
     assert [lr_at(step) for step in (8, 11, 12, 20)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
+
+
+def test_cosine_warms_up_then_follows_half_a_cosine_to_min_lr():
+    import math
+
+    model = create_model("test_resnet")
+    s = TrainSettings(lr=1e-2, warmup_epochs=1, epochs=5, schedule="cosine", min_lr=1e-4)
+    optimizer = make_optimizer(model, s)
+    scheduler = make_scheduler(optimizer, s, steps_per_epoch=4)
+
+    def lr_at(step):
+        scheduler.step_update(step)
+        return optimizer.param_groups[0]["lr"]
+
+    assert lr_at(0) == pytest.approx(1e-4) and lr_at(4) == pytest.approx(1e-2)
+    # after the 4 warm-up steps, 16 steps of min_lr + (lr - min_lr) * (1 + cos(pi t / 16)) / 2
+    for step in range(4, 21):
+        t = step - 4
+        expected = 1e-4 + (1e-2 - 1e-4) * (1 + math.cos(math.pi * t / 16)) / 2
+        assert lr_at(step) == pytest.approx(expected)
+    assert lr_at(20) == pytest.approx(1e-4)
+    # the default schedule is still StepLR
+    assert TrainSettings().schedule == "step"
 
 
 def test_warmup_then_step_lr(tiny_data):

@@ -49,7 +49,9 @@ def test_the_state_holds_the_trials_model_and_data(tiny_data):
     )
     assert searched.splits.robust_images.shape == searched.splits.val_images.shape
     assert not torch.equal(searched.splits.robust_images, searched.splits.val_images)
-    assert searched.seed == 7 and searched.eval_model is searched.ema.module
+    assert searched.seed == 7 and searched.weights_of("ema") is searched.ema.module
+    # until an evaluation keeps the EMA, the trained weights are the scored ones
+    assert searched.kept == "raw" and searched.eval_model is searched.model
 
 
 def test_the_same_seed_draws_the_same_initial_weights(tiny_data):
