@@ -72,9 +72,11 @@ for _metric in (
     EpochMetric("data_wait_share"),
     EpochMetric("peak_accelerator_memory_mb"),  # on a GPU only
     EpochMetric("time_to_first_batch_s"),
-    # with ema_decay: val_auc of the raw and of the EMA weights (val_auc is the kept one's)
+    # with ema_decay or swa_epochs: val_auc of the raw, the EMA and (after the last epoch) the SWA
+    # weights; val_auc is the kept one's
     EpochMetric("val_auc_raw", "max"),
     EpochMetric("val_auc_ema", "max"),
+    EpochMetric("val_auc_swa", "max"),
 ):
     register_metric(_metric)
 

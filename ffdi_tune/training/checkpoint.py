@@ -4,8 +4,8 @@ The folder holds ``last.pt`` (full state, to resume: weights, optimizer, EMA, ep
 done, the best epoch's metrics) and ``best.pt`` (the weights that scored best on the search metric
 so far, with what prediction needs: backbone, input mode, training and evaluation size,
 normalisation, the trial's settings and where its pretrained weights came from; with ``ema_decay``
-they are the raw or the EMA weights, whichever scored better that epoch, named in
-``weights_kind``). Both load with
+they are the raw or the EMA weights, whichever scored better that epoch, and after the last epoch
+with ``swa_epochs`` possibly the SWA average, named in ``weights_kind``). Both load with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -74,12 +74,14 @@ def _last_checkpoint(state: TrialState) -> dict[str, Any]:
     }
     if state.ema is not None:
         last["ema"] = state.ema.state_dict()
+    if state.swa is not None:
+        last["swa"] = state.swa.state_dict()
     return last
 
 
 def report_checkpoint(state: TrialState, metrics: dict[str, float], report: Reporter) -> None:
     """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics
-    and ``weights_kept``, the kind of weights best.pt holds (``raw`` or ``ema``)."""
+    and ``weights_kept``, the kind of weights best.pt holds (``raw``, ``ema`` or ``swa``)."""
     with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
         torch.save(state.best_checkpoint, Path(tmp) / BEST_FILE)
         torch.save(_last_checkpoint(state), Path(tmp) / LAST_FILE)
@@ -94,6 +96,10 @@ def restore(state: TrialState, folder: Path) -> None:
     state.optimizer.load_state_dict(last["optimizer"])
     if state.ema is not None:
         state.ema.load_state_dict(last["ema"])
+    window_from = state.settings.epochs - state.settings.swa_epochs
+    if state.swa is not None and "swa" in last and last["epoch"] > window_from:
+        # (a trial trained further starts its own average over its new last epochs)
+        state.swa.load_state_dict(last["swa"])
     state.epoch, state.best_value, state.step = last["epoch"], last["best_value"], last["step"]
     state.best_metrics = dict(last["best_metrics"])
     state.best_checkpoint = torch.load(

@@ -40,6 +40,7 @@ def run_epoch(state: TrialState, epoch: int, deadline: float | None) -> dict[str
         return None  # the search's time budget is spent: this epoch is not scored
     total_loss, seen, busy_s = totals
     train_s = time.perf_counter() - started
+    _average(state, epoch)
     train_loss = total_loss / max(seen, 1)
     if not math.isfinite(train_loss):
         raise FloatingPointError(
@@ -56,6 +57,26 @@ def run_epoch(state: TrialState, epoch: int, deadline: float | None) -> dict[str
     metrics = evaluate(state, epoch) | train_stats
     metrics["epoch_time_s"] = time.perf_counter() - started
     return metrics
+
+
+def _average(state: TrialState, epoch: int) -> None:
+    """Add the epoch's weights to the SWA average when the epoch is one of the last
+    ``swa_epochs``; after the last, recompute the average's batch-norm statistics on trainset."""
+    settings = state.settings
+    if state.swa is None or epoch <= settings.epochs - settings.swa_epochs:
+        return
+    state.swa.update_parameters(state.model)
+    if epoch == settings.epochs:
+        torch.optim.swa_utils.update_bn(_plain_batches(state), state.swa, device=state.device)
+        state.swa_ready = True
+
+
+def _plain_batches(state: TrialState):
+    """Trainset, unaugmented and normalised as the model sees it, in training-size batches."""
+    images, size = state.splits.train_images, state.settings.batch_size
+    for start in range(0, len(images), size):
+        batch = images[start : start + size]
+        yield to_model_input(batch, state.mean, state.std, state.device, state.channels_last)
 
 
 def _start_epoch(state: TrialState, epoch: int) -> torch.Generator:
@@ -173,17 +194,17 @@ class _BusyTime:
 
 def evaluate(state: TrialState, epoch: int) -> dict[str, float]:
     """The validation metrics on valset (and its perturbed copy when robust_val is on) of the
-    trial's weights; with ``ema_decay``, of both the raw and the EMA weights, keeping the better on
-    the trial's metric (the EMA on a tie) in ``state.kept`` and adding ``val_auc_raw`` and
-    ``val_auc_ema``. FloatingPointError on a NaN score."""
+    trial's weights: of each kind :meth:`TrialState.kinds` names (the raw ones; the EMA with
+    ``ema_decay``; after the last epoch, the SWA average with ``swa_epochs``), keeping the best on
+    the trial's metric (on a tie, the averaged one) in ``state.kept`` and adding ``val_auc_<kind>``
+    of each when there are several. FloatingPointError on a NaN score."""
     started = time.perf_counter()
-    kinds = ["raw", "ema"] if state.ema is not None else ["raw"]
+    kinds = state.kinds()
     scored = {kind: _scores(state, kind, epoch) for kind in kinds}
-    state.kept = kinds[-1]
-    if len(kinds) > 1 and is_better(
-        state.metric, scored["raw"][state.metric], scored["ema"][state.metric]
-    ):
-        state.kept = "raw"
+    state.kept = kinds[0]
+    for kind in kinds[1:]:
+        if not is_better(state.metric, scored[state.kept][state.metric], scored[kind][state.metric]):
+            state.kept = kind
     metrics = dict(scored[state.kept])
     if len(kinds) > 1:
         metrics |= {f"val_auc_{kind}": scored[kind]["val_auc"] for kind in kinds}
@@ -192,7 +213,7 @@ def evaluate(state: TrialState, epoch: int) -> dict[str, float]:
 
 
 def _scores(state: TrialState, kind: str, epoch: int) -> dict[str, float]:
-    """The validation metrics of one kind of the trial's weights (``raw`` or ``ema``)."""
+    """The validation metrics of one kind of the trial's weights (``raw``, ``ema`` or ``swa``)."""
     model = state.weights_of(kind)
     targets = state.splits.val_split.targets
     score = _log_odds(state, model, state.splits.val_images)

@@ -44,6 +44,9 @@ class TrainSettings(StrictModel):
     # the EMA's decay grows from 0 to ema_decay as 1 - (1 + step) ** -2/3 (timm's warm-up), so an
     # early average does not lag on the random head's first steps
     ema_warmup: bool = True
+    # average the weights of the last swa_epochs epochs (batch-norm statistics recomputed on
+    # trainset) and score the average with the last epoch, as a third kind of weights; 0: off
+    swa_epochs: int = Field(0, ge=0)
     augment: str = "flips"
     mix: Literal["none", "mixup", "cutmix", "mixup_or_cutmix"] = "none"
     mixup_alpha: float = Field(0.4, gt=0)

@@ -65,6 +65,7 @@ class TrialState:
     model: torch.nn.Module
     step_model: torch.nn.Module  # the model, or its torch.compile'd twin (same parameters)
     ema: Any  # timm's ModelEmaV3 of the model with ``ema_decay`` (warmed up), else None
+    swa: Any  # torch's AveragedModel of the last ``swa_epochs`` epochs' weights, else None
     optimizer: torch.optim.Optimizer
     scheduler: Any  # timm's StepLRScheduler, stepped per optimizer step
     grad_scaler: torch.amp.GradScaler  # enabled for float16 AMP only
@@ -83,12 +84,20 @@ class TrialState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_checkpoint: dict[str, Any] | None = None  # what best.pt holds
     first_batch_s: float | None = None  # from started_at to the end of the first training step
-    # whose weights the last evaluation kept: "raw" or "ema" (the better of the two)
+    # whose weights the last evaluation kept: "raw", "ema" or "swa" (the best of those scored)
     kept: str = "raw"
+    swa_ready: bool = False  # the SWA average is complete (its last epoch done, BN recomputed)
 
     def weights_of(self, kind: str) -> torch.nn.Module:
-        """The model of a kind of weights: ``raw`` (trained) or ``ema`` (their average)."""
-        return self.ema.module if kind == "ema" else self.model
+        """The model of a kind of weights: ``raw`` (trained), ``ema`` (their moving average) or
+        ``swa`` (the average of the last epochs)."""
+        if kind == "raw":
+            return self.model
+        return (self.ema if kind == "ema" else self.swa).module
+
+    def kinds(self) -> list[str]:
+        """The kinds of weights an evaluation now scores (the trained ones first)."""
+        return ["raw"] + ["ema"] * (self.ema is not None) + ["swa"] * self.swa_ready
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -134,6 +143,7 @@ def build_trial_state(
         model=model,
         step_model=torch.compile(model) if settings.compile else model,
         ema=_ema_of(model, settings.ema_decay, settings.ema_warmup),
+        swa=torch.optim.swa_utils.AveragedModel(model) if settings.swa_epochs else None,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, settings, steps_per_epoch),
         grad_scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),

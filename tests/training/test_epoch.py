@@ -118,3 +118,28 @@ def test_the_better_of_the_raw_and_the_ema_weights_is_kept(tiny_data):
     # without ema_decay only the trained weights are scored
     plain = state_of(tiny_data)
     assert "val_auc_ema" not in evaluate(plain, 1) and plain.kept == "raw"
+
+
+def test_swa_averages_the_last_epochs_exactly_and_recomputes_batch_norm(tiny_data):
+    state = state_of(tiny_data, epochs=3, swa_epochs=2, lr=3e-3, gamma=1.0)
+    weights, metrics = [], None
+    for epoch in (1, 2, 3):
+        metrics = run_epoch(state, epoch, None)
+        weights.append({k: v.clone() for k, v in state.model.state_dict().items()})
+        # the average is scored with the last epoch only
+        assert ("val_auc_swa" in metrics) == (epoch == 3) == state.swa_ready
+    swa = state.weights_of("swa")
+    for name, p in swa.named_parameters():
+        assert torch.allclose(p, (weights[1][name] + weights[2][name]) / 2, atol=1e-7)
+    # batch-norm statistics: recomputed on trainset for the averaged weights, not averaged
+    bn = "bn1.running_mean"
+    averaged = (weights[1][bn] + weights[2][bn]) / 2
+    assert not torch.allclose(swa.state_dict()[bn], averaged)
+    check = torch.optim.swa_utils.AveragedModel(state.model)
+    check.module.load_state_dict(swa.state_dict())
+    normalised = (state.splits.train_images.float() / 255 - state.mean.view(1, 3, 1, 1)) / (
+        state.std.view(1, 3, 1, 1)
+    )
+    torch.optim.swa_utils.update_bn(normalised.split(8), check)  # the training batch size
+    assert torch.allclose(check.module.state_dict()[bn], swa.state_dict()[bn], atol=1e-5)
+    assert metrics["val_auc"] == max(metrics["val_auc_raw"], metrics["val_auc_swa"])

@@ -43,8 +43,11 @@ def test_epochs_report_metrics_and_checkpoints(tiny_data, backbone, extra):
     best, reports = train_collecting(s, tiny_data)
     assert [m["epoch"] for m, _, _ in reports] == [1, 2]
     for i, (m, b, last) in enumerate(reports):
-        # every registered metric but the peak accelerator memory, which a GPU alone reports
-        assert set(epoch_metric_names()) - {"peak_accelerator_memory_mb"} <= set(m)
+        # every registered metric but the peak accelerator memory, which a GPU alone reports, and
+        # the kinds of weights that exist only with ema_decay or swa_epochs
+        kinds = {f"val_auc_{kind}" for kind in ("raw", "ema", "swa")}
+        assert set(epoch_metric_names()) - {"peak_accelerator_memory_mb"} - kinds <= set(m)
+        assert ({"val_auc_raw", "val_auc_ema"} <= set(m)) == ("ema_decay" in extra)
         assert 0 < m["data_wait_share"] < 1 and m["eval_time_s"] < m["epoch_time_s"]
         assert (
             np.isfinite(m["train_loss"])
