@@ -56,3 +56,21 @@ def test_check_views_errors():
         check_views(["identity", "hflp"])
     with pytest.raises(ValueError, match="twice"):
         check_views(["hflip", "hflip"])
+
+
+def test_scale_views_zoom_in_and_out_at_the_same_side():
+    x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).reshape(2, 3, 20, 20)
+    zoom_in, zoom_out = apply_view("scale1.1", x), apply_view("scale0.9", x)
+    assert zoom_in.shape == zoom_out.shape == x.shape
+    # zooming in keeps the centre: the middle pixel is about where it was
+    assert torch.allclose(zoom_in[..., 10, 10], x[..., 10, 10], rtol=0.02)
+    assert not torch.allclose(zoom_in, x) and not torch.allclose(zoom_out, x)
+    # zooming out by half: the centre half is the image at half size, the border a reflection
+    half = apply_view("scale0.5", x)
+    small = torch.nn.functional.interpolate(x, size=(10, 10), mode="bilinear", antialias=True)
+    assert torch.allclose(half[..., 5:15, 5:15], small)
+    assert torch.equal(half[..., 4, 5:15], half[..., 6, 5:15])  # reflected
+    assert check_views(["identity", "scale0.9", "scale1.25"]) == ["identity", "scale0.9", "scale1.25"]
+    for bad in ("scale3", "scale0.2", "scale1", "scale-1", "scalex"):
+        with pytest.raises(ValueError, match="scale<s> with s from 0.5 to 2.0"):
+            check_views([bad])
