@@ -141,7 +141,7 @@ def _print_where_results_are(args: argparse.Namespace, cfg, outcome, submission)
 def _print_ensemble(stage) -> None:
     """The final stage's table, what it shipped with its estimate, and where the submission is."""
     from ffdi_tune import tracking
-    from ffdi_tune.ensemble.table import format_ensemble_table
+    from ffdi_tune.ensemble.table import REPORT_NOTE, format_ensemble_table
 
     result, metrics = stage.result, stage.result.metrics
     print()
@@ -149,11 +149,13 @@ def _print_ensemble(stage) -> None:
     members = len(result.members)
     shipped = f"ensemble {result.chosen} ({members} member{'s' if members > 1 else ''})"
     if result.honest:
+        print(f"({REPORT_NOTE})")
         print(
-            f"{shipped}: report-part AUC {metrics[tracking.HOLDOUT_AUC]:.4f} (TPR@FPR=1e-3 "
-            f"{metrics[tracking.HOLDOUT_TPR]:.4f}); best member "
-            f"{metrics[tracking.BEST_MEMBER_HOLDOUT_AUC]:.4f}; on the selection part, which chose "
-            f"it, {metrics[tracking.SELECT_AUC]:.4f} vs "
+            f"{shipped}: report-part AUC {metrics[tracking.HOLDOUT_AUC]:.4f}, 95% interval "
+            f"{metrics[tracking.HOLDOUT_AUC_LOW]:.4f}-{metrics[tracking.HOLDOUT_AUC_HIGH]:.4f} "
+            f"over its {len(result.report_targets)} images (TPR@FPR=1e-3 "
+            f"{metrics[tracking.HOLDOUT_TPR]:.4f}); on the selection part, which chose it, "
+            f"{metrics[tracking.SELECT_AUC]:.4f} vs the best member's "
             f"{metrics[tracking.BEST_MEMBER_SELECT_AUC]:.4f}"
         )
     else:

@@ -35,7 +35,7 @@ from ffdi_tune.ensemble.methods import (
 )
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.scoring.epoch_metrics import higher_is_better, robust_metrics
-from ffdi_tune.scoring.metrics import binary_metrics, roc_auc, tpr_at_fpr
+from ffdi_tune.scoring.metrics import binary_metrics, bootstrap_auc_interval, roc_auc, tpr_at_fpr
 
 __all__ = ["MemberPredictions", "EnsembleResult", "build_ensemble"]
 
@@ -250,8 +250,9 @@ def _estimate(
     shipped: _Shown, best_val: np.ndarray, parts: _Parts, perturbed: bool
 ) -> dict[str, float]:
     """The ensemble run's metrics: the shipped combination and the best member (``best_val``, its
-    valset log-odds) on the selection part, and on the report part when there is one (also on the
-    perturbed copy of it when that was scored)."""
+    valset log-odds) on the selection part, and on the report part when there is one (with a 95%
+    bootstrap interval of the shipped one's AUC there; also on the perturbed copy of it when that
+    was scored)."""
     row, n_members = shipped.row, len(shipped.combination.members)
     metrics = {
         tracking.SELECT_AUC: row["select_auc_tta"],
@@ -259,9 +260,12 @@ def _estimate(
         tracking.N_MEMBERS: float(n_members),
     }
     if len(parts.report):
+        low, high = bootstrap_auc_interval(parts.y_report, shipped.val_score[parts.report])
         metrics.update(
             {
                 tracking.HOLDOUT_AUC: row["holdout_auc_tta"],
+                tracking.HOLDOUT_AUC_LOW: low,
+                tracking.HOLDOUT_AUC_HIGH: high,
                 tracking.HOLDOUT_AUC_NO_TTA: row["holdout_auc_no_tta"],
                 tracking.HOLDOUT_TPR: tpr_at_fpr(parts.y_report, shipped.val_score[parts.report]),
                 tracking.BEST_MEMBER_HOLDOUT_AUC: roc_auc(parts.y_report, best_val[parts.report]),

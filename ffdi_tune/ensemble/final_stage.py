@@ -265,7 +265,7 @@ def _log_ensemble_run(
     figure as artifacts, and ``tags`` besides its own; returns its id."""
     with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
         members_csv = Path(tmp) / "members.csv"
-        result.table.to_csv(members_csv, index=False)
+        _marked(result.table).to_csv(members_csv, index=False)
         figures = [plot_report_roc(result, Path(tmp) / "roc.png")] if result.honest else []
         sub = write_atomic(Path(tmp) / "submission.csv", submission)
         return tracker.ensemble_run(
@@ -334,3 +334,15 @@ def run_ensemble(
     out = Path(out or recipe.output or Path("runs") / first / "submission.csv")
     submission = write_atomic(out, text)
     return EnsembleOutcome(result, submission, run_id, len(test), comparison)
+
+
+def _marked(table):
+    """The ensemble table for ``members.csv``, each row saying what its report-part AUCs are for."""
+    return table.assign(
+        holdout_note=[
+            "the shipped ensemble's estimate"
+            if shipped
+            else "not for choosing: choosing on holdout_* spends the report part"
+            for shipped in table["shipped"]
+        ]
+    )

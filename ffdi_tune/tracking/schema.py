@@ -38,6 +38,8 @@ __all__ = [
     "SELECT_AUC",
     "BEST_MEMBER_SELECT_AUC",
     "HOLDOUT_AUC",
+    "HOLDOUT_AUC_LOW",
+    "HOLDOUT_AUC_HIGH",
     "BEST_MEMBER_HOLDOUT_AUC",
     "HOLDOUT_AUC_NO_TTA",
     "HOLDOUT_TPR",
@@ -85,6 +87,8 @@ EXPERIMENT_KIND, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_developm
 SELECT_AUC, BEST_MEMBER_SELECT_AUC = "select_auc", "best_member_select_auc"
 HOLDOUT_AUC, BEST_MEMBER_HOLDOUT_AUC = "holdout_auc", "best_member_holdout_auc"
 HOLDOUT_AUC_NO_TTA, HOLDOUT_TPR = "holdout_auc_no_tta", "holdout_tpr_at_fpr_0.001"
+# the ends of a 95% bootstrap interval of holdout_auc (its report-part images resampled)
+HOLDOUT_AUC_LOW, HOLDOUT_AUC_HIGH = "holdout_auc_ci_low", "holdout_auc_ci_high"
 HOLDOUT_ROBUST_AUC, HOLDOUT_WORST_AUC = "holdout_robust_auc", "holdout_worst_auc"
 N_MEMBERS = "n_members"
 # the default recipe (the search's first trial) on the selection part, and what the shipped

@@ -176,7 +176,11 @@ def test_run_ends_with_ensemble(finished_search):
         "holdout_tpr_at_fpr_0.001",
         "best_member_select_auc",
         "best_member_holdout_auc",
+        "holdout_auc_ci_low",
+        "holdout_auc_ci_high",
     } <= set(run.data.metrics)
+    m = run.data.metrics
+    assert m["holdout_auc_ci_low"] <= m["holdout_auc"] <= m["holdout_auc_ci_high"]
     assert (
         run.data.params["combine"] == "auto"
         and run.data.tags["ffdi.combine_chosen"] in COMBINATIONS
@@ -197,6 +201,7 @@ def test_run_ends_with_ensemble(finished_search):
         client.download_artifacts(run.info.run_id, "members.csv", str(finished_search))
     )
     assert list(members["kind"]) == ["member"] * 4 + ["ensemble"] * len(COMBINATIONS)
+    assert (members["holdout_note"].str.startswith("not for choosing") == ~members["shipped"]).all()
     assert members.loc[members["kind"] == "member", "weight"].sum() == pytest.approx(1.0)
     shipped = members[members["shipped"]]
     assert len(shipped) == 1 and shipped["member"].iloc[0] == run.data.tags["ffdi.combine_chosen"]

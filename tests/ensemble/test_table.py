@@ -8,7 +8,7 @@ import numpy as np
 from ffdi_tune.ensemble.build import MemberPredictions, build_ensemble
 from ffdi_tune.ensemble.methods import COMBINATIONS
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
-from ffdi_tune.ensemble.table import format_ensemble_table
+from ffdi_tune.ensemble.table import HIDDEN, format_ensemble_table
 
 
 def _result(perturbed: bool, report: bool):
@@ -51,13 +51,21 @@ def test_members_then_every_combination_with_the_shipped_one_starred():
     assert [r[0] for r in rows[:3]] == [m[:12] for m in result.table["member"][:3]]
     assert {r[0] for r in rows[:3]} == {f"{i}" * 12 for i in range(3)}
     assert sorted(r[-5] for r in rows[:3]) == ["0.0000", "0.5000", "0.5000"]  # rank of the top 2
-    assert all(r[-4] == f"{float(r[-4]):.4f}" for r in rows)
+    assert all(r[-4] == f"{float(r[-4]):.4f}" for r in rows)  # the selection part's AUCs
     shipped = [r for r in rows if r[0] == "*"]
     assert len(shipped) == 1 and shipped[0][1] == "rank"
     combinations = [r[1] if r[0] == "*" else r[0] for r in rows[3:]]
     assert combinations == list(COMBINATIONS)
     weights = {r[0] if r[0] != "*" else r[1]: r[-5] for r in rows[3:]}
     assert set(weights.values()) == {"-"}  # a combination has no weight of its own
+    # report-part AUCs: the shipped ensemble's alone; the rest is hidden, kept in the table
+    for r in rows:
+        if r[0] == "*":
+            shipped_auc = result.table.loc[result.table["shipped"], "holdout_auc_tta"].item()
+            assert r[-1] == f"{shipped_auc:.4f}"
+        else:
+            assert r[-1] == r[-2] == HIDDEN and r[-3] != HIDDEN
+    assert result.table["holdout_auc_tta"].notna().all()
 
 
 def test_perturbed_columns_and_a_missing_report_part():

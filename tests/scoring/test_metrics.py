@@ -72,3 +72,44 @@ def test_single_class_is_a_clear_error():
 def test_perfect_and_prefix():
     m = binary_metrics(np.array([0, 1, 0, 1]), np.array([-2.0, 2.0, -1.0, 1.0]), prefix="test_")
     assert m["test_auc"] == 1.0 and m["test_tpr_at_fpr_0.001"] == 1.0 and m["test_acc"] == 1.0
+
+
+def test_the_bootstrap_interval_holds_the_auc_and_narrows_with_more_images():
+    from ffdi_tune.scoring.metrics import bootstrap_auc_interval
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        y = np.r_[np.zeros(n), np.ones(n)]
+        return y, rng.normal(0, 1, 2 * n) + 1.0 * y
+
+    y, z = sample(100)
+    low, high = bootstrap_auc_interval(y, z)
+    assert low < roc_auc(y, z) < high
+    assert bootstrap_auc_interval(y, z) == (low, high)  # seeded: the same every time
+    y_big, z_big = sample(2000)
+    low_big, high_big = bootstrap_auc_interval(y_big, z_big, resamples=300)
+    assert high_big - low_big < (high - low) / 2  # 20x the images: about 1/sqrt(20) as wide
+    # the true AUC of two unit normals one apart, Phi(1 / sqrt 2) = 0.760, is inside
+    assert low_big < 0.760 < high_big
+    with pytest.raises(ValueError, match="both classes"):
+        bootstrap_auc_interval(np.zeros(5), np.arange(5.0))
+    # ties count half, as in roc_auc: a constant score's interval is the point 0.5
+    assert bootstrap_auc_interval(y, np.zeros_like(z)) == (0.5, 0.5)
+
+
+def test_a_bootstrap_resample_is_scored_as_scikit_learn_scores_it():
+    """The weighted-pairs AUC of one resample equals roc_auc_score on the resampled images."""
+    from ffdi_tune.scoring.metrics import bootstrap_auc_interval
+
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    z = np.array([0.1, 0.5, 0.5, 0.5, 0.9, 0.2, 0.7])
+    # with one resample the interval collapses to that resample's AUC; redo its draws by hand
+    low, high = bootstrap_auc_interval(y, z, resamples=1, seed=3)
+    rng = np.random.default_rng(3)
+    real, fake = np.sort(z[y == 0]), z[y == 1]
+    rc = rng.multinomial(3, np.full(3, 1 / 3), size=1)[0]
+    fc = rng.multinomial(4, np.full(4, 1 / 4), size=1)[0]
+    drawn = np.r_[np.repeat(real, rc), np.repeat(fake, fc)]
+    labels = np.r_[np.zeros(3), np.ones(4)]
+    assert low == high == pytest.approx(roc_auc_score(labels, drawn))
