@@ -113,6 +113,10 @@ class SearchSettings(StrictModel):
     metric: str = "val_auc"
     # random trials before TPE models the space (Optuna's default)
     tpe_startup_trials: int = Field(10, ge=1)
+    # TPE models the searched keys jointly (Optuna's multivariate, grouped for the per-backbone
+    # keys) rather than one by one; with max_concurrent > 1 it also counts running trials as bad
+    # (constant_liar), so concurrent trials do not all pile onto one point
+    tpe_multivariate: bool = True
     max_failures: int = Field(1, ge=0)
     storage: str = "runs"
     reuse_actors: bool = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
@@ -63,11 +64,23 @@ def checkpoint_location(checkpoint) -> str:
 
 
 def make_searcher(cfg: SearchConfig) -> TrialSearcher:
-    """TPE over the config's space, seeded by ``search.seed``: same config, same proposals."""
+    """TPE over the config's space, seeded by ``search.seed``: same config, same proposals.
+
+    With ``search.tpe_multivariate``: Optuna's multivariate TPE, grouped (the space is defined by
+    run: each backbone brings its own keys), with ``constant_liar`` when trials run concurrently.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study info lines are noise here
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.search.seed, n_startup_trials=cfg.search.tpe_startup_trials
-    )
+    joint = cfg.search.tpe_multivariate
+    with warnings.catch_warnings():
+        # multivariate, group and constant_liar are marked experimental; their use is deliberate
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=cfg.search.seed,
+            n_startup_trials=cfg.search.tpe_startup_trials,
+            multivariate=joint,
+            group=joint,
+            constant_liar=joint and cfg.search.max_concurrent > 1,
+        )
     return TrialSearcher(
         space=DefineByRun.from_config(cfg),
         metric=cfg.search.metric,

@@ -203,7 +203,9 @@ def evaluate(state: TrialState, epoch: int) -> dict[str, float]:
     scored = {kind: _scores(state, kind, epoch) for kind in kinds}
     state.kept = kinds[0]
     for kind in kinds[1:]:
-        if not is_better(state.metric, scored[state.kept][state.metric], scored[kind][state.metric]):
+        if not is_better(
+            state.metric, scored[state.kept][state.metric], scored[kind][state.metric]
+        ):
             state.kept = kind
     metrics = dict(scored[state.kept])
     if len(kinds) > 1:

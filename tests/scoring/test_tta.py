@@ -70,7 +70,11 @@ def test_scale_views_zoom_in_and_out_at_the_same_side():
     small = torch.nn.functional.interpolate(x, size=(10, 10), mode="bilinear", antialias=True)
     assert torch.allclose(half[..., 5:15, 5:15], small)
     assert torch.equal(half[..., 4, 5:15], half[..., 6, 5:15])  # reflected
-    assert check_views(["identity", "scale0.9", "scale1.25"]) == ["identity", "scale0.9", "scale1.25"]
+    assert check_views(["identity", "scale0.9", "scale1.25"]) == [
+        "identity",
+        "scale0.9",
+        "scale1.25",
+    ]
     for bad in ("scale3", "scale0.2", "scale1", "scale-1", "scalex"):
         with pytest.raises(ValueError, match="scale<s> with s from 0.5 to 2.0"):
             check_views([bad])

@@ -209,3 +209,38 @@ def test_each_trial_gets_its_own_seed_unless_the_yaml_fixes_one():
     cfg = parse_search_config(yaml.safe_load(fixed))
     for config in suggested(fixed):
         assert "seed" not in config and trial_settings(cfg.train, config).seed == 7
+
+
+JOINT_SPACE = """
+name: joint
+data: {root: data}
+train: {backbone: test_resnet, epochs: 1}
+space:
+  backbone: {choice: [test_resnet, resnet10t]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+per_backbone:
+  resnet10t: {gamma: {uniform: [0.3, 0.9]}}
+search: {seed: 0, tpe_startup_trials: 2, max_concurrent: CONCURRENT, default_trial: false}
+"""
+
+
+@pytest.mark.parametrize("concurrent", [1, 3])
+def test_tpe_models_the_keys_jointly_and_lies_about_running_trials(concurrent):
+    """Multivariate grouped TPE proposes from a per-backbone space past its random start (each
+    backbone's own keys only with it), with constant_liar only when trials run concurrently."""
+    cfg = parse_search_config(yaml.safe_load(JOINT_SPACE.replace("CONCURRENT", str(concurrent))))
+    searcher = make_searcher(cfg)
+    sampler = searcher.study.sampler
+    assert sampler._multivariate and sampler._group
+    assert sampler._constant_liar == (concurrent > 1)
+    for i in range(6):  # 2 random, then modelled
+        config = searcher.suggest(f"t{i}")
+        assert ("gamma:resnet10t" in config) == (config["backbone"] == "resnet10t")
+        _epoch(searcher, f"t{i}", 1, 0.5 + 0.05 * i)
+        searcher.on_trial_complete(f"t{i}", {"val_auc": 0.5 + 0.05 * i, "epoch": 1})
+    assert [t.state for t in searcher.study.trials] == [TrialState.COMPLETE] * 6
+    off = JOINT_SPACE.replace("CONCURRENT", "3").replace(
+        "max_concurrent", "tpe_multivariate: false, max_concurrent"
+    )
+    sampler_off = make_searcher(parse_search_config(yaml.safe_load(off))).study.sampler
+    assert not sampler_off._multivariate and not sampler_off._constant_liar
