@@ -20,16 +20,21 @@ __all__ = ["train_batches", "eval_loader", "to_model_input"]
 
 
 class _AugmentedImages(Dataset):
-    """The decoded images with their targets, each image through ``transform`` when read."""
+    """The decoded images with their targets, each image through ``synth`` (which may make it a
+    fake) and then ``transform`` when read."""
 
-    def __init__(self, images: torch.Tensor, targets: np.ndarray, transform):
+    def __init__(self, images: torch.Tensor, targets: np.ndarray, transform, synth=None):
         self.images, self.targets, self.transform = images, torch.tensor(targets), transform
+        self.synth = synth
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(self.images[i]), self.targets[i]
+        image, target = self.images[i], self.targets[i]
+        if self.synth is not None:
+            image, target = self.synth.one(image, target)
+        return self.transform(image), target
 
 
 def _gather(
@@ -57,18 +62,21 @@ def train_batches(
     flips=None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    synth=None,
 ):
     """One epoch of shuffled uint8 batches ``(images, targets)``; the last short batch is dropped.
 
     ``flips`` (a :class:`~ffdi_tune.data.augment.BatchFlips`) are applied while the batch is
     gathered. A per-image ``sample_transform`` runs in ``num_workers`` DataLoader processes when
     asked, else inline. With neither, a batch is one gather from the decoded array (augment it on
-    the device).
+    the device). ``synth`` (a :class:`~ffdi_tune.data.synth.SelfBlender`) turns some real images
+    into fakes before any per-image transform, with the same ``generator`` (in workers, with the
+    worker's seeded one).
     """
     batch_size = min(batch_size, len(images))
     if sample_transform is not None and num_workers > 0:
         yield from DataLoader(
-            _AugmentedImages(images, targets, sample_transform),
+            _AugmentedImages(images, targets, sample_transform, synth),
             batch_size=batch_size,
             shuffle=True,
             drop_last=True,
@@ -83,10 +91,12 @@ def train_batches(
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
         hflip, vflip = (no_flip, no_flip) if flips is None else flips.draw(batch_size, generator)
-        batch = _gather(images, idx, hflip, vflip)
+        batch, batch_targets = _gather(images, idx, hflip, vflip), all_targets[idx]
+        if synth is not None:
+            batch, batch_targets = synth(batch, batch_targets, generator)
         if sample_transform is not None:
             batch = torch.stack([sample_transform(img) for img in batch])
-        yield (batch.pin_memory() if pin_memory else batch), all_targets[idx]
+        yield (batch.pin_memory() if pin_memory else batch), batch_targets
 
 
 def eval_loader(images: torch.Tensor, batch_size: int):

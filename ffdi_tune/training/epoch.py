@@ -106,6 +106,7 @@ def _train_pass(
         augment.while_gathering,
         state.num_workers,
         pin_memory=state.device.type == "cuda",
+        synth=state.synth,
     )
     for batch, target in batches:
         if deadline is not None and time.time() >= deadline:

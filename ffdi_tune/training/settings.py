@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ffdi_tune.data.synth import SynthSettings
 from ffdi_tune.strict import StrictModel, range_validator
 
 __all__ = ["TrainSettings"]
@@ -70,6 +71,9 @@ class TrainSettings(StrictModel):
     input: Literal["rgb", "rgb+srm"] = "rgb"
     jpeg_quality: tuple[int, int] = (30, 95)  # quality range of the jpeg augmentation set
     jpeg_p: float = Field(0.5, ge=0, le=1)  # share of images the jpeg set re-compresses
+    # forgery synthesis while training: {kind: selfblend, p: 0.3} turns a share p of each batch's
+    # real images into self-blended fakes (ffdi_tune.data.synth); none: off
+    synth: SynthSettings = SynthSettings()
 
     @field_validator("jpeg_quality", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ import torch
 from ffdi_tune.data.layout import Split, cache_dir_of, load_images, read_split
 from ffdi_tune.data.perturb import Perturber, RobustValConfig
 from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.data.synth import SelfBlender
 from ffdi_tune.errors import ConfigError
 from ffdi_tune.models.factory import create_model
 from ffdi_tune.models.weights import Weights, resolve_weights
@@ -77,6 +78,7 @@ class TrialState:
     splits: TrialSplits
     augmenters: Augmenters
     num_workers: int  # DataLoader processes of the per-image augmentation
+    synth: Any  # a SelfBlender with train.synth on, else None
     started_at: float  # when the caller began the trial (time.perf_counter())
     epoch: int = 0  # the last epoch done
     step: int = 0  # optimizer steps done
@@ -155,6 +157,7 @@ def build_trial_state(
         splits=splits,
         augmenters=augment,
         num_workers=loader_workers(data.num_workers, augment.where, device),
+        synth=SelfBlender(settings.synth) if settings.synth.on else None,
         started_at=started_at,
     )
 
