@@ -45,6 +45,8 @@ class MemberPredictions:
     """One candidate's log-odds of fake: ``views x images`` for val and test; view 0 is identity.
 
     ``val_robust`` holds the same views on the perturbed copy of valset, when it was scored.
+    ``soup``: a weight soup of members (:mod:`ffdi_tune.ensemble.soup`): shown and offered to the
+    ``soup`` combination, never ranked among the members.
     """
 
     name: str
@@ -53,6 +55,7 @@ class MemberPredictions:
     val: np.ndarray
     test: np.ndarray
     val_robust: np.ndarray | None = None
+    soup: bool = False
 
     def __post_init__(self):
         if self.views[0] != "identity":
@@ -186,7 +189,7 @@ def _member_row(c: MemberPredictions, m: _ViewsChosen, metric: str, parts: _Part
     return {
         "member": c.name,
         "label": c.label,
-        "kind": "member",
+        "kind": "soup" if c.soup else "member",
         "views": "+".join(m.views),
         "weight": 0.0,
         "shipped": False,
@@ -197,8 +200,8 @@ def _member_row(c: MemberPredictions, m: _ViewsChosen, metric: str, parts: _Part
 
 
 def _rank(rows: dict[str, dict], metric: str, top_k: int) -> tuple[list[str], list[str], str]:
-    """(every candidate ranked by rank_score, the top ``top_k``, the one of them best by the
-    objective; max() keeps the first of equals, the better-ranked one)."""
+    """(every candidate of ``rows`` ranked by rank_score, the top ``top_k``, the one of them best
+    by the objective; max() keeps the first of equals, the better-ranked one)."""
     ranked = sorted(rows, key=lambda n: rows[n]["rank_score"], reverse=higher_is_better(metric))
     pool = ranked[:top_k]
     best = max(pool, key=lambda n: rows[n]["select_objective"])
@@ -282,8 +285,9 @@ def _estimate(
 
 def _has_perturbed(candidates: list[MemberPredictions], recipe: EnsembleRecipe) -> bool:
     """Whether every candidate was scored on the perturbed valset; refuse what cannot be built."""
-    if recipe.top_k > len(candidates):
-        raise ValueError(f"top_k={recipe.top_k} but only {len(candidates)} candidates")
+    members = sum(not c.soup for c in candidates)
+    if recipe.top_k > members:
+        raise ValueError(f"top_k={recipe.top_k} but only {members} candidates")
     perturbed = all(c.val_robust is not None for c in candidates)
     if recipe.metric in robust_metrics() and not perturbed:
         raise ValueError(
@@ -308,10 +312,21 @@ def build_ensemble(
     parts, metric = _Parts.of(targets, select, report), recipe.metric
     chosen = {c.name: _choose_views(c, recipe, parts, perturbed) for c in candidates}
     rows = {c.name: _member_row(c, chosen[c.name], metric, parts) for c in candidates}
-    ranked, pool, best = _rank(rows, metric, recipe.top_k)
+    soups = [c.name for c in candidates if c.soup]
+    ranked, pool, best = _rank(
+        {n: r for n, r in rows.items() if n not in soups}, metric, recipe.top_k
+    )
+    soups = sorted(soups, key=lambda n: -rows[n]["select_objective"])  # best first
     val_perturbed = _each(chosen, "val_perturbed") if perturbed else {}
     pool_scores = Pool(
-        tuple(pool), best, _each(chosen, "val"), val_perturbed, parts.select, parts.y_select, metric
+        tuple(pool),
+        best,
+        _each(chosen, "val"),
+        val_perturbed,
+        parts.select,
+        parts.y_select,
+        metric,
+        tuple(soups),
     )
     shown = [
         _combination_row(combo, chosen, metric, parts, perturbed)
@@ -332,6 +347,6 @@ def build_ensemble(
         report_pred=shipped.val_score[parts.report],
         report_targets=parts.y_report,
         member_report_preds={n: chosen[n].val[parts.report] for n in combo.members},
-        table=pd.DataFrame([rows[n] for n in ranked] + [s.row for s in shown]),
+        table=pd.DataFrame([rows[n] for n in [*ranked, *soups]] + [s.row for s in shown]),
         metrics=_estimate(shipped, chosen[best].val, parts, perturbed),
     )

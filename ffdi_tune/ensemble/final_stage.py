@@ -14,12 +14,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ffdi_tune import tracking
 from ffdi_tune.data.check import check_dataset
 from ffdi_tune.data.holdout import Holdout, split_valset
 from ffdi_tune.data.layout import Split
 from ffdi_tune.data.perturb import Perturber, RobustValConfig
 from ffdi_tune.ensemble.build import EnsembleResult, MemberPredictions, build_ensemble
+from ffdi_tune.ensemble.methods import AUTO
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.ensemble.search_record import (
     check_data_unchanged,
@@ -29,6 +32,7 @@ from ffdi_tune.ensemble.search_record import (
     search_data,
     search_robust_val,
 )
+from ffdi_tune.ensemble.soup import Soup, make_soups
 from ffdi_tune.ensemble.submission import submission_text
 from ffdi_tune.errors import ConfigError, DataError
 from ffdi_tune.files import write_atomic
@@ -135,6 +139,27 @@ def score_candidates(
             candidates.append(MemberPredictions(r.run_id, label, views, val, test, robust))
             echo(f"scored {label}")
     return candidates
+
+
+def _all_candidates(
+    tracker: Tracker,
+    recipe: EnsembleRecipe,
+    runs: list[TrialRecord],
+    splits: DecodedSplits,
+    select,
+    perturb,
+    echo,
+) -> tuple[list[MemberPredictions], dict[str, Soup]]:
+    """Every run's predictions, and with ``combine`` soup or auto the greedy weight soups of the
+    runs that share their pretrained weights (name -> soup)."""
+    candidates = score_candidates(
+        tracker, runs, splits, recipe.tta, recipe.batch_size, echo, perturb
+    )
+    if recipe.combine not in (AUTO, "soup"):
+        return candidates, {}
+    views = candidates[0].views
+    made = make_soups(tracker, runs, splits, select, views, recipe.batch_size, perturb, echo)
+    return candidates + [p for _, p in made], {soup.name: soup for soup, _ in made}
 
 
 def plot_report_roc(result: EnsembleResult, path: Path) -> Path:
@@ -260,14 +285,19 @@ def _log_ensemble_run(
     holdout: Holdout,
     submission: str,
     tags: dict[str, str],
+    soup: Soup | None = None,
 ) -> str:
-    """The ensemble run, with the submission, the members table and (with a report part) the ROC
-    figure as artifacts, and ``tags`` besides its own; returns its id."""
+    """The ensemble run, with the submission, the members table, (with a report part) the ROC
+    figure and (when a soup ships) its weights as ``soup.pt`` as artifacts, and ``tags`` besides
+    its own; returns its id."""
     with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
         members_csv = Path(tmp) / "members.csv"
         _marked(result.table).to_csv(members_csv, index=False)
         figures = [plot_report_roc(result, Path(tmp) / "roc.png")] if result.honest else []
         sub = write_atomic(Path(tmp) / "submission.csv", submission)
+        if soup is not None:
+            torch.save(soup.checkpoint, Path(tmp) / "soup.pt")
+            figures.append(Path(tmp) / "soup.pt")
         return tracker.ensemble_run(
             tracker.experiment_id(experiment, create=False),
             f"ensemble-{result.chosen}",
@@ -321,15 +351,19 @@ def run_ensemble(
     # A robust metric ranks on the perturbed valset the first search's trials were scored on.
     perturbation = search_robust_val(config, first) if recipe.metric in robust_metrics() else None
     perturb = Perturber(perturbation) if perturbation is not None else None
-    candidates = score_candidates(
-        tracker, runs, splits, recipe.tta, recipe.batch_size, echo, perturb
-    )
-    result = build_ensemble(candidates, val.targets, recipe, *holdout.indices(val.names))
+    select, report = holdout.indices(val.names)
+    candidates, soups = _all_candidates(tracker, recipe, runs, splits, select, perturb, echo)
+    result = build_ensemble(candidates, val.targets, recipe, select, report)
     comparison = against_default(result, runs)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
     params = _run_params(recipe, recipe_name, experiments, holdout, result, perturbation)
-    run_id = _log_ensemble_run(tracker, first, parent_run_id, params, result, holdout, text, short)
+    shipped_soup = soups.get(result.members[0]) if len(result.members) == 1 else None
+    if shipped_soup is not None:
+        params["soup_ingredients"] = ",".join(shipped_soup.ingredients)
+    run_id = _log_ensemble_run(
+        tracker, first, parent_run_id, params, result, holdout, text, short, shipped_soup
+    )
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     out = Path(out or recipe.output or Path("runs") / first / "submission.csv")
     submission = write_atomic(out, text)

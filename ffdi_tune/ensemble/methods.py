@@ -18,7 +18,9 @@ The built-in methods:
 - ``best``: the single member best on the selection part;
 - ``mean`` / ``mean-logit``: the mean of the members' probabilities / log-odds;
 - ``rank``: the mean of their normalised ranks;
-- ``greedy`` / ``greedy-logit``: Caruana forward selection with replacement, on either average.
+- ``greedy`` / ``greedy-logit``: Caruana forward selection with replacement, on either average;
+- ``soup``: the best greedy weight soup (:mod:`ffdi_tune.ensemble.soup`), one model; without a
+  soup of two or more members, the best member.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Pool:
     select: np.ndarray  # valset positions of the selection part
     targets: np.ndarray  # their labels
     metric: str  # the recipe's metric: what choosing maximises
+    soups: tuple[str, ...] = ()  # weight soups of members (one model each), best first
 
 
 class Fitted(NamedTuple):
@@ -210,6 +213,11 @@ def _greedy(pool: Pool, average: str | None) -> Fitted:
     chosen = [(m, float(k)) for m, k in zip(pool.members, counts, strict=True) if k > 0]
     total = sum(k for _, k in chosen)
     return Fitted({m: k / total for m, k in chosen}, average)
+
+
+@register_method("soup", label="greedy soup: one model")
+def _soup(pool: Pool, average: str | None) -> Fitted:
+    return Fitted({pool.soups[0] if pool.soups else pool.best: 1.0}, "logit")
 
 
 # The built-in combinations, in the order auto breaks ties in (all registered above).

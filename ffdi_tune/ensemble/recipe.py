@@ -103,10 +103,13 @@ class EnsembleRecipe(StrictModel):
 
     @property
     def passes_per_image(self) -> int:
-        """How many times the final stage scores each valset and testset image with each member."""
+        """How many times the final stage scores each valset and testset image with each member;
+        with ``soup`` or ``auto`` one pass more per member, for the greedy soup's tries and the
+        soup's own scoring (an upper bound: each try reads the selection part only)."""
         from ffdi_tune.scoring.epoch_metrics import robust_metrics
 
-        return len(self.tta) * (2 if self.metric in robust_metrics() else 1)
+        passes = len(self.tta) * (2 if self.metric in robust_metrics() else 1)
+        return passes + (1 if self.combine in ("auto", "soup") else 0)
 
 
 def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:

@@ -20,7 +20,14 @@ from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
 from ffdi_tune.scoring.inference import view_log_odds
 
-__all__ = ["Member", "load_member", "DecodedSplits", "predict_views", "default_device"]
+__all__ = [
+    "Member",
+    "load_member",
+    "member_from_checkpoint",
+    "DecodedSplits",
+    "predict_views",
+    "default_device",
+]
 
 
 def default_device() -> torch.device:
@@ -47,18 +54,26 @@ def load_member(path: str | Path, name: str, device: torch.device | None = None)
     trial's evaluation size (best.pt's ``eval_img_size``: the trial's ``eval_img_size`` when it set
     one, else its ``img_size``). A file that cannot be loaded is a :class:`DataError`.
     """
-    from ffdi_tune.models.factory import create_model
-
-    device = device or default_device()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model = create_model(checkpoint["backbone"], input_mode=checkpoint["input"])
-        model.load_state_dict(checkpoint["state_dict"])
+        return member_from_checkpoint(checkpoint, name, device)
     except Exception as exc:  # a truncated file, a foreign pickle, a mismatched state dict...
         raise DataError(
             f"checkpoint {path} of {name} can't be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]}); rerun that trial or leave it out"
         ) from None
+
+
+def member_from_checkpoint(
+    checkpoint: dict[str, Any], name: str, device: torch.device | None = None
+) -> Member:
+    """The member a loaded ``best.pt`` dict (or one made like it, such as a weight soup's)
+    describes, on ``device``."""
+    from ffdi_tune.models.factory import create_model
+
+    device = device or default_device()
+    model = create_model(checkpoint["backbone"], input_mode=checkpoint["input"])
+    model.load_state_dict(checkpoint["state_dict"])
     model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -15,7 +15,9 @@ from ffdi_tune.models.weights import resolve_weights
 pytestmark = pytest.mark.slow
 
 
-def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatch, offline_home):
+def test_demo_search_fine_tunes_pretrained_lite0(
+    tiny_data, tmp_path, monkeypatch, offline_home, capsys
+):
     """search_spaces/demo.yaml as shipped, shrunk to one 1-epoch trial on tiny data."""
     monkeypatch.chdir(tmp_path)
     assert (
@@ -49,6 +51,27 @@ def test_demo_search_fine_tunes_pretrained_lite0(tiny_data, tmp_path, monkeypatc
     assert (
         tags["ffdi.weights_sha256"] == hashlib.sha256(open(package.path, "rb").read()).hexdigest()
     )
+    _soup_of_the_two(tmp_path, client, exp, len(trials), capsys)
+
+
+def _soup_of_the_two(tmp_path, client, exp, trials, capsys):
+    """Both trials fine-tuned the same lite0 weights: combine: soup tries their greedy soup and
+    ships it (one model, with its ingredients and weights on the ensemble run) when it beats the
+    better trial on the selection part, else that trial."""
+    capsys.readouterr()
+    (tmp_path / "soup.yaml").write_text("top_k: 1\ncombine: soup\ntta: [identity]\n")
+    args = ["ensemble", "soup.yaml", "--experiment", "demo-smoke", "--out", "soup.csv"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "scored soup of 2 tf_efficientnet_lite0" in out or "no member improved" in out
+    run = client.search_runs([exp.experiment_id], "tags.`ffdi.role` = 'ensemble'")[0]
+    members = run.data.params["members"].split(",")
+    assert trials == 2 and len(members) == 1 and (tmp_path / "soup.csv").is_file()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    if members[0].startswith("soup-"):
+        assert len(run.data.params["soup_ingredients"].split(",")) == 2 and "soup.pt" in artifacts
+    else:
+        assert "soup_ingredients" not in run.data.params and "soup.pt" not in artifacts
 
 
 def _refused(args, capsys, tmp_path) -> str:

@@ -200,9 +200,15 @@ def test_run_ends_with_ensemble(finished_search):
     members = pd.read_csv(
         client.download_artifacts(run.info.run_id, "members.csv", str(finished_search))
     )
-    assert list(members["kind"]) == ["member"] * 4 + ["ensemble"] * len(COMBINATIONS)
+    kinds = list(members["kind"])
+    # the members, then a weight soup per backbone where one beat its best member, then every
+    # combination
+    assert kinds[:4] == ["member"] * 4 and kinds[-len(COMBINATIONS) :] == ["ensemble"] * len(
+        COMBINATIONS
+    )
+    assert set(kinds[4 : -len(COMBINATIONS)]) <= {"soup"}
     assert (members["holdout_note"].str.startswith("not for choosing") == ~members["shipped"]).all()
-    assert members.loc[members["kind"] == "member", "weight"].sum() == pytest.approx(1.0)
+    assert members.loc[members["kind"] != "ensemble", "weight"].sum() == pytest.approx(1.0)
     shipped = members[members["shipped"]]
     assert len(shipped) == 1 and shipped["member"].iloc[0] == run.data.tags["ffdi.combine_chosen"]
     combos = members[members["kind"] == "ensemble"]

@@ -38,9 +38,9 @@ def _members(n: int = 3) -> tuple[list[MemberPredictions], np.ndarray]:
 
 
 def test_the_built_in_methods_and_their_combinations_in_tie_break_order():
-    assert method_names() == ("best", "mean", "rank", "greedy")
+    assert method_names() == ("best", "mean", "rank", "greedy", "soup")
     assert combination_names() == COMBINATIONS
-    assert COMBINATIONS == ("best", "mean", "mean-logit", "rank", "greedy", "greedy-logit")
+    assert COMBINATIONS == ("best", "mean", "mean-logit", "rank", "greedy", "greedy-logit", "soup")
     assert requested_combination("auto", "logit") is None
     assert requested_combination("mean", "prob") == "mean"
     assert requested_combination("greedy", "logit") == "greedy-logit"
@@ -53,7 +53,7 @@ def test_an_unknown_method_is_a_did_you_mean_error_naming_the_valid_ones(tmp_pat
     with pytest.raises(
         ConfigError,
         match=r"r.yaml: combine: unknown combine method 'greddy' \(did you mean 'greedy'\?\); "
-        r"valid values are 'auto', 'best', 'mean', 'rank' or 'greedy'$",
+        r"valid values are 'auto', 'best', 'mean', 'rank', 'greedy' or 'soup'$",
     ):
         load_recipe(recipe)
     recipe.write_text("combine: mean-logit\n")  # a combination's name, not a method's
