@@ -6,9 +6,14 @@ of the top ``top_k`` fit (:mod:`ffdi_tune.ensemble.methods`) and the one to ship
 *report* part, which nothing chose on, gives the estimate that is printed. Every combination is
 shown, on both parts.
 
-``combine: auto`` ships the one best on the selection part (ties go to the one registered first,
-the simpler), so the shipped ensemble is never worse there than its best member (``best`` is one of
-them); an explicit ``combine`` ships that one (``average`` picks the flavour of mean and greedy).
+``combine: auto`` compares the combinations by cross-fitting: ranking, pool and weights fit on one
+half of the selection part and scored on the other, then the other way round (a greedy weight fit
+and its score on the same images would favour greedy). Of those at least as good as the best member
+on the whole selection part (``best`` always is, so the shipped ensemble is never worse there than
+its best member), it ships the best cross-fitted one (ties go to the one registered first, the
+simpler), fit on the whole selection part. The members' TTA views and a weight soup's ingredients
+were chosen on the whole selection part before. An explicit ``combine`` ships that one
+(``average`` picks the flavour of mean and greedy).
 
 With predictions on the perturbed copy of valset (``robust_val``), the recipe's ``metric`` may be
 ``val_robust_auc`` or ``val_worst_auc``; views, ranking, weights and the choice all follow it.
@@ -240,13 +245,75 @@ def _combination_row(
     return _Shown(combo, row, score)
 
 
-def _pick_shipped(shown: list[_Shown], recipe: EnsembleRecipe) -> _Shown:
-    """The combination the recipe asks for; for auto the best on the selection part (max() keeps
-    the first of equals)."""
+def _folds(parts: _Parts) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Two stratified, seeded halves of the selection part (positions into it), each used once to
+    fit and once to score; None when a class has fewer than two images there."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if np.bincount(parts.y_select.astype(int), minlength=2).min() < 2:
+        return None
+    splitter = StratifiedKFold(n_splits=2, shuffle=True, random_state=0)
+    return list(splitter.split(np.zeros(len(parts.y_select)), parts.y_select))
+
+
+def _crossfit(
+    rows: dict[str, dict],
+    chosen: Mapping[str, _ViewsChosen],
+    soups: list[str],
+    recipe: EnsembleRecipe,
+    parts: _Parts,
+    perturbed: bool,
+) -> dict[str, float]:
+    """Combination name -> its objective cross-fitted on the selection part: members ranked, the
+    pool taken and every combination fit on one half, scored on the other, and the other way
+    round; the mean of the two. Empty when the part is too small to halve."""
+    folds = _folds(parts)
+    if folds is None:
+        return {}
+    val, metric = _each(chosen, "val"), recipe.metric
+    val_perturbed = _each(chosen, "val_perturbed") if perturbed else {}
+    totals: dict[str, float] = {}
+    for fit, score in folds:
+        half = _Parts(parts.select[fit], parts.report[:0], parts.y_select[fit], parts.y_report[:0])
+        on_score = _Parts(
+            parts.select[score], parts.report[:0], parts.y_select[score], parts.y_report[:0]
+        )
+        ranks = {n: {**rows[n], **_half_scores(half, metric, chosen[n])} for n in rows}
+        _, pool, best = _rank(
+            {n: r for n, r in ranks.items() if n not in soups}, metric, recipe.top_k
+        )
+        ordered_soups = tuple(sorted(soups, key=lambda n: -ranks[n]["select_objective"]))
+        fitted = Pool(
+            tuple(pool), best, val, val_perturbed, half.select, half.y_select, metric, ordered_soups
+        )
+        for combo in build_combinations(fitted):
+            perturbed_score = combo.score(val_perturbed) if perturbed else None
+            value = on_score.objective(metric, combo.score(val), perturbed_score)
+            totals[combo.name] = totals.get(combo.name, 0.0) + value / len(folds)
+    return totals
+
+
+def _half_scores(half: _Parts, metric: str, m: _ViewsChosen) -> dict[str, float]:
+    return {
+        "rank_score": half.rank_score(metric, m.val, m.val_perturbed),
+        "select_objective": half.objective(metric, m.val, m.val_perturbed),
+    }
+
+
+def _pick_shipped(shown: list[_Shown], recipe: EnsembleRecipe, best_member: float) -> _Shown:
+    """The combination the recipe asks for. For auto: of those at least as good as the best member
+    on the selection part (``best`` always is), the best cross-fitted (in-sample where the part was
+    too small to halve); max() keeps the first of equals, the simpler."""
     wanted = requested_combination(recipe.combine, recipe.average)
-    if wanted is None:
-        return max(shown, key=lambda s: s.row["select_objective"])
-    return next(s for s in shown if s.combination.name == wanted)
+    if wanted is not None:
+        return next(s for s in shown if s.combination.name == wanted)
+    eligible = [s for s in shown if s.row["select_objective"] >= best_member - 1e-12]
+
+    def judged(s: _Shown) -> float:
+        value = s.row["crossfit_objective"]
+        return s.row["select_objective"] if math.isnan(value) else value
+
+    return max(eligible, key=judged)
 
 
 def _estimate(
@@ -332,7 +399,10 @@ def build_ensemble(
         _combination_row(combo, chosen, metric, parts, perturbed)
         for combo in build_combinations(pool_scores)
     ]
-    shipped = _pick_shipped(shown, recipe)
+    crossfit = _crossfit(rows, chosen, soups, recipe, parts, perturbed)
+    for item in shown:
+        item.row["crossfit_objective"] = crossfit.get(item.combination.name, math.nan)
+    shipped = _pick_shipped(shown, recipe, rows[best]["select_objective"])
     shipped.row["shipped"] = True
     combo = shipped.combination
     weights = dict(zip(combo.members, combo.weights, strict=True))
