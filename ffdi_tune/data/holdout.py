@@ -32,6 +32,9 @@ __all__ = [
     "NO_REPORT_HASH",
     "unrecorded_split",
     "HOLDOUT_FILE",
+    "REPORT_NAMES_FILE",
+    "report_names_json",
+    "split_from_report_names",
     "save_holdout",
     "saved_holdout",
 ]
@@ -46,13 +49,16 @@ def unrecorded_split() -> dict:
 
 
 def report_hash(names) -> str:
-    """A short hash of a set of image names (order does not matter)."""
+    """A short hash of a set of image names (order does not matter), of their sorted JSON list: an
+    unambiguous encoding, whatever characters the names hold."""
     if not len(names):
         return NO_REPORT_HASH
-    h = hashlib.sha256()
-    for name in sorted(names):
-        h.update(f"{name}\n".encode())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(report_names_json(names).encode()).hexdigest()[:16]
+
+
+def report_names_json(names) -> str:
+    """The sorted image names as JSON: what a search records of its report part."""
+    return json.dumps(sorted(names), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,21 @@ def split_valset(split: Split, fraction: float, seed: int) -> Holdout:
     )
 
 
+def split_from_report_names(
+    split: Split, recorded: list[str], fraction: float, seed: int
+) -> tuple[Holdout, int]:
+    """``split`` (a valset that changed since a search) split by the report part the search
+    recorded: its images still present form the report part, every other image (new ones too)
+    the selection part; with how many recorded report images are gone."""
+    kept = set(recorded)
+    report = tuple(n for n in split.names if n in kept)
+    select = tuple(n for n in split.names if n not in kept)
+    return Holdout(float(fraction), seed, select, report), len(kept) - len(report)
+
+
 HOLDOUT_FILE = "holdout.json"  # in a search's output folder: the split it started with
+# on the search run, under holdout/: the report part's image names (report_names_json)
+REPORT_NAMES_FILE = "report_names.json"
 
 
 def save_holdout(folder: Path, holdout: Holdout) -> Path:

@@ -18,7 +18,7 @@ import torch
 
 from ffdi_tune import tracking
 from ffdi_tune.data.check import check_dataset
-from ffdi_tune.data.holdout import Holdout, split_valset
+from ffdi_tune.data.holdout import Holdout, split_from_report_names, split_valset
 from ffdi_tune.data.layout import Split
 from ffdi_tune.data.perturb import Perturber, RobustValConfig
 from ffdi_tune.ensemble.build import EnsembleResult, MemberPredictions, build_ensemble
@@ -231,19 +231,40 @@ def _checked_splits(
 
 
 def _valset_split(
-    val: Split, searches: dict[str, dict[str, str]], first: str, allow_changed_data: bool
+    val: Split,
+    searches: dict[str, dict[str, str]],
+    first: str,
+    allow_changed_data: bool,
+    recorded_names=None,
+    echo=print,
 ) -> Holdout:
-    """Valset split again as the searches split it; a report part that changed since is refused
-    unless ``allow_changed_data``."""
+    """Valset split again as the searches split it. A report part that changed since is refused
+    unless ``allow_changed_data``; then the report part is the recorded report images still
+    present (``recorded_names()``: the names the first search recorded, or None), every other
+    image choosing; a search that recorded no names is split again with its seed."""
     fraction, seed, recorded = recorded_holdout(searches)
     holdout = split_valset(val, fraction, seed)
-    if holdout.report_hash != recorded and not allow_changed_data:
+    if holdout.report_hash == recorded:
+        return holdout
+    if not allow_changed_data:
         raise DataError(
             f"valset's report part is not the one search {first!r} kept aside (hash "
             f"{recorded} then, {holdout.report_hash} now: images added, removed or renamed); "
-            "restore valset, or pass --allow-changed-data to split the current valset the same "
-            "way (its estimate is then less sure)"
+            "restore valset, or pass --allow-changed-data to score only its recorded report "
+            "images still present (its estimate is then on fewer images)"
         )
+    names = recorded_names() if recorded_names is not None else None
+    if names is None:
+        echo(
+            f"valset changed and search {first!r} recorded no report-part names: split again with "
+            "its seed, so part of the new report part took part in choosing"
+        )
+        return holdout
+    holdout, gone = split_from_report_names(val, names, fraction, seed)
+    echo(
+        f"valset changed: the report part is the {len(holdout.report_names)} recorded report "
+        f"images still present ({gone} gone); the other {len(holdout.select_names)} choose"
+    )
     return holdout
 
 
@@ -254,8 +275,10 @@ def _run_params(
     holdout: Holdout,
     result: EnsembleResult,
     perturbation: RobustValConfig | None,
+    soup: Soup | None = None,
 ) -> dict:
-    """The ensemble run's params: the recipe as written, the split, what shipped."""
+    """The ensemble run's params: the recipe as written, the split, what shipped (with a soup's
+    ingredients when a soup ships)."""
     params = {
         "recipe": recipe_name,
         "experiments": ",".join(experiments),
@@ -273,6 +296,8 @@ def _run_params(
     }
     if perturbation is not None:
         params["robust_val"] = perturbation.model_dump_json()
+    if soup is not None:
+        params["soup_ingredients"] = ",".join(soup.ingredients)
     return params
 
 
@@ -335,11 +360,8 @@ def run_ensemble(
     first = experiments[0]
     runs = _runs_to_score(tracker, recipe, experiments, echo)
     # a budget that ended the search early ships what finished: fewer members than top_k
-    short = (
-        {tracking.MEMBERS_SHORT: f"{len(runs)} of {recipe.top_k}"}
-        if len(runs) < recipe.top_k
-        else {}
-    )
+    short = {tracking.MEMBERS_SHORT: f"{len(runs)} of {recipe.top_k}"}
+    short = short if len(runs) < recipe.top_k else {}
     recipe = recipe.model_copy(update={"top_k": min(recipe.top_k, len(runs))})
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
@@ -347,7 +369,9 @@ def run_ensemble(
     config = search_config(tracker, first)  # the first search's layout and perturbation recipe
     splits = _checked_splits(config, data_root, searches, first, allow_changed_data)
     val = splits.split("val")
-    holdout = _valset_split(val, searches, first, allow_changed_data)
+    holdout = _valset_split(
+        val, searches, first, allow_changed_data, lambda: tracker.search_report_names(first), echo
+    )
     # A robust metric ranks on the perturbed valset the first search's trials were scored on.
     perturbation = search_robust_val(config, first) if recipe.metric in robust_metrics() else None
     perturb = Perturber(perturbation) if perturbation is not None else None
@@ -357,10 +381,10 @@ def run_ensemble(
     comparison = against_default(result, runs)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
-    params = _run_params(recipe, recipe_name, experiments, holdout, result, perturbation)
     shipped_soup = soups.get(result.members[0]) if len(result.members) == 1 else None
-    if shipped_soup is not None:
-        params["soup_ingredients"] = ",".join(shipped_soup.ingredients)
+    params = _run_params(
+        recipe, recipe_name, experiments, holdout, result, perturbation, shipped_soup
+    )
     run_id = _log_ensemble_run(
         tracker, first, parent_run_id, params, result, holdout, text, short, shipped_soup
     )

@@ -16,7 +16,9 @@ from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.check import DataCheck, check_dataset
 from ffdi_tune.data.holdout import (
     HOLDOUT_FILE,
+    REPORT_NAMES_FILE,
     Holdout,
+    report_names_json,
     save_holdout,
     saved_holdout,
     split_valset,
@@ -203,6 +205,13 @@ def open_tracking(
         provenance(check) | tracking.holdout_tags(holdout),
     )
     save_holdout(out_dir, holdout)
+    if holdout.honest and not resume:
+        # the report part's names, so that a final stage on a changed valset scores only those
+        with tempfile.TemporaryDirectory(prefix="ffdi-holdout-") as tmp:
+            names = write_atomic(
+                Path(tmp) / REPORT_NAMES_FILE, report_names_json(holdout.report_names)
+            )
+            tracker.log_artifact(parent_id, names, artifact_path="holdout")
     if check.skipped:
         with tempfile.TemporaryDirectory(prefix="ffdi-skipped-") as tmp:
             listing = pd.DataFrame(check.skipped, columns=["split", "img_name", "reason"])

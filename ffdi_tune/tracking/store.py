@@ -20,6 +20,7 @@ out an outage.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -189,6 +190,21 @@ class StoreReader:
         """The tags of the latest search run of ``experiment_name`` (empty when there is none)."""
         run = self._latest_search(experiment_name)
         return dict(run.data.tags) if run else {}
+
+    def search_report_names(self, experiment_name: str) -> list[str] | None:
+        """The report part's image names the latest search of ``experiment_name`` recorded
+        (``holdout/report_names.json``), or None when it recorded none."""
+        run = self._latest_search(experiment_name)
+        if run is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="ffdi-holdout-") as tmp:
+            try:
+                path = self.client.download_artifacts(
+                    run.info.run_id, "holdout/report_names.json", tmp
+                )
+            except Exception:  # an older search, or one without a report part
+                return None
+            return list(json.loads(Path(path).read_text()))
 
     def search_config_text(self, experiment_name: str) -> str | None:
         """The resolved YAML (``search_space.yaml``) of the latest search of ``experiment_name``."""

@@ -3,6 +3,8 @@ which trials never read."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,25 @@ def test_trials_never_read_the_report_part(tiny_data, monkeypatch):
     assert set(h.select_names) <= set(opened) and not set(h.report_names) & set(opened)
     # with robust_val on (the default) the perturbed copy too was made of the selection part alone
     assert opened.count(h.select_names[0]) == 2 and reports[0]["epoch"] == 1
+
+
+def test_a_changed_valset_is_split_by_the_recorded_report_names(tiny_data):
+    from ffdi_tune.data.holdout import report_names_json, split_from_report_names
+
+    val = read_split(DataConfig(root=str(tiny_data)), "val")
+    h = split_valset(val, 0.5, seed=1)
+    recorded = json.loads(report_names_json(h.report_names))
+    # one recorded report image is gone, one new image arrived
+    gone = h.report_names[0]
+    changed = val.only(tuple(n for n in val.names if n != gone))
+    again, missing = split_from_report_names(changed, recorded + ["never-seen.jpg"], 0.5, 1)
+    assert missing == 2  # the gone one, and a recorded name that is not there
+    assert set(again.report_names) == set(h.report_names) - {gone}
+    assert set(again.select_names) == set(h.select_names)
+    assert again.report_hash == report_hash(again.report_names) != h.report_hash
+
+
+def test_the_report_hash_encodes_names_unambiguously():
+    # joined with newlines, ["a\nb"] and ["a", "b"] would hash the same
+    assert report_hash(["a\nb"]) != report_hash(["a", "b"])
+    assert report_hash(["a,b"]) != report_hash(["a", "b"])

@@ -20,10 +20,11 @@ from procs import free_port, stop_group
 
 from ffdi_tune.cli import main
 from ffdi_tune.data.demo import write_demo_dataset
-from ffdi_tune.data.holdout import split_valset
+from ffdi_tune.data.holdout import report_hash, split_valset
 from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.methods import COMBINATIONS
+from ffdi_tune.tracking import Tracker
 
 pytestmark = pytest.mark.slow
 
@@ -731,6 +732,18 @@ def test_ensemble_refuses_changed_data(tmp_path, monkeypatch, capsys):
         )
         == 0
     )  # allowed on purpose
+    # scored on the report images the search recorded that are still there, nothing else
+    out = capsys.readouterr().out
+    recorded = Tracker(f"sqlite:///{tmp_path}/runs/mlflow.db").search_report_names("small")
+    present = set(pd.read_csv(labels)["img_name"])
+    still = sorted(set(recorded) & present)
+    gone = len(recorded) - len(still)
+    assert (
+        f"report part is the {len(still)} recorded report images still present ({gone} gone)" in out
+    )
+    ensembles = runs_by_role(store_client(tmp_path), "small")["ensemble"]
+    latest = max(ensembles, key=lambda r: r.info.start_time)
+    assert latest.data.tags["ffdi.holdout.report_hash"] == report_hash(still)
     assert main(["ensemble", "one.yaml", "--experiment", "small", "--out", "changed2.csv"]) == 2
     assert "changed since search 'small' ran" in capsys.readouterr().err
 
