@@ -43,6 +43,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         final_stage_pool=recipe.pool_size if recipe is not None else None,
     )
     _print_trials(outcome, cfg.search.metric)
+    if outcome.rows and all(row.status == "FAILED" for row in outcome.rows):
+        _print_all_failed(outcome.rows)
+        return 1
     submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
     _print_where_results_are(args, cfg, outcome, submission)
     return 0
@@ -86,6 +89,19 @@ def _print_trials(outcome, metric: str) -> None:
     failed = sum(row.status == "FAILED" for row in outcome.rows)
     if failed:
         print(f"{failed} trial(s) failed: the tag {tracking.ERROR} of their MLflow runs says why")
+
+
+def _print_all_failed(rows) -> None:
+    """Every trial failed: nothing to ensemble; the distinct errors, most frequent first."""
+    from collections import Counter
+
+    errors = Counter(row.error or "trial failed" for row in rows)
+    print(
+        f"every trial failed ({len(rows)}), so there is nothing to ensemble; the errors:",
+        file=sys.stderr,
+    )
+    for error, n in errors.most_common(3):
+        print(f"  {n} x {error[:300]}", file=sys.stderr)
 
 
 def _final_stage(cfg, recipe, outcome) -> str | None:
@@ -271,6 +287,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ffdi-tune`` parser; each subcommand's ``func`` runs it."""
+    from ffdi_tune import __version__
+
     parser = argparse.ArgumentParser(
         prog="ffdi-tune",
         description=(
@@ -278,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
             "in MLflow."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"ffdi-tune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_ensemble, _add_predict, _add_demo_data, _add_sync, _add_ui):
         add(commands)

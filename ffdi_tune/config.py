@@ -336,13 +336,32 @@ def parse_search_config(
         raise ConfigError(format_validation_error(source, exc)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``time_budget: 1:30`` stays the
+    text ``1:30`` (refused as a duration with the accepted forms) instead of becoming 90."""
+
+
+_BASE_60 = re.compile(r"\|[^|]*\(\?::\[0-5\]\?\[0-9\]\)\+(?:\\\.\[0-9_\]\*)?")
+
+
+def _without_base_60(regexp: re.Pattern) -> re.Pattern:
+    """A resolver's pattern without its base-60 alternative (``|...(?::[0-5]?[0-9])+...``)."""
+    return re.compile(_BASE_60.sub("", regexp.pattern), regexp.flags)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, _without_base_60(regexp)) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
     """Read a YAML file, turning a missing file or a syntax error into a one-line ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such file; pass the path of a YAML file (see search_spaces/)")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -91,3 +91,12 @@ def test_sync_names_a_search_it_cannot_find_and_says_when_nothing_waits(tmp_path
     (tmp_path / "done").mkdir()
     assert main(["sync", "done", "--storage", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == "search done: nothing to sync"
+
+
+def test_version(capsys):
+    from ffdi_tune import __version__
+    from ffdi_tune.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"ffdi-tune {__version__}"

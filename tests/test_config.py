@@ -194,7 +194,7 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"r.yaml: top_k: .*greater than or equal to 1"):
         load_recipe(bad)
     bad.write_text("combine: average\n")
-    with pytest.raises(ConfigError, match=r"combine: .*'auto', 'best', 'mean', 'rank' or 'greedy'"):
+    with pytest.raises(ConfigError, match=r"combine: .*'auto', 'best', 'mean', 'rank', 'greedy' or 'soup'"):
         load_recipe(bad)
     bad.write_text("holdout: 0.3\n")
     with pytest.raises(ConfigError, match="unknown key 'holdout'"):
@@ -216,3 +216,15 @@ def test_recipe_pool_defaults_to_three_times_top_k_and_holds_top_k(tmp_path):
     bad.write_text("top_k: 5\ncandidates: {pool: 4}\n")
     with pytest.raises(ConfigError, match="candidates.pool=4 is smaller than top_k=5"):
         load_recipe(bad)
+
+
+def test_a_clock_time_is_not_read_as_seconds(tmp_path):
+    """YAML 1.1 reads 1:30 as the base-60 number 90; a space file keeps it as text, refused."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: t\ndata: {root: d}\nsearch: {time_budget: 1:30}\ntrain: {lr: 1.0e-3, epochs: 2}\n"
+    )
+    with pytest.raises(ConfigError, match="'1:30' is not a duration; write e.g. 8h, 90m"):
+        load_search_config(path)
+    path.write_text("name: t\ndata: {root: d}\nsearch: {time_budget: 90}\n")
+    assert load_search_config(path).search.time_budget == 90

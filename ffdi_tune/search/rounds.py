@@ -289,6 +289,12 @@ def _statuses(grid) -> list[str]:
     ]
 
 
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's text (a trial's traceback ends with its cause)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def trial_rows(
     grids: list, run_ids: dict[str, str], fixed: dict, metric: str, cut: set[str]
 ) -> list[TrialRow]:
@@ -323,6 +329,7 @@ def trial_rows(
                         if k != CONTINUE_FROM_KEY  # a checkpoint's path, not a setting
                     },
                     checkpoint=checkpoint_location(result.checkpoint) if result.checkpoint else "",
+                    error=_last_line(result.error) if result.error else "",
                 )
             )
     return rows

@@ -31,6 +31,7 @@ class TrialRow:
     epochs_run: int
     params: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""
+    error: str = ""  # a failed trial's error, its last line
 
 
 def trials_frame(rows: list[TrialRow], metric: str) -> pd.DataFrame:

@@ -602,9 +602,13 @@ search: {num_samples: 2, max_concurrent: 2, max_failures: 1}
 def test_crashing_trials_are_retried_then_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(FAILING)
-    assert main(["run", "space.yaml"]) == 0
-    out = capsys.readouterr().out
-    assert "FAILED" in out
+    # every trial failed: exit 1, the errors summarised, no final stage and no submission
+    assert main(["run", "space.yaml"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "ensemble stage" not in captured.out
+    assert "every trial failed (2), so there is nothing to ensemble" in captured.err
+    assert "2 x FloatingPointError" in captured.err and "lower lr" in captured.err
+    assert not (tmp_path / "runs" / "diverges" / "submission.csv").exists()
     client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
     exp = client.get_experiment_by_name("diverges")
     runs = client.search_runs([exp.experiment_id])
