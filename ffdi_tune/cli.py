@@ -25,6 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from ffdi_tune.ensemble.recipe import load_recipe
 
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
+        _check_top_k(cfg, recipe, args.resume)
     # Ray is imported only once the config is known to be valid.
     from ffdi_tune.search.runner import run_search
 
@@ -49,6 +50,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
     _print_where_results_are(args, cfg, outcome, submission)
     return 0
+
+
+def _check_top_k(cfg, recipe, resume: bool) -> None:
+    """Without a time budget a search runs exactly ``num_samples`` trials: a recipe asking for
+    more members than that is refused before anything runs (a budget plans its own count, and a
+    budget-cut search ships with what finished)."""
+    from ffdi_tune.errors import ConfigError
+
+    if cfg.search.time_budget or resume or recipe.top_k <= cfg.search.num_samples:
+        return
+    raise ConfigError(
+        f"{cfg.ensemble}: top_k={recipe.top_k}, but the search runs {cfg.search.num_samples} "
+        f"trial(s) (search.num_samples); raise --num-samples to {recipe.top_k} or lower top_k"
+    )
+
+
+def _check_out(out) -> None:
+    """``--out`` must name a file that can be written: not a folder."""
+    from ffdi_tune.errors import ConfigError
+
+    if out is not None and Path(out).is_dir():
+        example = Path(out) / "submission.csv"
+        raise ConfigError(f"--out {out} is a folder; name the CSV file to write, e.g. {example}")
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,6 +214,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from ffdi_tune.ensemble.recipe import load_recipe
     from ffdi_tune.tracking import Tracker, resolve_tracking
 
+    _check_out(args.out)
     recipe = load_recipe(args.recipe)
     stage = run_ensemble(
         recipe,
@@ -215,6 +240,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         views = check_views(args.tta.split(","))
     except ValueError as exc:
         raise ConfigError(f"--tta: {exc}") from None
+    _check_out(args.out)
     path = predict_run(
         Tracker(*resolve_tracking()), args.run, DataConfig(root=args.data), views, Path(args.out)
     )

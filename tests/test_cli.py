@@ -100,3 +100,29 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["--version"])
     assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"ffdi-tune {__version__}"
+
+
+def test_more_members_than_trials_without_a_budget_is_refused_before_anything_runs(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "top5.yaml").write_text("top_k: 5\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: few\ndata: {root: data}\ntrain: {backbone: test_resnet}\n"
+        "search: {num_samples: 3}\nensemble: top5.yaml\n"
+    )
+    assert main(["run", "s.yaml"]) == 2
+    err = one_error_line(capsys)
+    assert "top_k=5, but the search runs 3 trial(s)" in err and "--num-samples to 5" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_out_naming_a_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("top_k: 1\n")
+    (tmp_path / "folder").mkdir()
+    assert main(["ensemble", "r.yaml", "--experiment", "x", "--out", "folder"]) == 2
+    assert "--out folder is a folder; name the CSV file to write" in one_error_line(capsys)
+    assert main(["predict", "--run", "r", "--data", "d", "--out", "folder"]) == 2
+    assert "is a folder" in one_error_line(capsys)
+    assert not (tmp_path / "runs").exists()
