@@ -6,9 +6,10 @@ Per task and seed, in a scratch folder each, through the real command line:
 - **search**: ``ffdi-tune run search_spaces/demo.yaml --time-budget B`` (the plan, the default
   recipe as first trial, ASHA rungs, the final stage), its whole wall time ``W`` measured;
 - **one recipe**: the same space's default recipe (the search's first trial) as the only trial,
-  every CPU, for as many epochs as fit in ``W`` less the search's own set-up and final stage (the
-  epoch cost the search's probe measured, in its ``plan.json``; ``best.pt`` is its best epoch on
-  the selection part), then the same final stage with that one member. Both walls are printed.
+  every CPU, for as many epochs as fit in the search's planned training time (``W`` less its
+  set-up and final stage, in its ``plan.json``) at the pace the search's own default-recipe trial
+  kept (``best.pt`` is its best epoch on the selection part), then the same final stage with that
+  one member. Both walls are printed.
 
 Both score testset against ``testset_label.txt``. Tasks: ``shift`` (``--unseen-forgery
 double_jpeg``: every test fake carries a forgery kind trainset and valset never show) and
@@ -67,9 +68,13 @@ def test_auc(submission: Path, data: Path) -> float:
 
 def recipe_epochs(search_folder: Path) -> int:
     """Epochs of the default recipe alone, on every CPU, that fit the search's training time (its
-    wall less its set-up and final stage)."""
+    wall less its set-up and final stage, as planned): at the pace the search's own default-recipe
+    trial kept, Tune's wall per epoch (training, scoring, checkpoint), divided by the trials that
+    shared the CPUs with it (the probe's estimate runs short of that pace)."""
     plan = json.loads((search_folder / "plan.json").read_text())
-    epoch_s = plan["trial_epoch_s"] / plan["max_concurrent"]  # CPU trials shared the cores
+    result = next(search_folder.glob("_trainable_*default_recipe=True*/result.json"))
+    epochs = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    epoch_s = statistics.mean(e["time_this_iter_s"] for e in epochs) / plan["max_concurrent"]
     return max(1, int(plan["training_s"] // epoch_s))
 
 

@@ -187,6 +187,8 @@ class BudgetClock(tune.Callback):
         live = live_budget(self.search_name)
         if live is None:
             return
+        if trial.trial_id not in live.scored and trial.trial_id in live.started:
+            live.to_first_epoch_s.append(live.budget.used() - live.started[trial.trial_id])
         live.scored.add(trial.trial_id)
         if time.monotonic() - self._saved_at > SAVE_BUDGET_EVERY_S:
             live.budget.save()

@@ -204,7 +204,7 @@ def _note_plan(on: _Connected, plan: SearchPlan | None, live: LiveBudget | None)
         return
     if live is not None:
         live.final_stage.per_image_s = max(live.final_stage.per_image_s, plan.eval_image_s)
-        live.shortest_trial_s = plan.first_rung_s
+        live.shortest_trial_s, live.first_rung = plan.first_rung_s, plan.rungs[0]
     fields = {k: v for k, v in plan.as_dict().items() if k != "notes"}
     on.tracker.set_tags(
         on.parent_id, {f"{tracking.PLAN_PREFIX}{k}": str(v) for k, v in fields.items()}

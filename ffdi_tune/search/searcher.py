@@ -47,9 +47,12 @@ class LiveBudget:
     started: dict[str, float] = field(default_factory=dict)
     # trials with a scored epoch: the final stage's candidates
     scored: set[str] = field(default_factory=set)
-    # with a plan: the shortest useful trial (to ASHA's first rung); without, the ended trials'
-    # mean length decides
+    # with a plan: the shortest useful trial (to ASHA's first rung, at ``first_rung`` epochs);
+    # without, the ended trials' mean length decides
     shortest_trial_s: float | None = None
+    first_rung: int = 1
+    # seconds from each trial's start to its first scored epoch, as measured
+    to_first_epoch_s: list[float] = field(default_factory=list)
 
     def reserve(self) -> float:
         return self.final_stage.seconds(max(len(self.scored), 1))
@@ -59,11 +62,16 @@ class LiveBudget:
 
         A planned search's trials are mostly short (ASHA stops most at a low rung), and its first
         trial, the default recipe, trains to full length: the mean of the ended trials would then
-        close the search after the default alone, so the planned first-rung cost decides there.
+        close the search after the default alone, so the first-rung cost decides there: the
+        plan's, or (once trials have scored an epoch) the measured time to a first epoch times the
+        rung's epochs, whichever is longer.
         """
         needed = self.shortest_trial_s
         if needed is None:
             needed = self.budget.expected_trial_s()
+        elif self.to_first_epoch_s:  # the plan's probe may run short of the real pace
+            measured = sum(self.to_first_epoch_s) / len(self.to_first_epoch_s)
+            needed = max(needed, measured * self.first_rung)
         return self.budget.remaining() - self.reserve() > needed
 
 

@@ -100,6 +100,7 @@ def test_the_budget_clock_decides_a_cut_that_the_trials_run_is_tagged_with(tmp_p
         clock.now += 30
         _each(callbacks, "on_trial_result", stopped, {"epoch": 1, "val_auc": 0.6})
         assert live.scored == {"stopped"}
+        assert live.to_first_epoch_s == [30.0]  # from its start to its first scored epoch
         assert json.loads((tmp_path / BUDGET_FILE).read_text())["used_s"] == pytest.approx(30)
         stopped.last_result = {"epoch": 1}  # ASHA stopped it after 1 of its 2 epochs
         _each(callbacks, "on_trial_complete", stopped)

@@ -126,6 +126,12 @@ def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_rec
         assert isinstance(searcher.suggest("t1"), dict)
         clock.now += 30  # 10 s left
         assert searcher.suggest("t2") == Searcher.FINISHED
+        # measured: trials took 30 s to their first epoch, longer than the plan's 12 s
+        clock.now -= 15  # 25 s left: enough for the plan's 12 s, not for the measured 30 s
+        live.to_first_epoch_s.append(30.0)
+        assert searcher.suggest("t3") == Searcher.FINISHED
+        live.to_first_epoch_s[:] = [8.0]  # faster than planned: the plan's 12 s still holds
+        assert isinstance(searcher.suggest("t4"), dict)
     finally:
         detach_budget("gate2")
 
