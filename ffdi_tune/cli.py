@@ -27,7 +27,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
         _check_top_k(cfg, recipe, args.resume)
     # Ray is imported only once the config is known to be valid.
-    from ffdi_tune.search.runner import run_search
+    from ffdi_tune.search.lock import search_lock
+    from ffdi_tune.search.runner import run_search, search_dir
 
     size = (
         f"{cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time"
@@ -35,19 +36,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else "trials planned from its time budget"
     )
     print(f"search {cfg.name}: {size}, metric {cfg.search.metric}", flush=True)
-    outcome = run_search(
-        cfg,
-        resume=args.resume,
-        address=args.address,
-        extra_time_s=extra_time_s,
-        final_stage_passes=recipe.passes_per_image if recipe is not None else 0,
-        final_stage_pool=recipe.pool_size if recipe is not None else None,
-    )
-    _print_trials(outcome, cfg.search.metric)
-    if outcome.rows and all(row.status == "FAILED" for row in outcome.rows):
-        _print_all_failed(outcome.rows)
-        return 1
-    submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
+    with search_lock(search_dir(cfg)[1], cfg.name):  # one run of a search at a time
+        outcome = run_search(
+            cfg,
+            resume=args.resume,
+            address=args.address,
+            extra_time_s=extra_time_s,
+            final_stage_passes=recipe.passes_per_image if recipe is not None else 0,
+            final_stage_pool=recipe.pool_size if recipe is not None else None,
+        )
+        _print_trials(outcome, cfg.search.metric)
+        if outcome.rows and all(row.status == "FAILED" for row in outcome.rows):
+            _print_all_failed(outcome.rows)
+            return 1
+        submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
     _print_where_results_are(args, cfg, outcome, submission)
     return 0
 

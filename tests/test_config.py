@@ -194,7 +194,9 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"r.yaml: top_k: .*greater than or equal to 1"):
         load_recipe(bad)
     bad.write_text("combine: average\n")
-    with pytest.raises(ConfigError, match=r"combine: .*'auto', 'best', 'mean', 'rank', 'greedy' or 'soup'"):
+    with pytest.raises(
+        ConfigError, match=r"combine: .*'auto', 'best', 'mean', 'rank', 'greedy' or 'soup'"
+    ):
         load_recipe(bad)
     bad.write_text("holdout: 0.3\n")
     with pytest.raises(ConfigError, match="unknown key 'holdout'"):

@@ -1,0 +1,77 @@
+"""One run per search: a second run of a name is refused while the first holds the lock, and a
+killed run's lock does not outlive it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffdi_tune.errors import SearchError
+from ffdi_tune.search.lock import lock_path, search_lock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from ffdi_tune.search.lock import search_lock
+with search_lock(Path(sys.argv[1]), "held"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(out_dir: Path) -> subprocess.Popen:
+    """Another process that takes the lock of ``out_dir`` and keeps it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_frees_it(tmp_path):
+    out_dir = tmp_path / "runs" / "held"
+    proc = _holder(out_dir)
+    try:
+        with pytest.raises(
+            SearchError,
+            match=rf"search 'held' is already running \(host .*, pid {proc.pid}, since ",
+        ):
+            with search_lock(out_dir, "held"):
+                pass
+        # another search's lock is another file
+        with search_lock(tmp_path / "runs" / "other", "other"):
+            pass
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: the OS drops the lock
+        proc.wait()
+    with search_lock(out_dir, "held"):  # the killed run's --resume gets it
+        assert lock_path(out_dir).exists()
+    assert not out_dir.exists()  # the lock lives outside runs/
+
+
+def test_run_refuses_a_search_another_run_holds_before_writing_anything(
+    tmp_path, monkeypatch, capsys
+):
+    from ffdi_tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(
+        "name: busy\ndata: {root: data, demo: {n_train: 8, n_val: 8, n_test: 2, size: 32}}\n"
+        "train: {backbone: test_resnet, img_size: 32, epochs: 1}\n"
+        "search: {num_samples: 1, max_concurrent: 1}\n"
+    )
+    proc = _holder(tmp_path / "runs" / "busy")
+    try:
+        assert main(["run", "s.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: search 'busy' is already running") and "\n" not in err
+        assert f"pid {proc.pid}" in err
+        assert not (tmp_path / "data").exists() and not (tmp_path / "runs" / "busy").exists()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
