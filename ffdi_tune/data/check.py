@@ -15,6 +15,7 @@ on the same files is instant.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from ffdi_tune.files import write_atomic
 
 __all__ = ["DataCheck", "check_dataset", "image_problem", "fingerprint"]
 
-SCAN_POLICY = "scan-draft-load-v1"  # bump when image_problem changes what it accepts
+SCAN_POLICY = "scan-draft-load-sha256-v2"  # bump when image_problem or the record changes
 # Threads, though bench/scale.py measured processes 0-30% faster (Pillow decodes without the
 # GIL): the final stage checks too, in a driver whose MLflow and Ray threads make forking unsafe.
 CHECK_KIND = "threads"
@@ -51,18 +52,21 @@ class DataCheck:
     summary: dict[str, dict[str, int]]
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, img_name, reason)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # byte-identical images shared by two splits: "train-val", "train-test", "val-test" -> count
+    overlaps: dict[str, int] = field(default_factory=dict)
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be used as an image, or None when it decodes.
+def image_problem(path: Path, content: bytes | None = None) -> str | None:
+    """Why ``path`` (whose bytes are ``content`` when already read) cannot be used as an image, or
+    None when it decodes.
 
     The JPEG decoder runs at 1/8 scale (``draft``), which still reads every byte of the file, so a
     truncated file is found at a fraction of the cost of a full decode.
     """
     try:
-        if path.stat().st_size == 0:
+        if (len(content) if content is not None else path.stat().st_size) == 0:
             return "is empty (0 bytes)"
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(content) if content is not None else path) as im:
             im.draft("RGB", (32, 32))
             im.load()
     except UnidentifiedImageError:
@@ -79,35 +83,75 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _problems(rows) -> list[tuple[str, str]]:
-    """(img_name, reason) of the rows (``(name, path)``) whose image does not decode."""
-    return [(name, why) for name, path in rows if (why := image_problem(path))]
+def _verdicts(rows) -> list[tuple[str, str | None, str]]:
+    """(img_name, reason or None, content hash) of the rows (``(name, path)``): each file read
+    once, hashed and decoded."""
+    out = []
+    for name, path in rows:
+        content = path.read_bytes()
+        out.append((name, image_problem(path, content), hashlib.sha256(content).hexdigest()[:24]))
+    return out
 
 
-def _bad_images(split: Split, cache_dir: Path | None, workers: int, kind: str) -> dict[str, str]:
-    """{img_name: reason} for the images of ``split`` that do not decode (cached per file list)."""
+def _scan(split: Split, cache_dir: Path | None, workers: int, kind: str) -> tuple[dict, dict]:
+    """({img_name: reason} of the images of ``split`` that do not decode, {img_name: content
+    hash} of every image), cached per file list."""
     record = None
     if cache_dir is not None and len(split):
         key = hashlib.sha256(f"{SCAN_POLICY}|{cache_key(split.paths, 0)}".encode()).hexdigest()[:32]
         record = Path(cache_dir) / f"scan-{key}.json"
         if record.is_file():
-            return json.loads(record.read_text())
-    found: list[tuple[str, str]] = []
+            kept = json.loads(record.read_text())
+            return kept["bad"], kept["digests"]
+    found: list[tuple[str, str | None, str]] = []
     run_pass(
-        _problems,
+        _verdicts,
         list(zip(split.names, split.paths, strict=True)),
         f"check {split.name}set",
         workers,
         kind,
         chunk=128,
-        on_result=lambda rows, problems: found.extend(problems),
+        on_result=lambda rows, verdicts: found.extend(verdicts),
     )
     order = {n: i for i, n in enumerate(split.names)}
-    bad = dict(sorted(found, key=lambda item: order[item[0]]))
+    found.sort(key=lambda item: order[item[0]])
+    bad = {name: why for name, why, _ in found if why}
+    digests = {name: digest for name, _, digest in found}
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps(bad))
-    return bad
+        write_atomic(record, json.dumps({"bad": bad, "digests": digests}))
+    return bad, digests
+
+
+_OVERLAP_SHOWN = 3
+
+
+def _overlaps(digests: dict[str, dict[str, str]]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """Byte-identical images across the checked splits: (split a, split b) -> [(name in a, name
+    in b)], for each pair of splits that share any."""
+    found = {}
+    names = list(digests)
+    for i, a in enumerate(names):
+        by_digest = {d: n for n, d in digests[a].items()}
+        for b in names[i + 1 :]:
+            shared = [(by_digest[d], n) for n, d in digests[b].items() if d in by_digest]
+            if shared:
+                found[(a, b)] = shared
+    return found
+
+
+def _overlap_problem(overlaps: dict, cfg: DataConfig) -> str | None:
+    """The problem of trainset and valset sharing images, unless ``data.allow_overlap``."""
+    shared = overlaps.get(("train", "val"))
+    if not shared or cfg.allow_overlap:
+        return None
+    shown = ", ".join(f"trainset {a} = valset {b}" for a, b in shared[:_OVERLAP_SHOWN])
+    more = f" and {len(shared) - _OVERLAP_SHOWN} more" if len(shared) > _OVERLAP_SHOWN else ""
+    return (
+        f"{len(shared)} image(s) of valset are byte for byte in trainset ({shown}{more}), so the "
+        "report part would not be unseen; remove them from one split, or set "
+        "data.allow_overlap: true"
+    )
 
 
 def fingerprint(split: Split) -> str:
@@ -141,6 +185,7 @@ def check_dataset(
     skipped: list[tuple[str, str, str]] = []
     fingerprints: dict[str, str] = {}
     exclude = {k: list(v) for k, v in cfg.exclude.items()}
+    digests: dict[str, dict[str, str]] = {}
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -152,24 +197,9 @@ def check_dataset(
         problems += scan_problems
         if split is None:
             continue
-        undecodable = _bad_images(split, cache_dir_of(cfg), workers, kind)
-        if undecodable and cfg.on_bad_image == "skip" and name != "test":
-            skipped += [(name, n, why) for n, why in undecodable.items()]
-            exclude.setdefault(name, []).extend(undecodable)
-        elif undecodable:
-            hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
-            where = dict(zip(split.names, split.paths, strict=True))
-            problems += [
-                f"{where[n]}: {why}; replace or remove the file{hint}"
-                for n, why in undecodable.items()
-            ]
-        if undecodable:
-            split = split.without(undecodable)
-        if undecodable and not len(split) and cfg.on_bad_image == "skip":
-            problems.append(
-                f"split {name}: none of its {len(undecodable)} image(s) decodes; replace them or "
-                "fix data.root"
-            )
+        undecodable, found = _scan(split, cache_dir_of(cfg), workers, kind)
+        split = _without_undecodable(split, undecodable, cfg, problems, skipped, exclude)
+        digests[name] = {n: found[n] for n in split.names}
         if split.targets is not None and len(split) and not scan_problems:
             single = single_class_problem(split)
             if single:
@@ -177,9 +207,45 @@ def check_dataset(
         summary[name] = _counts(split)
         if not problems:
             fingerprints[name] = fingerprint(split)
+    overlaps = _overlaps(digests)
+    if problem := _overlap_problem(overlaps, cfg):
+        problems.append(problem)
     if problems:
         raise DataError(problems_message(problems))
-    return DataCheck(cfg.model_copy(update={"exclude": exclude}), summary, skipped, fingerprints)
+    shared = {f"{a}-{b}": len(pairs) for (a, b), pairs in overlaps.items()}
+    data = cfg.model_copy(update={"exclude": exclude})
+    return DataCheck(data, summary, skipped, fingerprints, shared)
+
+
+def _without_undecodable(
+    split: Split,
+    undecodable: dict[str, str],
+    cfg: DataConfig,
+    problems: list[str],
+    skipped: list[tuple[str, str, str]],
+    exclude: dict[str, list[str]],
+) -> Split:
+    """``split`` less the images that do not decode: each a problem, or with ``on_bad_image:
+    skip`` (trainset, valset) left out, added to ``skipped`` and ``exclude``."""
+    if not undecodable:
+        return split
+    name = split.name
+    if cfg.on_bad_image == "skip" and name != "test":
+        skipped += [(name, n, why) for n, why in undecodable.items()]
+        exclude.setdefault(name, []).extend(undecodable)
+    else:
+        hint = "" if name == "test" else " (or set data.on_bad_image: skip to leave it out)"
+        where = dict(zip(split.names, split.paths, strict=True))
+        problems += [
+            f"{where[n]}: {why}; replace or remove the file{hint}" for n, why in undecodable.items()
+        ]
+    split = split.without(undecodable)
+    if not len(split) and cfg.on_bad_image == "skip":
+        problems.append(
+            f"split {name}: none of its {len(undecodable)} image(s) decodes; replace them or "
+            "fix data.root"
+        )
+    return split
 
 
 def _counts(split: Split) -> dict[str, int]:

@@ -90,6 +90,14 @@ def _safe_name(name: str) -> bool:
     return bool(name.strip()) and not p.is_absolute() and ".." not in p.parts
 
 
+_UNSAFE_CHARACTERS = {",", '"', "'"}  # they would need quoting in a submission or a label file
+
+
+def _plain_characters(name: str) -> bool:
+    """No control character (a newline would split a CSV record), comma or quote."""
+    return not any(ord(c) < 32 or ord(c) == 127 or c in _UNSAFE_CHARACTERS for c in name)
+
+
 def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd.DataFrame | None:
     """The label table with only its good rows; every bad row (or the whole file) adds a problem."""
     if not label_file.is_file():
@@ -120,6 +128,12 @@ def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd
                 "traversal is refused); list files inside the split folder only"
             )
             good[i] = False
+        elif not _plain_characters(name):
+            problems.append(
+                f"{label_file}: row {i + 2}: img_name {name!r} holds a control character, comma or "
+                "quote, which a submission CSV cannot carry plainly; rename the file"
+            )
+            good[i] = False
     for i in np.flatnonzero(df["img_name"].duplicated().to_numpy()):
         problems.append(
             f"{label_file}: row {i + 2}: img_name {df['img_name'].iloc[i]!r} is listed more than "
@@ -134,6 +148,33 @@ def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd
             )
             good[i] = False
     return df[good]
+
+
+def _inside_and_once(
+    folder: Path, names: list[str], keep: list[int], follow_symlinks: bool, problems: list[str]
+) -> list[int]:
+    """``keep`` without the images whose path resolves outside ``folder`` (unless
+    ``follow_symlinks``) and without second names of one file (``x.jpg`` and ``./x.jpg``, hard or
+    symbolic links); a problem for each."""
+    inside, seen = folder.resolve(), {}
+    kept = []
+    for i in keep:
+        real = (folder / names[i]).resolve()
+        if not follow_symlinks and not real.is_relative_to(inside):
+            problems.append(
+                f"{folder / names[i]}: resolves to {real}, outside {inside} (a symbolic link out "
+                "of the split folder); copy the file in, or set data.follow_symlinks: true"
+            )
+            continue
+        st = real.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), names[i])
+        if first != names[i]:
+            problems.append(
+                f"{folder}: {names[i]!r} and {first!r} are the same file; list each image once"
+            )
+            continue
+        kept.append(i)
+    return kept
 
 
 def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
@@ -163,6 +204,7 @@ def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
             f"{label_file}: image {names[i]!r} is missing from {folder}; remove its row or add the "
             "file"
         )
+    keep = _inside_and_once(folder, names, keep, cfg.follow_symlinks, problems)
     excluded = set(cfg.exclude.get(split, ()))
     keep = [i for i in keep if names[i] not in excluded]
     names = [names[i] for i in keep]

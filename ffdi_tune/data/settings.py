@@ -57,3 +57,9 @@ class DataConfig(StrictModel):
     on_bad_image: Literal["error", "skip"] = "error"
     # Images left out per split ("train", "val"), by img_name; the pre-check adds skipped ones here.
     exclude: dict[Literal["train", "val"], list[str]] = {}
+    # An image whose path resolves outside its split's folder (a symlink out of it) is refused
+    # unless this is true.
+    follow_symlinks: bool = False
+    # Byte-identical images in trainset and valset are refused (the report part would not be
+    # unseen) unless this is true; the search run then records ffdi.data.allow_overlap.
+    allow_overlap: bool = False

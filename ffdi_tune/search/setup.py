@@ -77,6 +77,9 @@ def prepare_data(cfg: SearchConfig, echo) -> DataCheck:
             f"data: left out {len(check.skipped)} image(s) that do not decode (data.on_bad_image: "
             f"skip): {listed}{more}"
         )
+    if check.overlaps:
+        shared = ", ".join(f"{pair} {n}" for pair, n in check.overlaps.items())
+        echo(f"data: byte-identical images shared by splits: {shared} (data.allow_overlap)")
     return check
 
 
@@ -176,6 +179,10 @@ def provenance(check: DataCheck) -> dict[str, str]:
             tags[f"{tracking.VERSION_PREFIX}{package}"] = version(package)
         except PackageNotFoundError:
             pass
+    if check.overlaps:
+        tags[tracking.DATA_OVERLAPS] = ",".join(f"{k}={v}" for k, v in check.overlaps.items())
+    if check.data.allow_overlap:
+        tags[tracking.ALLOW_OVERLAP] = "true"
     tags |= {
         f"{tracking.FINGERPRINT_PREFIX}{split}": value
         for split, value in check.fingerprints.items()

@@ -28,6 +28,8 @@ __all__ = [
     "PLAN_PREFIX",
     "CONTINUED_FROM",
     "WEIGHTS_KEPT",
+    "DATA_OVERLAPS",
+    "ALLOW_OVERLAP",
     "NODE_ID",
     "AUGMENT_ON",
     "WEIGHTS_SOURCE",
@@ -75,6 +77,9 @@ BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
 DEFAULT_RECIPE = "ffdi.default_recipe"  # the search's first trial: its default recipe
 CONTINUED_FROM = "ffdi.continued_from"  # trained further from this trial's checkpoint
 WEIGHTS_KEPT = "ffdi.weights_kept"  # the kind of weights in best.pt: raw, ema (or swa)
+# search run: byte-identical images shared by splits ("train-test=2,..."), and whether
+# data.allow_overlap let trainset and valset share some
+DATA_OVERLAPS, ALLOW_OVERLAP = "ffdi.data.overlaps", "ffdi.data.allow_overlap"
 NODE_ID, AUGMENT_ON = "ffdi.node_id", "ffdi.augment_on"
 WEIGHTS_SOURCE, WEIGHTS_SHA256 = "ffdi.weights_source", "ffdi.weights_sha256"
 # ensemble run

@@ -186,7 +186,9 @@ def test_image_verdicts_are_cached_until_a_file_is_rewritten(data, monkeypatch):
     assert check(data).skipped == []
     looked = []
     real = data_check.image_problem
-    monkeypatch.setattr(data_check, "image_problem", lambda p: looked.append(p) or real(p))
+    monkeypatch.setattr(
+        data_check, "image_problem", lambda p, *rest: looked.append(p) or real(p, *rest)
+    )
     check(data)
     assert looked == []  # unchanged files: every verdict from the cache
     path = data / "trainset" / _rows(data)[1].split(",")[0]
@@ -208,22 +210,83 @@ def test_fingerprint_follows_files_and_labels(data):
     assert fingerprint(read_split(cfg, "val")) != before
 
 
-def test_names_that_need_quoting(data):
+@pytest.mark.parametrize("odd", ['a "quoted" name.jpg', "a,b.jpg", "it's.jpg", "two\nlines.jpg"])
+def test_names_a_submission_cannot_carry_plainly_are_refused(data, odd):
     import pandas as pd
-
-    from ffdi_tune.ensemble.submission import submission_text
 
     rows = _rows(data)
     old = rows[1].split(",")[0]
-    odd = 'a "quoted", spaced name.jpg'
     (data / "trainset" / old).rename(data / "trainset" / odd)
     df = pd.read_csv(labels(data), dtype=str)
     df.loc[df["img_name"] == old, "img_name"] = odd
     df.to_csv(labels(data), index=False)
-    split = read_split(DataConfig(root=str(data)), "train")
-    assert odd in split.names and check(data).summary["train"]["images"] == len(rows) - 1
-    text = submission_text((odd, "b.jpg"), [0.25, 0.5])
-    assert pd.read_csv(__import__("io").StringIO(text))["img_name"].tolist() == [odd, "b.jpg"]
+    with pytest.raises(DataError, match="holds a control character, comma or quote") as err:
+        check(data)
+    assert "\n" not in str(err.value) and "rename the file" in str(err.value)
+    # spaces are fine
+    spaced = data / "trainset" / "a spaced name.jpg"
+    (data / "trainset" / odd).rename(spaced)
+    df.loc[df["img_name"] == odd, "img_name"] = spaced.name
+    df.to_csv(labels(data), index=False)
+    assert check(data).summary["train"]["images"] == len(rows) - 1
+
+
+def test_a_symlink_out_of_the_split_folder_is_refused_unless_followed(data, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rows = _rows(data)
+    name = rows[1].split(",")[0]
+    (data / "trainset" / name).rename(outside / name)
+    (data / "trainset" / name).symlink_to(outside / name)
+    with pytest.raises(DataError, match=r"outside .*trainset \(a symbolic link out of the split"):
+        check(data)
+    followed = check_dataset(DataConfig(root=str(data), follow_symlinks=True))
+    assert followed.summary["train"]["images"] == len(rows) - 1
+    # a link to a folder: a name through it escapes the same way
+    (data / "trainset" / "r").symlink_to("/")
+    df = __import__("pandas").read_csv(labels(data), dtype=str)
+    df.loc[len(df)] = ["r/etc/hostname", "0"]
+    df.to_csv(labels(data), index=False)
+    with pytest.raises(DataError, match="r/etc/hostname: resolves to /etc/hostname, outside"):
+        check(data)
+
+
+def test_one_file_listed_under_two_names_is_refused(data):
+    import os
+
+    import pandas as pd
+
+    rows = _rows(data)
+    name = rows[1].split(",")[0]
+    df = pd.read_csv(labels(data), dtype=str)
+    df.loc[len(df)] = [f"./{name}", "1"]  # another spelling of the same file
+    df.to_csv(labels(data), index=False)
+    with pytest.raises(DataError, match=rf"'\./{name}' and '{name}' are the same file"):
+        check(data)
+    os.link(data / "trainset" / name, data / "trainset" / "hard.jpg")  # a hard link
+    df.loc[len(df) - 1] = ["hard.jpg", "1"]
+    df.to_csv(labels(data), index=False)
+    with pytest.raises(DataError, match=rf"'hard.jpg' and '{name}' are the same file"):
+        check(data)
+
+
+def test_images_shared_by_trainset_and_valset_are_refused_unless_allowed(data):
+    import pandas as pd
+
+    val_name = _rows(data, "valset")[1].split(",")[0]
+    shutil.copy(data / "valset" / val_name, data / "trainset" / "copied.jpg")
+    df = pd.read_csv(labels(data), dtype=str)
+    df.loc[len(df)] = ["copied.jpg", "1"]
+    df.to_csv(labels(data), index=False)
+    with pytest.raises(
+        DataError,
+        match=rf"1 image\(s\) of valset are byte for byte in trainset "
+        rf"\(trainset copied.jpg = valset {val_name}\)",
+    ):
+        check(data)
+    allowed = check_dataset(DataConfig(root=str(data), allow_overlap=True))
+    assert allowed.overlaps == {"train-val": 1}
+    assert check_dataset(DataConfig(root=str(data)), splits=("val", "test")).overlaps == {}
 
 
 def test_run_with_broken_data_writes_nothing(data, tmp_path, monkeypatch, capsys):
