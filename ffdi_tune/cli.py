@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,8 +77,11 @@ def _check_out(out) -> None:
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dotted YAML keys that ``run``'s flags override (None: not given)."""
-    return {
+    """The dotted YAML keys that ``run``'s flags override (None: not given), then every ``--set``
+    (the last of a key wins)."""
+    from ffdi_tune.config import parse_setting
+
+    named = {
         "data.root": args.data,
         "name": args.name,
         "search.num_samples": args.num_samples,
@@ -89,6 +91,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         # on a fresh search --time-budget is the budget; on a resumed one, more time (_more_time)
         "search.time_budget": None if args.resume else args.time_budget,
     }
+    return named | dict(parse_setting(text) for text in args.set or [])
 
 
 def _more_time(args: argparse.Namespace) -> float | None:
@@ -291,9 +294,11 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
     tracking = load_search_config(args.config).tracking if args.config else TrackingConfig()
     uri, artifacts = resolve_tracking(tracking)
-    mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    # the environment's own MLflow (the one ffdi-tune logs with), not whichever is first on PATH
     cmd = [
-        mlflow,
+        sys.executable,
+        "-m",
+        "mlflow",
         "server",
         "--backend-store-uri",
         uri,
@@ -355,6 +360,13 @@ def _add_run(commands) -> None:
         "this much more time",
     )
     run.add_argument("--no-ensemble", action="store_true", help="skip the final ensemble stage")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any YAML key, e.g. --set train.lr=3e-4 --set 'space.mix={choice: [none, "
+        "mixup]}' (repeatable; the value is read as YAML and checked as in the file)",
+    )
     run.add_argument(
         "--no-cache", action="store_true", help="decode images in every trial (data.cache: false)"
     )

@@ -41,6 +41,7 @@ __all__ = [
     "SearchConfig",
     "format_validation_error",
     "read_yaml",
+    "parse_setting",
     "load_search_config",
     "parse_search_config",
 ]
@@ -353,6 +354,21 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, _without_base_60(regexp)) for tag, regexp in resolvers]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY.PATH=VALUE`` (a ``--set``) as (dotted key, value read as YAML, as in a space file)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(
+            f"--set {text}: write KEY=VALUE with a dotted YAML key, e.g. --set train.lr=3e-4 or "
+            "--set 'space.lr={loguniform: [1e-4, 1e-3]}'"
+        )
+    try:
+        return key.strip(), yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {text}: the value is not YAML ({problem})") from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

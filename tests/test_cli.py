@@ -126,3 +126,37 @@ def test_out_naming_a_folder_is_refused_before_any_work(tmp_path, capsys, monkey
     assert main(["predict", "--run", "r", "--data", "d", "--out", "folder"]) == 2
     assert "is a folder" in one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+def test_set_overrides_any_key_with_the_files_checks(tmp_path, capsys):
+    from ffdi_tune.cli import _run_overrides
+    from ffdi_tune.config import load_search_config
+
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\ndata: {root: d}\ntrain: {backbone: test_resnet, lr: 1.0e-3}\n")
+    args = build_parser().parse_args(
+        [
+            "run",
+            str(space),
+            "--set",
+            "train.lr=3e-4",
+            "--set",
+            "space.mix={choice: [none, mixup]}",
+            "--set",
+            "search.holdout.fraction=0.3",
+            "--epochs",
+            "3",
+        ]
+    )
+    cfg = load_search_config(space, _run_overrides(args))
+    assert cfg.train.lr == 3e-4 and cfg.train.epochs == 3
+    assert cfg.space["mix"].choice == ["none", "mixup"] and cfg.search.holdout.fraction == 0.3
+    # a mistyped key or a bad value: the file's own one-line errors, naming the key
+    for bad, message in (
+        ("train.lrr=1", "train: unknown key 'lrr' (did you mean 'lr'"),
+        ("train.lr=-1", "train.lr"),
+        ("train.lr", "write KEY=VALUE"),
+        ("search.time_budget=1:30", "'1:30' is not a duration"),
+    ):
+        assert main(["run", str(space), "--set", bad]) == 2
+        assert message in one_error_line(capsys)

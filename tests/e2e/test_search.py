@@ -564,14 +564,20 @@ def test_fraction_zero_says_there_is_no_honest_estimate(tmp_path, monkeypatch, c
     )
 
 
-def test_ui_serves_the_store(finished_search):
+def test_ui_serves_the_store(finished_search, tmp_path):
+    """With another ``mlflow`` first on PATH (one that fails), the UI is still the environment's."""
     port = free_port()
+    decoy = tmp_path / "bin" / "mlflow"
+    decoy.parent.mkdir()
+    decoy.write_text("#!/bin/sh\nexit 3\n")
+    decoy.chmod(0o755)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ffdi_tune", "ui", "--port", str(port)],
         cwd=finished_search,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=dict(os.environ, PATH=f"{decoy.parent}:{os.environ['PATH']}"),
     )
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e"
