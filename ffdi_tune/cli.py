@@ -173,6 +173,9 @@ def _print_where_results_are(args: argparse.Namespace, cfg, outcome, submission)
     if submission:
         print(f"submission:     {submission}")
     print(f"ray results:    {outcome.storage_path}")
+    study = Path(outcome.out_dir) / "optuna.db"
+    if study.is_file():
+        print(f"optuna study:   optuna-dashboard sqlite:///{study.resolve()}")
     cache = cache_dir_of(outcome.data)
     if cache is not None:
         print(

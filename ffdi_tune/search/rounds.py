@@ -35,6 +35,8 @@ from ffdi_tune.search.trials_table import TrialRow
 
 __all__ = [
     "ROUNDS_FILE",
+    "STUDY_FILE",
+    "export_study",
     "make_searcher",
     "fit_rounds",
     "trials_wanted",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 ROUNDS_FILE = "rounds.json"  # in a search's output folder: its rounds' experiment paths and sizes
+STUDY_FILE = "optuna.db"  # in a search's output folder: a copy of its Optuna study
 
 
 def round_path(storage_path: str, name: str) -> str:
@@ -228,7 +231,9 @@ def fit_rounds(
         if cfg.search.default_trial:
             searcher.enqueue_default(default_point(cfg))
         tuner = _new_round(cfg, trainable, callbacks, storage_path, cfg.name, n, searcher)
-        return [fit_round(tuner, rounds, out_dir, live)], n
+        grids = [fit_round(tuner, rounds, out_dir, live)]
+        export_study(searcher.study, out_dir, cfg.name)
+        return grids, n
     rounds = load_rounds(out_dir, exp_path)
     if len(rounds) > 1 and not tune.Tuner.can_restore(rounds[-1]["path"]):
         rounds.pop()  # added just before the driver died, before Tune wrote anything of it
@@ -256,7 +261,24 @@ def fit_rounds(
         searcher = _restored_searcher(cfg, searched[-1]["path"])
         tuner = _new_round(cfg, trainable, callbacks, exp_path, name, want - have, searcher)
         grids.append(fit_round(tuner, rounds, out_dir, live))
+    searched = [r for r in rounds if not r.get("further")]
+    export_study(_restored_searcher(cfg, searched[-1]["path"]).study, out_dir, cfg.name)
     return grids, sum(r["num_samples"] for r in rounds)
+
+
+def export_study(study, out_dir: Path, name: str) -> Path:
+    """Copy the search's Optuna study (every trial TPE was told of, with its values per epoch) into
+    ``optuna.db`` in the search's output folder, replacing an earlier copy: ``optuna-dashboard
+    sqlite:///runs/<name>/optuna.db`` opens it."""
+    path = Path(out_dir) / STUDY_FILE
+    url = f"sqlite:///{path.resolve()}"
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:  # the first export
+        pass
+    copy = optuna.create_study(study_name=name, storage=url, directions=study.directions)
+    copy.add_trials([t for t in study.trials if t.state.is_finished()])
+    return path
 
 
 def fit_round(tuner: tune.Tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):

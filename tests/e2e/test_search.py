@@ -487,6 +487,22 @@ def test_trials_csv_ranked(finished_search):
     assert set(df["status"]) <= {"FINISHED", "STOPPED"}
 
 
+def test_the_optuna_study_is_kept_beside_the_search(finished_search):
+    """optuna.db holds what TPE was told: each trial's best epoch (finished) or its epochs so far
+    (pruned, stopped by ASHA), for optuna-dashboard."""
+    import optuna
+
+    path = finished_search / "runs" / "e2e" / "optuna.db"
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{path}")
+    df = pd.read_csv(finished_search / "runs" / "e2e" / "trials.csv")
+    assert len(study.trials) == 4 and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    finished = sorted(t.value for t in study.trials if t.state.name == "COMPLETE")
+    assert finished == sorted(df.loc[df["status"] == "FINISHED", "best_val_auc"])
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == (df["status"] == "STOPPED").sum()
+    assert all(t.intermediate_values for t in study.trials)
+
+
 def test_existing_name_needs_resume(finished_search, capsys, monkeypatch):
     monkeypatch.chdir(finished_search)
     assert main(["run", "space.yaml"]) == 2
