@@ -5,11 +5,11 @@ Per task and seed, in a scratch folder each, through the real command line:
 
 - **search**: ``ffdi-tune run search_spaces/demo.yaml --time-budget B`` (the plan, the default
   recipe as first trial, ASHA rungs, the final stage), its whole wall time ``W`` measured;
-- **one recipe**: the same space's default recipe (the search's first trial) as the only trial,
-  every CPU, for as many epochs as fit in the search's planned training time (``W`` less its
-  set-up and final stage, in its ``plan.json``) at the pace the search's own default-recipe trial
-  kept (``best.pt`` is its best epoch on the selection part), then the same final stage with that
-  one member. Both walls are printed.
+- **one recipe**: the same space's default recipe (the search's first trial) alone, every CPU,
+  trained (``train_trial``, the trainer the search runs, without Ray) until ``W`` less the time to
+  score has passed; ``best.pt`` is its best epoch on the search's selection part, scored with the
+  final stage's views chosen there, as a one-member ensemble. It gets slightly more training time
+  than the search had (no Ray start, no probes). Both walls are printed.
 
 Both score testset against ``testset_label.txt``. Tasks: ``shift`` (``--unseen-forgery
 double_jpeg``: every test fake carries a forgery kind trainset and valset never show) and
@@ -33,12 +33,19 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
+import torch
 
 from ffdi_tune.config import load_search_config
+from ffdi_tune.data.holdout import split_valset
+from ffdi_tune.data.layout import load_images, read_split
+from ffdi_tune.data.settings import DataConfig
+from ffdi_tune.ensemble.build import MemberPredictions, build_ensemble
+from ffdi_tune.ensemble.recipe import EnsembleRecipe
 from ffdi_tune.scoring.metrics import misordered_pairs_removed, roc_auc
+from ffdi_tune.scoring.predict import member_from_checkpoint, predict_views
 from ffdi_tune.search.default_recipe import default_point
 from ffdi_tune.search.space import trial_settings
+from ffdi_tune.training.trial import BEST_FILE, train_trial
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "search_spaces" / "demo.yaml"
@@ -66,36 +73,51 @@ def test_auc(submission: Path, data: Path) -> float:
     return roc_auc(scores["target"].to_numpy(), scores["y_pred"].to_numpy())
 
 
-def recipe_epochs(search_folder: Path) -> int:
-    """Epochs of the default recipe alone, on every CPU, that fit the search's training time (its
-    wall less its set-up and final stage, as planned): at the pace the search's own default-recipe
-    trial kept, Tune's wall per epoch (training, scoring, checkpoint), divided by the trials that
-    shared the CPUs with it (the probe's estimate runs short of that pace)."""
-    plan = json.loads((search_folder / "plan.json").read_text())
-    result = next(search_folder.glob("_trainable_*default_recipe=True*/result.json"))
-    epochs = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-    epoch_s = statistics.mean(e["time_this_iter_s"] for e in epochs) / plan["max_concurrent"]
-    return max(1, int(plan["training_s"] // epoch_s))
+SCORING_S = 10.0  # kept from the one recipe's wall for scoring valset and testset
 
 
-def one_recipe_space(work: Path, data: Path, epochs: int) -> Path:
-    """The demo space reduced to its default recipe: one trial with every CPU for ``epochs``."""
+def one_recipe(data: Path, search_folder: Path, wall: float) -> dict:
+    """The space's default recipe alone, every CPU, trained until the search's wall ``wall`` (less
+    the time to score) has passed, without Ray (so it trains a little longer than the search
+    could); its ``best.pt`` (best epoch on the search's selection part) is then scored with the
+    final stage's TTA views chosen on the selection part, as a one-member ensemble."""
+    started = time.perf_counter()
     cfg = load_search_config(SPACE)
-    recipe = trial_settings(cfg.train, default_point(cfg)).model_dump(mode="json")
-    recipe.update(epochs=epochs, seed=0)
-    space = {
-        "name": "recipe",
-        "data": {"root": str(data)},
-        "train": recipe,
-        "search": {"num_samples": 1, "max_concurrent": 1},
-        "scheduler": {"type": "fifo"},
-        "resources": {"cpu": 2, "gpu": 0},
-        "ensemble": str(work / "one.yaml"),
+    settings = trial_settings(cfg.train, default_point(cfg)).model_copy(
+        update={"epochs": 1000, "seed": 0}
+    )
+    data_cfg = DataConfig(root=str(data))
+    val, test = read_split(data_cfg, "val"), read_split(data_cfg, "test")
+    kept_split = json.loads((search_folder / "holdout.json").read_text())
+    holdout = split_valset(val, kept_split["fraction"], kept_split["seed"])
+    kept: dict = {}
+
+    def report(metrics, folder):
+        kept.update(
+            best=torch.load(Path(folder) / BEST_FILE, weights_only=True), epochs=metrics["epoch"]
+        )
+
+    deadline = time.time() + wall - SCORING_S - (time.perf_counter() - started)
+    train_trial(
+        settings, data_cfg, report, val_names=holdout.select_names, deadline=deadline,
+        robust_val=cfg.robust_val, device="cpu",
+    )  # fmt: skip
+    member = member_from_checkpoint(kept["best"], "recipe", torch.device("cpu"))
+    views = ["identity", "hflip"]
+    candidate = MemberPredictions(
+        "recipe", "recipe", views,
+        predict_views(member, load_images(val, member.img_size), views),
+        predict_views(member, load_images(test, member.img_size), views),
+    )  # fmt: skip
+    result = build_ensemble(
+        [candidate], val.targets, EnsembleRecipe(top_k=1, tta=views), *holdout.indices(val.names)
+    )
+    labels = pd.read_csv(data / "testset_label.txt").set_index("img_name")
+    return {
+        "recipe_auc": roc_auc(labels.loc[list(test.names), "target"].to_numpy(), result.test_pred),
+        "recipe_wall_s": time.perf_counter() - started,
+        "recipe_epochs": kept["epochs"],
     }
-    (work / "one.yaml").write_text("top_k: 1\ncombine: best\n")
-    path = work / "recipe.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
 
 
 def run_pair(task: str, seed: int, budget: float) -> dict:
@@ -109,10 +131,7 @@ def run_pair(task: str, seed: int, budget: float) -> dict:
         )  # fmt: skip
         search_auc = test_auc(work / "runs" / "search" / "submission.csv", data)
         trials = pd.read_csv(work / "runs" / "search" / "trials.csv")
-        epochs = recipe_epochs(work / "runs" / "search")
-        _, recipe_wall = ffdi(work, "run", str(one_recipe_space(work, data, epochs)))
-        recipe_auc = test_auc(work / "runs" / "recipe" / "submission.csv", data)
-        recipe_trials = pd.read_csv(work / "runs" / "recipe" / "trials.csv")
+        recipe = one_recipe(data, work / "runs" / "search", wall)
     return {
         "task": task,
         "seed": seed,
@@ -120,9 +139,7 @@ def run_pair(task: str, seed: int, budget: float) -> dict:
         "search_wall_s": wall,
         "search_trials": len(trials),
         "deepest_epochs": int(trials["epochs_run"].max()),
-        "recipe_auc": recipe_auc,
-        "recipe_wall_s": recipe_wall,
-        "recipe_epochs": int(recipe_trials["epochs_run"].max()),
+        **recipe,
     }
 
 
