@@ -75,8 +75,10 @@ class MlflowTrials(tune.Callback):
         fixed: dict,
         val_images: int,
         search_name: str = "",
+        inputs: list[dict] | None = None,
     ):
         self.tracker, self.experiment_id, self.parent_id = tracker, experiment_id, parent_id
+        self.inputs = inputs or []  # the datasets every trial reads, logged on its run
         self.fixed = fixed
         # how many valset images each epoch's metrics use (the selection part)
         self.val_images = val_images
@@ -99,6 +101,7 @@ class MlflowTrials(tune.Callback):
                 params,
                 run_name=f"trial-{trial.trial_id}",
             )
+            self.tracker.log_inputs(self.run_ids[trial.trial_id], self.inputs)
         return self.run_ids[trial.trial_id]
 
     def _budget_cut(self, trial) -> bool:

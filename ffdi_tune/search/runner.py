@@ -48,6 +48,7 @@ from ffdi_tune.search.setup import (
     live_budget,
     open_tracking,
     prepare_data,
+    search_inputs,
     trial_run_ids,
     warm_cache,
 )
@@ -231,7 +232,13 @@ def _run_trials(
     storage_path, exp_path, out_dir = paths
     fixed = cfg.train.model_dump()
     mirror = MlflowTrials(
-        on.tracker, on.experiment_id, on.parent_id, fixed, len(holdout.select_names), cfg.name
+        on.tracker,
+        on.experiment_id,
+        on.parent_id,
+        fixed,
+        len(holdout.select_names),
+        cfg.name,
+        search_inputs(data, holdout),
     )
     # the clock first: Tune calls them in order, and a trial's cut is decided before its tags
     callbacks = [BudgetClock(cfg.name, fixed), mirror]

@@ -46,6 +46,7 @@ __all__ = [
     "warm_cache",
     "provenance",
     "open_tracking",
+    "search_inputs",
     "live_budget",
     "trial_run_ids",
     "finish_tracking",
@@ -194,6 +195,16 @@ def provenance(check: DataCheck) -> dict[str, str]:
     return tags
 
 
+def search_inputs(data: DataConfig, holdout: Holdout) -> list[dict]:
+    """The datasets the search's trials read, as MLflow inputs: trainset (training) and valset's
+    selection part (validation), with digests of their names and labels."""
+    val = read_split(data, "val").only(holdout.select_names)
+    return [
+        tracking.dataset_input(read_split(data, "train"), "trainset", "training", data.root),
+        tracking.dataset_input(val, "valset-selection", "validation", data.root),
+    ]
+
+
 def open_tracking(
     cfg: SearchConfig, resume: bool, check: DataCheck, holdout: Holdout, out_dir: Path
 ) -> tuple[Tracker, str, str]:
@@ -212,6 +223,8 @@ def open_tracking(
         provenance(check) | tracking.holdout_tags(holdout),
     )
     save_holdout(out_dir, holdout)
+    if not resume:
+        tracker.log_inputs(parent_id, search_inputs(check.data, holdout))
     if holdout.honest and not resume:
         # the report part's names, so that a final stage on a changed valset scores only those
         with tempfile.TemporaryDirectory(prefix="ffdi-holdout-") as tmp:

@@ -9,7 +9,12 @@ on a reader and a writer of the store); ``spool`` journals writes made while the
 replays them.
 """
 
-from ffdi_tune.tracking.records import TrialRecord, holdout_from_tags, holdout_tags
+from ffdi_tune.tracking.records import (
+    TrialRecord,
+    dataset_input,
+    holdout_from_tags,
+    holdout_tags,
+)
 from ffdi_tune.tracking.schema import *  # noqa: F403 - every name of the schema, as tracking.NAME
 from ffdi_tune.tracking.schema import __all__ as _schema_names
 from ffdi_tune.tracking.settings import TrackingConfig
@@ -27,6 +32,7 @@ __all__ = [
     "TrialRecord",
     "holdout_tags",
     "holdout_from_tags",
+    "dataset_input",
     "TrackingConfig",
     "SPOOL_DIR",
     "Spool",

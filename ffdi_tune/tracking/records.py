@@ -1,7 +1,10 @@
-"""Typed records of what the package reads back from MLflow runs: trials and valset splits."""
+"""Typed records of what the package reads back from MLflow runs (trials and valset splits), and
+what it logs of its datasets."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from ffdi_tune.tracking.schema import (
@@ -15,7 +18,7 @@ from ffdi_tune.tracking.schema import (
     TRIAL_ID,
 )
 
-__all__ = ["TrialRecord", "holdout_tags", "holdout_from_tags"]
+__all__ = ["TrialRecord", "holdout_tags", "holdout_from_tags", "dataset_input"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,14 @@ def holdout_from_tags(tags: dict[str, str]) -> dict | None:
         "seed": int(tags.get(HOLDOUT_SEED, 0)),
         "report_hash": tags[HOLDOUT_REPORT_HASH],
     }
+
+
+def dataset_input(split, name: str, context: str, source: str) -> dict:
+    """A split (:class:`~ffdi_tune.data.layout.Split`) as an MLflow dataset input: its name, a
+    digest of its image names and labels (any added, removed, renamed or relabelled image changes
+    it), where it lives and how many images it has; ``context`` is MLflow's (``training``,
+    ``validation``)."""
+    targets = [None] * len(split) if split.targets is None else [int(t) for t in split.targets]
+    rows = sorted(zip(split.names, targets, strict=True), key=lambda row: row[0])
+    digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:20]
+    return {"name": name, "digest": digest, "context": context, "source": source, "rows": len(rows)}

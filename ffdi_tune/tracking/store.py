@@ -273,7 +273,15 @@ class StoreWriter(StoreReader):
     """The writes, made in the store at once: runs created (or found again) and journaled
     operations applied (:meth:`apply`), a trial run's placeholder id resolved on the way."""
 
-    OPERATIONS = ("trial_run", "metrics", "tags", "artifact", "finish", "close_unfinished")
+    OPERATIONS = (
+        "trial_run",
+        "metrics",
+        "tags",
+        "artifact",
+        "inputs",
+        "finish",
+        "close_unfinished",
+    )
 
     def __init__(self, uri: str, artifact_location: str | None = None):
         super().__init__(uri, artifact_location)
@@ -401,6 +409,8 @@ class StoreWriter(StoreReader):
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
         elif op == "artifact":
             self.client.log_artifact(run_id, entry["path"], entry.get("artifact_path"))
+        elif op == "inputs":
+            self.client.log_inputs(run_id, datasets=[_dataset(d) for d in entry["datasets"]])
         elif op == "finish":
             self.client.set_terminated(run_id, status=entry["status"], end_time=entry.get("time"))
         elif op == "close_unfinished":
@@ -412,6 +422,26 @@ class StoreWriter(StoreReader):
                 f"unknown tracking operation {op!r}; valid: {', '.join(self.OPERATIONS)}"
             )
         return None
+
+
+_IMAGE_LIST_SCHEMA = json.dumps(
+    {"mlflow_colspec": [{"name": "img_name", "type": "string"}, {"name": "target", "type": "long"}]}
+)
+
+
+def _dataset(record: dict):
+    """MLflow's dataset input of a :func:`~ffdi_tune.tracking.records.dataset_input` record."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        record["name"],
+        record["digest"],
+        "local",
+        json.dumps({"uri": record["source"]}),
+        schema=_IMAGE_LIST_SCHEMA,
+        profile=json.dumps({"num_rows": record["rows"]}),
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", record["context"])])
 
 
 class Tracker(StoreWriter):
@@ -519,6 +549,11 @@ class Tracker(StoreWriter):
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._write("artifact", run_id, path=str(path), artifact_path=artifact_path)
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        """Log :func:`~ffdi_tune.tracking.records.dataset_input` records as the run's inputs."""
+        if datasets:
+            self._write("inputs", run_id, datasets=datasets)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         if tags:

@@ -94,6 +94,12 @@ def test_mlflow_parent_and_children(finished_search):
         "runs/mlartifacts"
     )
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    # the runs table's Dataset column: trainset and the selection part, on the search and trials
+    for run in [parent, *children]:
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"trainset", "valset-selection"}
+        assert '"num_rows": 12' in inputs["valset-selection"].dataset.profile  # half of 24
+        assert {t.value for t in inputs["trainset"].tags} == {"training"}
     tags = parent.data.tags  # what reproducing the search needs
     assert (
         tags["ffdi.version.torch"] == torch.__version__.split("+")[0] and tags["ffdi.version.ray"]

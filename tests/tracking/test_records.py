@@ -37,3 +37,35 @@ def test_a_trial_run_reads_back_as_its_record(tmp_path):
     assert record.params == {"lr": "0.01"} and record.metrics == {"val_auc": 0.8}
     assert record.end_s is not None and record.end_s >= record.start_s
     assert tracker.trials_of(exp, parent) == [record]
+
+
+def test_a_split_is_logged_as_an_mlflow_dataset_input_whose_digest_follows_its_images(tmp_path):
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from ffdi_tune.data.layout import Split
+    from ffdi_tune.tracking import dataset_input
+
+    def split(names, targets):
+        return Split("train", tuple(names), tuple(tmp_path / n for n in names), np.array(targets))
+
+    first = dataset_input(split(["b.jpg", "a.jpg"], [1, 0]), "trainset", "training", "/data")
+    assert first == {
+        "name": "trainset",
+        "digest": first["digest"],
+        "context": "training",
+        "source": "/data",
+        "rows": 2,
+    }
+    same = dataset_input(split(["a.jpg", "b.jpg"], [0, 1]), "trainset", "training", "/data")
+    relabelled = dataset_input(split(["a.jpg", "b.jpg"], [1, 1]), "trainset", "training", "/d")
+    assert same["digest"] == first["digest"] != relabelled["digest"]  # order does not count
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, (tmp_path / "artifacts").as_uri())
+    exp = tracker.experiment_id("inputs")
+    parent = tracker.search_run(exp, "inputs", False, "name: inputs\n", str(tmp_path))
+    tracker.log_inputs(parent, [first])
+    (logged,) = MlflowClient(uri).get_run(parent).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("trainset", first["digest"])
+    assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "training"}
+    assert '"num_rows": 2' in logged.dataset.profile
