@@ -6,8 +6,9 @@
   recipe, valset split, fingerprints);
 - ``build``: chooses views, members and the combination on the selection part of valset only and
   measures the shipped one on the report part (no I/O);
-- ``methods``: the registry of combination methods (``combine:``), one registration each;
-- ``combine``: the combination arithmetic (averages, rank average, greedy selection);
+- ``methods``: the registry of combination methods (``combine:``), one registration each (the
+  arithmetic they use is :mod:`ffdi_tune.scoring.combine`);
+- ``soup``: greedy weight soups of members that share their pretrained weights;
 - ``recipe``: the ``ensembles/*.yaml`` schema;
 - ``table``: the members-and-combinations table for people;
 - ``submission``: the ``img_name,y_pred`` CSV;

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ffdi_tune import tracking
-from ffdi_tune.ensemble.combine import to_probability
+from ffdi_tune.scoring.combine import to_probability
 from ffdi_tune.ensemble.methods import (
     Combination,
     Pool,

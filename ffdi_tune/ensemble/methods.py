@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ffdi_tune.ensemble.combine import AVERAGES, SCALES, greedy_select
+from ffdi_tune.scoring.combine import AVERAGES, SCALES, greedy_select
 from ffdi_tune.errors import did_you_mean
 from ffdi_tune.scoring.epoch_metrics import robust_metrics
 
@@ -73,7 +73,7 @@ class Fitted(NamedTuple):
     """A method's choice: the members it keeps and their weights, and the scale they average on."""
 
     weights: dict[str, float]  # member -> weight > 0, in pool order; the weights sum to 1
-    scale: str  # a key of :data:`~ffdi_tune.ensemble.combine.SCALES`
+    scale: str  # a key of :data:`~ffdi_tune.scoring.combine.SCALES`
 
 
 @dataclass(frozen=True)

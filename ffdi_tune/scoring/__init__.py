@@ -3,7 +3,9 @@
 ``epoch_metrics`` is the registry of per-epoch metrics and their directions; ``metrics`` computes
 AUC, TPR at a low FPR, accuracy and log loss; ``tta`` defines the test-time views; ``inference``
 gives full-precision log-odds per view; ``predict`` loads a trial's checkpoint and scores every
-view from one decode. Used by training, the search and the final stage alike.
+view from one decode; ``combine`` is the arithmetic of combining members' scores (weighted
+averages of probabilities or log-odds, rank average, greedy selection). Used by training, the
+search, the final stage and the logged ensemble model alike.
 """
 
 from ffdi_tune.scoring.epoch_metrics import best_value, check_metric, higher_is_better, is_better

@@ -8,7 +8,7 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
-from ffdi_tune.ensemble.combine import (
+from ffdi_tune.scoring.combine import (
     SCALES,
     greedy_select,
     mean_log_odds,
