@@ -234,6 +234,11 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         allow_changed_data=args.allow_changed_data,
     )
     _print_ensemble(stage)
+    if args.register:
+        from ffdi_tune.tracking.model import register_ensemble_model
+
+        version = register_ensemble_model(resolve_tracking()[0], stage.run_id, args.register)
+        print(f"registered: model {args.register!r} version {version} (runs:/{stage.run_id}/model)")
     return 0
 
 
@@ -394,6 +399,11 @@ def _add_ensemble(commands) -> None:
         "--allow-changed-data",
         action="store_true",
         help="score valset/testset even if they changed since the search ran",
+    )
+    ensemble.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the shipped ensemble (the run's pyfunc model) in the Model Registry as NAME",
     )
     ensemble.set_defaults(func=_cmd_ensemble)
 

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from ffdi_tune import tracking
-from ffdi_tune.scoring.combine import to_probability
 from ffdi_tune.ensemble.methods import (
     Combination,
     Pool,
@@ -39,6 +38,7 @@ from ffdi_tune.ensemble.methods import (
     requested_combination,
 )
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.scoring.combine import to_probability
 from ffdi_tune.scoring.epoch_metrics import higher_is_better, robust_metrics
 from ffdi_tune.scoring.metrics import binary_metrics, bootstrap_auc_interval, roc_auc, tpr_at_fpr
 
@@ -72,6 +72,7 @@ class EnsembleResult:
     """The shipped combination, its submission scores and the table and metrics that judge it."""
 
     chosen: str  # the shipped combination's name
+    scale: str  # what its weights average: "prob", "logit" or "rank"
     members: list[str]  # its members (weight > 0), best first
     weights: dict[str, float]
     views: dict[str, list[str]]  # the views each candidate uses
@@ -410,6 +411,7 @@ def build_ensemble(
         rows[name]["weight"] = w
     return EnsembleResult(
         chosen=combo.name,
+        scale=combo.scale,
         members=list(combo.members),
         weights=weights,
         views={name: member.views for name, member in chosen.items()},

@@ -311,10 +311,12 @@ def _log_ensemble_run(
     submission: str,
     tags: dict[str, str],
     soup: Soup | None = None,
+    example: tuple[Path, ...] = (),
 ) -> str:
     """The ensemble run, with the submission, the members table, (with a report part) the ROC
-    figure and (when a soup ships) its weights as ``soup.pt`` as artifacts, and ``tags`` besides
-    its own; returns its id."""
+    figure and (when a soup ships) its weights as ``soup.pt`` as artifacts, ``tags`` besides its
+    own, and the shipped ensemble as its pyfunc model (``example``: image paths for its input
+    example); returns its id."""
     with tempfile.TemporaryDirectory(prefix="ffdi-report-") as tmp:
         members_csv = Path(tmp) / "members.csv"
         _marked(result.table).to_csv(members_csv, index=False)
@@ -323,6 +325,7 @@ def _log_ensemble_run(
         if soup is not None:
             torch.save(soup.checkpoint, Path(tmp) / "soup.pt")
             figures.append(Path(tmp) / "soup.pt")
+        model = _model_spec(tracker, result, soup, Path(tmp), example)
         return tracker.ensemble_run(
             tracker.experiment_id(experiment, create=False),
             f"ensemble-{result.chosen}",
@@ -331,7 +334,24 @@ def _log_ensemble_run(
             result.metrics,
             [sub, members_csv, *figures],
             {tracking.COMBINE_CHOSEN: result.chosen, **tracking.holdout_tags(holdout), **tags},
+            model=model,
         )
+
+
+def _model_spec(
+    tracker: Tracker, result: EnsembleResult, soup: Soup | None, tmp: Path, example
+) -> dict:
+    """What the pyfunc model is made of: each shipped member's best.pt (downloaded again; a
+    soup's saved), views and weight, the scale, example images."""
+    members = []
+    for name in result.members:
+        if soup is not None and name == soup.name:
+            checkpoint = tmp / "soup.pt"
+        else:
+            checkpoint = tracker.download(name, "checkpoint/best.pt", tmp / "members" / name)
+        views, weight = result.views[name], result.weights[name]
+        members.append({"name": name, "checkpoint": checkpoint, "views": views, "weight": weight})
+    return {"members": members, "scale": result.scale, "example": [str(p) for p in example]}
 
 
 def run_ensemble(
@@ -385,8 +405,9 @@ def run_ensemble(
     params = _run_params(
         recipe, recipe_name, experiments, holdout, result, perturbation, shipped_soup
     )
+    example = test.paths[:2]
     run_id = _log_ensemble_run(
-        tracker, first, parent_run_id, params, result, holdout, text, short, shipped_soup
+        tracker, first, parent_run_id, params, result, holdout, text, short, shipped_soup, example
     )
     # The submission lands last, in one rename: a failure above leaves no CSV behind.
     out = Path(out or recipe.output or Path("runs") / first / "submission.csv")

@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ffdi_tune.scoring.combine import AVERAGES, SCALES, greedy_select
 from ffdi_tune.errors import did_you_mean
+from ffdi_tune.scoring.combine import AVERAGES, SCALES, greedy_select
 from ffdi_tune.scoring.epoch_metrics import robust_metrics
 
 __all__ = [

@@ -529,11 +529,18 @@ class Tracker(StoreWriter):
         metrics: dict[str, float],
         artifacts: list[Path],
         tags: dict[str, str] | None = None,
+        model: dict | None = None,
     ) -> str:
-        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files."""
+        """One finished run (tag ffdi.role=ensemble) with an ensemble's recipe, scores and files,
+        and with ``model`` (:func:`~ffdi_tune.tracking.model.log_ensemble_model`'s arguments) the
+        ensemble as its pyfunc model ``model``."""
         run_id = self._create_ensemble_run(
             experiment_id, name, parent_id, params, metrics, artifacts, tags
         )
+        if model is not None:
+            from ffdi_tune.tracking.model import log_ensemble_model
+
+            log_ensemble_model(run_id, self.uri, **model)
         self.finish(run_id)
         return run_id
 

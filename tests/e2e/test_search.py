@@ -48,6 +48,14 @@ resources: {cpu: 1, gpu: auto}
 ensemble: top3.yaml
 """
 TOP3 = "top_k: 3\ntta: [identity, hflip]\n"  # combine: auto
+LOAD_MODEL = """
+import json, sys
+import mlflow, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+predicted = model.predict(pd.DataFrame({"path": json.loads(sys.argv[3])}))
+print(json.dumps([float(p) for p in predicted]))
+"""
 RANK = "top_k: 5\ncombine: rank\ntta: [identity, hflip, vflip]\n"
 
 
@@ -306,9 +314,23 @@ def test_ensemble_and_predict_from_the_store_alone(finished_search, tmp_path):
     assert short[0].data.params["top_k"] == "4"
     out.unlink()
     (finished_search / "rank3.yaml").write_text(RANK.replace("top_k: 5", "top_k: 3"))
-    proc = run_cli(env_cwd, "ensemble", "rank3.yaml", "--experiment", "e2e", "--out", str(out))
+    proc = run_cli(
+        env_cwd, "ensemble", "rank3.yaml", "--experiment", "e2e", "--out", str(out),
+        "--register", "e2e-rank",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert_submission(out, finished_search / "data")
+    assert "registered: model 'e2e-rank' version 1" in proc.stdout
+    # the registered model, loaded in a fresh process, scores the test files as the submission did
+    submission = pd.read_csv(out)
+    paths = [str(finished_search / "data" / "testset" / n) for n in submission["img_name"]]
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_MODEL, f"sqlite:///{finished_search}/runs/mlflow.db",
+         "models:/e2e-rank/1", json.dumps(paths)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    predicted = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert predicted == submission["y_pred"].tolist()
     client, _, runs = client_and_runs(finished_search)
     rank_runs = [
         r

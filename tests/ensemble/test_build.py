@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from ffdi_tune.ensemble.build import MemberPredictions, build_ensemble
-from ffdi_tune.scoring.combine import mean_probability
 from ffdi_tune.ensemble.methods import COMBINATIONS
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.scoring.combine import mean_probability
 
 
 def halves(n: int) -> tuple[np.ndarray, np.ndarray]:

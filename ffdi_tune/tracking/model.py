@@ -1,0 +1,128 @@
+"""The shipped ensemble as an MLflow pyfunc model: ``mlflow.pyfunc.load_model`` and ``mlflow models
+serve`` score new images with it.
+
+The model's artifacts are its members' ``best.pt`` files (a weight soup's averaged weights count as
+one member) and ``ensemble.json``: each member's TTA views and weight, and the scale the weights
+average on. :meth:`EnsembleModel.predict` takes a DataFrame with a ``path`` column of image files
+and returns each image's probability of fake, decoded and scored exactly as the final stage scored
+testset (each member at its own size and normalisation, every view from one decode). A ``rank``
+ensemble's scores are ranks within the images of one call, as in the submission.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from ffdi_tune.data.layout import Split, load_images
+from ffdi_tune.scoring.combine import SCALES, to_probability
+from ffdi_tune.scoring.predict import default_device, member_from_checkpoint, predict_views
+
+__all__ = ["EnsembleModel", "SPEC_FILE", "log_ensemble_model", "register_ensemble_model"]
+
+SPEC_FILE = "ensemble.json"
+MODEL_NAME = "model"  # the model's folder on the ensemble run: runs:/<run id>/model
+
+
+class EnsembleModel(mlflow.pyfunc.PythonModel):
+    """The shipped ensemble: its members, their views and weights, one scale."""
+
+    def load_context(self, context) -> None:
+        spec = json.loads(Path(context.artifacts["spec"]).read_text())
+        device = default_device()
+        self.scale = spec["scale"]
+        self.members = []
+        for i, member in enumerate(spec["members"]):
+            checkpoint = torch.load(
+                context.artifacts[f"member{i}"], map_location="cpu", weights_only=True
+            )
+            loaded = member_from_checkpoint(checkpoint, member["name"], device)
+            self.members.append((loaded, member["views"], float(member["weight"])))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        paths = tuple(Path(p) for p in model_input["path"])
+        split = Split("predict", tuple(str(p) for p in paths), paths, None)
+        scores = []
+        for member, views, _ in self.members:
+            images = load_images(split, member.img_size)
+            scores.append(predict_views(member, images, views).mean(axis=0))
+        weights = np.array([w for _, _, w in self.members])
+        combiner, _ = SCALES[self.scale]
+        return to_probability(combiner(np.stack(scores), weights), self.scale)
+
+
+def log_ensemble_model(
+    run_id: str, tracking_uri: str, members: list[dict], scale: str, example: list[str]
+) -> None:
+    """Log the ensemble as the pyfunc model ``model`` of run ``run_id``: ``members`` are
+    ``{"name", "checkpoint" (a best.pt path), "views", "weight"}``; ``example`` image paths make
+    its input example."""
+    from mlflow.models import infer_signature
+
+    spec = {
+        "scale": scale,
+        "members": [{k: m[k] for k in ("name", "views", "weight")} for m in members],
+    }
+    with _tracking(tracking_uri), _spec_file(spec) as spec_path:
+        artifacts = {"spec": str(spec_path)}
+        artifacts |= {f"member{i}": str(m["checkpoint"]) for i, m in enumerate(members)}
+        example_input = pd.DataFrame({"path": [str(p) for p in example]})
+        signature = infer_signature(example_input, np.zeros(len(example)))
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=EnsembleModel(),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example_input,
+                pip_requirements=_requirements(),
+                code_paths=[str(Path(__file__).resolve().parents[1])],  # ffdi_tune travels with it
+            )
+
+
+def register_ensemble_model(tracking_uri: str, run_id: str, name: str) -> str:
+    """Register the ensemble run's model in the Model Registry as ``name``; its new version."""
+    with _tracking(tracking_uri):
+        return str(mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name).version)
+
+
+_REQUIRED = ("torch", "torchvision", "timm", "pillow", "numpy", "pandas", "scipy", "scikit-learn")
+
+
+def _requirements() -> list[str]:
+    """The packages the model's code imports, pinned to this environment's versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for package in (*_REQUIRED, "mlflow"):
+        try:
+            pinned.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(package)
+    return pinned
+
+
+@contextmanager
+def _tracking(uri: str):
+    """MLflow's fluent API pointed at ``uri`` for the block (the package's clients name theirs)."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+@contextmanager
+def _spec_file(spec: dict):
+    with tempfile.TemporaryDirectory(prefix="ffdi-model-") as tmp:
+        path = Path(tmp) / SPEC_FILE
+        path.write_text(json.dumps(spec, indent=1))
+        yield path
