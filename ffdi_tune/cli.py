@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ def _final_stage(cfg, recipe, outcome) -> str | None:
     from ffdi_tune.tracking import Tracker
 
     print(f"ensemble stage: {cfg.ensemble}")
+    started = time.perf_counter()
     stage = run_ensemble(
         recipe,
         recipe.experiments or [cfg.name],
@@ -157,7 +159,22 @@ def _final_stage(cfg, recipe, outcome) -> str | None:
         recipe_name=cfg.ensemble,
     )
     _print_ensemble(stage)
+    _note_final_stage_time(outcome, stage, time.perf_counter() - started)
     return stage.submission
+
+
+def _note_final_stage_time(outcome, stage, took_s: float) -> None:
+    """With a time budget: what the final stage took against what the budget kept for it, said
+    and logged on the ensemble run (``final_stage_s``, ``final_stage_reserve_s``)."""
+    from ffdi_tune.tracking import Tracker
+
+    if outcome.final_reserve_s is None:
+        return
+    reserve = outcome.final_reserve_s
+    verdict = "within" if took_s <= reserve else "over"
+    print(f"final stage: {took_s:.0f}s, {verdict} the {reserve:.0f}s the time budget kept for it")
+    metrics = {"final_stage_s": took_s, "final_stage_reserve_s": reserve}
+    Tracker(outcome.tracking_uri).log_metrics(stage.run_id, metrics, step=0)
 
 
 def _print_where_results_are(args: argparse.Namespace, cfg, outcome, submission) -> None:

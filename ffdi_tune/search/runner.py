@@ -84,6 +84,7 @@ class SearchOutcome:
     data: DataConfig  # with the absolute root the trials used
     tracking_pending: int = 0  # writes kept in the spool because the tracking store was unreachable
     budget: TimeBudget | None = None
+    final_reserve_s: float | None = None  # what the budget kept for the final stage at the end
 
 
 def search_dir(cfg: SearchConfig) -> tuple[str, Path]:
@@ -358,4 +359,5 @@ def run_search(
         check.data,
         on.tracker.pending(),
         live.budget if live else None,
+        live.reserve() if live else None,
     )

@@ -72,6 +72,11 @@ def test_a_budgeted_search_ships_a_submission(planned, tiny_data):
     submission = pd.read_csv(work / "runs" / "demo" / "submission.csv")
     assert len(submission) == len(list((tiny_data / "testset").iterdir()))
     assert "time budget:" in printed and "submission:" in printed
+    # what the final stage took, against what the budget kept for it: said and logged
+    (ensemble,) = runs_by_role(store_client(work), "demo")["ensemble"]
+    took, kept = (ensemble.data.metrics[k] for k in ("final_stage_s", "final_stage_reserve_s"))
+    verdict = "within" if took <= kept else "over"
+    assert f"final stage: {took:.0f}s, {verdict} the {kept:.0f}s the time budget kept" in printed
 
 
 def test_a_budget_too_small_for_one_full_length_trial_is_one_line(
