@@ -77,6 +77,27 @@ def _check_out(out) -> None:
         raise ConfigError(f"--out {out} is a folder; name the CSV file to write, e.g. {example}")
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ffdi_tune.config import load_search_config
+
+    cfg = load_search_config(args.space, _run_overrides(args))
+    recipe = None
+    if cfg.ensemble and not args.no_ensemble:
+        from ffdi_tune.ensemble.recipe import load_recipe
+
+        recipe = load_recipe(cfg.ensemble)
+        _check_top_k(cfg, recipe, args.resume)
+        print(f"ensemble: {cfg.ensemble} (top_k {recipe.top_k}, combine {recipe.combine})")
+    from ffdi_tune.search.preflight import preflight
+    from ffdi_tune.search.runner import experiment_path, search_dir
+
+    storage_path, _ = search_dir(cfg)
+    final_stage = (recipe.passes_per_image, recipe.pool_size) if recipe else (0, None)
+    preflight(cfg, experiment_path(storage_path, cfg.name), final_stage)
+    print(f"check: {args.space} is ready to run; nothing was trained or written under runs/")
+    return 0
+
+
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted YAML keys that ``run``'s flags override (None: not given), then every ``--set``
     (the last of a key wins)."""
@@ -356,13 +377,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ffdi-tune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_ensemble, _add_predict, _add_demo_data, _add_sync, _add_ui):
+    for add in (
+        _add_run,
+        _add_check,
+        _add_ensemble,
+        _add_predict,
+        _add_demo_data,
+        _add_sync,
+        _add_ui,
+    ):
         add(commands)
     return parser
 
 
+def _add_check(commands) -> None:
+    check = commands.add_parser(
+        "check",
+        help="every check a run makes before training (config, weights, data, cache, plan), "
+        "and what it would do; trains and writes nothing",
+    )
+    _add_run_flags(check)
+    check.set_defaults(func=_cmd_check)
+
+
 def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run a search described by a YAML file")
+    _add_run_flags(run)
+    run.set_defaults(func=_cmd_run)
+
+
+def _add_run_flags(run) -> None:
+    """The flags of ``run`` (and of ``check``, which checks what that run would do)."""
     run.add_argument("space", help="search-space YAML, e.g. search_spaces/demo.yaml")
     run.add_argument("--data", help="data root (overrides data.root)")
     run.add_argument("--name", help="search name (overrides name)")
@@ -395,7 +440,6 @@ def _add_run(commands) -> None:
     run.add_argument(
         "--no-cache", action="store_true", help="decode images in every trial (data.cache: false)"
     )
-    run.set_defaults(func=_cmd_run)
 
 
 def _add_ensemble(commands) -> None:
