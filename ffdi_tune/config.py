@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ffdi_tune.data.perturb import RobustValConfig
 from ffdi_tune.data.settings import DataConfig
@@ -184,6 +184,13 @@ class SearchConfig(StrictModel):
     robust_val: RobustValConfig = RobustValConfig()
     ensemble: str | None = None
     address: str | None = None
+    # the file it was read from (not a YAML key): its git commit is recorded on the search run
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The YAML file this config was loaded from (None when made in code)."""
+        return self._source
 
     @field_validator("name")
     @classmethod
@@ -395,11 +402,10 @@ def load_search_config(
     >>> cfg = load_search_config("search_spaces/demo.yaml", {"search.num_samples": 2})
     """
     cfg = parse_search_config(read_yaml(path), source=str(path), overrides=overrides)
-    return (
-        cfg.model_copy(update={"ensemble": _near(cfg.ensemble, Path(path))})
-        if cfg.ensemble
-        else cfg
-    )
+    if cfg.ensemble:
+        cfg = cfg.model_copy(update={"ensemble": _near(cfg.ensemble, Path(path))})
+    cfg._source = Path(path).resolve()
+    return cfg
 
 
 def _near(relative: str, yaml_file: Path) -> str:

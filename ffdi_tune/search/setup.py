@@ -5,6 +5,7 @@ parent run summarised by :mod:`~ffdi_tune.search.summary` and closed)."""
 from __future__ import annotations
 
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "cache_entries",
     "warm_cache",
     "provenance",
+    "source_tags",
     "open_tracking",
     "search_inputs",
     "live_budget",
@@ -160,6 +162,29 @@ def warm_cache(cfg: SearchConfig, data: DataConfig, holdout: Holdout, echo) -> N
     cache_plan.build(entries, cache_dir, echo)
 
 
+def source_tags(space: Path | None) -> dict[str, str]:
+    """MLflow's source tags for the space file: its path and, when it sits in a git repository,
+    the commit checked out (``mlflow.source.git.commit``, shown by the MLflow UI) and the remote."""
+    if space is None:
+        return {}
+    tags = {"mlflow.source.name": str(space), "mlflow.source.type": "LOCAL"}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(space.parent), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):  # no git here
+            return None
+        return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+    if commit := git("rev-parse", "HEAD"):
+        tags["mlflow.source.git.commit"] = commit
+        if remote := git("config", "--get", "remote.origin.url"):
+            tags["mlflow.source.git.repoURL"] = remote
+    return tags
+
+
 def provenance(check: DataCheck) -> dict[str, str]:
     """Tags that make a search reproducible: package versions and the data's fingerprints."""
     from importlib.metadata import PackageNotFoundError, version
@@ -220,7 +245,7 @@ def open_tracking(
         resume,
         resolved,
         check.data.root,
-        provenance(check) | tracking.holdout_tags(holdout),
+        provenance(check) | source_tags(cfg.source) | tracking.holdout_tags(holdout),
     )
     save_holdout(out_dir, holdout)
     if not resume:
