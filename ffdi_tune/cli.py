@@ -16,8 +16,9 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ffdi_tune.config import load_search_config
+    from ffdi_tune.config import load_search_config, resolve_shipped
 
+    args.space = str(resolve_shipped(args.space))
     cfg = load_search_config(args.space, _run_overrides(args))
     extra_time_s = _more_time(args)
     recipe = None
@@ -78,8 +79,9 @@ def _check_out(out) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ffdi_tune.config import load_search_config
+    from ffdi_tune.config import load_search_config, resolve_shipped
 
+    args.space = str(resolve_shipped(args.space))
     cfg = load_search_config(args.space, _run_overrides(args))
     recipe = None
     if cfg.ensemble and not args.no_ensemble:
@@ -256,11 +258,13 @@ def _print_ensemble(stage) -> None:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from ffdi_tune.config import resolve_shipped
     from ffdi_tune.ensemble.final_stage import run_ensemble
     from ffdi_tune.ensemble.recipe import load_recipe
     from ffdi_tune.tracking import Tracker, resolve_tracking
 
     _check_out(args.out)
+    args.recipe = str(resolve_shipped(args.recipe, "ensembles"))
     recipe = load_recipe(args.recipe)
     stage = run_ensemble(
         recipe,
@@ -408,7 +412,11 @@ def _add_run(commands) -> None:
 
 def _add_run_flags(run) -> None:
     """The flags of ``run`` (and of ``check``, which checks what that run would do)."""
-    run.add_argument("space", help="search-space YAML, e.g. search_spaces/demo.yaml")
+    run.add_argument(
+        "space",
+        help="search-space YAML, e.g. search_spaces/demo.yaml, or a shipped one by name (demo, "
+        "efficientnet, convnext)",
+    )
     run.add_argument("--data", help="data root (overrides data.root)")
     run.add_argument("--name", help="search name (overrides name)")
     run.add_argument("--num-samples", type=int, help="trials to run (overrides search.num_samples)")

@@ -42,6 +42,8 @@ __all__ = [
     "format_validation_error",
     "read_yaml",
     "parse_setting",
+    "shipped_folders",
+    "resolve_shipped",
     "load_search_config",
     "parse_search_config",
 ]
@@ -392,6 +394,34 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(
             f"{p}: YAML syntax error{line}: {problem}; fix the file's syntax"
         ) from None
+
+
+def shipped_folders(kind: str) -> list[Path]:
+    """Where the shipped ``search_spaces`` or ``ensembles`` are: beside the package in a source
+    checkout (or an editable install), and under ``share/ffdi-tune/`` of the environment after a
+    plain ``pip install``."""
+    import sysconfig
+
+    beside = Path(__file__).resolve().parents[1] / kind
+    installed = Path(sysconfig.get_path("data")) / "share" / "ffdi-tune" / kind
+    return [folder for folder in (beside, installed) if folder.is_dir()]
+
+
+def resolve_shipped(arg: str, kind: str = "search_spaces") -> Path:
+    """``arg`` as a file; a bare name (``demo``, ``top5``) that is no file is a shipped one of
+    ``kind``; a name that is neither is a ConfigError listing the shipped ones."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    folders = shipped_folders(kind)
+    for folder in folders:
+        if (folder / f"{arg}.yaml").is_file():
+            return folder / f"{arg}.yaml"
+    names = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+    raise ConfigError(
+        f"{arg}: no such file, and no shipped {kind.replace('_', ' ')[:-1]} of that name; name a "
+        f"YAML file, or one of: {', '.join(names) or 'none found'}"
+    )
 
 
 def load_search_config(

@@ -230,3 +230,49 @@ def test_a_clock_time_is_not_read_as_seconds(tmp_path):
         load_search_config(path)
     path.write_text("name: t\ndata: {root: d}\nsearch: {time_budget: 90}\n")
     assert load_search_config(path).search.time_budget == 90
+
+
+def test_shipped_spaces_and_recipes_are_found_by_name(tmp_path, monkeypatch):
+    import sysconfig
+
+    from ffdi_tune.config import resolve_shipped
+
+    monkeypatch.chdir(tmp_path)  # from any folder
+    assert resolve_shipped("demo") == REPO / "search_spaces" / "demo.yaml"
+    assert resolve_shipped("top5", "ensembles") == REPO / "ensembles" / "top5.yaml"
+    assert str(resolve_shipped("mine.yaml")) == "mine.yaml"  # a file name stays a file name
+    with pytest.raises(ConfigError, match="no shipped search space of that name; .* demo, "):
+        resolve_shipped("dmeo")
+    # after a plain install they live under the environment's share/ffdi-tune/
+    share = tmp_path / "env" / "share" / "ffdi-tune" / "search_spaces"
+    share.mkdir(parents=True)
+    (share / "night.yaml").write_text("name: night\n")
+    real = sysconfig.get_path
+    monkeypatch.setattr(
+        sysconfig,
+        "get_path",
+        lambda name, *a, **k: str(tmp_path / "env") if name == "data" else real(name, *a, **k),
+    )
+    assert resolve_shipped("night") == share / "night.yaml"
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_shipped_spaces_and_recipes(tmp_path):
+    """A plain (not editable) install gets them: the wheel's data files."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("ffdi_tune-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in (
+        "search_spaces/demo.yaml",
+        "search_spaces/efficientnet.yaml",
+        "ensembles/top5.yaml",
+    ):
+        assert any(n.endswith(f".data/data/share/ffdi-tune/{shipped}") for n in names), shipped
