@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ffdi_tune.errors import DataError
 
 __all__ = [
     "default_cache_dir",
+    "check_writable",
     "file_stamp",
     "cache_key",
     "cached_array",
@@ -40,6 +42,20 @@ def default_cache_dir() -> Path:
         return Path(os.environ["FFDI_TUNE_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "ffdi-tune"
+
+
+def check_writable(folder: Path, what: str, fix: str) -> Path:
+    """``folder``, made if needed, after a test write; a DataError naming it and ``fix`` when it
+    cannot be written (a file in the way, no permission, a read-only disk)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ffdi-write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"{what} {folder} cannot be written ({exc.strerror or type(exc).__name__}); {fix}"
+        ) from None
+    return Path(folder)
 
 
 def file_stamp(path: Path) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ffdi_tune.data.cache import cache_key, file_stamp
+from ffdi_tune.data.cache import cache_key, check_writable, file_stamp
 from ffdi_tune.data.layout import (
     SPLITS,
     Split,
@@ -191,6 +191,12 @@ def check_dataset(
         raise DataError(
             f"data.root {root} does not exist (or is not a folder); check --data or data.root, or "
             "write a demo dataset there first with ffdi-tune demo-data DIR"
+        )
+    if cache_dir_of(cfg) is not None:
+        check_writable(
+            cache_dir_of(cfg),
+            "the decode cache",
+            "point data.cache_dir (or FFDI_TUNE_CACHE) at a writable folder, or pass --no-cache",
         )
     for name in splits:
         split, scan_problems = scan_split(cfg, name)

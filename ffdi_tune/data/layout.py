@@ -113,6 +113,12 @@ def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd
             "write a CSV with header img_name,target"
         )
         return None
+    except OSError as exc:  # no permission, a folder in its place, an I/O error
+        problems.append(
+            f"{label_file} cannot be read ({exc.strerror or type(exc).__name__}); give this user "
+            "read access to it"
+        )
+        return None
     expected = ["img_name", "target"] if with_target else ["img_name"]
     if list(df.columns)[: len(expected)] != expected or (with_target and len(df.columns) != 2):
         problems.append(

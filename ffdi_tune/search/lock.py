@@ -43,7 +43,13 @@ def search_lock(out_dir: Path, name: str) -> Iterator[None]:
     """Hold the search's lock while the block runs; SearchError, naming the holder, when another
     run of it holds the lock."""
     path = lock_path(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SearchError(
+            f"the search lock's folder {path.parent} cannot be made ({exc.strerror}); point "
+            "FFDI_TUNE_CACHE at a writable folder"
+        ) from None
     holder = path.with_suffix(".json")
     lock = FileLock(path)
     try:

@@ -322,3 +322,29 @@ def test_a_mistyped_data_root_is_an_error_not_a_place_for_the_demo(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(typo) in err
     assert not typo.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=r"the decode cache .*a-file/cache cannot be written"):
+        check_dataset(DataConfig(root=str(data), cache_dir=str(blocker / "cache")))
+    # --no-cache needs no folder
+    assert check_dataset(DataConfig(root=str(data), cache=False)).summary["train"]["images"] > 0
+
+
+def test_a_label_file_that_cannot_be_read_is_one_problem(data, monkeypatch):
+    import pandas as pd
+
+    real = pd.read_csv
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith("trainset_label.txt"):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", refused)
+    with pytest.raises(
+        DataError, match="trainset_label.txt cannot be read \\(Permission denied\\)"
+    ):
+        check(data)
