@@ -12,6 +12,8 @@ ensemble's scores are ranks within the images of one call, as in the submission.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,13 +113,24 @@ def _requirements() -> list[str]:
 
 @contextmanager
 def _tracking(uri: str):
-    """MLflow's fluent API pointed at ``uri`` for the block (the package's clients name theirs)."""
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    """MLflow's fluent API pointed at ``uri`` for the block, and everything put back after: its
+    global URI (unset, when it was) and ``MLFLOW_TRACKING_URI``, which setting a URI also sets;
+    MLflow's own warnings about how the model is saved are kept off the output."""
+    from mlflow.tracking._tracking_service import utils  # MLflow's "this URI for a block"
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    quiet = logging.getLogger("mlflow")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-        yield
+        with utils._use_tracking_uri(uri):
+            yield
     finally:
-        mlflow.set_tracking_uri(before)
+        quiet.setLevel(level)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 @contextmanager
