@@ -64,15 +64,19 @@ class LiveBudget:
         trial, the default recipe, trains to full length: the mean of the ended trials would then
         close the search after the default alone, so the first-rung cost decides there: the
         plan's, or (once trials have scored an epoch) the measured time to a first epoch times the
-        rung's epochs, whichever is longer.
+        rung's epochs, whichever is longer. The first trial of a run always starts while any time
+        is left beyond the final stage's share: a trial the budget cuts short still ships.
         """
+        left = self.budget.remaining() - self.reserve()
+        if not self.started:  # the first trial always starts: cut short, it still ships
+            return left > 0
         needed = self.shortest_trial_s
         if needed is None:
             needed = self.budget.expected_trial_s()
         elif self.to_first_epoch_s:  # the plan's probe may run short of the real pace
             measured = sum(self.to_first_epoch_s) / len(self.to_first_epoch_s)
             needed = max(needed, measured * self.first_rung)
-        return self.budget.remaining() - self.reserve() > needed
+        return left > needed
 
 
 _LIVE: dict[str, LiveBudget] = {}

@@ -98,6 +98,7 @@ def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
     clock, searcher = Clock(), make_searcher(cfg)
     live = _live(clock)
     live.budget.trial_s.append(30.0)  # trials take 30 s
+    live.started["t0"] = 0.0  # one ran before
     attach_budget("gate", live)
     try:
         assert isinstance(searcher.suggest("t1"), dict)
@@ -107,6 +108,29 @@ def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
         assert searcher.suggest("t3") == Searcher.FINISHED
     finally:
         detach_budget("gate")
+
+
+def test_the_first_trial_starts_whenever_time_is_left_beyond_the_final_stages_share():
+    """Even when the plan's first rung looks longer than what is left: cut short, it still ships."""
+    cfg = parse_search_config(
+        yaml.safe_load(
+            "name: first\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
+            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+        )
+    )
+    clock, searcher = Clock(), make_searcher(cfg)
+    live = _live(clock)
+    live.shortest_trial_s = 500.0  # longer than the whole budget
+    attach_budget("first", live)
+    try:
+        assert isinstance(searcher.suggest("t1"), dict)
+        live.started["t1"] = 0.0
+        assert searcher.suggest("t2") == Searcher.FINISHED
+        clock.now += 100  # spent: not even a first trial of a resumed run
+        live.started.clear()
+        assert searcher.suggest("t3") == Searcher.FINISHED
+    finally:
+        detach_budget("first")
 
 
 def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_recipes_length():
@@ -119,6 +143,7 @@ def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_rec
     clock, searcher = Clock(), make_searcher(cfg)
     live = _live(clock)
     live.budget.trial_s.append(60.0)  # the default recipe trained to full length in 60 s
+    live.started["default"] = 0.0
     live.shortest_trial_s = 12.0  # the plan: a trial to its first rung takes 12 s
     attach_budget("gate2", live)
     try:
