@@ -247,6 +247,9 @@ def _run_trials(
     try:
         if live is not None:
             attach_budget(cfg.name, live)
+            # A trial the budget ends before its first epoch reports no metric: Tune would take
+            # that for a mistyped metric name and stop the search (TPE records it as pruned).
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         trainable = make_trainable(cfg, data, holdout, on.resources, live)
         grids, planned = fit_rounds(
             cfg, trainable, callbacks, storage_path, exp_path, out_dir, resume, grow, live

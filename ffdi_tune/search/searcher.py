@@ -65,11 +65,12 @@ class LiveBudget:
         close the search after the default alone, so the first-rung cost decides there: the
         plan's, or (once trials have scored an epoch) the measured time to a first epoch times the
         rung's epochs, whichever is longer. The first trial of a run always starts while any time
-        is left beyond the final stage's share: a trial the budget cuts short still ships.
+        is left beyond the final stage's share (a trial the budget cuts short still ships); a resumed
+        one, whose budget has seen trials end, is gated like the others.
         """
         left = self.budget.remaining() - self.reserve()
-        if not self.started:  # the first trial always starts: cut short, it still ships
-            return left > 0
+        if not self.started and not self.budget.trial_s:
+            return left > 0  # the search's first trial always starts: cut short, it still ships
         needed = self.shortest_trial_s
         if needed is None:
             needed = self.budget.expected_trial_s()
