@@ -64,9 +64,9 @@ class LiveBudget:
         trial, the default recipe, trains to full length: the mean of the ended trials would then
         close the search after the default alone, so the first-rung cost decides there: the
         plan's, or (once trials have scored an epoch) the measured time to a first epoch times the
-        rung's epochs, whichever is longer. The first trial of a run always starts while any time
-        is left beyond the final stage's share (a trial the budget cuts short still ships); a resumed
-        one, whose budget has seen trials end, is gated like the others.
+        rung's epochs, whichever is longer. The search's first trial always starts while any time
+        is left beyond the final stage's share (a trial the budget cuts short still ships); a
+        resumed run, whose budget has seen trials end, is gated like the others.
         """
         left = self.budget.remaining() - self.reserve()
         if not self.started and not self.budget.trial_s:
