@@ -88,7 +88,11 @@ def _verdicts(rows) -> list[tuple[str, str | None, str]]:
     once, hashed and decoded."""
     out = []
     for name, path in rows:
-        content = path.read_bytes()
+        try:
+            content = path.read_bytes()
+        except OSError as exc:  # no permission, an I/O error, gone since the scan
+            out.append((name, f"cannot be read ({exc.strerror or type(exc).__name__})", ""))
+            continue
         out.append((name, image_problem(path, content), hashlib.sha256(content).hexdigest()[:24]))
     return out
 

@@ -34,6 +34,7 @@ __all__ = [
     "HOLDOUT_FILE",
     "REPORT_NAMES_FILE",
     "report_names_json",
+    "legacy_report_hash",
     "split_from_report_names",
     "save_holdout",
     "saved_holdout",
@@ -56,6 +57,17 @@ def report_hash(names) -> str:
     return hashlib.sha256(report_names_json(names).encode()).hexdigest()[:16]
 
 
+def legacy_report_hash(names) -> str:
+    """The report hash searches recorded before it hashed a JSON list (names joined by newlines),
+    so that they still resume and ensemble."""
+    if not len(names):
+        return NO_REPORT_HASH
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(f"{name}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def report_names_json(names) -> str:
     """The sorted image names as JSON: what a search records of its report part."""
     return json.dumps(sorted(names), ensure_ascii=False)
@@ -73,6 +85,10 @@ class Holdout:
     @property
     def report_hash(self) -> str:
         return report_hash(self.report_names)
+
+    def matches(self, recorded_hash: str) -> bool:
+        """Whether ``recorded_hash`` (as a search recorded it, now or before) names this split."""
+        return recorded_hash in (self.report_hash, legacy_report_hash(self.report_names))
 
     @property
     def honest(self) -> bool:

@@ -157,7 +157,12 @@ def _read_labels(label_file: Path, with_target: bool, problems: list[str]) -> pd
 
 
 def _inside_and_once(
-    folder: Path, names: list[str], keep: list[int], follow_symlinks: bool, problems: list[str]
+    folder: Path,
+    names: list[str],
+    keep: list[int],
+    follow_symlinks: bool,
+    problems: list[str],
+    once: bool = True,
 ) -> list[int]:
     """``keep`` without the images whose path resolves outside ``folder`` (unless
     ``follow_symlinks``) and without second names of one file (``x.jpg`` and ``./x.jpg``, hard or
@@ -174,7 +179,7 @@ def _inside_and_once(
             continue
         st = real.stat()
         first = seen.setdefault((st.st_dev, st.st_ino), names[i])
-        if first != names[i]:
+        if once and first != names[i]:
             problems.append(
                 f"{folder}: {names[i]!r} and {first!r} are the same file; list each image once"
             )
@@ -210,7 +215,8 @@ def scan_split(cfg: DataConfig, split: str) -> tuple[Split | None, list[str]]:
             f"{label_file}: image {names[i]!r} is missing from {folder}; remove its row or add the "
             "file"
         )
-    keep = _inside_and_once(folder, names, keep, cfg.follow_symlinks, problems)
+    # testset may list one file twice (every name needs its prediction); trainset and valset not
+    keep = _inside_and_once(folder, names, keep, cfg.follow_symlinks, problems, split != "test")
     excluded = set(cfg.exclude.get(split, ()))
     keep = [i for i in keep if names[i] not in excluded]
     names = [names[i] for i in keep]

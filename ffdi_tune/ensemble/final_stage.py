@@ -244,7 +244,7 @@ def _valset_split(
     image choosing; a search that recorded no names is split again with its seed."""
     fraction, seed, recorded = recorded_holdout(searches)
     holdout = split_valset(val, fraction, seed)
-    if holdout.report_hash == recorded:
+    if holdout.matches(recorded):
         return holdout
     if not allow_changed_data:
         raise DataError(

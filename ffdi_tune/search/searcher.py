@@ -53,6 +53,7 @@ class LiveBudget:
     first_rung: int = 1
     # seconds from each trial's start to its first scored epoch, as measured
     to_first_epoch_s: list[float] = field(default_factory=list)
+    first_let_in: bool = False  # the first trial was let past the gate
 
     def reserve(self) -> float:
         return self.final_stage.seconds(max(len(self.scored), 1))
@@ -69,8 +70,11 @@ class LiveBudget:
         resumed run, whose budget has seen trials end, is gated like the others.
         """
         left = self.budget.remaining() - self.reserve()
-        if not self.started and not self.budget.trial_s:
-            return left > 0  # the search's first trial always starts: cut short, it still ships
+        if not self.started and not self.budget.trial_s and not self.first_let_in:
+            # the search's first trial always starts: cut short, it still ships (once: the other
+            # slots Tune fills before that trial has started are gated as usual)
+            self.first_let_in = left > 0
+            return self.first_let_in
         needed = self.shortest_trial_s
         if needed is None:
             needed = self.budget.expected_trial_s()

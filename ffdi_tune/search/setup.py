@@ -102,7 +102,7 @@ def holdout_for_search(
             )
         fraction, seed = before["fraction"], before["seed"]
     holdout = split_valset(read_split(data, "val"), fraction, seed)
-    if before is not None and holdout.report_hash != before["report_hash"]:
+    if before is not None and not holdout.matches(before["report_hash"]):
         raise SearchError(
             f"--resume: valset changed since search {cfg.name!r} started (its report part was "
             f"{before['report_hash']}, now {holdout.report_hash}), so the trials so far chose on "

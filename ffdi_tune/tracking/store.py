@@ -540,7 +540,14 @@ class Tracker(StoreWriter):
         if model is not None:
             from ffdi_tune.tracking.model import log_ensemble_model
 
-            log_ensemble_model(run_id, self.uri, **model)
+            try:
+                log_ensemble_model(run_id, self.uri, **model)
+            except Exception as exc:  # the submission and the run matter more than the model
+                logging.getLogger(__name__).warning(
+                    "the ensemble's MLflow model was not logged (%s: %s); the submission is",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
         self.finish(run_id)
         return run_id
 

@@ -348,3 +348,31 @@ def test_a_label_file_that_cannot_be_read_is_one_problem(data, monkeypatch):
         DataError, match="trainset_label.txt cannot be read \\(Permission denied\\)"
     ):
         check(data)
+
+
+def test_an_image_that_cannot_be_read_is_a_problem_not_a_crash(data, monkeypatch):
+    from pathlib import Path
+
+    name = _rows(data)[1].split(",")[0]
+    real = Path.read_bytes
+
+    def refused(self):
+        if self.name == name:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(DataError, match=rf"{name}: cannot be read \(Permission denied\)"):
+        check(data)
+    skipped = check_dataset(DataConfig(root=str(data), on_bad_image="skip"))
+    assert [(s, n) for s, n, _ in skipped.skipped] == [("train", name)]
+
+
+def test_testset_may_list_one_file_under_two_names(data):
+    import os
+
+    test = data / "testset"
+    first = sorted(test.iterdir())[0]
+    os.link(first, test / "same-bytes.jpg")  # both names need a prediction
+    checked = check_dataset(DataConfig(root=str(data)))
+    assert checked.summary["test"]["images"] == len(list(test.iterdir()))

@@ -98,3 +98,12 @@ def test_the_report_hash_encodes_names_unambiguously():
     # joined with newlines, ["a\nb"] and ["a", "b"] would hash the same
     assert report_hash(["a\nb"]) != report_hash(["a", "b"])
     assert report_hash(["a,b"]) != report_hash(["a", "b"])
+
+
+def test_a_split_recorded_with_the_former_hash_still_matches(tiny_data):
+    from ffdi_tune.data.holdout import legacy_report_hash
+
+    h = split_valset(read_split(DataConfig(root=str(tiny_data)), "val"), 0.5, seed=2)
+    assert h.matches(h.report_hash) and h.matches(legacy_report_hash(h.report_names))
+    assert legacy_report_hash(h.report_names) != h.report_hash
+    assert not h.matches(legacy_report_hash(h.select_names))

@@ -124,8 +124,10 @@ def test_the_first_trial_starts_whenever_time_is_left_beyond_the_final_stages_sh
     attach_budget("first", live)
     try:
         assert isinstance(searcher.suggest("t1"), dict)
-        live.started["t1"] = 0.0
+        # the next slot Tune fills before t1 has started is gated as usual
         assert searcher.suggest("t2") == Searcher.FINISHED
+        live.started["t1"] = 0.0
+        assert searcher.suggest("t2b") == Searcher.FINISHED
         # a resumed run (its budget has seen trials end) is gated like the others
         live.started.clear()
         live.budget.trial_s.append(90.0)

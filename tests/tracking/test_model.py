@@ -85,3 +85,24 @@ def test_a_logged_ensemble_scores_files_in_a_fresh_process_as_the_final_stage_di
     assert np.array_equal(predicted, expected)
     logged = MlflowClient(uri).get_run(run)
     assert logged.info.status == "FINISHED"
+
+
+def test_a_model_that_cannot_be_logged_costs_neither_the_run_nor_the_submission(
+    tmp_path, monkeypatch, caplog
+):
+    import ffdi_tune.tracking.model as model_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model_module, "log_ensemble_model", broken)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, (tmp_path / "artifacts").as_uri())
+    exp = tracker.experiment_id("broken")
+    model = {"members": [], "scale": "logit", "example": []}
+    run = tracker.ensemble_run(
+        exp, "ensemble-x", None, {"top_k": 1}, {"select_auc": 0.7}, [], model=model
+    )
+    logged = MlflowClient(uri).get_run(run)
+    assert logged.info.status == "FINISHED" and logged.data.metrics["select_auc"] == 0.7
+    assert "the ensemble's MLflow model was not logged (RuntimeError: out of memory)" in caplog.text
