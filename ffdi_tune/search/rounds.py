@@ -245,7 +245,11 @@ def fit_rounds(
     was_finished = rounds[-1]["finished"]
     if was_finished is None:  # a round rounds.json did not record: ask its own state
         was_finished = _all_ended(tuner.get_results())
-    grids.append(fit_round(tuner, rounds, out_dir, live))
+    if live is not None and live.budget.trial_s and not live.room_for_a_trial():
+        # the budget is spent: the trials the round had queued would only start to be cut
+        grids.append(tuner.get_results())
+    else:
+        grids.append(fit_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
     want = trials_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
