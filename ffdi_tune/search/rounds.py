@@ -245,11 +245,7 @@ def fit_rounds(
     was_finished = rounds[-1]["finished"]
     if was_finished is None:  # a round rounds.json did not record: ask its own state
         was_finished = _all_ended(tuner.get_results())
-    if live is not None and live.budget.trial_s and not live.room_for_a_trial():
-        # the budget is spent: the trials the round had queued would only start to be cut
-        grids.append(tuner.get_results())
-    else:
-        grids.append(fit_round(tuner, rounds, out_dir, live))
+    grids.append(_finish_round(tuner, rounds, out_dir, live))
     have = sum(len(g) for g in grids)
     want = trials_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):
@@ -268,6 +264,14 @@ def fit_rounds(
     searched = [r for r in rounds if not r.get("further")]
     export_study(_restored_searcher(cfg, searched[-1]["path"]).study, out_dir, cfg.name)
     return grids, sum(r["num_samples"] for r in rounds)
+
+
+def _finish_round(tuner, rounds: list[dict], out_dir: Path, live: LiveBudget | None):
+    """A resumed round run to its end, or only read back when the budget is spent: the trials it
+    had queued would only start to be cut."""
+    if live is not None and live.budget.trial_s and not live.room_for_a_trial():
+        return tuner.get_results()
+    return fit_round(tuner, rounds, out_dir, live)
 
 
 def export_study(study, out_dir: Path, name: str) -> Path:
