@@ -88,14 +88,20 @@ def _live(clock, total_s=100.0):
     return LiveBudget(TimeBudget(total_s, clock=clock), FinalStageEstimate(100, 1, 50))
 
 
-def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
-    cfg = parse_search_config(
-        yaml.safe_load(
-            "name: gate\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
-            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+def _lr_searcher(name: str):
+    """A searcher of a one-key space (lr) for search ``name``."""
+    return make_searcher(
+        parse_search_config(
+            yaml.safe_load(
+                f"name: {name}\ndata: {{root: d}}\ntrain: {{backbone: test_resnet}}\n"
+                "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
+            )
         )
     )
-    clock, searcher = Clock(), make_searcher(cfg)
+
+
+def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
+    clock, searcher = Clock(), _lr_searcher("gate")
     live = _live(clock)
     live.budget.trial_s.append(30.0)  # trials take 30 s
     live.started["t0"] = 0.0  # one ran before
@@ -112,13 +118,7 @@ def test_no_trial_is_proposed_that_the_rest_of_the_budget_cannot_fit():
 
 def test_the_first_trial_starts_whenever_time_is_left_beyond_the_final_stages_share():
     """Even when the plan's first rung looks longer than what is left: cut short, it still ships."""
-    cfg = parse_search_config(
-        yaml.safe_load(
-            "name: first\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
-            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
-        )
-    )
-    clock, searcher = Clock(), make_searcher(cfg)
+    clock, searcher = Clock(), _lr_searcher("first")
     live = _live(clock)
     live.shortest_trial_s = 500.0  # longer than the whole budget
     attach_budget("first", live)
@@ -137,13 +137,7 @@ def test_the_first_trial_starts_whenever_time_is_left_beyond_the_final_stages_sh
 
 
 def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_recipes_length():
-    cfg = parse_search_config(
-        yaml.safe_load(
-            "name: gate2\ndata: {root: d}\ntrain: {backbone: test_resnet}\n"
-            "space: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n"
-        )
-    )
-    clock, searcher = Clock(), make_searcher(cfg)
+    clock, searcher = Clock(), _lr_searcher("gate2")
     live = _live(clock)
     live.budget.trial_s.append(60.0)  # the default recipe trained to full length in 60 s
     live.started["default"] = 0.0
