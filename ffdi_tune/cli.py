@@ -28,6 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
         _check_top_k(cfg, recipe, args.resume)
     # Ray is imported only once the config is known to be valid.
+    from ffdi_tune.files import is_bucket_uri
     from ffdi_tune.search.lock import search_lock
     from ffdi_tune.search.runner import run_search, search_dir
 
@@ -37,7 +38,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else "trials planned from its time budget"
     )
     print(f"search {cfg.name}: {size}, metric {cfg.search.metric}", flush=True)
-    with search_lock(search_dir(cfg)[1], cfg.name):  # one run of a search at a time
+    # one run of a search at a time: a lock per machine, and a lease in MLflow for a bucket
+    lease_store = cfg.tracking if is_bucket_uri(cfg.search.storage) else None
+    with search_lock(search_dir(cfg)[1], cfg.name, lease_store):
         outcome = run_search(
             cfg,
             resume=args.resume,
@@ -173,17 +176,42 @@ def _final_stage(cfg, recipe, outcome) -> str | None:
 
     print(f"ensemble stage: {cfg.ensemble}")
     started = time.perf_counter()
+    tracker = Tracker(*resolve_tracking(cfg.tracking))
+    # a refit under a time budget ends, with what it trained, when the final stage's share begins
+    budget = outcome.budget
+    deadline = budget.end_time() - (outcome.final_reserve_s or 0.0) if budget else None
     stage = run_ensemble(
         recipe,
         recipe.experiments or [cfg.name],
-        Tracker(*resolve_tracking(cfg.tracking)),
+        tracker,
         data_root=outcome.data.root,
         parent_run_id=outcome.parent_run_id,
         recipe_name=cfg.ensemble,
+        refitter=_refitter(tracker, cfg, outcome.parent_run_id, deadline),
     )
     _print_ensemble(stage)
     _note_final_stage_time(outcome, stage, time.perf_counter() - started)
     return stage.submission
+
+
+def _refitter(tracker, cfg=None, parent_id: str | None = None, deadline: float | None = None):
+    """What trains a recipe's refits: the search's Ray Tune trials
+    (:mod:`ffdi_tune.search.refit_trials`), as child runs of its search run. ``cfg`` defaults to
+    the search's recorded config, and ``parent_id`` to its latest search run."""
+
+    def refit(jobs, config: dict, data_root: str) -> dict[str, list[str]]:
+        from ffdi_tune.config import SearchConfig
+        from ffdi_tune.ensemble.search_record import search_data
+        from ffdi_tune.search.refit_trials import run_refits
+        from ffdi_tune.search.runner import search_dir
+
+        search = cfg or SearchConfig.model_validate(config)
+        parent = parent_id or tracker.search_run_id(search.name)
+        data = search_data(config, data_root)
+        storage = search_dir(search)[0]
+        return run_refits(search, jobs, data, tracker, parent, storage, deadline=deadline)
+
+    return refit
 
 
 def _note_final_stage_time(outcome, stage, took_s: float) -> None:
@@ -252,6 +280,12 @@ def _print_ensemble(stage) -> None:
             f"took part in choosing; its selection-part AUC {metrics[tracking.SELECT_AUC]:.4f} is "
             "optimistic"
         )
+    if tracking.HOLDOUT_AUC_BEFORE_REFIT in metrics:
+        print(
+            f"refit: report-part AUC {metrics[tracking.HOLDOUT_AUC_BEFORE_REFIT]:.4f} with the "
+            f"search's models -> {metrics[tracking.HOLDOUT_AUC]:.4f} with the {members} refit "
+            "model(s) trained on trainset + the selection part (the row 'refit')"
+        )
     if stage.against_default:
         print(stage.against_default)
     print(f"submission: {stage.submission} ({stage.n_test} rows), MLflow run {stage.run_id}")
@@ -266,14 +300,16 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     _check_out(args.out)
     args.recipe = str(resolve_shipped(args.recipe, "ensembles"))
     recipe = load_recipe(args.recipe)
+    tracker = Tracker(*resolve_tracking())
     stage = run_ensemble(
         recipe,
         args.experiment or recipe.experiments,
-        Tracker(*resolve_tracking()),
+        tracker,
         data_root=args.data,
         out=args.out,
         recipe_name=args.recipe,
         allow_changed_data=args.allow_changed_data,
+        refitter=_refitter(tracker),
     )
     _print_ensemble(stage)
     if args.register:

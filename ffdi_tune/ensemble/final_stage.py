@@ -22,8 +22,8 @@ from ffdi_tune.data.holdout import Holdout, split_from_report_names, split_valse
 from ffdi_tune.data.layout import Split
 from ffdi_tune.data.perturb import Perturber, RobustValConfig
 from ffdi_tune.ensemble.build import EnsembleResult, MemberPredictions, build_ensemble
-from ffdi_tune.ensemble.methods import AUTO
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.ensemble.refit import Refitter, refit_jobs, refit_result
 from ffdi_tune.ensemble.search_record import (
     check_data_unchanged,
     recorded_data_root,
@@ -123,22 +123,76 @@ def score_candidates(
     candidates = []
     with tempfile.TemporaryDirectory(prefix="ffdi-ensemble-") as tmp:
         for r in runs:
-            path = tracker.download(r.run_id, "checkpoint/best.pt", Path(tmp) / r.run_id)
-            member = load_member(path, r.run_id)
-            val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
-            test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
-            robust = (
-                predict_views(
-                    member, splits.images("val", member.img_size, perturb), views, batch_size
-                )
-                if perturb is not None
-                else None
-            )
             label = f"{r.params.get('backbone', '?')} {r.run_name}"
             label += " (default recipe)" if r.default_recipe else ""
-            candidates.append(MemberPredictions(r.run_id, label, views, val, test, robust))
+            candidates.append(
+                _score_run(tracker, r.run_id, label, splits, views, batch_size, perturb, Path(tmp))
+            )
             echo(f"scored {label}")
     return candidates
+
+
+def _score_run(
+    tracker: Tracker,
+    run_id: str,
+    label: str,
+    splits: DecodedSplits,
+    views: list[str],
+    batch_size: int,
+    perturb,
+    tmp: Path,
+) -> MemberPredictions:
+    """One run's ``checkpoint/best.pt`` scored on val and test (and perturbed val) per view."""
+    path = tracker.download(run_id, "checkpoint/best.pt", tmp / run_id)
+    member = load_member(path, run_id)
+    val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
+    test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
+    robust = (
+        predict_views(member, splits.images("val", member.img_size, perturb), views, batch_size)
+        if perturb is not None
+        else None
+    )
+    return MemberPredictions(run_id, label, views, val, test, robust)
+
+
+def _refit(
+    refitter: Refitter | None,
+    recipe: EnsembleRecipe,
+    result: EnsembleResult,
+    tracker: Tracker,
+    candidates: list[MemberPredictions],
+    splits: DecodedSplits,
+    holdout: Holdout,
+    where: tuple[dict, str],
+    echo,
+) -> EnsembleResult:
+    """With the recipe's ``refit``: the shipped members trained again by ``refitter`` (``where``:
+    the search's recorded config and the data root), scored, and shipped in their place."""
+    if recipe.refit is None:
+        return result
+    if refitter is None:
+        raise ConfigError(
+            "the recipe asks for refit, which trains the members again as trials; run it with "
+            "ffdi-tune run or ffdi-tune ensemble, or remove refit"
+        )
+    jobs = refit_jobs(tracker, result.members, holdout.select_names, recipe.refit.seeds)
+    refits = refitter(jobs, *where)
+    views = candidates[0].views
+    scored = {c.name: c for c in candidates}
+    with tempfile.TemporaryDirectory(prefix="ffdi-refit-") as tmp:
+        for member, runs in refits.items():
+            for run in runs:
+                label = f"refit of {member[:12]}"
+                scored[run] = _score_run(
+                    tracker, run, label, splits, views, recipe.batch_size, None, Path(tmp)
+                )
+                echo(f"scored {label} ({run[:12]})")
+    for member in result.members:
+        if not refits.get(member):
+            echo(f"refit: {member[:12]} keeps the search's model (its refits failed or were cut)")
+    val = splits.split("val")
+    _, report = holdout.indices(val.names)
+    return refit_result(result, refits, scored, val.targets, report)
 
 
 def _all_candidates(
@@ -155,7 +209,7 @@ def _all_candidates(
     candidates = score_candidates(
         tracker, runs, splits, recipe.tta, recipe.batch_size, echo, perturb
     )
-    if recipe.combine not in (AUTO, "soup"):
+    if not recipe.soups:
         return candidates, {}
     views = candidates[0].views
     made = make_soups(tracker, runs, splits, select, views, recipe.batch_size, perturb, echo)
@@ -191,6 +245,13 @@ def _runs_to_score(
             "ensemble is built from those"
         )
     return runs
+
+
+def _short_of_top_k(recipe: EnsembleRecipe, n_runs: int) -> tuple[dict, EnsembleRecipe]:
+    """A budget that ended the search early ships what finished: fewer members than top_k, said
+    in a tag; the recipe with its top_k cut to what there is."""
+    short = {tracking.MEMBERS_SHORT: f"{n_runs} of {recipe.top_k}"} if n_runs < recipe.top_k else {}
+    return short, recipe.model_copy(update={"top_k": min(recipe.top_k, n_runs)})
 
 
 def against_default(result: EnsembleResult, runs: list[TrialRecord]) -> str | None:
@@ -298,6 +359,8 @@ def _run_params(
         params["robust_val"] = perturbation.model_dump_json()
     if soup is not None:
         params["soup_ingredients"] = ",".join(soup.ingredients)
+    if recipe.refit is not None:
+        params["refit_seeds"] = recipe.refit.seeds
     return params
 
 
@@ -364,13 +427,15 @@ def run_ensemble(
     parent_run_id: str | None = None,
     recipe_name: str = "ensemble",
     allow_changed_data: bool = False,
+    refitter: Refitter | None = None,
     echo=print,
 ) -> EnsembleOutcome:
     """Score every qualifying trial on val and test, build the ensemble, write and log it.
 
     ``data_root`` defaults to the one recorded on the first search; ``out`` to the recipe's
     ``output``, then ``runs/<first experiment>/submission.csv``. Val and test files that changed
-    since a search at the same root ran are refused unless ``allow_changed_data``.
+    since a search at the same root ran are refused unless ``allow_changed_data``. A recipe with
+    ``refit`` trains the shipped members again through ``refitter``.
     """
     if not experiments:
         raise ConfigError(
@@ -379,10 +444,7 @@ def run_ensemble(
         )
     first = experiments[0]
     runs = _runs_to_score(tracker, recipe, experiments, echo)
-    # a budget that ended the search early ships what finished: fewer members than top_k
-    short = {tracking.MEMBERS_SHORT: f"{len(runs)} of {recipe.top_k}"}
-    short = short if len(runs) < recipe.top_k else {}
-    recipe = recipe.model_copy(update={"top_k": min(recipe.top_k, len(runs))})
+    short, recipe = _short_of_top_k(recipe, len(runs))
     searches = {name: tracker.search_tags(name) for name in experiments}
     if data_root is None:
         data_root = recorded_data_root(searches[first], first)
@@ -399,6 +461,8 @@ def run_ensemble(
     candidates, soups = _all_candidates(tracker, recipe, runs, splits, select, perturb, echo)
     result = build_ensemble(candidates, val.targets, recipe, select, report)
     comparison = against_default(result, runs)
+    where = (config, data_root)
+    result = _refit(refitter, recipe, result, tracker, candidates, splits, holdout, where, echo)
     test = splits.split("test")
     text = submission_text(test.names, result.test_pred)
     shipped_soup = soups.get(result.members[0]) if len(result.members) == 1 else None

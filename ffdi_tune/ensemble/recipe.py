@@ -31,7 +31,7 @@ from ffdi_tune.scoring.epoch_metrics import check_metric
 from ffdi_tune.scoring.tta import check_views
 from ffdi_tune.strict import StrictModel
 
-__all__ = ["EnsembleRecipe", "CandidateFilter", "load_recipe"]
+__all__ = ["EnsembleRecipe", "CandidateFilter", "RefitSettings", "load_recipe"]
 
 _MOVED = ("holdout_fraction", "seed")  # keys of older recipes that now belong to the search
 
@@ -49,6 +49,14 @@ class CandidateFilter(StrictModel):
     pool: int | None = Field(None, ge=0)
 
 
+class RefitSettings(StrictModel):
+    """Train each shipped member's configuration again, ``seeds`` times with new seeds, for its
+    best epoch count, on trainset plus the selection part of valset; the refits ship in its place
+    (:mod:`ffdi_tune.ensemble.refit`)."""
+
+    seeds: int = Field(1, ge=1)
+
+
 class EnsembleRecipe(StrictModel):
     experiments: list[str] = []  # default: the search that runs the recipe, or --experiment
     top_k: int = Field(5, ge=1)
@@ -63,6 +71,7 @@ class EnsembleRecipe(StrictModel):
     tta_select: bool = True
     output: str | None = None  # default runs/<first experiment>/submission.csv
     batch_size: int = Field(64, ge=1)
+    refit: RefitSettings | None = None
 
     _known_metric = field_validator("metric")(lambda v: check_metric(v))
     _known_combine = field_validator("combine")(lambda v: check_combine(v))
@@ -74,6 +83,15 @@ class EnsembleRecipe(StrictModel):
             raise ValueError(
                 f"candidates.pool={pool} is smaller than top_k={self.top_k}; raise pool to at "
                 "least top_k, or 0 to score every qualifying trial"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refit_needs_trained_members(self) -> EnsembleRecipe:
+        if self.refit is not None and self.combine == "soup":
+            raise ValueError(
+                "refit trains each member again; a weight soup is an average of members, not one "
+                "to refit: use another combine (with auto, soups are left out under refit)"
             )
         return self
 
@@ -109,7 +127,12 @@ class EnsembleRecipe(StrictModel):
         from ffdi_tune.scoring.epoch_metrics import robust_metrics
 
         passes = len(self.tta) * (2 if self.metric in robust_metrics() else 1)
-        return passes + (1 if self.combine in ("auto", "soup") else 0)
+        return passes + (1 if self.soups else 0)
+
+    @property
+    def soups(self) -> bool:
+        """Whether the final stage makes weight soups (``soup``, or ``auto`` without a refit)."""
+        return self.combine == "soup" or (self.combine == AUTO and self.refit is None)
 
 
 def load_recipe(path: str | os.PathLike) -> EnsembleRecipe:

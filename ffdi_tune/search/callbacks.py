@@ -62,7 +62,8 @@ class MlflowTrials(tune.Callback):
     """Mirror trials into MLflow child runs from the driver (picklable: Tune saves it for resume).
 
     A trial's run gets its settings as params, each epoch's metrics once Tune has registered that
-    epoch's checkpoint, the :data:`RESULT_TAGS` whenever they change, and at its end how many
+    epoch's checkpoint, the system metrics sampled where it runs, the :data:`RESULT_TAGS` whenever
+    they change, and at its end how many
     epochs it ran, whether it was stopped early or cut by the time budget (as :class:`BudgetClock`
     decided), its ``checkpoint/best.pt`` and its status.
     """
@@ -87,6 +88,8 @@ class MlflowTrials(tune.Callback):
         self.result_tags: dict[tuple[str, str], str] = {}
         # trial id -> (epoch, metrics) reported with a checkpoint Tune has not registered yet
         self.held: dict[str, tuple[int, dict]] = {}
+        # trial id -> how many system-metric samples its run has (their steps)
+        self.system_steps: dict[str, int] = {}
 
     def _run(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -122,6 +125,7 @@ class MlflowTrials(tune.Callback):
             self.held[trial.trial_id] = (step, metrics)
         else:
             self.tracker.log_metrics(self._run(trial), metrics, step=step)
+        self._log_system(trial, result)
         # Tag only on a change (a retry after a node loss may move the trial), not per epoch.
         new = {
             tag: str(result[key])
@@ -131,6 +135,13 @@ class MlflowTrials(tune.Callback):
         if new:
             self.result_tags.update({(trial.trial_id, tag): value for tag, value in new.items()})
             self.tracker.set_tags(self._run(trial), new)
+
+    def _log_system(self, trial, result: dict) -> None:
+        """The machine's samples the report carries, each at its own time and step."""
+        for time_ms, values in tracking.system_metric_rows(result):
+            step = self.system_steps.get(trial.trial_id, 0)
+            self.tracker.log_metrics(self._run(trial), values, step=step, time_ms=time_ms)
+            self.system_steps[trial.trial_id] = step + 1
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         held = self.held.pop(trial.trial_id, None)

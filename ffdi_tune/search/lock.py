@@ -8,8 +8,10 @@ cache's folder (``locks/``), not in ``runs/``, so a run refused before it starts
 there. The OS drops the lock when its process dies, however it dies: a killed run never blocks
 its ``--resume``.
 
-The lock is per machine: two machines running one search into one bucket (``search.storage:
-s3://...``) are not stopped by it.
+The lock is per machine. A search kept in a bucket (``search.storage: s3://...``) can be run from
+any machine: there the run also takes a lease on the search's MLflow experiment
+(:class:`~ffdi_tune.tracking.Lease`), renewed while it runs and taken over only once stale, so a
+second machine is refused the same way.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from ffdi_tune import tracking
 from ffdi_tune.data.cache import default_cache_dir
 from ffdi_tune.errors import SearchError
 from ffdi_tune.files import write_atomic
+from ffdi_tune.tracking.lease import STALE_S
 
-__all__ = ["search_lock", "lock_path"]
+__all__ = ["search_lock", "lock_path", "LEASE_STALE_S"]
+
+LEASE_STALE_S = STALE_S
 
 
 def lock_path(out_dir: Path) -> Path:
@@ -39,9 +45,12 @@ def lock_path(out_dir: Path) -> Path:
 
 
 @contextmanager
-def search_lock(out_dir: Path, name: str) -> Iterator[None]:
-    """Hold the search's lock while the block runs; SearchError, naming the holder, when another
-    run of it holds the lock."""
+def search_lock(
+    out_dir: Path, name: str, lease_store: tracking.TrackingConfig | None = None
+) -> Iterator[None]:
+    """Hold the search's lock while the block runs, and with ``lease_store`` (a search kept in a
+    bucket) its lease in that MLflow store too; SearchError, naming the holder, when another run of
+    it holds either."""
     path = lock_path(out_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,9 +71,34 @@ def search_lock(out_dir: Path, name: str) -> Iterator[None]:
     try:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         write_atomic(holder, json.dumps({**info, "out_dir": str(out_dir)}))
-        yield
+        with _lease(lease_store, name):
+            yield
     finally:
         lock.release()
+
+
+@contextmanager
+def _lease(store: tracking.TrackingConfig | None, name: str) -> Iterator[None]:
+    """The search's lease in ``store`` for the block (nothing without a store)."""
+    if store is None:
+        yield
+        return
+    uri, artifacts = tracking.resolve_tracking(store)
+    reader = tracking.Tracker(uri, artifacts)
+    try:
+        with tracking.Lease(reader, reader.experiment_id(name), stale_s=LEASE_STALE_S):
+            yield
+    except tracking.LeaseHeld as held:
+        raise SearchError(
+            f"search {name!r} is already running on another machine ({_lease_holder(held)}); "
+            f"wait for it to end, stop it, or start another search with --name NEW (a lease "
+            f"not renewed for {LEASE_STALE_S:.0f} s is taken over)"
+        ) from None
+
+
+def _lease_holder(held: tracking.LeaseHeld) -> str:
+    who = held.holder
+    return f"host {who.get('host', '?')}, pid {who.get('pid', '?')}, renewed {held.age_s:.0f} s ago"
 
 
 def _describe(holder: Path) -> str:

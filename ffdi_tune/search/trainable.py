@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import ray
 import torch
 from ray import tune
 
+from ffdi_tune import tracking
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.holdout import Holdout
 from ffdi_tune.data.perturb import RobustValConfig
@@ -47,8 +49,10 @@ def _trainable(
     robust_val: dict | None = None,
     val_names: tuple[str, ...] | None = None,
     deadline: float | None = None,
+    system_metrics_s: float | None = None,
 ) -> None:
-    """One Ray Tune trial. Runs in a (possibly reused) worker process."""
+    """One Ray Tune trial. Runs in a (possibly reused) worker process; with ``system_metrics_s``,
+    each report also carries the machine's samples taken every that many seconds."""
     started = time.perf_counter()
     # quiet: Ray logs a line per checkpoint otherwise
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -58,10 +62,42 @@ def _trainable(
         torch.cuda.empty_cache()
     settings = trial_settings(fixed, config)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    # Every report also says which node ran the epoch, where augmentation ran and which weights the
-    # trial started from (as this node resolved them): the driver tags the trial's run with them.
+    where = _where(config, settings, augment_sets, device)
+    sampler = tracking.SystemSampler(system_metrics_s) if system_metrics_s else None
+
+    def report(metrics: dict[str, float], folder: Path) -> None:
+        system = {"system_metrics": sampler.drain()} if sampler else {}
+        tune.report(
+            {**metrics, **where, **system}, checkpoint=tune.Checkpoint.from_directory(str(folder))
+        )
+
+    resume_dir = _checkpoint_to_resume(config)
+    try:
+        with sampler or nullcontext():
+            train_trial(
+                settings,
+                DataConfig.model_validate(data),
+                report,
+                metric=metric,
+                augment_sets=augment_sets,
+                resume_from=resume_dir,
+                device=device,
+                started_at=started,
+                robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None,
+                val_names=val_names,
+                deadline=deadline,
+            )
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def _where(config: dict[str, Any], settings, augment_sets: dict, device: str) -> dict[str, Any]:
+    """What every report also says: which node ran the epoch, where augmentation ran and which
+    weights the trial started from (as this node resolved them); the driver tags the trial's run
+    with them."""
     weights = resolve_weights(settings.backbone, settings.pretrained)
-    where = {
+    return {
         "node_id": ray.get_runtime_context().get_node_id(),
         "augment_on": augment_placement(settings, augment_sets, torch.device(device)),
         "weights_source": weights.source,
@@ -70,28 +106,6 @@ def _trainable(
         "default_recipe": bool(config.get(DEFAULT_RECIPE_KEY)),
         "continued_from": config.get(CONTINUED_TRIAL_KEY),
     }
-
-    def report(metrics: dict[str, float], folder: Path) -> None:
-        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-
-    resume_dir = _checkpoint_to_resume(config)
-    try:
-        train_trial(
-            settings,
-            DataConfig.model_validate(data),
-            report,
-            metric=metric,
-            augment_sets=augment_sets,
-            resume_from=resume_dir,
-            device=device,
-            started_at=started,
-            robust_val=RobustValConfig.model_validate(robust_val) if robust_val else None,
-            val_names=val_names,
-            deadline=deadline,
-        )
-    finally:
-        if resume_dir is not None:
-            shutil.rmtree(resume_dir, ignore_errors=True)
 
 
 def _checkpoint_to_resume(config: dict[str, Any]) -> Path | None:
@@ -124,6 +138,9 @@ def make_trainable(
             robust_val=cfg.robust_val.model_dump(mode="json"),
             val_names=holdout.select_names,
             deadline=live.budget.end_time() if live else None,
+            system_metrics_s=(
+                cfg.tracking.system_metrics_interval_s if cfg.tracking.system_metrics else None
+            ),
         ),
         resources,
     )

@@ -4,11 +4,14 @@ A search writes one parent run, a child run per trial and an ensemble run; every
 package writes and reads them through :class:`Tracker` and reads a trial as a :class:`TrialRecord`.
 ``schema`` holds every tag and metric name as a constant (no MLflow needed to import it);
 ``records`` the typed records read back (and a valset split's tags); ``settings`` the YAML's
-``tracking:`` section; ``store`` is the only module that imports MLflow (:class:`Tracker`, built
-on a reader and a writer of the store); ``spool`` journals writes made while the store is away and
-replays them.
+``tracking:`` section; ``store`` talks to MLflow (:class:`Tracker`, built on a reader and a writer
+of the store); ``spool`` journals writes made while the store is away and replays them; ``system``
+samples a trial's machine with MLflow's monitors; ``lease`` keeps one run of a search at a time
+across machines; ``model`` is the shipped ensemble as an MLflow
+model.
 """
 
+from ffdi_tune.tracking.lease import Lease, LeaseHeld
 from ffdi_tune.tracking.records import (
     TrialRecord,
     dataset_input,
@@ -26,6 +29,7 @@ from ffdi_tune.tracking.store import (
     resolve_tracking,
     unreachable,
 )
+from ffdi_tune.tracking.system import SystemSampler, system_metric_rows
 
 __all__ = [
     *_schema_names,
@@ -43,4 +47,8 @@ __all__ = [
     "replay_spool",
     "resolve_tracking",
     "unreachable",
+    "SystemSampler",
+    "Lease",
+    "LeaseHeld",
+    "system_metric_rows",
 ]

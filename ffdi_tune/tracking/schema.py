@@ -28,6 +28,9 @@ __all__ = [
     "PLAN_PREFIX",
     "CONTINUED_FROM",
     "WEIGHTS_KEPT",
+    "LEASE",
+    "REFIT_OF",
+    "HOLDOUT_AUC_BEFORE_REFIT",
     "DATA_OVERLAPS",
     "ALLOW_OVERLAP",
     "NODE_ID",
@@ -77,6 +80,12 @@ BUDGET_CUT = "ffdi.budget_cut"  # the time budget ended it before its last epoch
 DEFAULT_RECIPE = "ffdi.default_recipe"  # the search's first trial: its default recipe
 CONTINUED_FROM = "ffdi.continued_from"  # trained further from this trial's checkpoint
 WEIGHTS_KEPT = "ffdi.weights_kept"  # the kind of weights in best.pt: raw, ema (or swa)
+# on a search's experiment: which run holds it, while one does (tracking.lease)
+LEASE = "ffdi.lease"
+# on a refit's run: the run id of the search trial whose configuration it trained again
+REFIT_OF = "ffdi.refit_of"
+# on the ensemble run with a refit: the report-part AUC of the combination before its refit
+HOLDOUT_AUC_BEFORE_REFIT = "holdout_auc_before_refit"
 # search run: byte-identical images shared by splits ("train-test=2,..."), and whether
 # data.allow_overlap let trainset and valset share some
 DATA_OVERLAPS, ALLOW_OVERLAP = "ffdi.data.overlaps", "ffdi.data.allow_overlap"

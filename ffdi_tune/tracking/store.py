@@ -1,6 +1,6 @@
 """MLflow bookkeeping: one parent run per search, one child run per trial, a run per ensemble.
 
-This is the only module that imports MLflow. It talks through an explicit ``MlflowClient`` (no
+This module talks to MLflow's store. It talks through an explicit ``MlflowClient`` (no
 global active run), so the driver can track many trials at once and a resumed search finds its
 runs again by tags instead of creating duplicates:
 
@@ -9,6 +9,7 @@ runs again by tags instead of creating duplicates:
 - child: tags ``ffdi.role=trial``, ``mlflow.parentRunId``, ``ffdi.trial_id``; every setting as a
   param; per-epoch metrics with ``step=epoch``; ``checkpoint/best.pt``; status FINISHED (also when
   ASHA stopped it, tagged ``ffdi.stopped_early=true``) or FAILED (tag ``ffdi.error``);
+- refit child: the same, tagged ``ffdi.role=refit`` and ``ffdi.refit_of=<trial run id>``;
 - ensemble: tag ``ffdi.role=ensemble`` (and ``mlflow.parentRunId`` when there is a parent); the
   recipe as params, the scores as metrics, the submission, tables and figures as artifacts.
 
@@ -186,6 +187,11 @@ class StoreReader:
         exp_id = self.experiment_id(experiment_name, create=False)
         return self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
 
+    def search_run_id(self, experiment_name: str) -> str | None:
+        """The id of the latest search run of ``experiment_name`` (None when there is none)."""
+        run = self._latest_search(experiment_name)
+        return run.info.run_id if run is not None else None
+
     def search_tags(self, experiment_name: str) -> dict[str, str]:
         """The tags of the latest search run of ``experiment_name`` (empty when there is none)."""
         run = self._latest_search(experiment_name)
@@ -315,9 +321,10 @@ class StoreWriter(StoreReader):
         params: dict[str, Any] | None,
         run_name: str | None = None,
         start_time: int | None = None,
+        role: str = "trial",
     ) -> str:
         """The child run of ``trial_id`` under ``parent_id``: found by its tags (RUNNING again), or
-        created with ``params``."""
+        created with ``params`` and the ``role`` tag (``trial``, or ``refit``)."""
         from mlflow.entities import Param
 
         query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
@@ -334,7 +341,7 @@ class StoreWriter(StoreReader):
             experiment_id,
             run_name=run_name or trial_id,
             start_time=start_time,
-            tags={ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id},
+            tags={ROLE: role, PARENT: parent_id, TRIAL_ID: trial_id},
         )
         self.client.log_batch(
             run.info.run_id, params=[Param(k, str(v)) for k, v in sorted((params or {}).items())]
@@ -395,6 +402,7 @@ class StoreWriter(StoreReader):
                 entry.get("params"),
                 entry.get("run_name"),
                 entry.get("time"),
+                entry.get("role", "trial"),
             )
             return self._ids[run]
         run_id = self._resolve(run)
@@ -510,14 +518,17 @@ class Tracker(StoreWriter):
         trial_id: str,
         params: dict[str, Any],
         run_name: str | None = None,
+        role: str = "trial",
     ) -> str:
-        """The child run of ``trial_id`` (created once; found again after a resume or retry)."""
+        """The child run of ``trial_id`` (created once; found again after a resume or retry),
+        tagged ``ffdi.role=<role>``."""
         return self._write(
             "trial_run",
             f"pending:{experiment_id}:{parent_id}:{trial_id}",
             params=params,
             run_name=run_name,
             time=int(time.time() * 1000),
+            role=role,
         )
 
     def ensemble_run(
@@ -552,13 +563,16 @@ class Tracker(StoreWriter):
         return run_id
 
     # -- logging ------------------------------------------------------------------------------
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int, time_ms: int | None = None
+    ) -> None:
+        """Log ``metrics`` at ``step``, stamped ``time_ms`` (when they were measured; now)."""
         self._write(
             "metrics",
             run_id,
             metrics={k: float(v) for k, v in metrics.items()},
             step=int(step),
-            time=int(time.time() * 1000),
+            time=int(time.time() * 1000) if time_ms is None else int(time_ms),
         )
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:

@@ -32,10 +32,10 @@ Reporter = Callable[[dict[str, float], Path], None]
 
 def keep_if_best(state: TrialState, metrics: dict[str, float]) -> None:
     """Make the epoch of ``metrics`` the best one (and its weights best.pt's) if it beats the best
-    so far on the trial's metric."""
-    if not is_better(state.metric, metrics[state.metric], state.best_value):
+    so far on the trial's metric; a refit, which scores nothing, keeps its last epoch."""
+    if state.refit is None and not is_better(state.metric, metrics[state.metric], state.best_value):
         return
-    state.best_value, state.best_metrics = metrics[state.metric], dict(metrics)
+    state.best_value, state.best_metrics = metrics.get(state.metric), dict(metrics)
     state.best_checkpoint = _best_checkpoint(state, metrics)
 
 

@@ -54,7 +54,7 @@ def run_epoch(state: TrialState, epoch: int, deadline: float | None) -> dict[str
         "data_wait_share": min(1.0, max(0.0, 1 - busy_s / max(train_s, 1e-9))),
         **_run_figures(state),  # the peak memory of training, before evaluation
     }
-    metrics = evaluate(state, epoch) | train_stats
+    metrics = (evaluate(state, epoch) if state.refit is None else _refit_kind(state)) | train_stats
     metrics["epoch_time_s"] = time.perf_counter() - started
     return metrics
 
@@ -191,6 +191,14 @@ class _BusyTime:
             torch.cuda.synchronize()
             return sum(b.elapsed_time(e) for b, e in self.events) / 1000
         return self.seconds
+
+
+def _refit_kind(state: TrialState) -> dict[str, float]:
+    """A refit scores nothing: it keeps the kind of weights its search trial kept, once that kind
+    exists (the SWA average only after the last epoch)."""
+    wanted = state.refit.kind
+    state.kept = wanted if wanted in state.kinds() else "raw"
+    return {}
 
 
 def evaluate(state: TrialState, epoch: int) -> dict[str, float]:

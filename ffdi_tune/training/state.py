@@ -29,7 +29,14 @@ from ffdi_tune.training.optimization import amp_dtype, make_mixup, make_optimize
 from ffdi_tune.training.placement import Augmenters, augmenters, loader_workers
 from ffdi_tune.training.settings import TrainSettings
 
-__all__ = ["seed_everything", "TrialSplits", "TrialState", "build_trial_state"]
+__all__ = [
+    "seed_everything",
+    "Refit",
+    "RefitJob",
+    "TrialSplits",
+    "TrialState",
+    "build_trial_state",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -37,6 +44,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """A refit of a chosen configuration: train on trainset plus the valset images ``val_names``
+    (the search's selection part, never its report part), score nothing, and keep the last epoch's
+    weights of ``kind`` (``raw``, ``ema`` or ``swa``: what the search's trial kept)."""
+
+    val_names: tuple[str, ...]
+    kind: str = "raw"
+
+
+@dataclass(frozen=True)
+class RefitJob:
+    """One refit to train: of the search trial whose run is ``member``, its ``settings`` (a
+    :class:`~ffdi_tune.training.settings.TrainSettings` as a dict, ``epochs`` its best epoch, a new
+    ``seed``) and the :class:`Refit` itself."""
+
+    member: str
+    settings: dict[str, Any]
+    refit: Refit
 
 
 @dataclass
@@ -89,6 +117,7 @@ class TrialState:
     # whose weights the last evaluation kept: "raw", "ema" or "swa" (the best of those scored)
     kept: str = "raw"
     swa_ready: bool = False  # the SWA average is complete (its last epoch done, BN recomputed)
+    refit: Refit | None = None  # a refit trains on more images and scores none
 
     def weights_of(self, kind: str) -> torch.nn.Module:
         """The model of a kind of weights: ``raw`` (trained), ``ema`` (their moving average) or
@@ -116,12 +145,13 @@ def build_trial_state(
     started_at: float,
     robust_val: RobustValConfig | None,
     val_names: tuple[str, ...] | None,
+    refit: Refit | None = None,
 ) -> TrialState:
     """Seed, build and decode everything the trial needs (the arguments are
     :func:`~ffdi_tune.training.trial.train_trial`'s); ConfigError when ``metric`` needs the
     perturbed valset and robust_val is off."""
-    robust_on = robust_val is not None and robust_val.enabled
-    if metric in robust_metrics() and not robust_on:
+    robust_on = robust_val is not None and robust_val.enabled and refit is None
+    if metric in robust_metrics() and not robust_on and refit is None:
         raise ConfigError(
             f"metric {metric} is scored on the perturbed valset, but robust_val is off; "
             "enable robust_val or use val_auc"
@@ -131,7 +161,11 @@ def build_trial_state(
     seed_everything(seed)
     weights, model, channels_last = _build_model(settings, device)
     optimizer = make_optimizer(model, settings)
-    splits = _load_splits(settings, data, val_names, robust_val if robust_on else None)
+    splits = (
+        _refit_splits(settings, data, refit)
+        if refit is not None
+        else _load_splits(settings, data, val_names, robust_val if robust_on else None)
+    )
     augment = augmenters(settings, augment_sets, device)
     amp = amp_dtype(settings.amp, device)
     pretrained_cfg = model.pretrained_cfg
@@ -159,6 +193,7 @@ def build_trial_state(
         num_workers=loader_workers(data.num_workers, augment.where, device),
         synth=SelfBlender(settings.synth) if settings.synth.on else None,
         started_at=started_at,
+        refit=refit,
     )
 
 
@@ -213,3 +248,25 @@ def _load_splits(
         else None
     )
     return TrialSplits(train_split, val_split, train_images, val_images, robust_images)
+
+
+def _refit_splits(settings: TrainSettings, data: DataConfig, refit: Refit) -> TrialSplits:
+    """Trainset plus the refit's valset images (named ``valset/<name>``: a name may be in both) to
+    train on, and nothing to score: no other valset image is read."""
+    train, val = read_split(data, "train"), read_split(data, "val").only(refit.val_names)
+    cache_dir = cache_dir_of(data)
+    images = torch.cat(
+        [
+            load_images(train, settings.img_size, cache_dir=cache_dir),
+            load_images(val, settings.img_size, cache_dir=cache_dir),
+        ]
+    )
+    both = Split(
+        "train",
+        train.names + tuple(f"valset/{n}" for n in val.names),
+        train.paths + val.paths,
+        np.concatenate([train.targets, val.targets]),
+    )
+    nothing = val.only(())
+    empty = torch.zeros((0, *images.shape[1:]), dtype=images.dtype)
+    return TrialSplits(both, nothing, images, empty, None)

@@ -26,10 +26,10 @@ from ffdi_tune.training.checkpoint import (
 )
 from ffdi_tune.training.epoch import run_epoch
 from ffdi_tune.training.settings import TrainSettings
-from ffdi_tune.training.state import build_trial_state
+from ffdi_tune.training.state import Refit, RefitJob, build_trial_state
 
-# with what a caller needs: the reporter's type and the files of the folders it is handed
-__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE"]
+# with what a caller needs: the reporter's type, the files of the folders it is handed, a refit
+__all__ = ["train_trial", "Reporter", "BEST_FILE", "LAST_FILE", "Refit", "RefitJob"]
 
 
 def train_trial(
@@ -45,6 +45,7 @@ def train_trial(
     robust_val: RobustValConfig | None = RobustValConfig(),
     val_names: tuple[str, ...] | None = None,
     deadline: float | None = None,
+    refit: Refit | None = None,
 ) -> dict[str, Any]:
     """Train ``settings.epochs`` epochs, reporting after each; return the best epoch's metrics.
 
@@ -55,12 +56,14 @@ def train_trial(
     ``val_robust_auc`` or ``val_worst_auc``. ``val_names`` limits validation to those valset images
     (the search passes its selection part, see :mod:`ffdi_tune.data.holdout`); the others are never
     read. ``deadline`` (a ``time.time()`` value) ends training at the first batch past it; the epoch
-    it cuts is neither scored nor saved, the epochs before it stay.
+    it cuts is neither scored nor saved, the epochs before it stay. ``refit`` trains on trainset
+    plus the valset images it names instead, scores nothing and keeps each epoch (best.pt then
+    holds the last one's weights, of the refit's kind).
     """
     started_at = time.perf_counter() if started_at is None else started_at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = build_trial_state(
-        settings, data, metric, augment_sets, device, started_at, robust_val, val_names
+        settings, data, metric, augment_sets, device, started_at, robust_val, val_names, refit
     )
     if resume_from is not None:
         restore(state, resume_from)

@@ -139,6 +139,9 @@ def test_mlflow_parent_and_children(finished_search):
             "epoch_time_s",
             "train_images_per_s",
             "eval_time_s",
+            # the machine, sampled where the trial ran (MLflow's names: its System metrics tab)
+            "system/cpu_utilization_percentage",
+            "system/system_memory_usage_megabytes",
         ):
             assert key in run.data.metrics
         # is the device fed? per epoch

@@ -144,3 +144,20 @@ def test_a_failed_trials_run_says_why(tmp_path):
     mirror.on_trial_error(0, [], trial)
     run = client.get_run(mirror.run_ids["t1"])
     assert run.info.status == "FAILED" and run.data.tags["ffdi.error"] == "ValueError: bad lr"
+
+
+def test_system_samples_are_logged_on_the_trials_run_with_their_own_times_and_steps(tmp_path):
+    cb, trial, client = _callback(tmp_path)
+    cb.on_trial_start(0, [], trial)
+    first = [[1_700_000_000_000, {"system/cpu_utilization_percentage": 50.0}]]
+    later = [
+        [1_700_000_010_000 + i, {"system/cpu_utilization_percentage": 60.0 + i}] for i in (0, 1)
+    ]
+    cb.on_trial_result(0, [], trial, {**_result(1, 0.6), "system_metrics": first})
+    cb.on_trial_result(0, [], trial, {**_result(2, 0.7), "system_metrics": later})
+    history = client.get_metric_history(cb.run_ids["t1"], "system/cpu_utilization_percentage")
+    assert [(m.step, m.value, m.timestamp) for m in history] == [
+        (0, 50.0, 1_700_000_000_000),
+        (1, 60.0, 1_700_000_010_000),
+        (2, 61.0, 1_700_000_010_001),
+    ]

@@ -75,3 +75,33 @@ def test_run_refuses_a_search_another_run_holds_before_writing_anything(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_search_kept_in_a_bucket_is_refused_while_another_machine_holds_its_lease(
+    tmp_path, capsys, monkeypatch
+):
+    """Through the real CLI: the lease is read from the search's MLflow experiment before Ray or
+    the bucket is touched, and a run refused leaves the lease as it was."""
+    import json
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from ffdi_tune.cli import main
+    from ffdi_tune.tracking import LEASE, Tracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = Tracker(uri).experiment_id("shared")
+    foreign = {"holder": "x", "host": "gpu-node-7", "pid": 99, "renewed": time.time()}
+    MlflowClient(uri).set_experiment_tag(exp, LEASE, json.dumps({**foreign, "stale_s": 120}))
+    (tmp_path / "s.yaml").write_text(
+        "name: shared\ndata: {root: data}\ntrain: {backbone: test_resnet}\n"
+        "search: {storage: 's3://bucket/runs'}\ntracking: {uri: '" + uri + "'}\n"
+    )
+    assert main(["run", "s.yaml", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: search 'shared' is already running on another machine")
+    assert "host gpu-node-7, pid 99" in err and "\n" not in err
+    assert json.loads(MlflowClient(uri).get_experiment(exp).tags[LEASE])["host"] == "gpu-node-7"
+    assert not (tmp_path / "data").exists()

@@ -75,3 +75,31 @@ def test_compiled_model_trains_like_the_plain_one(tiny_data):
     compiled = train_trial(s.model_copy(update={"compile": True}), data, lambda m, f: None)
     assert compiled["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-3)
     assert compiled["val_auc"] == pytest.approx(plain["val_auc"], abs=0.05)
+
+
+def test_a_refit_trains_on_trainset_plus_its_valset_images_and_scores_none(tiny_data):
+    import numpy as np
+
+    from ffdi_tune.data.layout import read_split
+    from ffdi_tune.training.state import Refit
+
+    cfg = DataConfig(root=str(tiny_data), cache=False)
+    val = read_split(cfg, "val")
+    chosen = val.names[:10]
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=1)
+    state = build_trial_state(
+        s,
+        cfg,
+        "val_robust_auc",
+        None,
+        torch.device("cpu"),
+        0.0,
+        RobustValConfig(),
+        None,
+        Refit(chosen),
+    )
+    splits = state.splits
+    assert len(splits.train_images) == 48 + 10 == len(splits.train_split)
+    assert splits.train_split.names[48:] == tuple(f"valset/{n}" for n in chosen)
+    assert np.array_equal(splits.train_split.targets[48:], val.only(chosen).targets)
+    assert len(splits.val_images) == 0 and splits.robust_images is None

@@ -92,3 +92,38 @@ def test_a_deadline_already_past_reports_no_epoch(tiny_data):
         deadline=time.time() - 1,
     )
     assert best == {} and reports == []
+
+
+def test_a_refit_trains_on_trainset_and_the_selection_part_alone_and_keeps_its_last_epoch(
+    tiny_data, monkeypatch
+):
+    """A spy on the decoder: a refit opens trainset and the selection part of valset, never an
+    image of the report part; it scores nothing, and best.pt holds the last epoch's weights of
+    the kind its search trial kept."""
+    import torch
+
+    import ffdi_tune.data.layout as layout
+    from ffdi_tune.data.holdout import split_valset
+    from ffdi_tune.data.layout import read_split
+    from ffdi_tune.training.trial import BEST_FILE, Refit
+
+    cfg = DataConfig(root=str(tiny_data), cache=False)
+    holdout = split_valset(read_split(cfg, "val"), 0.5, seed=0)
+    opened: list[str] = []
+    decode = layout._decode
+    monkeypatch.setattr(
+        layout, "_decode", lambda path, *a, **k: opened.append(path.name) or decode(path, *a, **k)
+    )
+    kept: list[dict] = []
+
+    def report(metrics, folder):
+        kept.append({**metrics, "best": torch.load(folder / BEST_FILE, weights_only=True)})
+
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=2, ema_decay=0.9)
+    train_trial(s, cfg, report, refit=Refit(holdout.select_names, kind="ema"))
+    train_names = set(read_split(cfg, "train").names)
+    assert set(opened) == train_names | set(holdout.select_names)
+    assert not set(holdout.report_names) & set(opened)
+    assert [k["epoch"] for k in kept] == [1, 2] and "val_auc" not in kept[-1]
+    assert kept[-1]["best"]["epoch"] == 2
+    assert kept[-1]["best"]["weights_kind"] == "ema" and kept[-1]["weights_kept"] == "ema"
