@@ -169,6 +169,7 @@ SHIPPED_RECIPES = {  # file -> (combine, average, top_k, metric)
     "rank.yaml": ("rank", "prob", 5, "val_auc"),
     "greedy.yaml": ("greedy", "logit", 8, "val_auc"),
     "robust.yaml": ("auto", "prob", 5, "val_worst_auc"),
+    "refit.yaml": ("auto", "prob", 5, "val_auc"),
 }
 
 
@@ -184,6 +185,7 @@ def test_shipped_recipes_load_as_documented():
             recipe.top_k,
             recipe.metric,
         ) == expected and "identity" in recipe.tta
+    assert load_recipe(REPO / "ensembles" / "refit.yaml").refit.seeds == 2
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
