@@ -14,7 +14,10 @@ part (``train_trial``, the trainer the search runs, without Ray); then the final
 - ``cosine``: ``schedule: cosine``;
 - ``swa``: ``swa_epochs: 2``;
 - ``selfblend``: ``synth: {kind: selfblend, p: 0.3}``;
-- ``soup``: the ``base`` members, shipped as their greedy weight soup (``combine: soup``).
+- ``soup``: the ``base`` members, shipped as their greedy weight soup (``combine: soup``);
+- ``refit``: the ``base`` ensemble (``auto``, no soups), each shipped member then trained again
+  once (a new seed, its best epoch count) on trainset plus the selection part, in its place
+  (``refit: {seeds: 1}``); the extra training is its cost.
 
 Prints, per arm, the mean and seed-to-seed spread of the report-part AUC and the test AUC of the
 best member (best on the selection part) and of the shipped ensemble; the last line is JSON.
@@ -41,11 +44,12 @@ from ffdi_tune.data.layout import load_images, read_split
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.ensemble.build import MemberPredictions, build_ensemble
 from ffdi_tune.ensemble.recipe import EnsembleRecipe
+from ffdi_tune.ensemble.refit import SEED_STRIDE, refit_result
 from ffdi_tune.ensemble.soup import greedy_soup
 from ffdi_tune.scoring.metrics import roc_auc
 from ffdi_tune.scoring.predict import member_from_checkpoint, predict_views
 from ffdi_tune.training.settings import TrainSettings
-from ffdi_tune.training.trial import BEST_FILE, train_trial
+from ffdi_tune.training.trial import BEST_FILE, Refit, train_trial
 
 BASE = dict(
     backbone="tf_efficientnet_lite0",
@@ -65,6 +69,7 @@ ARMS = {
     "swa": {"swa_epochs": 2},
     "selfblend": {"synth": {"kind": "selfblend", "p": 0.3}},
     "soup": {},  # the base members, souped
+    "refit": {},  # the base members' ensemble, each shipped member refit once
 }
 VIEWS = ["identity", "hflip"]
 
@@ -85,6 +90,39 @@ def train_members(data: Path, select: tuple[str, ...], changes: dict, args, seed
         )  # fmt: skip
         members.append(kept["best"])
     return members
+
+
+def refit_arm(data: Path, select, base: list, images, test_targets, val, parts) -> dict:
+    """The base members' ensemble, then each shipped member trained again once on trainset plus
+    the selection part and shipped in its place."""
+    val_images, test_images = images
+    candidates = [predictions(f"m{k}", c, val_images, test_images) for k, c in enumerate(base)]
+    row = judge(candidates, "auto", val, test_targets, parts)
+    recipe = EnsembleRecipe(top_k=len(base), tta=VIEWS, refit={"seeds": 1})
+    result = build_ensemble(candidates, val.targets, recipe, *parts)
+    scored, refits = {c.name: c for c in candidates}, {}
+    for name in result.members:
+        best = base[int(name[1:])]
+        changes = {"epochs": int(best["epoch"]), "seed": best["settings"]["seed"] + SEED_STRIDE}
+        kept = {}
+
+        def report(metrics, folder, kept=kept):
+            kept["best"] = torch.load(Path(folder) / BEST_FILE, weights_only=True)
+
+        train_trial(
+            TrainSettings(**{**best["settings"], **changes}), DataConfig(root=str(data)), report,
+            device="cpu", robust_val=None, refit=Refit(select, best.get("weights_kind", "raw")),
+        )  # fmt: skip
+        scored[f"{name}r"] = predictions(f"{name}r", kept["best"], val_images, test_images)
+        refits[name] = [f"{name}r"]
+    after = refit_result(result, refits, scored, val.targets, parts[1])
+    row.update(
+        before_refit_report_auc=float(result.metrics["holdout_auc"]),
+        before_refit_test_auc=roc_auc(test_targets, result.test_pred),
+        ensemble_report_auc=float(after.metrics["holdout_auc"]),
+        ensemble_test_auc=roc_auc(test_targets, after.test_pred),
+    )
+    return row
 
 
 def predictions(name: str, checkpoint: dict, val_images, test_images) -> MemberPredictions:
@@ -148,6 +186,10 @@ def run_seed(seed: int, args) -> list[dict]:
                 souped.soup = True
                 row = judge([*candidates, souped], "soup", val, test_targets, parts)
                 row["soup_ingredients"] = len(soup.ingredients)
+            elif arm == "refit":
+                base = base or train_members(data, holdout.select_names, {}, args, seed)
+                images = (val_images, test_images)
+                row = refit_arm(data, holdout.select_names, base, images, test_targets, val, parts)
             else:
                 members = train_members(data, holdout.select_names, ARMS[arm], args, seed)
                 if arm == "base":
@@ -168,8 +210,9 @@ def summarise(rows: list[dict], arms: list[str]) -> dict:
     for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
         out[arm] = {}
-        for key in ("member_report_auc", "member_test_auc", "ensemble_report_auc",
-                    "ensemble_test_auc"):  # fmt: skip
+        keys = ["member_report_auc", "member_test_auc", "ensemble_report_auc", "ensemble_test_auc"]
+        keys += [k for k in ("before_refit_report_auc", "before_refit_test_auc") if k in mine[0]]
+        for key in keys:
             values = [r[key] for r in mine]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             out[arm][key] = (round(float(np.mean(values)), 4), round(sd, 4))
@@ -190,8 +233,11 @@ def main() -> None:
     print(f"{'arm':10} {'member report':>16} {'member test':>16} {'ens. report':>16} "
           f"{'ens. test':>16}")  # fmt: skip
     for arm, s in summary.items():
-        cells = [f"{m:.4f} ± {sd:.4f}" for m, sd in s.values()]
+        cells = [f"{m:.4f} ± {sd:.4f}" for m, sd in list(s.values())[:4]]
         print(f"{arm:10} " + " ".join(f"{c:>16}" for c in cells))
+        if "before_refit_test_auc" in s:
+            (report, _), (test, _) = s["before_refit_report_auc"], s["before_refit_test_auc"]
+            print(f"{'':10} before its refit: ensemble report {report:.4f}, test {test:.4f}")
     print(json.dumps({"epochs": args.epochs, "members": args.members, "rows": rows,
                       "summary": summary}))  # fmt: skip
 

@@ -41,6 +41,8 @@ __all__ = [
     "load_images",
     "decode_split",
     "cache_dir_of",
+    "decode_key",
+    "centre_square",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -278,24 +280,31 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarray:
-    """One image, whole frame, at ``img_size``; ``perturb`` then alters it at that size.
+def _decode(
+    path: Path, img_size: int, perturb=None, name: str = "", resize: str = "squash"
+) -> np.ndarray:
+    """One image at ``img_size``: the whole frame squashed to it, or (``resize="crop"``) its
+    centre square, the shorter side brought to ``img_size``.
 
-    Clean and perturbed copies share the decode and the resize, so the difference between their
-    scores is the perturbation's alone, and its strengths (blur sigma, JPEG quality...) act on the
-    pixels the model sees, whatever the file's resolution.
+    Squashed, ``perturb`` alters the image at that size: clean and perturbed copies share the
+    decode and the resize, so the difference between their scores is the perturbation's alone,
+    and its strengths (blur sigma, JPEG quality...) act on the pixels the model sees. Cropped, the
+    file is decoded at full resolution (no JPEG draft) and ``perturb`` acts before the resize, as
+    a real re-upload would.
     """
     try:
         with Image.open(path) as im:
-            # JPEG: let libjpeg downscale by 1/2..1/8 for free
-            im.draft("RGB", (img_size, img_size))
+            if resize == "squash":
+                im.draft("RGB", (img_size, img_size))  # JPEG: libjpeg downscales by 1/2..1/8
             rgb = _to_rgb(im)
-            if rgb.size != (img_size, img_size):
-                rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(
             f"{path}: cannot be read as an image ({exc}); replace or remove the file"
         ) from None
+    if resize == "crop":
+        return np.asarray(centre_square(perturb(rgb, name) if perturb else rgb, img_size))
+    if rgb.size != (img_size, img_size):
+        rgb = rgb.resize((img_size, img_size), Image.BILINEAR, reducing_gap=3.0)
     if perturb is not None:
         rgb = perturb(rgb, name)
         if rgb.size != (img_size, img_size):  # a crop: back to the side every other image has
@@ -303,12 +312,26 @@ def _decode(path: Path, img_size: int, perturb=None, name: str = "") -> np.ndarr
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _decode_rows(out: np.ndarray | str, img_size: int, perturb, rows) -> None:
+def centre_square(rgb: Image.Image, side: int) -> Image.Image:
+    """``rgb`` with its shorter side brought to ``side`` (not resized when it already is), then
+    its centre ``side x side`` square."""
+    w, h = rgb.size
+    if min(w, h) != side:
+        scale = side / min(w, h)
+        w, h = max(side, round(w * scale)), max(side, round(h * scale))
+        rgb = rgb.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (w - side) // 2, (h - side) // 2
+    return rgb.crop((left, top, left + side, top + side))
+
+
+def _decode_rows(
+    out: np.ndarray | str, img_size: int, perturb, rows, resize: str = "squash"
+) -> None:
     """Decode ``rows`` (``(index, path, name)``) into ``out``: an array, or the path of a ``.npy``
     file (opened here, so that a worker process writes straight into the file)."""
     target = np.load(out, mmap_mode="r+") if isinstance(out, str) else out
     for i, path, name in rows:
-        target[i] = _decode(path, img_size, perturb, name)
+        target[i] = _decode(path, img_size, perturb, name, resize)
     if isinstance(out, str):
         target.flush()
 
@@ -320,8 +343,10 @@ def decode_split(
     workers: int | None = None,
     kind: str = "threads",
     perturb=None,
+    resize: str = "squash",
 ) -> None:
-    """Fill ``out`` (``N x S x S x 3`` uint8) with every image of ``split``, ``workers`` at a time.
+    """Fill ``out`` (``N x S x S x 3`` uint8) with every image of ``split``, ``workers`` at a time
+    (``resize``: see :func:`_decode`).
 
     ``kind="processes"`` needs ``out`` to be a memory map of a ``.npy`` file (the workers open it
     themselves); threads write into any array. Progress is reported for long passes.
@@ -333,7 +358,8 @@ def decode_split(
     desc = f"decode {split.name}set at {img_size} px" + (
         " (perturbed)" if perturb is not None else ""
     )
-    run_pass(partial(_decode_rows, target, img_size, perturb), rows, desc, workers, kind)
+    decode = partial(_decode_rows, target, img_size, perturb, resize=resize)
+    run_pass(decode, rows, desc, workers, kind)
 
 
 def cache_dir_of(cfg: DataConfig) -> Path | None:
@@ -343,6 +369,13 @@ def cache_dir_of(cfg: DataConfig) -> Path | None:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
+def decode_key(resize: str, perturb=None) -> str:
+    """What besides the files and the side tells two decoded arrays apart in the cache: the crop
+    mode, and the perturbation's recipe."""
+    key = perturb.key if perturb is not None else ""
+    return key if resize == "squash" else f"crop|{key}"
+
+
 def load_images(
     split: Split,
     img_size: int,
@@ -350,8 +383,10 @@ def load_images(
     cache_dir: Path | None = None,
     perturb=None,
     kind: str = "threads",
+    resize: str = "squash",
 ) -> torch.Tensor:
-    """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``.
+    """Every image of ``split`` decoded and resized once: uint8 tensor ``N x 3 x S x S``
+    (``resize="crop"``: each image's centre square at full resolution, see :func:`_decode`).
 
     With ``cache_dir`` the pixels come from (or go into) the decode-once cache there; the tensor is
     then a view of a memory-mapped file, so a large split does not have to fit in memory.
@@ -363,13 +398,11 @@ def load_images(
     workers = workers or max(1, min(torch.get_num_threads(), available_cpus()))
 
     def decode(out: np.ndarray) -> None:
-        decode_split(split, img_size, out, workers, kind, perturb)
+        decode_split(split, img_size, out, workers, kind, perturb, resize)
 
     if cache_dir is not None:
-        arr, _ = cached_array(
-            split.paths, img_size, decode, cache_dir, perturb.key if perturb else ""
-        )
+        arr, _ = cached_array(split.paths, img_size, decode, cache_dir, decode_key(resize, perturb))
     else:
         arr = np.empty((len(split), img_size, img_size, 3), dtype=np.uint8)
-        decode_split(split, img_size, arr, workers, "threads", perturb)
+        decode_split(split, img_size, arr, workers, "threads", perturb, resize)
     return torch.from_numpy(arr).permute(0, 3, 1, 2)

@@ -20,31 +20,50 @@ __all__ = ["train_batches", "eval_loader", "to_model_input"]
 
 
 class _AugmentedImages(Dataset):
-    """The decoded images with their targets, each image through ``synth`` (which may make it a
-    fake) and then ``transform`` when read."""
+    """The decoded images with their targets, each image cut to a random ``crop`` square (when
+    given), through ``synth`` (which may make it a fake) and then ``transform`` when read."""
 
-    def __init__(self, images: torch.Tensor, targets: np.ndarray, transform, synth=None):
+    def __init__(self, images: torch.Tensor, targets: np.ndarray, transform, synth=None, crop=None):
         self.images, self.targets, self.transform = images, torch.tensor(targets), transform
-        self.synth = synth
+        self.synth, self.crop = synth, crop
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
         image, target = self.images[i], self.targets[i]
+        if self.crop is not None:  # the worker's own seeded generator draws the corner
+            top, left = _corners(1, image.shape[-1], self.crop, None)
+            image = image[:, top[0] : top[0] + self.crop, left[0] : left[0] + self.crop]
         if self.synth is not None:
             image, target = self.synth.one(image, target)
         return self.transform(image), target
 
 
+def _corners(n: int, side: int, crop: int, generator) -> tuple[list[int], list[int]]:
+    """Top and left corners of ``n`` random ``crop`` squares in a ``side`` square."""
+    top = torch.randint(0, side - crop + 1, (n,), generator=generator)
+    left = torch.randint(0, side - crop + 1, (n,), generator=generator)
+    return top.tolist(), left.tolist()
+
+
 def _gather(
-    images: torch.Tensor, idx: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    hflip: torch.Tensor,
+    vflip: torch.Tensor,
+    crops: tuple[list[int], list[int], int] | None = None,
 ) -> torch.Tensor:
-    """Copy images ``idx`` into a new NCHW batch, flipping on the way (numpy views: one pass)."""
+    """Copy images ``idx`` into a new NCHW batch, cut to ``crops`` (tops, lefts, side) and flipped
+    on the way (numpy views: one pass, no resize)."""
     nhwc = images.permute(0, 2, 3, 1).numpy()  # the decoded (often memory-mapped) array itself
-    out = np.empty((len(idx), 3, nhwc.shape[1], nhwc.shape[2]), dtype=np.uint8)
+    side = crops[2] if crops else nhwc.shape[1]
+    out = np.empty((len(idx), 3, side, side), dtype=np.uint8)
     for j, (i, h, v) in enumerate(zip(idx.tolist(), hflip.tolist(), vflip.tolist(), strict=True)):
         src = nhwc[i]
+        if crops is not None:
+            top, left = crops[0][j], crops[1][j]
+            src = src[top : top + side, left : left + side]
         if v:
             src = src[::-1]
         if h:
@@ -63,8 +82,12 @@ def train_batches(
     num_workers: int = 0,
     pin_memory: bool = False,
     synth=None,
+    crop: int | None = None,
 ):
     """One epoch of shuffled uint8 batches ``(images, targets)``; the last short batch is dropped.
+
+    ``crop`` cuts a random ``crop`` square out of every image (``resize: crop``: the images are the
+    cache's larger squares), drawn with ``generator`` (in workers, the worker's seeded one).
 
     ``flips`` (a :class:`~ffdi_tune.data.augment.BatchFlips`) are applied while the batch is
     gathered. A per-image ``sample_transform`` runs in ``num_workers`` DataLoader processes when
@@ -76,7 +99,7 @@ def train_batches(
     batch_size = min(batch_size, len(images))
     if sample_transform is not None and num_workers > 0:
         yield from DataLoader(
-            _AugmentedImages(images, targets, sample_transform, synth),
+            _AugmentedImages(images, targets, sample_transform, synth, crop),
             batch_size=batch_size,
             shuffle=True,
             drop_last=True,
@@ -91,7 +114,8 @@ def train_batches(
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
         hflip, vflip = (no_flip, no_flip) if flips is None else flips.draw(batch_size, generator)
-        batch, batch_targets = _gather(images, idx, hflip, vflip), all_targets[idx]
+        crops = (*_corners(batch_size, images.shape[-1], crop, generator), crop) if crop else None
+        batch, batch_targets = _gather(images, idx, hflip, vflip, crops), all_targets[idx]
         if synth is not None:
             batch, batch_targets = synth(batch, batch_targets, generator)
         if sample_transform is not None:

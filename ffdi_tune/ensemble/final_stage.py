@@ -145,10 +145,10 @@ def _score_run(
     """One run's ``checkpoint/best.pt`` scored on val and test (and perturbed val) per view."""
     path = tracker.download(run_id, "checkpoint/best.pt", tmp / run_id)
     member = load_member(path, run_id)
-    val = predict_views(member, splits.images("val", member.img_size), views, batch_size)
-    test = predict_views(member, splits.images("test", member.img_size), views, batch_size)
+    val = predict_views(member, splits.for_member("val", member), views, batch_size)
+    test = predict_views(member, splits.for_member("test", member), views, batch_size)
     robust = (
-        predict_views(member, splits.images("val", member.img_size, perturb), views, batch_size)
+        predict_views(member, splits.for_member("val", member, perturb), views, batch_size)
         if perturb is not None
         else None
     )

@@ -31,6 +31,6 @@ def predict_run(
     with tempfile.TemporaryDirectory(prefix="ffdi-predict-") as tmp:
         member = load_member(tracker.download(run_id, "checkpoint/best.pt", Path(tmp)), run_id)
         prob = probability(
-            predict_views(member, splits.images("test", member.img_size), views, batch_size).mean(0)
+            predict_views(member, splits.for_member("test", member), views, batch_size).mean(0)
         )
     return write_atomic(out, submission_text(test.names, prob))

@@ -61,6 +61,8 @@ def soup_group_key(checkpoint: dict[str, Any]) -> tuple:
         checkpoint.get("weights_sha256"),
         checkpoint["input"],
         checkpoint["eval_img_size"],
+        checkpoint.get("resize", "squash"),
+        checkpoint.get("decode_size", checkpoint["eval_img_size"]),
         tuple(checkpoint["mean"]),
         tuple(checkpoint["std"]),
     )
@@ -130,8 +132,10 @@ def make_soups(
     for ids in groups.values():
         if len(ids) < 2:
             continue
-        size = int(checkpoints[ids[0]]["eval_img_size"])
-        images = splits.images("val", size)[torch.as_tensor(select)]
+        first = checkpoints[ids[0]]  # the group shares how its images are decoded
+        size = int(first.get("decode_size", first["eval_img_size"]))
+        images = splits.images("val", size, None, first.get("resize", "squash"))
+        images = images[torch.as_tensor(select)]
         soup = greedy_soup(
             [checkpoints[i] for i in ids], ids, images, val.targets[select], batch_size
         )
@@ -147,11 +151,10 @@ def _soup_predictions(
     soup: Soup, splits: DecodedSplits, views: list[str], batch_size: int, perturb
 ) -> MemberPredictions:
     member = member_from_checkpoint(soup.checkpoint, soup.name)
-    size = member.img_size
-    val = predict_views(member, splits.images("val", size), views, batch_size)
-    test = predict_views(member, splits.images("test", size), views, batch_size)
+    val = predict_views(member, splits.for_member("val", member), views, batch_size)
+    test = predict_views(member, splits.for_member("test", member), views, batch_size)
     robust = (
-        predict_views(member, splits.images("val", size, perturb), views, batch_size)
+        predict_views(member, splits.for_member("val", member, perturb), views, batch_size)
         if perturb is not None
         else None
     )

@@ -36,10 +36,13 @@ def view_log_odds(
     batch_size: int = 64,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    crop: int | None = None,
 ) -> np.ndarray:
     """Log-odds of fake for each view and uint8 image: float64 array ``len(views) x len(images)``.
 
-    Each batch is moved and normalised once; every view is a tensor op on it, on the device.
+    Each batch is moved and normalised once; every view is a tensor op on it, on the device. With
+    ``crop`` every view ends with a ``crop`` square cut from it (see
+    :func:`~ffdi_tune.scoring.tta.apply_view`).
     """
     model.eval()
     device = mean.device
@@ -48,7 +51,7 @@ def view_log_odds(
     for batch in eval_loader(images, batch_size):
         x = to_model_input(batch, mean, std, device, channels_last)
         for row, view in enumerate(views):
-            logits = _logits(model, apply_view(view, x), amp_dtype)
+            logits = _logits(model, apply_view(view, x, crop), amp_dtype)
             log_odds[row, start : start + len(batch)] = (
                 (logits[:, 1] - logits[:, 0]).double().cpu().numpy()
             )

@@ -46,6 +46,22 @@ class Member:
     std: torch.Tensor
     checkpoint: dict[str, Any]  # what best.pt holds
 
+    @property
+    def resize(self) -> str:
+        """How its images are decoded: ``squash`` (whole frames) or ``crop`` (its squares are cut
+        from larger ones, see :mod:`~ffdi_tune.scoring.tta`)."""
+        return self.checkpoint.get("resize", "squash")
+
+    @property
+    def decode_size(self) -> int:
+        """The side its images are decoded at: its own, or the crop's larger square."""
+        return int(self.checkpoint.get("decode_size", self.img_size))
+
+    @property
+    def crop(self) -> int | None:
+        """The square each view is cut to (``resize: crop``), else None."""
+        return self.img_size if self.resize == "crop" else None
+
 
 def load_member(path: str | Path, name: str, device: torch.device | None = None) -> Member:
     """Load a ``best.pt`` written by training (``weights_only=True``: no code runs from the file).
@@ -93,7 +109,7 @@ class DecodedSplits:
     def __init__(self, data: DataConfig):
         self.data = data
         self.splits: dict[str, Split] = {}
-        self._images: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._images: dict[tuple[str, int, str, str], torch.Tensor] = {}
 
     def split(self, name: str) -> Split:
         """Split ``name``'s file list and labels, read once."""
@@ -101,14 +117,25 @@ class DecodedSplits:
             self.splits[name] = read_split(self.data, name)
         return self.splits[name]
 
-    def images(self, name: str, img_size: int, perturb=None) -> torch.Tensor:
-        """Split ``name`` at ``img_size``; with ``perturb`` (a Perturber), its perturbed copy."""
-        key = (name, img_size, perturb.key if perturb is not None else "")
+    def images(
+        self, name: str, img_size: int, perturb=None, resize: str = "squash"
+    ) -> torch.Tensor:
+        """Split ``name`` at ``img_size`` (squashed, or ``resize="crop"``: centre squares at full
+        resolution); with ``perturb`` (a Perturber), its perturbed copy."""
+        key = (name, img_size, perturb.key if perturb is not None else "", resize)
         if key not in self._images:
             self._images[key] = load_images(
-                self.split(name), img_size, cache_dir=cache_dir_of(self.data), perturb=perturb
+                self.split(name),
+                img_size,
+                cache_dir=cache_dir_of(self.data),
+                perturb=perturb,
+                resize=resize,
             )
         return self._images[key]
+
+    def for_member(self, name: str, member: Member, perturb=None) -> torch.Tensor:
+        """Split ``name`` decoded as ``member`` reads it."""
+        return self.images(name, member.decode_size, perturb, member.resize)
 
 
 def predict_views(
@@ -119,5 +146,5 @@ def predict_views(
     on_gpu = member.mean.device.type == "cuda"  # load_member made the model channels-last there
     amp = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else None
     return view_log_odds(
-        member.model, images, member.mean, member.std, views, batch_size, amp, on_gpu
+        member.model, images, member.mean, member.std, views, batch_size, amp, on_gpu, member.crop
     )

@@ -18,11 +18,12 @@ from pathlib import Path
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.cache import cache_key
 from ffdi_tune.data.holdout import Holdout
-from ffdi_tune.data.layout import Split, load_images, read_split
+from ffdi_tune.data.layout import Split, decode_key, load_images, read_split
 from ffdi_tune.data.passes import available_cpus
 from ffdi_tune.data.perturb import Perturber
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.errors import DataError
+from ffdi_tune.training.settings import crop_cache_size
 
 __all__ = ["CacheEntry", "planned_entries", "check_fits", "build", "build_here", "BUILD_KIND"]
 
@@ -40,18 +41,21 @@ class CacheEntry:
     split: Split
     img_size: int
     perturb: Perturber | None = None
+    resize: str = "squash"  # or crop: centre squares at full resolution (train.resize)
 
     @property
     def bytes(self) -> int:
         return len(self.split) * self.img_size * self.img_size * 3 + HEADER_BYTES
 
     def label(self) -> str:
-        return f"{self.split.name}set at {self.img_size} px" + (
-            " (perturbed)" if self.perturb else ""
+        return (
+            f"{self.split.name}set at {self.img_size} px"
+            + (" (perturbed)" if self.perturb else "")
+            + (" (crops)" if self.resize == "crop" else "")
         )
 
     def built(self, cache_dir: Path) -> bool:
-        key = cache_key(self.split.paths, self.img_size, self.perturb.key if self.perturb else "")
+        key = cache_key(self.split.paths, self.img_size, decode_key(self.resize, self.perturb))
         return (Path(cache_dir) / f"{key}.npy").exists()
 
 
@@ -60,16 +64,34 @@ def planned_entries(cfg: SearchConfig, data: DataConfig, holdout: Holdout) -> li
     train_sizes, eval_sizes = set(), set()
     for backbone in cfg.backbones():
         sizes = {int(v) for v in cfg.backbone_values(backbone, "img_size")}
-        evals = cfg.backbone_values(backbone, "eval_img_size")
-        train_sizes |= sizes
-        eval_sizes |= {int(v) for v in evals if v is not None} | (sizes if None in evals else set())
+        asked = cfg.backbone_values(backbone, "eval_img_size")
+        evals = {int(v) for v in asked if v is not None} | (sizes if None in asked else set())
+        resizes = set(cfg.backbone_values(backbone, "resize"))
+        if "squash" in resizes:
+            train_sizes |= {(s, "squash") for s in sizes}
+            eval_sizes |= {(s, "squash") for s in evals}
+        if "crop" in resizes:  # one cache side serves training and evaluation
+            crops = _crop_sides(cfg.backbone_values(backbone, "cache_size"), sizes, asked)
+            train_sizes |= crops
+            eval_sizes |= crops
     train, val = read_split(data, "train"), read_split(data, "val").only(holdout.select_names)
-    entries = [CacheEntry(train, s) for s in sorted(train_sizes)] + [
-        CacheEntry(val, s) for s in sorted(eval_sizes)
+    entries = [CacheEntry(train, s, None, r) for s, r in sorted(train_sizes)] + [
+        CacheEntry(val, s, None, r) for s, r in sorted(eval_sizes)
     ]
     if cfg.robust_val.enabled:
-        entries += [CacheEntry(val, s, Perturber(cfg.robust_val)) for s in sorted(eval_sizes)]
+        perturb = Perturber(cfg.robust_val)
+        entries += [CacheEntry(val, s, perturb, r) for s, r in sorted(eval_sizes)]
     return entries
+
+
+def _crop_sides(cache_sizes: list, sizes: set[int], evals: list) -> set[tuple[int, str]]:
+    """The cache sides ``resize: crop`` trials decode at: the ``cache_size`` values, and for a
+    null one each trial's default (from its larger side: training or evaluation)."""
+    given = {(int(c), "crop") for c in cache_sizes if c is not None}
+    if None not in cache_sizes:
+        return given
+    sides = {max(s, int(e) if e is not None else s) for s in sizes for e in evals}
+    return given | {(crop_cache_size(side), "crop") for side in sides}
 
 
 def _disk_free(folder: Path) -> int:
@@ -122,7 +144,9 @@ def build(
             f"decode cache: building {e.label()} ({len(e.split):,} images, {_gb(e.bytes)}) in "
             f"{cache_dir}"
         )
-        load_images(e.split, e.img_size, workers or available_cpus(), cache_dir, e.perturb, kind)
+        load_images(
+            e.split, e.img_size, workers or available_cpus(), cache_dir, e.perturb, kind, e.resize
+        )
     return len(missing)
 
 

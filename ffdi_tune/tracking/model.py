@@ -53,7 +53,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         split = Split("predict", tuple(str(p) for p in paths), paths, None)
         scores = []
         for member, views, _ in self.members:
-            images = load_images(split, member.img_size)
+            images = load_images(split, member.decode_size, resize=member.resize)
             scores.append(predict_views(member, images, views).mean(axis=0))
         weights = np.array([w for _, _, w in self.members])
         combiner, _ = SCALES[self.scale]

@@ -23,6 +23,7 @@ from ffdi_tune.data.loaders import to_model_input, train_batches
 from ffdi_tune.scoring.epoch_metrics import is_better
 from ffdi_tune.scoring.inference import view_log_odds
 from ffdi_tune.scoring.metrics import binary_metrics, roc_auc
+from ffdi_tune.scoring.tta import apply_view
 from ffdi_tune.training.state import TrialState
 
 __all__ = ["run_epoch", "evaluate"]
@@ -74,9 +75,17 @@ def _average(state: TrialState, epoch: int) -> None:
 def _plain_batches(state: TrialState):
     """Trainset, unaugmented and normalised as the model sees it, in training-size batches."""
     images, size = state.splits.train_images, state.settings.batch_size
+    crop = _crop(state, state.settings.img_size)
     for start in range(0, len(images), size):
-        batch = images[start : start + size]
-        yield to_model_input(batch, state.mean, state.std, state.device, state.channels_last)
+        batch = to_model_input(
+            images[start : start + size], state.mean, state.std, state.device, state.channels_last
+        )
+        yield apply_view("identity", batch, crop)  # cropped images: their centre square
+
+
+def _crop(state: TrialState, side: int) -> int | None:
+    """The square cut from the decoded images for the model (``resize: crop``), else None."""
+    return side if state.settings.resize == "crop" else None
 
 
 def _start_epoch(state: TrialState, epoch: int) -> torch.Generator:
@@ -107,6 +116,7 @@ def _train_pass(
         state.num_workers,
         pin_memory=state.device.type == "cuda",
         synth=state.synth,
+        crop=_crop(state, state.settings.img_size),
     )
     for batch, target in batches:
         if deadline is not None and time.time() >= deadline:
@@ -252,4 +262,5 @@ def _log_odds(state: TrialState, model: torch.nn.Module, images: torch.Tensor) -
         state.settings.batch_size * 2,
         state.amp_dtype,
         state.channels_last,
+        _crop(state, state.settings.eval_size),
     )[0]

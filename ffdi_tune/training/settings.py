@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from ffdi_tune.data.synth import SynthSettings
 from ffdi_tune.strict import StrictModel, range_validator
 
-__all__ = ["TrainSettings"]
+__all__ = ["TrainSettings", "crop_cache_size"]
 
 
 class TrainSettings(StrictModel):
@@ -67,6 +67,13 @@ class TrainSettings(StrictModel):
     # differ (a trial run alone gets 0).
     seed: int | None = None
     eval_img_size: int | None = Field(None, ge=16, le=2048)  # validate and predict at this side
+    # How an image becomes the model's input. squash: the whole frame resized to img_size (JPEG
+    # draft decoding, bilinear). crop: decoded at full resolution, its shorter side brought to
+    # cache_size (once, into the decode cache), then never resized again: training takes a random
+    # img_size crop of it, validation and prediction its centre (TTA: crop_tl... its corners)
+    resize: Literal["squash", "crop"] = "squash"
+    # the side crop's decode cache keeps (>= img_size and eval size); null: 1.25 x the larger
+    cache_size: int | None = Field(None, ge=16, le=4096)
     # rgb+srm adds fixed SRM noise residuals (ffdi_tune.models.srm)
     input: Literal["rgb", "rgb+srm"] = "rgb"
     jpeg_quality: tuple[int, int] = (30, 95)  # quality range of the jpeg augmentation set
@@ -103,7 +110,41 @@ class TrainSettings(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _cache_holds_the_crops(self) -> TrainSettings:
+        largest = max(self.img_size, self.eval_size)
+        if self.resize == "crop" and self.cache_size is not None and self.cache_size < largest:
+            raise ValueError(
+                f"cache_size={self.cache_size} is smaller than the {largest} px crops taken from "
+                "it; raise cache_size to at least img_size (and eval_img_size), or leave it null"
+            )
+        return self
+
     @property
     def eval_size(self) -> int:
         """The side validation and prediction feed the model (``eval_img_size`` or ``img_size``)."""
         return self.eval_img_size or self.img_size
+
+    @property
+    def decode_size(self) -> int:
+        """The side images are decoded (and cached) at for training: ``img_size`` when squashed,
+        ``cache_size`` (default 1.25 x the larger of the training and evaluation sides, a multiple
+        of 8) when cropped."""
+        if self.resize == "squash":
+            return self.img_size
+        return self.cache_size or crop_cache_size(max(self.img_size, self.eval_size))
+
+    @property
+    def eval_decode_size(self) -> int:
+        """The side validation and prediction decode at: the evaluation size when squashed, the
+        crop's cache side otherwise (the centre is cut from it)."""
+        return self.eval_size if self.resize == "squash" else self.decode_size
+
+
+def crop_cache_size(side: int) -> int:
+    """The default cache side of ``resize: crop`` for crops of ``side``: 1.25 x, a multiple of 8.
+
+    >>> crop_cache_size(64), crop_cache_size(512)
+    (80, 640)
+    """
+    return -(-round(side * 1.25) // 8) * 8

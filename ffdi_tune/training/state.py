@@ -236,13 +236,15 @@ def _load_splits(
     train_split, val_split = read_split(data, "train"), read_split(data, "val")
     if val_names is not None:  # the search's selection part: the report part is never read here
         val_split = val_split.only(val_names)
-    cache_dir = cache_dir_of(data)
-    train_images = load_images(train_split, settings.img_size, cache_dir=cache_dir)
+    cache_dir, resize = cache_dir_of(data), settings.resize
+    train_size = settings.decode_size
+    train_images = load_images(train_split, train_size, cache_dir=cache_dir, resize=resize)
     # Validation (and best.pt's prediction) may run at a larger side than training.
-    val_images = load_images(val_split, settings.eval_size, cache_dir=cache_dir)
+    size = settings.eval_decode_size
+    val_images = load_images(val_split, size, cache_dir=cache_dir, resize=resize)
     robust_images = (
         load_images(
-            val_split, settings.eval_size, cache_dir=cache_dir, perturb=Perturber(robust_val)
+            val_split, size, cache_dir=cache_dir, perturb=Perturber(robust_val), resize=resize
         )
         if robust_val is not None
         else None
@@ -254,11 +256,11 @@ def _refit_splits(settings: TrainSettings, data: DataConfig, refit: Refit) -> Tr
     """Trainset plus the refit's valset images (named ``valset/<name>``: a name may be in both) to
     train on, and nothing to score: no other valset image is read."""
     train, val = read_split(data, "train"), read_split(data, "val").only(refit.val_names)
-    cache_dir = cache_dir_of(data)
+    cache_dir, size, resize = cache_dir_of(data), settings.decode_size, settings.resize
     images = torch.cat(
         [
-            load_images(train, settings.img_size, cache_dir=cache_dir),
-            load_images(val, settings.img_size, cache_dir=cache_dir),
+            load_images(train, size, cache_dir=cache_dir, resize=resize),
+            load_images(val, size, cache_dir=cache_dir, resize=resize),
         ]
     )
     both = Split(

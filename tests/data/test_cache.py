@@ -160,6 +160,29 @@ def test_plan_lists_what_trials_read_and_its_size(data):
     assert entries[0].bytes == 48 * 32 * 32 * 3 + 128 and len(entries[2].split) == 12
 
 
+def test_crop_trials_read_one_cache_side_for_training_and_evaluation(data, tmp_path):
+    from ffdi_tune.search.cache_plan import build
+
+    space = {"img_size": {"choice": [32, 48]}, "resize": {"choice": ["squash", "crop"]}}
+    _, entries = _plan(data, space=space, robust_val={"enabled": False})
+    labels = [e.label() for e in entries]
+    # squashed at each side; cropped from each trial's default cache side (1.25 x, rounded to 8)
+    assert labels == [
+        "trainset at 32 px",
+        "trainset at 40 px (crops)",
+        "trainset at 48 px",
+        "trainset at 64 px (crops)",
+        "valset at 32 px",
+        "valset at 40 px (crops)",
+        "valset at 48 px",
+        "valset at 64 px (crops)",
+    ]
+    crops = [e for e in entries if e.resize == "crop"]
+    build(crops, tmp_path / "cache", echo=lambda line: None, workers=1, kind="threads")
+    assert all(e.built(tmp_path / "cache") for e in crops)
+    assert not any(e.built(tmp_path / "cache") for e in entries if e.resize == "squash")
+
+
 def test_a_cache_that_does_not_fit_is_refused_before_any_trial(data, tmp_path, monkeypatch):
 
     from ffdi_tune.errors import DataError

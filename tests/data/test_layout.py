@@ -72,3 +72,61 @@ def test_scan_returns_the_good_rows_and_a_line_per_bad_one(data):
     assert split.targets.tolist() == [int(r.split(",")[1]) for r in rows[4:]]
     with pytest.raises(DataError, match=r"^2 problems in the dataset: .*row 2: .*is missing"):
         read_split(cfg, "train")
+
+
+def _jpeg(path, w: int, h: int, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def test_crop_decodes_at_full_resolution_and_never_resizes_a_file_already_at_its_side(tmp_path):
+    """``resize: crop``: no JPEG draft, no resize when the shorter side is the cache side: the
+    cached square is the file's own centre pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from ffdi_tune.data.layout import _decode, centre_square
+
+    tall = _jpeg(tmp_path / "tall.jpg", 48, 80)
+    with Image.open(tall) as im:
+        full = np.asarray(im.convert("RGB"))
+    cropped = _decode(tall, 48, resize="crop")
+    assert np.array_equal(cropped, full[16:64, :48])  # (80 - 48) // 2 rows off the top
+    big = _jpeg(tmp_path / "big.jpg", 256, 256, seed=1)
+    with Image.open(big) as im:
+        whole = np.asarray(im.convert("RGB"))
+    assert np.array_equal(_decode(big, 256, resize="crop"), whole)  # no draft at full size
+    # a larger file is brought down once, keeping its aspect; squash fills the frame instead
+    assert _decode(big, 64, resize="crop").shape == (64, 64, 3)
+    assert centre_square(Image.fromarray(whole[:, :128]), 64).size == (64, 64)
+
+
+def test_a_perturbation_acts_before_a_crops_resize_as_a_re_upload_would(tmp_path):
+    from ffdi_tune.data.layout import _decode
+
+    big = _jpeg(tmp_path / "big.jpg", 160, 120)
+    seen = []
+
+    def perturb(image, name):
+        seen.append(image.size)
+        return image
+
+    _decode(big, 60, perturb, "big.jpg", resize="crop")
+    _decode(big, 60, perturb, "big.jpg")
+    assert seen == [(160, 120), (60, 60)]  # cropped: the file's pixels; squashed: the model's
+
+
+def test_crops_and_squashes_are_cached_apart(tmp_path):
+    from ffdi_tune.data.layout import Split
+
+    paths = tuple(_jpeg(tmp_path / f"{i}.jpg", 64, 48, seed=i) for i in range(3))
+    split = Split("val", tuple(p.name for p in paths), paths, None)
+    cache = tmp_path / "cache"
+    squashed = load_images(split, 32, cache_dir=cache)
+    cropped = load_images(split, 32, cache_dir=cache, resize="crop")
+    assert squashed.shape == cropped.shape == (3, 3, 32, 32)
+    assert not torch.equal(squashed, cropped) and len(list(cache.glob("*.npy"))) == 2

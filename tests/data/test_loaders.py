@@ -89,3 +89,29 @@ def test_model_input_is_normalised_like_timm_for_uint8_and_device_augmented_batc
     last = to_model_input(batch, mean, std, torch.device("cpu"), channels_last=True)
     assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, x)
     assert torch.equal(batch, images[:8])  # the decoded images are left as they were
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_crop_cuts_random_windows_of_the_decoded_squares_without_resizing(workers):
+    """Channel 0 holds each pixel's position, channel 1 its image's number: every cut is a window
+    of its own image, pixel for pixel, at a random place."""
+    n, side, crop = 12, 8, 4
+    position = torch.arange(side * side, dtype=torch.uint8).view(side, side)
+    images = torch.stack(
+        [torch.stack([position, torch.full_like(position, i), position]) for i in range(n)]
+    )
+    batches = list(
+        train_batches(
+            images, (torch.arange(n) % 2).numpy(), 6, torch.Generator().manual_seed(0),
+            v2.Identity() if workers else None, None, num_workers=workers, crop=crop,
+        )
+    )  # fmt: skip
+    corners = set()
+    for batch, _ in batches:
+        assert batch.shape == (6, 3, crop, crop)
+        for cut in batch:
+            top, left = divmod(int(cut[0, 0, 0]), side)
+            source = images[int(cut[1, 0, 0])]
+            assert torch.equal(cut, source[:, top : top + crop, left : left + crop])
+            corners.add((top, left))
+    assert len(corners) > 3  # drawn at random, not always the same window

@@ -78,3 +78,19 @@ def test_scale_views_zoom_in_and_out_at_the_same_side():
     for bad in ("scale3", "scale0.2", "scale1", "scale-1", "scalex"):
         with pytest.raises(ValueError, match="scale<s> with s from 0.5 to 2.0"):
             check_views([bad])
+
+
+def test_a_crop_members_views_end_with_a_cut_square_and_corner_views_cut_the_corners():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.equal(apply_view("identity", x, 4), x[..., 2:6, 2:6])  # the centre, not a resize
+    assert torch.equal(apply_view("hflip", x, 4), x.flip(-1)[..., 2:6, 2:6])
+    assert torch.equal(apply_view("crop_tl", x, 4), x[..., :4, :4])
+    assert torch.equal(apply_view("crop_tr", x, 4), x[..., :4, 4:])
+    assert torch.equal(apply_view("crop_bl", x, 4), x[..., 4:, :4])
+    assert torch.equal(apply_view("crop_br", x, 4), x[..., 4:, 4:])
+    assert apply_view("scale1.5", x, 4).shape == (2, 3, 4, 4)
+    # a member fed whole frames has no border: its corner views are the identity
+    assert torch.equal(apply_view("crop_tl", x), x) and torch.equal(apply_view("crop_br", x, 8), x)
+    assert check_views(["identity", "crop_tl", "crop_br"]) == ["identity", "crop_tl", "crop_br"]
+    with pytest.raises(ValueError, match="did you mean .*'crop_tl'"):
+        check_views(["crop_lt"])

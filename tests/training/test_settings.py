@@ -104,3 +104,15 @@ def test_jpeg_keys_are_searchable_and_train(tiny_data):
 def test_bad_recipe_option_values(bad, message):
     with pytest.raises(ConfigError, match=message):
         parse_search_config({"name": "b", "data": {"root": "/d"}, "train": bad}, "x.yaml")
+
+
+def test_crop_decodes_at_its_cache_side_which_must_hold_the_crops():
+    from pydantic import ValidationError
+
+    squash = TrainSettings(img_size=64, eval_img_size=96)
+    assert (squash.decode_size, squash.eval_decode_size) == (64, 96)
+    crop = TrainSettings(img_size=64, eval_img_size=96, resize="crop")
+    assert crop.decode_size == crop.eval_decode_size == 120  # 1.25 x the larger side
+    assert TrainSettings(img_size=448, resize="crop", cache_size=512).decode_size == 512
+    with pytest.raises(ValidationError, match="cache_size=400 is smaller than the 448 px crops"):
+        TrainSettings(img_size=448, resize="crop", cache_size=400)

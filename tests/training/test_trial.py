@@ -127,3 +127,35 @@ def test_a_refit_trains_on_trainset_and_the_selection_part_alone_and_keeps_its_l
     assert [k["epoch"] for k in kept] == [1, 2] and "val_auc" not in kept[-1]
     assert kept[-1]["best"]["epoch"] == 2
     assert kept[-1]["best"]["weights_kind"] == "ema" and kept[-1]["weights_kept"] == "ema"
+
+
+def test_a_crop_trial_scores_centre_squares_and_predicts_from_its_checkpoint_alike(tiny_data):
+    """``resize: crop``: the trial trains on random 24 px windows of 32 px squares and validates
+    on their centres; its best.pt says so, and prediction from it repeats the validation."""
+    import torch
+
+    from ffdi_tune.scoring.metrics import roc_auc
+    from ffdi_tune.scoring.predict import DecodedSplits, member_from_checkpoint, predict_views
+    from ffdi_tune.training.trial import BEST_FILE
+
+    kept = {}
+
+    def report(metrics, folder):
+        kept["metrics"] = metrics
+        kept["best"] = torch.load(folder / BEST_FILE, weights_only=True)
+
+    s = TrainSettings(
+        backbone="test_resnet", img_size=24, batch_size=8, epochs=1, resize="crop", cache_size=32
+    )
+    cfg = DataConfig(root=str(tiny_data), cache=False)
+    train_trial(s, cfg, report, robust_val=None)
+    best = kept["best"]
+    assert (best["resize"], best["decode_size"], best["eval_img_size"]) == ("crop", 32, 24)
+    member = member_from_checkpoint(best, "m", torch.device("cpu"))
+    splits = DecodedSplits(cfg)
+    images = splits.for_member("val", member)
+    assert images.shape[-1] == 32 and member.crop == 24
+    scores = predict_views(member, images, ["identity", "crop_tl"])
+    targets = splits.split("val").targets
+    assert roc_auc(targets, scores[0]) == pytest.approx(kept["metrics"]["val_auc"])
+    assert not np.allclose(scores[0], scores[1])  # a corner is another window
