@@ -15,6 +15,8 @@ part (``train_trial``, the trainer the search runs, without Ray); then the final
 - ``swa``: ``swa_epochs: 2``;
 - ``selfblend``: ``synth: {kind: selfblend, p: 0.3}``;
 - ``soup``: the ``base`` members, shipped as their greedy weight soup (``combine: soup``);
+- ``crop``: ``resize: crop`` with ``cache_size: 64``: the 64 px files are never resized; training
+  takes random 48 px windows, validation and prediction the centre one;
 - ``refit``: the ``base`` ensemble (``auto``, no soups), each shipped member then trained again
   once (a new seed, its best epoch count) on trainset plus the selection part, in its place
   (``refit: {seeds: 1}``); the extra training is its cost.
@@ -68,10 +70,12 @@ ARMS = {
     "cosine": {"schedule": "cosine"},
     "swa": {"swa_epochs": 2},
     "selfblend": {"synth": {"kind": "selfblend", "p": 0.3}},
+    "crop": {"resize": "crop", "cache_size": 64},
     "soup": {},  # the base members, souped
     "refit": {},  # the base members' ensemble, each shipped member refit once
 }
 VIEWS = ["identity", "hflip"]
+CROP_SOURCES: dict = {}  # the seed's val and test splits, for crop members' own decode
 
 
 def train_members(data: Path, select: tuple[str, ...], changes: dict, args, seed: int) -> list:
@@ -127,6 +131,9 @@ def refit_arm(data: Path, select, base: list, images, test_targets, val, parts) 
 
 def predictions(name: str, checkpoint: dict, val_images, test_images) -> MemberPredictions:
     member = member_from_checkpoint(checkpoint, name, torch.device("cpu"))
+    if member.resize == "crop":  # its own squares, decoded from the files again
+        val_images = load_images(CROP_SOURCES["val"], member.decode_size, resize="crop")
+        test_images = load_images(CROP_SOURCES["test"], member.decode_size, resize="crop")
     return MemberPredictions(
         name,
         name,
@@ -166,6 +173,7 @@ def run_seed(seed: int, args) -> list[dict]:
         val, test = read_split(cfg, "val"), read_split(cfg, "test")
         test_targets = pd.read_csv(data / "testset_label.txt").set_index("img_name")
         test_targets = test_targets.loc[list(test.names), "target"].to_numpy()
+        CROP_SOURCES.update(val=val, test=test)
         holdout = split_valset(val, 0.5, seed)
         parts = holdout.indices(val.names)
         val_images, test_images = load_images(val, 48), load_images(test, 48)
