@@ -4,16 +4,16 @@ Per seed, in a scratch folder, through the real command line: a generated datase
 search twice, ``search.tpe_multivariate: true`` (Optuna's multivariate, grouped TPE, with
 ``constant_liar`` since two trials run at once) and ``false`` (each parameter on its own, as
 Optuna's default). The space is the demo's fine-tuning knobs (lr, warm-up, schedule, StepLR,
-augmentation, label smoothing, mixup, EMA) on a small, fast model so that TPE proposes most of the
-trials: ``--trials`` trials, the first ``--startup`` of them random, FIFO (no early stopping: each
-proposal is judged on its full length), no time budget.
+augmentation, label smoothing, mixup) fine-tuning pretrained Lite0 for 2 short epochs at 48 px, so
+that TPE proposes most of the trials: ``--trials`` trials, the first ``--startup`` of them random,
+FIFO (no early stopping: each proposal is judged on its full length), no time budget.
 
 Prints per run the best trial's selection-part AUC (what TPE maximises), the mean of the last half
 of the trials (where TPE proposes), the report-part AUC of the shipped ensemble (``top3``), and its
 test AUC; then per arm the mean and seed-to-seed spread. Last line JSON. About ``2 x seeds x
-trials x 7 s`` on 2 cores:
+trials x 6 s`` on 2 cores:
 
-    python bench/tpe.py [--seeds 0 1 2] [--trials 24] [--startup 6]
+    python bench/tpe.py [--seeds 0 1 2] [--trials 16] [--startup 5]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from ffdi_tune.scoring.metrics import roc_auc
 SPACE = """
 name: tpe
 data: {{root: data}}
-train: {{backbone: resnet10t, img_size: 32, batch_size: 32, epochs: 3, optimizer: adamw}}
+train: {{backbone: tf_efficientnet_lite0, pretrained: true, img_size: 48, batch_size: 32, epochs: 2,
+        optimizer: adamw}}
 space:
   lr: {{loguniform: [1.0e-4, 1.0e-2]}}
   weight_decay: {{loguniform: [1.0e-4, 0.1]}}
@@ -59,7 +60,7 @@ tracking: {{system_metrics: false}}
 resources: {{cpu: 1, gpu: 0}}
 ensemble: top3.yaml
 """
-SIZES = ["--n-train", "600", "--n-val", "300", "--n-test", "300", "--size", "32"]
+SIZES = ["--n-train", "400", "--n-val", "300", "--n-test", "300", "--size", "64"]
 
 
 def ffdi(cwd: Path, *args: str) -> float:
@@ -119,15 +120,15 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=24)
-    ap.add_argument("--startup", type=int, default=6)
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--startup", type=int, default=5)
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"ffdi-tpe-{seed}-") as tmp:
             work = Path(tmp)
             data = work / "data"
-            ffdi(work, "demo-data", str(data), "--seed", str(seed), *SIZES, "--difficulty", "0.6")
+            ffdi(work, "demo-data", str(data), "--seed", str(seed), *SIZES, "--difficulty", "0.5")
             for multivariate in (True, False):
                 row = one_search(work, data, seed, multivariate, args)
                 rows.append(row)
