@@ -79,6 +79,8 @@ def _last_checkpoint(state: TrialState) -> dict[str, Any]:
         last["ema"] = state.ema.state_dict()
     if state.swa is not None:
         last["swa"] = state.swa.state_dict()
+        # the first epoch the average is over: a trial trained further has a window of its own
+        last["swa_first"] = state.settings.epochs - state.settings.swa_epochs + 1
     return last
 
 
@@ -100,7 +102,8 @@ def restore(state: TrialState, folder: Path) -> None:
     if state.ema is not None:
         state.ema.load_state_dict(last["ema"])
     window_from = state.settings.epochs - state.settings.swa_epochs
-    if state.swa is not None and "swa" in last and last["epoch"] > window_from:
+    same_window = last.get("swa_first") == window_from + 1
+    if state.swa is not None and "swa" in last and same_window and last["epoch"] > window_from:
         # (a trial trained further starts its own average over its new last epochs)
         state.swa.load_state_dict(last["swa"])
     state.epoch, state.best_value, state.step = last["epoch"], last["best_value"], last["step"]

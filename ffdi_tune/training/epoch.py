@@ -41,7 +41,7 @@ def run_epoch(state: TrialState, epoch: int, deadline: float | None) -> dict[str
         return None  # the search's time budget is spent: this epoch is not scored
     total_loss, seen, busy_s = totals
     train_s = time.perf_counter() - started
-    _average(state, epoch)
+    _average(state, epoch, deadline)
     train_loss = total_loss / max(seen, 1)
     if not math.isfinite(train_loss):
         raise FloatingPointError(
@@ -60,14 +60,15 @@ def run_epoch(state: TrialState, epoch: int, deadline: float | None) -> dict[str
     return metrics
 
 
-def _average(state: TrialState, epoch: int) -> None:
+def _average(state: TrialState, epoch: int, deadline: float | None = None) -> None:
     """Add the epoch's weights to the SWA average when the epoch is one of the last
-    ``swa_epochs``; after the last, recompute the average's batch-norm statistics on trainset."""
+    ``swa_epochs``; after the last, recompute the average's batch-norm statistics on trainset
+    (skipped past ``deadline``: the average is then not scored, the epoch's own weights are)."""
     settings = state.settings
     if state.swa is None or epoch <= settings.epochs - settings.swa_epochs:
         return
     state.swa.update_parameters(state.model)
-    if epoch == settings.epochs:
+    if epoch == settings.epochs and (deadline is None or time.time() < deadline):
         torch.optim.swa_utils.update_bn(_plain_batches(state), state.swa, device=state.device)
         state.swa_ready = True
 

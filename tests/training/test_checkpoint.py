@@ -171,3 +171,26 @@ def test_the_best_epoch_follows_the_metrics_direction(tiny_data):
     assert state.best_value == 0.3 and state.best_metrics["epoch"] == 3
     assert state.best_checkpoint["epoch"] == 3 and state.best_checkpoint["metric"] == "val_loss"
     assert state.best_checkpoint["metrics"] == state.best_metrics
+
+
+def test_an_swa_average_is_resumed_only_into_the_window_it_was_made_for(tiny_data, tmp_path):
+    from ffdi_tune.training.checkpoint import restore
+
+    folders = []
+
+    def report(metrics, folder):
+        folders.append(shutil.copytree(folder, tmp_path / f"epoch{metrics['epoch']}"))
+
+    base = {"backbone": "test_resnet", "img_size": 32, "batch_size": 8, "swa_epochs": 2}
+    cfg = DataConfig(root=str(tiny_data))
+    train_trial(TrainSettings(**base, epochs=2), cfg, report, robust_val=None)
+
+    def resumed(epochs: int, folder):
+        s = TrainSettings(**base, epochs=epochs)
+        state = build_trial_state(s, cfg, "val_auc", None, torch.device("cpu"), 0.0, None, None)
+        restore(state, folder)
+        return int(state.swa.n_averaged)
+
+    assert resumed(2, folders[0]) == 1  # the same trial after its first epoch: its average goes on
+    # trained further to 3 epochs, the window is epochs 2-3: the old average of 1-2 is not reused
+    assert resumed(3, folders[1]) == 0

@@ -149,3 +149,15 @@ def test_swa_averages_the_last_epochs_exactly_and_recomputes_batch_norm(tiny_dat
     torch.optim.swa_utils.update_bn(normalised.split(8), check)  # the training batch size
     assert torch.allclose(check.module.state_dict()[bn], swa.state_dict()[bn], atol=1e-5)
     assert metrics["val_auc"] == max(metrics["val_auc_raw"], metrics["val_auc_swa"])
+
+
+def test_past_the_deadline_the_swa_average_is_not_finished_nor_scored(tiny_data):
+    import time
+
+    from ffdi_tune.training.epoch import _average
+
+    state = state_of(tiny_data, epochs=1, swa_epochs=1)
+    _average(state, 1, deadline=time.time() - 1)  # the budget ended with the last epoch's pass
+    assert not state.swa_ready and state.kinds() == ["raw"]
+    _average(state, 1, deadline=None)
+    assert state.swa_ready and state.kinds() == ["raw", "swa"]
