@@ -203,6 +203,8 @@ class BudgetClock(tune.Callback):
             return
         if trial.trial_id not in live.scored and trial.trial_id in live.started:
             live.to_first_epoch_s.append(live.budget.used() - live.started[trial.trial_id])
+        if "epoch_time_s" in result:
+            live.epoch_s.append(float(result["epoch_time_s"]))
         live.scored.add(trial.trial_id)
         if time.monotonic() - self._saved_at > SAVE_BUDGET_EVERY_S:
             live.budget.save()

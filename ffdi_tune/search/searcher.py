@@ -53,6 +53,8 @@ class LiveBudget:
     first_rung: int = 1
     # seconds from each trial's start to its first scored epoch, as measured
     to_first_epoch_s: list[float] = field(default_factory=list)
+    # seconds each scored epoch took (its epoch_time_s), as measured
+    epoch_s: list[float] = field(default_factory=list)
     first_let_in: bool = False  # the first trial was let past the gate
 
     def reserve(self) -> float:
@@ -64,10 +66,11 @@ class LiveBudget:
         A planned search's trials are mostly short (ASHA stops most at a low rung), and its first
         trial, the default recipe, trains to full length: the mean of the ended trials would then
         close the search after the default alone, so the first-rung cost decides there: the
-        plan's, or (once trials have scored an epoch) the measured time to a first epoch times the
-        rung's epochs, whichever is longer. The search's first trial always starts while any time
-        is left beyond the final stage's share (a trial the budget cuts short still ships); a
-        resumed run, whose budget has seen trials end, is gated like the others.
+        plan's, or (once trials have scored an epoch) the measured time to a first epoch plus the
+        rung's other epochs at the measured epoch time, whichever is longer. The search's first
+        trial always starts while any time is left beyond the final stage's share (a trial the
+        budget cuts short still ships); a resumed run, whose budget has seen trials end, is gated
+        like the others.
         """
         left = self.budget.remaining() - self.reserve()
         if not self.started and not self.budget.trial_s and not self.first_let_in:
@@ -79,8 +82,9 @@ class LiveBudget:
         if needed is None:
             needed = self.budget.expected_trial_s()
         elif self.to_first_epoch_s:  # the plan's probe may run short of the real pace
-            measured = sum(self.to_first_epoch_s) / len(self.to_first_epoch_s)
-            needed = max(needed, measured * self.first_rung)
+            first = sum(self.to_first_epoch_s) / len(self.to_first_epoch_s)
+            epoch = sum(self.epoch_s) / len(self.epoch_s) if self.epoch_s else first
+            needed = max(needed, first + (self.first_rung - 1) * epoch)
         return left > needed
 
 

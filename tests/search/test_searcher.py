@@ -154,6 +154,12 @@ def test_a_planned_search_gates_new_trials_on_the_first_rung_not_the_default_rec
         assert searcher.suggest("t3") == Searcher.FINISHED
         live.to_first_epoch_s[:] = [8.0]  # faster than planned: the plan's 12 s still holds
         assert isinstance(searcher.suggest("t4"), dict)
+        # a rung of 2 epochs: the start-up is paid once, then one more epoch at the epoch's pace;
+        # 20.5 s are left beside the final stage's 4.5 s
+        live.first_rung, live.to_first_epoch_s[:], live.epoch_s[:] = 2, [15.0], [4.0]
+        assert isinstance(searcher.suggest("t5"), dict)  # 15 + 4 = 19 s fit; 2 x 15 would not
+        live.epoch_s[:] = [7.0]
+        assert searcher.suggest("t6") == Searcher.FINISHED  # 15 + 7 = 22 s do not
     finally:
         detach_budget("gate2")
 
