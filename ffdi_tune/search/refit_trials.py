@@ -145,6 +145,9 @@ def run_refits(
 ) -> dict[str, list[str]]:
     """Train every job as a Tune trial; member run id -> the run ids of its refits that trained
     all their epochs (a member none of whose refits did is left out)."""
+    if deadline is not None and time.time() >= deadline:
+        echo("refit: skipped, the time budget has no time left for it; the search's models ship")
+        return {}
     started_ray = not ray.is_initialized()
     if started_ray:
         connect(ray_address(address or cfg.address))

@@ -88,3 +88,20 @@ def test_a_search_ships_the_refits_of_its_members(tmp_path, monkeypatch, capsys)
         p.name for p in (tmp_path / "data" / "testset").iterdir()
     )
     assert submission["y_pred"].between(0, 1).all()
+
+
+def test_a_spent_budget_skips_the_refit_and_ships_the_searchs_models():
+    import time
+
+    from ffdi_tune.config import parse_search_config
+    from ffdi_tune.data.settings import DataConfig
+    from ffdi_tune.search.refit_trials import run_refits
+
+    cfg = parse_search_config({"name": "r", "data": {"root": "d"}})
+    said = []
+    done = run_refits(
+        cfg, [], DataConfig(root="d"), None, "", "runs", deadline=time.time() - 1, echo=said.append
+    )
+    assert done == {} and said == [
+        "refit: skipped, the time budget has no time left for it; the search's models ship"
+    ]
