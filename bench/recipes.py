@@ -107,7 +107,7 @@ def refit_arm(data: Path, select, base: list, images, test_targets, val, parts) 
     scored, refits = {c.name: c for c in candidates}, {}
     for name in result.members:
         best = base[int(name[1:])]
-        changes = {"epochs": int(best["epoch"]), "seed": best["settings"]["seed"] + SEED_STRIDE}
+        changes = {"seed": best["settings"]["seed"] + SEED_STRIDE}  # its schedule, a new seed
         kept = {}
 
         def report(metrics, folder, kept=kept):
@@ -115,7 +115,8 @@ def refit_arm(data: Path, select, base: list, images, test_targets, val, parts) 
 
         train_trial(
             TrainSettings(**{**best["settings"], **changes}), DataConfig(root=str(data)), report,
-            device="cpu", robust_val=None, refit=Refit(select, best.get("weights_kind", "raw")),
+            device="cpu", robust_val=None,
+            refit=Refit(select, best.get("weights_kind", "raw"), int(best["epoch"])),
         )  # fmt: skip
         scored[f"{name}r"] = predictions(f"{name}r", kept["best"], val_images, test_images)
         refits[name] = [f"{name}r"]

@@ -111,7 +111,7 @@ def summarise(rows: list[dict]) -> dict:
         keys = ("best_select_auc", "late_mean_select_auc", "shipped_report_auc", "shipped_test_auc")
         out["multivariate" if arm else "independent"] = {
             k: (round(statistics.fmean(r[k] for r in mine), 4),
-                round(statistics.pstdev(r[k] for r in mine), 4))
+                round(statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0, 4))
             for k in keys
         }  # fmt: skip
     return out

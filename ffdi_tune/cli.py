@@ -53,7 +53,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if outcome.rows and all(row.status == "FAILED" for row in outcome.rows):
             _print_all_failed(outcome.rows)
             return 1
-        submission = _final_stage(cfg, recipe, outcome) if recipe is not None else None
+        submission = (
+            _final_stage(cfg, recipe, outcome, args.address) if recipe is not None else None
+        )
     _print_where_results_are(args, cfg, outcome, submission)
     return 0
 
@@ -160,7 +162,7 @@ def _print_all_failed(rows) -> None:
         print(f"  {n} x {error[:300]}", file=sys.stderr)
 
 
-def _final_stage(cfg, recipe, outcome) -> str | None:
+def _final_stage(cfg, recipe, outcome, address: str | None = None) -> str | None:
     """Run the recipe's final stage on the search's trials; the submission it wrote, if any."""
     from ffdi_tune.tracking import resolve_tracking
 
@@ -177,9 +179,6 @@ def _final_stage(cfg, recipe, outcome) -> str | None:
     print(f"ensemble stage: {cfg.ensemble}")
     started = time.perf_counter()
     tracker = Tracker(*resolve_tracking(cfg.tracking))
-    # a refit under a time budget ends, with what it trained, when the final stage's share begins
-    budget = outcome.budget
-    deadline = budget.end_time() - (outcome.final_reserve_s or 0.0) if budget else None
     stage = run_ensemble(
         recipe,
         recipe.experiments or [cfg.name],
@@ -187,31 +186,57 @@ def _final_stage(cfg, recipe, outcome) -> str | None:
         data_root=outcome.data.root,
         parent_run_id=outcome.parent_run_id,
         recipe_name=cfg.ensemble,
-        refitter=_refitter(tracker, cfg, outcome.parent_run_id, deadline),
+        refitter=_refitter(tracker, outcome, cfg, address),
     )
     _print_ensemble(stage)
     _note_final_stage_time(outcome, stage, time.perf_counter() - started)
     return stage.submission
 
 
-def _refitter(tracker, cfg=None, parent_id: str | None = None, deadline: float | None = None):
+def _refitter(tracker, outcome=None, cfg=None, address: str | None = None):
     """What trains a recipe's refits: the search's Ray Tune trials
-    (:mod:`ffdi_tune.search.refit_trials`), as child runs of its search run. ``cfg`` defaults to
-    the search's recorded config, and ``parent_id`` to its latest search run."""
+    (:mod:`ffdi_tune.search.refit_trials`), as child runs of its search run, on the Ray the search
+    used. After ``run``: the search's ``cfg``, data and parent run from its ``outcome``, and under
+    a time budget until the final stage's share of it begins; for ``ensemble``: the search's
+    recorded config and its latest search run."""
+    deadline = None
+    if outcome is not None and outcome.budget is not None:
+        deadline = outcome.budget.end_time() - (outcome.final_reserve_s or 0.0)
 
-    def refit(jobs, config: dict, data_root: str) -> dict[str, list[str]]:
-        from ffdi_tune.config import SearchConfig
+    def refit(jobs, val_names, config: dict, data_root: str) -> dict[str, list[str]]:
         from ffdi_tune.ensemble.search_record import search_data
         from ffdi_tune.search.refit_trials import run_refits
         from ffdi_tune.search.runner import search_dir
 
-        search = cfg or SearchConfig.model_validate(config)
-        parent = parent_id or tracker.search_run_id(search.name)
-        data = search_data(config, data_root)
+        search = cfg or _recorded_search(config)
+        parent = outcome.parent_run_id if outcome else tracker.search_run_id(search.name)
+        data = outcome.data if outcome else search_data(config, data_root)
         storage = search_dir(search)[0]
-        return run_refits(search, jobs, data, tracker, parent, storage, deadline=deadline)
+        return run_refits(
+            search, jobs, val_names, data, tracker, parent, storage,
+            address=address, deadline=deadline,
+        )  # fmt: skip
 
     return refit
+
+
+def _recorded_search(config: dict):
+    """The search config a search recorded in MLflow, validated; one ``error:`` line when it
+    cannot be (recorded by another version, or not at all)."""
+    from pydantic import ValidationError
+
+    from ffdi_tune.config import SearchConfig
+    from ffdi_tune.errors import ConfigError
+
+    try:
+        return SearchConfig.model_validate(config)
+    except ValidationError as exc:
+        first = str(exc).splitlines()[1:2] or ["no config recorded"]
+        raise ConfigError(
+            f"refit needs the search's own config, but the one it recorded does not load here "
+            f"({first[0].strip()}); refit from the machine that ran it with ffdi-tune run "
+            "--resume, or remove refit from the recipe"
+        ) from None
 
 
 def _note_final_stage_time(outcome, stage, took_s: float) -> None:
@@ -283,8 +308,8 @@ def _print_ensemble(stage) -> None:
     if tracking.HOLDOUT_AUC_BEFORE_REFIT in metrics:
         print(
             f"refit: report-part AUC {metrics[tracking.HOLDOUT_AUC_BEFORE_REFIT]:.4f} with the "
-            f"search's models -> {metrics[tracking.HOLDOUT_AUC]:.4f} with the {members} refit "
-            "model(s) trained on trainset + the selection part (the row 'refit')"
+            f"search's models -> {metrics[tracking.HOLDOUT_AUC]:.4f} with their refits, trained "
+            "on trainset + the selection part, in their place (the row 'refit')"
         )
     if stage.against_default:
         print(stage.against_default)
@@ -309,7 +334,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         out=args.out,
         recipe_name=args.recipe,
         allow_changed_data=args.allow_changed_data,
-        refitter=_refitter(tracker),
+        refitter=_refitter(tracker, address=getattr(args, "address", None)),
     )
     _print_ensemble(stage)
     if args.register:

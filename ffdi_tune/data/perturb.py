@@ -13,7 +13,10 @@ the image's name, so every trial (and every ensemble member) is scored on the ve
 
 Kinds are applied in that order (a re-encode comes last, as on upload), to the image as the model
 sees it: decoded and resized to the trial's ``img_size`` exactly as the clean copy, so strengths are
-relative to that size and ``val_robust_auc - val_auc`` measures the perturbation alone. Ranges and
+relative to that size and ``val_robust_auc - val_auc`` measures the perturbation alone. A
+``resize: crop`` trial's copy is perturbed on the file's full-resolution pixels instead, before
+they are brought to its cache side, as a re-upload would be (strengths then relative to the file's
+size: a search mixing squash and crop ranks them on differently perturbed copies). Ranges and
 the on/off switch of each kind come from :class:`RobustValConfig` (``robust_val:`` in a search's
 YAML).
 
@@ -121,7 +124,7 @@ class RobustValConfig(StrictModel):
 
 
 # Bump when what a plan does to an image changes, so cached perturbed arrays are rebuilt.
-PERTURB_POLICY = "perturb-v2"  # v2: applied after the resize to img_size
+PERTURB_POLICY = "perturb-v2"  # v2: applied after the resize to img_size (squash)
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

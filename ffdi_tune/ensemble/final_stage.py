@@ -175,8 +175,11 @@ def _refit(
             "the recipe asks for refit, which trains the members again as trials; run it with "
             "ffdi-tune run or ffdi-tune ensemble, or remove refit"
         )
-    jobs = refit_jobs(tracker, result.members, holdout.select_names, recipe.refit.seeds)
-    refits = refitter(jobs, *where)
+    jobs = refit_jobs(tracker, result.members, recipe.refit.seeds)
+    refits = refitter(jobs, holdout.select_names, *where)
+    if not any(refits.values()):
+        echo("refit: no refit trained to its end; the search's models ship")
+        return result
     views = candidates[0].views
     scored = {c.name: c for c in candidates}
     with tempfile.TemporaryDirectory(prefix="ffdi-refit-") as tmp:

@@ -2,8 +2,9 @@
 
 Everything is chosen first, on the selection part, with the search's models (members, views,
 combination, weights: :func:`~ffdi_tune.ensemble.build.build_ensemble`). With ``refit: {seeds:
-N}`` each shipped member's exact configuration is then trained again N times (new seeds), for its
-best epoch count, on trainset plus the selection part of valset, by the caller's
+N}`` each shipped member's configuration is then trained again N times (new seeds; its schedule
+over its own epochs, stopped at its best epoch), on trainset plus the selection part of valset, by
+the caller's
 :data:`Refitter` (the search's Ray Tune trials: :mod:`ffdi_tune.search.refit_trials`). The shipped
 ensemble is the same combination with each member's refits in its place, sharing its weight
 equally, on the combination's scale. The report part, which neither chose nor trained anything,
@@ -30,34 +31,30 @@ from ffdi_tune.ensemble.methods import Combination
 from ffdi_tune.scoring.combine import to_probability
 from ffdi_tune.scoring.metrics import bootstrap_auc_interval, roc_auc, tpr_at_fpr
 from ffdi_tune.tracking import Tracker
-from ffdi_tune.training.trial import BEST_FILE, Refit, RefitJob
+from ffdi_tune.training.trial import BEST_FILE, RefitJob
 
 __all__ = ["Refitter", "refit_jobs", "refit_result", "SEED_STRIDE"]
 
-# (jobs, the search's recorded config, the data root) -> member run id -> its refits' run ids
-Refitter = Callable[[list[RefitJob], dict, str], dict[str, list[str]]]
+# (jobs, the valset images they add to trainset, the search's recorded config, the data root)
+# -> member run id -> the run ids of its refits that trained to their end
+Refitter = Callable[[list[RefitJob], tuple[str, ...], dict, str], dict[str, list[str]]]
 SEED_STRIDE = 1009  # refit k of a trial seeded s is seeded s + k * SEED_STRIDE
 
 
-def refit_jobs(
-    tracker: Tracker, members: list[str], select_names: tuple[str, ...], seeds: int
-) -> list[RefitJob]:
-    """``seeds`` jobs per member run: its settings as its ``best.pt`` holds them, for its best
-    epoch count, with the kind of weights it kept, each with a new seed."""
+def refit_jobs(tracker: Tracker, members: list[str], seeds: int) -> list[RefitJob]:
+    """``seeds`` jobs per member run: its settings as its ``best.pt`` holds them (its schedule over
+    its own epochs), stopping at its best epoch, with the kind of weights it kept, each with a new
+    seed."""
     jobs = []
     with tempfile.TemporaryDirectory(prefix="ffdi-refit-") as tmp:
         for member in members:
             path = tracker.download(member, f"checkpoint/{BEST_FILE}", Path(tmp) / member)
             best = torch.load(path, map_location="cpu", weights_only=True)
             base = best["settings"].get("seed") or 0
+            kind, epochs = best.get("weights_kind", "raw"), int(best["epoch"])
             for k in range(1, seeds + 1):
-                settings = {
-                    **best["settings"],
-                    "epochs": int(best["epoch"]),
-                    "seed": base + k * SEED_STRIDE,
-                }
-                refit = Refit(tuple(select_names), best.get("weights_kind", "raw"))
-                jobs.append(RefitJob(member, settings, refit))
+                settings = {**best["settings"], "seed": base + k * SEED_STRIDE}
+                jobs.append(RefitJob(member, settings, kind, epochs))
     return jobs
 
 
@@ -115,7 +112,7 @@ def refit_result(
     table = result.table.assign(shipped=False)
     row = {
         "member": "refit",
-        "label": f"{result.chosen}, each member's {len(names)} refit model(s) in its place",
+        "label": f"{result.chosen} of {len(names)} model(s): each member's refits in its place",
         "kind": "ensemble",
         "views": "per member",
         "weight": math.nan,

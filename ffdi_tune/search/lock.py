@@ -84,16 +84,32 @@ def _lease(store: tracking.TrackingConfig | None, name: str) -> Iterator[None]:
         yield
         return
     uri, artifacts = tracking.resolve_tracking(store)
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        print(
+            f"note: the search is kept in a bucket, but its lease lives in the MLflow store {uri}, "
+            "which other machines cannot see; point tracking.uri at a shared MLflow server so "
+            "that a second machine is refused too"
+        )
     reader = tracking.Tracker(uri, artifacts)
+    lease = tracking.Lease(reader, reader.experiment_id(name), stale_s=LEASE_STALE_S)
     try:
-        with tracking.Lease(reader, reader.experiment_id(name), stale_s=LEASE_STALE_S):
-            yield
+        lease.__enter__()
     except tracking.LeaseHeld as held:
         raise SearchError(
             f"search {name!r} is already running on another machine ({_lease_holder(held)}); "
             f"wait for it to end, stop it, or start another search with --name NEW (a lease "
             f"not renewed for {LEASE_STALE_S:.0f} s is taken over)"
         ) from None
+    except Exception as exc:  # the store refused or is away: one line, nothing started
+        raise SearchError(
+            f"the search's lease cannot be taken in the MLflow store {uri} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); check tracking.uri and that "
+            "the store answers"
+        ) from None
+    try:
+        yield
+    finally:
+        lease.__exit__(None, None, None)
 
 
 def _lease_holder(held: tracking.LeaseHeld) -> str:

@@ -35,9 +35,16 @@ __all__ = ["run_refits", "RefitRuns"]
 
 
 def _refit_trainable(
-    config: dict[str, Any], data: dict, augment_sets: dict, cpus: float, use_gpu: bool, deadline
+    config: dict[str, Any],
+    data: dict,
+    val_names: tuple[str, ...],
+    augment_sets: dict,
+    cpus: float,
+    use_gpu: bool,
+    deadline,
 ) -> None:
-    """One refit trial: train the job's settings, reporting each epoch with its checkpoint."""
+    """One refit trial: train the job's settings on trainset plus ``val_names``, reporting each
+    epoch with its checkpoint."""
     import torch
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -56,7 +63,7 @@ def _refit_trainable(
         device=device,
         robust_val=None,
         deadline=deadline,
-        refit=Refit(tuple(job["refit"]["val_names"]), job["refit"]["kind"]),
+        refit=Refit(tuple(val_names), job["kind"], job["epochs"]),
     )
 
 
@@ -70,7 +77,12 @@ class RefitRuns(tune.Callback):
     def _run(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             job = trial.config["job"]
-            params = {**job["settings"], "refit_of": job["member"], "refit_images": "train+select"}
+            params = {
+                **job["settings"],
+                "refit_of": job["member"],
+                "refit_epochs": job["epochs"],
+                "refit_images": "train+select",
+            }
             self.run_ids[trial.trial_id] = self.tracker.trial_run(
                 self.experiment_id,
                 self.parent_id,
@@ -104,11 +116,14 @@ class RefitRuns(tune.Callback):
         self.tracker.finish(self._run(trial), "FAILED")
 
 
-def _tuner(cfg: SearchConfig, jobs, data, resources, mirror, deadline, storage) -> tune.Tuner:
+def _tuner(cfg: SearchConfig, jobs, names, data, resources, mirror, deadline, storage):
+    """One Tune experiment of every job (a grid over them), ``names`` shared through the object
+    store rather than copied into each trial's config."""
     trainable = tune.with_resources(
         tune.with_parameters(
             _refit_trainable,
             data=data.model_dump(),
+            val_names=tuple(names),
             augment_sets=cfg.augment_sets,
             cpus=resources["cpu"],
             use_gpu=resources["gpu"] > 0,
@@ -134,6 +149,7 @@ def _tuner(cfg: SearchConfig, jobs, data, resources, mirror, deadline, storage) 
 def run_refits(
     cfg: SearchConfig,
     jobs: list[RefitJob],
+    val_names: tuple[str, ...],
     data: DataConfig,
     tracker: Tracker,
     parent_id: str,
@@ -143,8 +159,9 @@ def run_refits(
     deadline: float | None = None,
     echo=print,
 ) -> dict[str, list[str]]:
-    """Train every job as a Tune trial; member run id -> the run ids of its refits that trained
-    all their epochs (a member none of whose refits did is left out)."""
+    """Train every job as a Tune trial on trainset plus ``val_names``; member run id -> the run
+    ids of its refits that trained all their epochs and kept the member's kind of weights (a member
+    none of whose refits did is left out)."""
     if deadline is not None and time.time() >= deadline:
         echo("refit: skipped, the time budget has no time left for it; the search's models ship")
         return {}
@@ -154,7 +171,8 @@ def run_refits(
     try:
         experiment_id = tracker.experiment_id(cfg.name, create=False)
         mirror = RefitRuns(tracker, experiment_id, parent_id)
-        tuner = _tuner(cfg, jobs, data, trial_resources(cfg), mirror, deadline, storage)
+        resources = trial_resources(cfg)
+        tuner = _tuner(cfg, jobs, val_names, data, resources, mirror, deadline, storage)
         echo(f"refit: {len(jobs)} trial(s) on trainset + the selection part of valset")
         grid = tuner.fit()
     finally:
@@ -162,9 +180,18 @@ def run_refits(
             ray.shutdown()
     done: dict[str, list[str]] = {}
     for result in grid:
-        job = result.config["job"]
-        trained = (result.metrics or {}).get("epoch", 0) == job["settings"]["epochs"]
-        trial_id = (result.metrics or {}).get("trial_id")
-        if result.error is None and trained and trial_id in mirror.run_ids:
-            done.setdefault(job["member"], []).append(tracker.resolve(mirror.run_ids[trial_id]))
+        job, metrics = result.config["job"], result.metrics or {}
+        finished = metrics.get("epoch", 0) == job["epochs"]
+        if result.error is None and finished and metrics.get("weights_kept") == job["kind"]:
+            run_id = _refit_run_id(tracker, mirror, experiment_id, parent_id, metrics["trial_id"])
+            if run_id:
+                done.setdefault(job["member"], []).append(run_id)
     return done
+
+
+def _refit_run_id(tracker: Tracker, mirror: RefitRuns, experiment_id: str, parent: str, trial: str):
+    """The MLflow run of refit trial ``trial``: as the driver's mirror made it, else (the mirror
+    ran elsewhere: a Ray Client connection runs Tune on the cluster) found by its tags."""
+    if trial in mirror.run_ids:
+        return tracker.resolve(mirror.run_ids[trial])
+    return tracker.child_run_id(experiment_id, parent, trial)

@@ -56,8 +56,8 @@ def _dead_here(holder: dict[str, Any]) -> bool:
 
 
 class Lease:
-    """The lease of the experiment ``experiment_id`` in ``store``; :meth:`hold` takes it for the
-    length of a ``with`` block."""
+    """The lease of the experiment ``experiment_id`` in ``store``; as a context manager it takes
+    the lease, renews it while the block runs and clears it at the end."""
 
     def __init__(
         self,
@@ -120,10 +120,10 @@ class Lease:
     def _keep(self) -> None:
         while not self._stop.wait(self.stale_s / 4):
             try:
-                if not self.renew():
+                if not self.renew():  # (stopping a search from this thread could lose work)
                     logging.getLogger(__name__).warning(
-                        "the search's lease was taken over by another run (host %s); this run "
-                        "keeps going, but the two now share its state",
+                        "the search's lease was taken over by another run (host %s), which "
+                        "found it stale; this run keeps going, but the two now share its state",
                         (self.current() or {}).get("host"),
                     )
                     return

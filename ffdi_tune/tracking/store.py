@@ -187,6 +187,12 @@ class StoreReader:
         exp_id = self.experiment_id(experiment_name, create=False)
         return self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
 
+    def child_run_id(self, experiment_id: str, parent_id: str, trial_id: str) -> str | None:
+        """The id of the child run of ``trial_id`` under ``parent_id`` (None when there is none)."""
+        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        run = self._find(experiment_id, query)
+        return run.info.run_id if run is not None else None
+
     def search_run_id(self, experiment_name: str) -> str | None:
         """The id of the latest search run of ``experiment_name`` (None when there is none)."""
         run = self._latest_search(experiment_name)

@@ -4,7 +4,8 @@ MLflow's own ``log_system_metrics`` starts a thread that writes to the store fro
 being measured; trials never talk to MLflow (their runs are written by the driver's mirror, so
 workers need no tracking access). :class:`SystemSampler` therefore runs MLflow's own monitors
 (CPU and memory, disk, network, and NVIDIA or AMD GPUs where ``nvidia-ml-py`` or ``pyrsmi`` is
-installed) in the trial's process, every ``interval_s`` seconds; each epoch's report carries the
+installed; as MLflow's own, they measure the whole machine, every GPU of it, not the trial alone)
+in the trial's process, every ``interval_s`` seconds; each epoch's report carries the
 samples taken since the last one, and the driver logs them under MLflow's names
 (``system/cpu_utilization_percentage``...) with their own times, so the run's "System metrics" tab
 in the MLflow UI charts them. ``tracking.system_metrics: false`` turns it off.
@@ -24,12 +25,14 @@ SYSTEM_PREFIX = "system/"
 
 def _monitors() -> list:
     """MLflow's monitors of this machine; the GPU one only where its library finds a device."""
+    import psutil
     from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
     from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
     from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
     from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
     from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
 
+    psutil.cpu_percent()  # the first reading since nothing is 0: start the count now
     monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
     for gpu in (GPUMonitor, ROCMMonitor):
         try:
@@ -50,7 +53,11 @@ class SystemSampler:
         self._rows: list[list[Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._monitors = _monitors()
+        try:
+            self._monitors = _monitors()
+        except Exception as exc:  # no psutil, or MLflow's monitors moved: the trial goes on
+            logging.getLogger(__name__).warning("system metrics off: %s", exc)
+            self._monitors = []
         self._thread = threading.Thread(target=self._loop, daemon=True, name="ffdi-system-metrics")
 
     def __enter__(self) -> SystemSampler:
@@ -62,7 +69,7 @@ class SystemSampler:
         self._thread.join(timeout=self.interval_s + 5)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while self._monitors and not self._stop.is_set():
             try:
                 row = self._sample()
             except Exception as exc:  # a monitor that breaks mid-trial must not stop the trial

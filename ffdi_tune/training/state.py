@@ -49,22 +49,25 @@ def seed_everything(seed: int) -> None:
 @dataclass(frozen=True)
 class Refit:
     """A refit of a chosen configuration: train on trainset plus the valset images ``val_names``
-    (the search's selection part, never its report part), score nothing, and keep the last epoch's
-    weights of ``kind`` (``raw``, ``ema`` or ``swa``: what the search's trial kept)."""
+    (the search's selection part, never its report part), score nothing, stop after ``epochs``
+    epochs (the trial's best epoch; its schedule still runs over its own ``epochs``) and keep that
+    epoch's weights of ``kind`` (``raw``, ``ema`` or ``swa``: what the search's trial kept)."""
 
     val_names: tuple[str, ...]
     kind: str = "raw"
+    epochs: int | None = None  # None: every epoch of the settings
 
 
 @dataclass(frozen=True)
 class RefitJob:
     """One refit to train: of the search trial whose run is ``member``, its ``settings`` (a
-    :class:`~ffdi_tune.training.settings.TrainSettings` as a dict, ``epochs`` its best epoch, a new
-    ``seed``) and the :class:`Refit` itself."""
+    :class:`~ffdi_tune.training.settings.TrainSettings` as a dict, with a new ``seed``), the kind
+    of weights it kept and its best epoch (where the refit stops)."""
 
     member: str
     settings: dict[str, Any]
-    refit: Refit
+    kind: str
+    epochs: int
 
 
 @dataclass
@@ -254,21 +257,17 @@ def _load_splits(
 
 def _refit_splits(settings: TrainSettings, data: DataConfig, refit: Refit) -> TrialSplits:
     """Trainset plus the refit's valset images (named ``valset/<name>``: a name may be in both) to
-    train on, and nothing to score: no other valset image is read."""
+    train on, decoded as one split (one memory-mapped cache entry, not a copy in memory), and
+    nothing to score: no other valset image is read."""
     train, val = read_split(data, "train"), read_split(data, "val").only(refit.val_names)
-    cache_dir, size, resize = cache_dir_of(data), settings.decode_size, settings.resize
-    images = torch.cat(
-        [
-            load_images(train, size, cache_dir=cache_dir, resize=resize),
-            load_images(val, size, cache_dir=cache_dir, resize=resize),
-        ]
-    )
     both = Split(
         "train",
         train.names + tuple(f"valset/{n}" for n in val.names),
         train.paths + val.paths,
         np.concatenate([train.targets, val.targets]),
     )
-    nothing = val.only(())
+    images = load_images(
+        both, settings.decode_size, cache_dir=cache_dir_of(data), resize=settings.resize
+    )
     empty = torch.zeros((0, *images.shape[1:]), dtype=images.dtype)
-    return TrialSplits(both, nothing, images, empty, None)
+    return TrialSplits(both, val.only(()), images, empty, None)

@@ -57,8 +57,8 @@ def train_trial(
     (the search passes its selection part, see :mod:`ffdi_tune.data.holdout`); the others are never
     read. ``deadline`` (a ``time.time()`` value) ends training at the first batch past it; the epoch
     it cuts is neither scored nor saved, the epochs before it stay. ``refit`` trains on trainset
-    plus the valset images it names instead, scores nothing and keeps each epoch (best.pt then
-    holds the last one's weights, of the refit's kind).
+    plus the valset images it names instead, scores nothing, stops after its ``epochs`` and keeps
+    each epoch (best.pt then holds the last one's weights, of the refit's kind).
     """
     started_at = time.perf_counter() if started_at is None else started_at
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -67,7 +67,8 @@ def train_trial(
     )
     if resume_from is not None:
         restore(state, resume_from)
-    for epoch in range(state.epoch + 1, settings.epochs + 1):
+    last = refit.epochs if refit is not None and refit.epochs else settings.epochs
+    for epoch in range(state.epoch + 1, last + 1):
         metrics = run_epoch(state, epoch, deadline)
         if metrics is None:
             break

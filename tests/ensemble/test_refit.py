@@ -63,3 +63,21 @@ def test_a_recipe_refits_trained_members_not_soups():
     assert EnsembleRecipe().soups is True and EnsembleRecipe(combine="mean").soups is False
     with pytest.raises(ValidationError):
         EnsembleRecipe(refit={"seeds": 0})
+
+
+def test_when_no_refit_trained_to_its_end_the_searchs_models_ship_unchanged(monkeypatch):
+    import ffdi_tune.ensemble.final_stage as final_stage
+
+    members = [_preds("a", 1.0), _preds("b", 1.5)]
+    recipe = EnsembleRecipe(top_k=2, combine="mean", tta=["identity", "hflip"], refit={"seeds": 1})
+    result = build_ensemble(members, Y, recipe, SELECT, REPORT)
+    monkeypatch.setattr(final_stage, "refit_jobs", lambda tracker, names, seeds: ["job"] * 2)
+    said = []
+    holdout = type("Parts", (), {"select_names": ("x",)})()
+    shipped = final_stage._refit(
+        lambda jobs, names, config, root: {}, recipe, result, None, members, None, holdout,
+        ({}, "d"), said.append,
+    )  # fmt: skip
+    assert shipped is result and said == [
+        "refit: no refit trained to its end; the search's models ship"
+    ]

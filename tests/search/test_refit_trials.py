@@ -43,23 +43,25 @@ def test_a_search_ships_the_refits_of_its_members(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(
         refit,
         "run_refits",
-        lambda cfg, jobs, *a, **k: asked.append(jobs) or run_refits(cfg, jobs, *a, **k),
+        lambda cfg, jobs, names, *a, **k: (
+            asked.append((jobs, names)) or run_refits(cfg, jobs, names, *a, **k)
+        ),
     )
     with contextlib.chdir(tmp_path):
         assert main(["run", "space.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "refit: report-part AUC" in out and "with the 4 refit model(s)" in out
+    assert "refit: report-part AUC" in out and "with their refits" in out
 
     # each refit trains on trainset and the selection part, never the report part
     holdout = split_valset(read_split(DataConfig(root=str(tmp_path / "data")), "val"), 0.5, 0)
     recorded = json.loads((tmp_path / "runs" / "refit" / "holdout.json").read_text())
     assert recorded["report_hash"] == holdout.report_hash  # the search's own split
-    jobs = asked[0]
+    jobs, names = asked[0]
+    assert set(names) == set(holdout.select_names) and not set(names) & set(holdout.report_names)
     assert len(jobs) == 4 and len({j.settings["seed"] for j in jobs}) == 4
     for job in jobs:
-        assert set(job.refit.val_names) == set(holdout.select_names)
-        assert not set(job.refit.val_names) & set(holdout.report_names)
-        assert job.refit.kind in ("raw", "ema") and job.settings["epochs"] in (1, 2)
+        # the trial's own schedule (2 epochs), stopped at its best epoch
+        assert job.kind in ("raw", "ema") and job.epochs in (1, 2) and job.settings["epochs"] == 2
 
     client = store_client(tmp_path)
     runs = runs_by_role(client, "refit")
@@ -100,8 +102,9 @@ def test_a_spent_budget_skips_the_refit_and_ships_the_searchs_models():
     cfg = parse_search_config({"name": "r", "data": {"root": "d"}})
     said = []
     done = run_refits(
-        cfg, [], DataConfig(root="d"), None, "", "runs", deadline=time.time() - 1, echo=said.append
-    )
+        cfg, [], (), DataConfig(root="d"), None, "", "runs", deadline=time.time() - 1,
+        echo=said.append,
+    )  # fmt: skip
     assert done == {} and said == [
         "refit: skipped, the time budget has no time left for it; the search's models ship"
     ]

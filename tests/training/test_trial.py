@@ -98,8 +98,8 @@ def test_a_refit_trains_on_trainset_and_the_selection_part_alone_and_keeps_its_l
     tiny_data, monkeypatch
 ):
     """A spy on the decoder: a refit opens trainset and the selection part of valset, never an
-    image of the report part; it scores nothing, and best.pt holds the last epoch's weights of
-    the kind its search trial kept."""
+    image of the report part; it scores nothing, stops at its epoch, and best.pt holds that epoch's
+    weights, of the kind its search trial kept."""
     import torch
 
     import ffdi_tune.data.layout as layout
@@ -119,8 +119,9 @@ def test_a_refit_trains_on_trainset_and_the_selection_part_alone_and_keeps_its_l
     def report(metrics, folder):
         kept.append({**metrics, "best": torch.load(folder / BEST_FILE, weights_only=True)})
 
-    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=2, ema_decay=0.9)
-    train_trial(s, cfg, report, refit=Refit(holdout.select_names, kind="ema"))
+    s = TrainSettings(backbone="test_resnet", img_size=32, batch_size=8, epochs=3, ema_decay=0.9)
+    # the trial's schedule over its 3 epochs, stopped at its best epoch, the 2nd
+    train_trial(s, cfg, report, refit=Refit(holdout.select_names, kind="ema", epochs=2))
     train_names = set(read_split(cfg, "train").names)
     assert set(opened) == train_names | set(holdout.select_names)
     assert not set(holdout.report_names) & set(opened)
