@@ -11,6 +11,7 @@ rows of the trials table.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -172,6 +173,60 @@ def _new_round(
     )
 
 
+STAND_IN = ".ffdi-stand-in"  # marks a checkpoint folder copied in for one Tune had deleted
+
+
+def stand_in_for_deleted_checkpoints(exp_path: str) -> list[Path]:
+    """Copy each trial's newest checkpoint under the number before it, where that one is gone.
+
+    Tune keeps one checkpoint per trial (``num_to_keep=1``): registering a trial's checkpoint N
+    deletes N-1 at once, and the experiment state that names N is written a moment later. A driver
+    killed in between leaves a state naming N-1, which no longer exists, and Tune then fails the
+    trial on resume ("Could not recover from checkpoint"). The copy of N in its place lets the
+    trial continue from its newest epoch (its ``last.pt`` says which); Tune deletes the stand-in
+    with its next checkpoint. A local experiment folder only (a bucket is left as it is). Returns
+    the stand-ins made.
+    """
+    if is_bucket_uri(exp_path) or not Path(exp_path).is_dir():
+        return []
+    made = []
+    for trial_dir in Path(exp_path).iterdir():
+        numbers = sorted(
+            int(d.name.removeprefix("checkpoint_"))
+            for d in trial_dir.glob("checkpoint_*")
+            if d.is_dir() and d.name.removeprefix("checkpoint_").isdigit()
+        )
+        if not numbers or numbers[-1] == 0 or numbers[-1] - 1 in numbers:
+            continue
+        newest = trial_dir / f"checkpoint_{numbers[-1]:06d}"
+        stand_in = trial_dir / f"checkpoint_{numbers[-1] - 1:06d}"
+        shutil.copytree(newest, stand_in)
+        (stand_in / STAND_IN).write_text(newest.name)
+        made.append(stand_in)
+    return made
+
+
+def _resume_last_round(rounds: list[dict], trainable, out_dir: Path, live):
+    """(whether the last round had finished, its results once resumed to its end)."""
+    stand_ins = stand_in_for_deleted_checkpoints(rounds[-1]["path"])
+    tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
+    was_finished = rounds[-1]["finished"]
+    if was_finished is None:  # a round rounds.json did not record: ask its own state
+        was_finished = _all_ended(tuner.get_results())
+    grid = _finish_round(tuner, rounds, out_dir, live)
+    remove_unused(stand_ins, grid)
+    return was_finished, grid
+
+
+def remove_unused(stand_ins: list[Path], grid) -> None:
+    """Remove the stand-ins no trial of the finished round ``grid`` ended on (Tune's state named
+    the newer checkpoint after all, or the trial has saved newer ones since)."""
+    kept = {str(Path(r.checkpoint.path)) for r in grid if r.checkpoint is not None}
+    for stand_in in stand_ins:
+        if stand_in.is_dir() and str(stand_in) not in kept:
+            shutil.rmtree(stand_in, ignore_errors=True)
+
+
 def load_rounds(out_dir: Path, exp_path: str) -> list[dict]:
     """The rounds ``rounds.json`` recorded; without it (a resume on another machine, with bucket
     storage) the first round only, its size and whether it finished unknown until it is read."""
@@ -241,11 +296,8 @@ def fit_rounds(
     planned = sum(r["num_samples"] or 0 for r in rounds)
     # The restored run config brings back its pickled callbacks: MlflowTrials finds the same parent
     # run and re-attaches to existing child runs by their ffdi.trial_id tag.
-    tuner = tune.Tuner.restore(rounds[-1]["path"], trainable=trainable, resume_errored=True)
-    was_finished = rounds[-1]["finished"]
-    if was_finished is None:  # a round rounds.json did not record: ask its own state
-        was_finished = _all_ended(tuner.get_results())
-    grids.append(_finish_round(tuner, rounds, out_dir, live))
+    was_finished, grid = _resume_last_round(rounds, trainable, out_dir, live)
+    grids.append(grid)
     have = sum(len(g) for g in grids)
     want = trials_wanted(have, cfg.search.num_samples, grow, was_finished, planned)
     if have < want and _all_ended(grids[-1]) and (live is None or live.room_for_a_trial()):

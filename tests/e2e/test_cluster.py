@@ -241,7 +241,7 @@ search: {{num_samples: {samples}, max_concurrent: 2, seed: 0, max_failures: 2, s
          reuse_actors: false}}
 scheduler: {{type: {scheduler}, grace_period: 1, reduction_factor: 2}}
 resources: {{cpu: {cpu}, gpu: 0}}
-tracking: {{uri: {uri}}}
+tracking: {{uri: {uri}, system_metrics: false}}
 """
 
 

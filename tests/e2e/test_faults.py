@@ -35,10 +35,14 @@ scheduler: {{type: fifo}}
 
 
 def search_command(
-    folder: Path, name: str, trials: int = 4, epochs: int = 4, extra: str = ""
+    folder: Path, name: str, trials: int = 4, epochs: int = 4, uri: str | None = None
 ) -> list:
-    """Write the search YAML in ``folder``; the command line that runs it without a final stage."""
-    write_space(folder, SPACE.format(name=name, trials=trials, epochs=epochs) + extra)
+    """Write the search YAML in ``folder`` (MLflow at ``uri``, default the local store); the
+    command line that runs it without a final stage. System metrics are off: what these tests
+    follow is elsewhere, and each trial process saves the second MLflow's monitors take to load."""
+    store = f"uri: '{uri}', " if uri else ""
+    tracking = f"tracking: {{{store}system_metrics: false}}\n"
+    write_space(folder, SPACE.format(name=name, trials=trials, epochs=epochs) + tracking)
     return [sys.executable, "-m", "ffdi_tune", "run", "space.yaml", "--no-ensemble"]
 
 
@@ -237,9 +241,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
     the search keeps its writes, notices the server is back, replays them, and ends complete."""
     server = MlflowServer(tmp_path / "server").start()
     gate = TcpGate(server.port).restore()  # the search's only way to the server
-    cmd = search_command(
-        tmp_path, "outage", trials=4, epochs=4, extra=f"tracking: {{uri: '{gate.uri}'}}\n"
-    )
+    cmd = search_command(tmp_path, "outage", trials=4, epochs=4, uri=gate.uri)
     client = MlflowClient(server.uri)
     spool = tmp_path / "runs" / "outage" / "mlflow-spool" / "entries.jsonl"
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
@@ -274,9 +276,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path):
 
 def test_tracking_server_gone_for_good_then_sync(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
-    cmd = search_command(
-        tmp_path, "gone", trials=2, epochs=2, extra=f"tracking: {{uri: '{server.uri}'}}\n"
-    )
+    cmd = search_command(tmp_path, "gone", trials=2, epochs=2, uri=server.uri)
     client = MlflowClient(server.uri)
     env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     proc = spawn(cmd, tmp_path, env)
@@ -303,3 +303,32 @@ def test_tracking_server_gone_for_good_then_sync(tmp_path):
     finally:
         stop_group(proc)
         server.stop()
+
+
+def test_a_checkpoint_tune_deleted_before_the_driver_died_gets_its_successor_as_stand_in(tmp_path):
+    """Registering checkpoint N deletes N-1 before the experiment state naming N is written: a
+    driver killed in between leaves a state naming the deleted N-1. On resume each trial whose
+    newest checkpoint lost its predecessor gets that predecessor back, as a copy of the newest;
+    stand-ins no trial ended on are removed after the round."""
+    from types import SimpleNamespace
+
+    from ffdi_tune.search.rounds import STAND_IN, remove_unused, stand_in_for_deleted_checkpoints
+
+    def trial(name: str, numbers: list[int]):
+        for n in numbers:
+            folder = tmp_path / name / f"checkpoint_{n:06d}"
+            folder.mkdir(parents=True)
+            (folder / "last.pt").write_text(f"{name} epoch {n + 1}")
+
+    trial("a", [2])  # 1 deleted, state may still name it
+    trial("b", [0])  # nothing before the first
+    trial("c", [1, 2])  # both there
+    made = stand_in_for_deleted_checkpoints(str(tmp_path))
+    assert made == [tmp_path / "a" / "checkpoint_000001"]
+    assert (made[0] / "last.pt").read_text() == "a epoch 3"  # the newest epoch, to continue from
+    assert (made[0] / STAND_IN).read_text() == "checkpoint_000002"
+    ended_on = SimpleNamespace(checkpoint=SimpleNamespace(path=str(made[0])))
+    remove_unused(made, [ended_on])
+    assert made[0].is_dir()  # a trial ended on it: kept
+    remove_unused(made, [SimpleNamespace(checkpoint=None)])
+    assert not made[0].exists()

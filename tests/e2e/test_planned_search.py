@@ -100,6 +100,7 @@ train: {{backbone: test_resnet, img_size: 32, batch_size: 16, epochs: 2, lr: 0.0
 space: {{lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
 search: {{num_samples: 1, max_concurrent: 1, time_budget: 75s}}
 scheduler: {{type: fifo}}
+tracking: {{system_metrics: false}}
 ensemble: one.yaml
 """
 

@@ -26,6 +26,7 @@ space: {{lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
 search: {{num_samples: {trials}, max_concurrent: 2, tpe_startup_trials: 2}}
 scheduler: {scheduler}
 robust_val: {{enabled: false}}
+tracking: {{system_metrics: false}}
 ensemble: one.yaml
 """
 
