@@ -649,6 +649,7 @@ data: {root: data, demo: {n_train: 16, n_val: 8, n_test: 2, size: 32, seed: 2}}
 train: {backbone: resnet10t, img_size: 32, batch_size: 8, epochs: 1, optimizer: sgd, lr: 1.0e+8}
 space: {gamma: {uniform: [0.5, 0.9]}}
 search: {num_samples: 2, max_concurrent: 2, max_failures: 1}
+tracking: {system_metrics: false}
 """
 
 
@@ -810,4 +811,5 @@ name: small
 data: {root: data, demo: {n_train: 16, n_val: 16, n_test: 4, size: 32, seed: 4, difficulty: 0.2}}
 train: {backbone: test_resnet, img_size: 32, batch_size: 8, epochs: 1}
 search: {num_samples: 1, max_concurrent: 1}
+tracking: {system_metrics: false}
 """
