@@ -68,6 +68,7 @@ def _best_checkpoint(state: TrialState, metrics: dict[str, float]) -> dict[str, 
 def _last_checkpoint(state: TrialState) -> dict[str, Any]:
     """What last.pt holds: the state to resume from."""
     last = {
+        "last_metrics": state.last_metrics,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "epoch": state.epoch,
@@ -87,6 +88,7 @@ def _last_checkpoint(state: TrialState) -> dict[str, Any]:
 def report_checkpoint(state: TrialState, metrics: dict[str, float], report: Reporter) -> None:
     """Write best.pt and last.pt into a fresh folder and hand it to ``report`` with the metrics
     and ``weights_kept``, the kind of weights best.pt holds (``raw``, ``ema`` or ``swa``)."""
+    state.last_metrics = dict(metrics)
     with tempfile.TemporaryDirectory(prefix="ffdi-ckpt-") as tmp:
         torch.save(state.best_checkpoint, Path(tmp) / BEST_FILE)
         torch.save(_last_checkpoint(state), Path(tmp) / LAST_FILE)
@@ -107,6 +109,7 @@ def restore(state: TrialState, folder: Path) -> None:
         # (a trial trained further starts its own average over its new last epochs)
         state.swa.load_state_dict(last["swa"])
     state.epoch, state.best_value, state.step = last["epoch"], last["best_value"], last["step"]
+    state.last_metrics = last.get("last_metrics")
     state.best_metrics = dict(last["best_metrics"])
     state.best_checkpoint = torch.load(
         Path(folder) / BEST_FILE, map_location="cpu", weights_only=True

@@ -121,6 +121,9 @@ class TrialState:
     kept: str = "raw"
     swa_ready: bool = False  # the SWA average is complete (its last epoch done, BN recomputed)
     refit: Refit | None = None  # a refit trains on more images and scores none
+    # what the last epoch reported (kept in last.pt): a trial resumed after its last epoch reports
+    # it again, so that the search records the trial as ended there
+    last_metrics: dict[str, Any] | None = None
 
     def weights_of(self, kind: str) -> torch.nn.Module:
         """The model of a kind of weights: ``raw`` (trained), ``ema`` (their moving average) or

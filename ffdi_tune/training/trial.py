@@ -68,6 +68,10 @@ def train_trial(
     if resume_from is not None:
         restore(state, resume_from)
     last = refit.epochs if refit is not None and refit.epochs else settings.epochs
+    if state.epoch >= last and state.last_metrics:
+        # resumed after its last epoch (its driver died before recording the trial's end): that
+        # epoch is reported again, so that the search records where the trial ended
+        report_checkpoint(state, state.last_metrics, report)
     for epoch in range(state.epoch + 1, last + 1):
         metrics = run_epoch(state, epoch, deadline)
         if metrics is None:

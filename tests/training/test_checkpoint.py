@@ -73,15 +73,22 @@ def test_best_checkpoint_holds_the_best_epochs_weights(tiny_data):
 
 def test_resume_continues_after_saved_epoch(tiny_data, tmp_path):
     s = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8, epochs=1)
-    saved = tmp_path / "ckpt"
+    saved, original = tmp_path / "ckpt", []
 
     def keep(metrics, folder):
+        original.append(metrics)
         shutil.copytree(folder, saved)
 
     train_trial(s, DataConfig(root=str(tiny_data)), keep)
     _, reports = train_collecting(s.model_copy(update={"epochs": 2}), tiny_data, resume_from=saved)
     assert [m["epoch"] for m, _, _ in reports] == [2]
     assert reports[0][2]["step"] == 2 * (48 // 8)
+
+    # resumed after its last epoch (its driver died before recording the end): that epoch is
+    # reported again, as it was, so that the search records the trial as ended there
+    again = []
+    train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: again.append(m), resume_from=saved)
+    assert again == original and [m["epoch"] for m in again] == [1]
 
 
 def test_pretrained_trial_records_its_weights(tiny_data):
