@@ -39,7 +39,7 @@ from ffdi_tune.files import write_atomic
 from ffdi_tune.report import plot_roc
 from ffdi_tune.scoring.epoch_metrics import best_value, higher_is_better, robust_metrics
 from ffdi_tune.scoring.metrics import misordered_pairs_removed
-from ffdi_tune.scoring.predict import DecodedSplits, load_member, predict_views
+from ffdi_tune.scoring.predict import DecodedSplits, load_member
 from ffdi_tune.tracking import Tracker, TrialRecord
 
 __all__ = [
@@ -145,14 +145,9 @@ def _score_run(
     """One run's ``checkpoint/best.pt`` scored on val and test (and perturbed val) per view."""
     path = tracker.download(run_id, "checkpoint/best.pt", tmp / run_id)
     member = load_member(path, run_id)
-    val = predict_views(member, splits.for_member("val", member), views, batch_size)
-    test = predict_views(member, splits.for_member("test", member), views, batch_size)
-    robust = (
-        predict_views(member, splits.for_member("val", member, perturb), views, batch_size)
-        if perturb is not None
-        else None
+    return MemberPredictions(
+        run_id, label, views, *splits.score(member, views, batch_size, perturb)
     )
-    return MemberPredictions(run_id, label, views, val, test, robust)
 
 
 def _refit(

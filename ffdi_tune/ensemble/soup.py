@@ -151,13 +151,7 @@ def _soup_predictions(
     soup: Soup, splits: DecodedSplits, views: list[str], batch_size: int, perturb
 ) -> MemberPredictions:
     member = member_from_checkpoint(soup.checkpoint, soup.name)
-    val = predict_views(member, splits.for_member("val", member), views, batch_size)
-    test = predict_views(member, splits.for_member("test", member), views, batch_size)
-    robust = (
-        predict_views(member, splits.for_member("val", member, perturb), views, batch_size)
-        if perturb is not None
-        else None
-    )
+    val, test, robust = splits.score(member, views, batch_size, perturb)
     ids = ", ".join(i[:8] for i in soup.ingredients)
     label = f"soup of {len(soup.ingredients)} {soup.checkpoint['backbone']} ({ids})"
     return MemberPredictions(soup.name, label, views, val, test, robust, soup=True)

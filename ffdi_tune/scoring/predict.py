@@ -137,6 +137,20 @@ class DecodedSplits:
         """Split ``name`` decoded as ``member`` reads it."""
         return self.images(name, member.decode_size, perturb, member.resize)
 
+    def score(
+        self, member: Member, views: list[str], batch_size: int = 64, perturb=None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``member``'s log-odds per view on val and on test, and with ``perturb`` on val's
+        perturbed copy (else None)."""
+        val = predict_views(member, self.for_member("val", member), views, batch_size)
+        test = predict_views(member, self.for_member("test", member), views, batch_size)
+        robust = (
+            predict_views(member, self.for_member("val", member, perturb), views, batch_size)
+            if perturb is not None
+            else None
+        )
+        return val, test, robust
+
 
 def predict_views(
     member: Member, images: torch.Tensor, views: list[str], batch_size: int = 64

@@ -14,7 +14,6 @@ is left out: its member keeps the weights the search trained.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from ffdi_tune import tracking
 from ffdi_tune.config import SearchConfig
 from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.search.cluster import connect, ray_address, trial_resources
+from ffdi_tune.search.trainable import prepare_worker
 from ffdi_tune.tracking import Tracker
 from ffdi_tune.training.settings import TrainSettings
 from ffdi_tune.training.trial import BEST_FILE, Refit, RefitJob, train_trial
@@ -45,12 +45,8 @@ def _refit_trainable(
 ) -> None:
     """One refit trial: train the job's settings on trainset plus ``val_names``, reporting each
     epoch with its checkpoint."""
-    import torch
-
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, int(cpus)))
+    device = prepare_worker(cpus, use_gpu)
     job = config["job"]
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
     def report(metrics: dict[str, float], folder: Path) -> None:
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(folder)))

@@ -35,7 +35,7 @@ from ffdi_tune.search.space import (
 from ffdi_tune.training.placement import augment_placement
 from ffdi_tune.training.trial import train_trial
 
-__all__ = ["make_trainable"]
+__all__ = ["make_trainable", "prepare_worker"]
 
 
 def _trainable(
@@ -54,14 +54,8 @@ def _trainable(
     """One Ray Tune trial. Runs in a (possibly reused) worker process; with ``system_metrics_s``,
     each report also carries the machine's samples taken every that many seconds."""
     started = time.perf_counter()
-    # quiet: Ray logs a line per checkpoint otherwise
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    # A reused worker keeps process state: reset what a trial must not inherit.
-    torch.set_num_threads(max(1, int(cpus)))
-    if use_gpu and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    device = prepare_worker(cpus, use_gpu)
     settings = trial_settings(fixed, config)
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     where = _where(config, settings, augment_sets, device)
     sampler = tracking.SystemSampler(system_metrics_s) if system_metrics_s else None
 
@@ -90,6 +84,17 @@ def _trainable(
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+def prepare_worker(cpus: float, use_gpu: bool) -> str:
+    """Ready a (possibly reused) worker process for a trial; the device it trains on."""
+    # quiet: Ray logs a line per checkpoint otherwise
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # A reused worker keeps process state: reset what a trial must not inherit.
+    torch.set_num_threads(max(1, int(cpus)))
+    if use_gpu and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
 
 def _where(config: dict[str, Any], settings, augment_sets: dict, device: str) -> dict[str, Any]:
