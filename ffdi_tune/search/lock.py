@@ -33,9 +33,7 @@ from ffdi_tune.errors import SearchError
 from ffdi_tune.files import write_atomic
 from ffdi_tune.tracking.lease import STALE_S
 
-__all__ = ["search_lock", "lock_path", "LEASE_STALE_S"]
-
-LEASE_STALE_S = STALE_S
+__all__ = ["search_lock", "lock_path"]
 
 
 def lock_path(out_dir: Path) -> Path:
@@ -91,14 +89,14 @@ def _lease(store: tracking.TrackingConfig | None, name: str) -> Iterator[None]:
             "that a second machine is refused too"
         )
     reader = tracking.Tracker(uri, artifacts)
-    lease = tracking.Lease(reader, reader.experiment_id(name), stale_s=LEASE_STALE_S)
+    lease = tracking.Lease(reader, reader.experiment_id(name), stale_s=STALE_S)
     try:
         lease.__enter__()
     except tracking.LeaseHeld as held:
         raise SearchError(
             f"search {name!r} is already running on another machine ({_lease_holder(held)}); "
             f"wait for it to end, stop it, or start another search with --name NEW (a lease "
-            f"not renewed for {LEASE_STALE_S:.0f} s is taken over)"
+            f"not renewed for {STALE_S:.0f} s is taken over)"
         ) from None
     except Exception as exc:  # the store refused or is away: one line, nothing started
         raise SearchError(

@@ -3,13 +3,14 @@ trials.
 
 The final stage (``refit: {seeds: N}`` in an ensemble recipe) hands over one
 :class:`~ffdi_tune.training.trial.RefitJob` per shipped member and seed: the member's settings with
-its best epoch count and a new seed, to train on trainset plus the *selection* part of valset
-(never the report part, which then still gives an honest estimate). :func:`run_refits` runs them
+a new seed (its schedule over its own epochs), stopped at its best epoch, to train on trainset plus
+the *selection* part of valset (never the report part, which then still gives an honest
+estimate). :func:`run_refits` runs them
 as one Tune experiment (every job once, no scheduler: a refit is not a search) beside the search's
 rounds, each trial mirrored into an MLflow child run of the search (``ffdi.role=refit``,
 ``ffdi.refit_of=<member's run>``) with its per-epoch training metrics and its ``checkpoint/best.pt``
-(the last epoch's weights, of the kind the member kept). A refit the deadline or a fault cut short
-is left out: its member keeps the weights the search trained.
+(its last epoch's weights, of the kind the member kept). A refit the deadline or a fault cut
+short is left out: its member keeps the weights the search trained.
 """
 
 from __future__ import annotations
