@@ -187,10 +187,14 @@ class StoreReader:
         exp_id = self.experiment_id(experiment_name, create=False)
         return self._find(exp_id, f"tags.`{ROLE}` = 'search'") if exp_id else None
 
+    def _child(self, experiment_id: str, parent_id: str, trial_id: str):
+        """The child run of ``trial_id`` under ``parent_id``, found by its tags (or None)."""
+        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
+        return self._find(experiment_id, query)
+
     def child_run_id(self, experiment_id: str, parent_id: str, trial_id: str) -> str | None:
         """The id of the child run of ``trial_id`` under ``parent_id`` (None when there is none)."""
-        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
-        run = self._find(experiment_id, query)
+        run = self._child(experiment_id, parent_id, trial_id)
         return run.info.run_id if run is not None else None
 
     def search_run_id(self, experiment_name: str) -> str | None:
@@ -333,8 +337,7 @@ class StoreWriter(StoreReader):
         created with ``params`` and the ``role`` tag (``trial``, or ``refit``)."""
         from mlflow.entities import Param
 
-        query = f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_ID}` = '{trial_id}'"
-        run = self._find(experiment_id, query)
+        run = self._child(experiment_id, parent_id, trial_id)
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
