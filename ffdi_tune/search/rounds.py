@@ -33,6 +33,7 @@ from ffdi_tune.search.space import (
     DefineByRun,
 )
 from ffdi_tune.search.trials_table import TrialRow
+from ffdi_tune.training.checkpoint import STAND_IN_FILE
 
 __all__ = [
     "ROUNDS_FILE",
@@ -173,7 +174,7 @@ def _new_round(
     )
 
 
-STAND_IN = ".ffdi-stand-in"  # marks a checkpoint folder copied in for one Tune had deleted
+STAND_IN = STAND_IN_FILE  # marks a checkpoint folder copied in for one Tune had deleted
 
 
 def stand_in_for_deleted_checkpoints(exp_path: str) -> list[Path]:

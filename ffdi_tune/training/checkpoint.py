@@ -21,10 +21,21 @@ import torch
 from ffdi_tune.scoring.epoch_metrics import is_better
 from ffdi_tune.training.state import TrialState
 
-__all__ = ["BEST_FILE", "LAST_FILE", "Reporter", "keep_if_best", "report_checkpoint", "restore"]
+__all__ = [
+    "BEST_FILE",
+    "LAST_FILE",
+    "STAND_IN_FILE",
+    "Reporter",
+    "keep_if_best",
+    "report_checkpoint",
+    "restore",
+]
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
+# in a checkpoint folder copied in for one Tune had deleted (search.rounds): the trial resumed from
+# it may be one whose end Tune never recorded
+STAND_IN_FILE = ".ffdi-stand-in"
 
 # report(metrics, checkpoint_dir) is called once per epoch; the folder is deleted after it returns.
 Reporter = Callable[[dict[str, float], Path], None]

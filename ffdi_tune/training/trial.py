@@ -19,6 +19,7 @@ from ffdi_tune.data.settings import DataConfig
 from ffdi_tune.training.checkpoint import (
     BEST_FILE,
     LAST_FILE,
+    STAND_IN_FILE,
     Reporter,
     keep_if_best,
     report_checkpoint,
@@ -68,9 +69,10 @@ def train_trial(
     if resume_from is not None:
         restore(state, resume_from)
     last = refit.epochs if refit is not None and refit.epochs else settings.epochs
-    if state.epoch >= last and state.last_metrics:
-        # resumed after its last epoch (its driver died before recording the trial's end): that
-        # epoch is reported again, so that the search records where the trial ended
+    stand_in = resume_from is not None and (Path(resume_from) / STAND_IN_FILE).exists()
+    if stand_in and state.epoch >= last and state.last_metrics:
+        # resumed from a stand-in after its last epoch (its driver died before Tune recorded the
+        # trial's end): that epoch is reported again, so that the search records where it ended
         report_checkpoint(state, state.last_metrics, report)
     for epoch in range(state.epoch + 1, last + 1):
         metrics = run_epoch(state, epoch, deadline)

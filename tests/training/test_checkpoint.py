@@ -84,9 +84,15 @@ def test_resume_continues_after_saved_epoch(tiny_data, tmp_path):
     assert [m["epoch"] for m, _, _ in reports] == [2]
     assert reports[0][2]["step"] == 2 * (48 // 8)
 
-    # resumed after its last epoch (its driver died before recording the end): that epoch is
-    # reported again, as it was, so that the search records the trial as ended there
+    # resumed after its last epoch from its own checkpoint: Tune recorded that epoch, nothing more
     again = []
+    train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: again.append(m), resume_from=saved)
+    assert again == []
+    # from a stand-in (Tune had deleted the checkpoint its state named, and may never have
+    # recorded the trial's end): the last epoch is reported again, as it was
+    from ffdi_tune.training.checkpoint import STAND_IN_FILE
+
+    (saved / STAND_IN_FILE).write_text("checkpoint_000001")
     train_trial(s, DataConfig(root=str(tiny_data)), lambda m, f: again.append(m), resume_from=saved)
     assert again == original and [m["epoch"] for m in again] == [1]
 
