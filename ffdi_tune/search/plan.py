@@ -291,14 +291,16 @@ def plan_inputs(
     selection = round(check.summary["val"]["images"] * (1 - cfg.search.holdout.fraction))
     eval_images = selection * (2 if cfg.robust_val.enabled else 1)
     default = trial_settings(cfg.train, default_point(cfg))
-    probes = [
-        probe_cached(settings, _probe_folder(cfg), echo)
-        for settings in [
-            default,
-            *(trial_settings(default, _backbone_constants(cfg, b)) for b in cfg.backbones()[1:]),
-        ]
+    settings = [
+        default,
+        *(trial_settings(default, _backbone_constants(cfg, b)) for b in cfg.backbones()[1:]),
     ]
-    epochs_s = [p.epoch_s(train_images, eval_images) for p in probes]
+    probes = [probe_cached(one, _probe_folder(cfg), echo) for one in settings]
+    # each epoch scores the raw weights, and the EMA's too where the recipe keeps one
+    epochs_s = [
+        p.epoch_s(train_images, eval_images * (1 + (one.ema_decay is not None)))
+        for p, one in zip(probes, settings, strict=True)
+    ]
     accelerators = torch.cuda.device_count()
     explicit = cfg.search.model_fields_set
     full_epochs = cfg.scheduler.max_epochs or cfg.max_epochs() if _epochs_written(cfg) else None

@@ -2,7 +2,9 @@
 
 A probe builds the backbone (no weights needed: the speed is the same), trains it on random
 batches of the trial's size for a few steps and scores a few batches, with every CPU or on the
-accelerator a trial would get. Results are kept per machine (host, device, threads, torch version)
+accelerator a trial would get. It also times what a trial pays once an epoch besides its batches:
+writing ``best.pt`` and ``last.pt`` (weights, optimizer state) and Ray Tune's copy of that folder
+into the search's storage. Results are kept per machine (host, device, threads, torch version)
 in ``probes.json`` in the decode cache's folder, so a second search on the same machine does not
 pay for them again.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,29 +29,38 @@ from ffdi_tune.training.settings import TrainSettings
 __all__ = ["ProbeResult", "probe", "probe_cached", "PROBE_FILE"]
 
 PROBE_FILE = "probes.json"
+PROBE_VERSION = 2  # part of each kept probe's key: a probe that measured less is probed again
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """Seconds per training step (a batch of ``batch_size``) and per scored image."""
+    """Seconds per training step (a batch of ``batch_size``), per scored image, and per epoch's
+    checkpoint (written, then copied as Tune persists it)."""
 
     train_step_s: float
     eval_image_s: float
     batch_size: int
+    checkpoint_s: float = 0.0
 
     def epoch_s(self, train_images: int, eval_images: int) -> float:
-        """One epoch: every training batch, then scoring ``eval_images``."""
+        """One epoch: every training batch, then scoring ``eval_images``, then its checkpoint."""
         steps = max(train_images // self.batch_size, 1)
-        return steps * self.train_step_s + eval_images * self.eval_image_s
+        return steps * self.train_step_s + eval_images * self.eval_image_s + self.checkpoint_s
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def probe(settings: TrainSettings, steps: int = 200, max_seconds: float = 8.0) -> ProbeResult:
+def probe(
+    settings: TrainSettings,
+    steps: int = 200,
+    max_seconds: float = 8.0,
+    folder: Path | None = None,
+) -> ProbeResult:
     """Time ``steps`` training steps (at most ``max_seconds``, after two warm-up steps) and as
-    many scoring batches, for ``settings``' backbone, size, batch, optimizer and AMP."""
+    many scoring batches, for ``settings``' backbone, size, batch, optimizer and AMP, and one
+    epoch's checkpoint written in ``folder`` (the system's temporary folder when None)."""
     device = _device()
     model = create_model(
         settings.backbone, False, settings.drop_rate, settings.input, settings.drop_path_rate
@@ -75,7 +88,29 @@ def probe(settings: TrainSettings, steps: int = 200, max_seconds: float = 8.0) -
     train_step_s = _seconds_per_call(train_step, steps, max_seconds / 2, device)
     model.eval()
     eval_step_s = _seconds_per_call(eval_step, steps, max_seconds / 2, device)
-    return ProbeResult(train_step_s, eval_step_s / settings.batch_size, settings.batch_size)
+    checkpoint_s = _checkpoint_seconds(model, optimizer, folder)
+    return ProbeResult(
+        train_step_s, eval_step_s / settings.batch_size, settings.batch_size, checkpoint_s
+    )
+
+
+def _checkpoint_seconds(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path | None
+) -> float:
+    """Write a best.pt (weights) and a last.pt (weights and optimizer state) as a trial does each
+    epoch, and copy the folder once as Tune does when it persists a checkpoint."""
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ffdi-probe-", dir=folder) as tmp:
+        start = time.perf_counter()
+        written = Path(tmp) / "written"
+        written.mkdir()
+        torch.save({"model": model.state_dict()}, written / "best.pt")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, written / "last.pt"
+        )
+        shutil.copytree(written, Path(tmp) / "persisted")
+        return time.perf_counter() - start
 
 
 def _seconds_per_call(step, calls: int, max_seconds: float, device: torch.device) -> float:
@@ -101,6 +136,7 @@ def _key(settings: TrainSettings) -> str:
     return "|".join(
         str(part)
         for part in (
+            PROBE_VERSION,
             platform.node(),
             where,
             torch.get_num_threads(),
@@ -126,7 +162,7 @@ def probe_cached(settings: TrainSettings, folder: Path, echo=print) -> ProbeResu
     if key in kept:
         return ProbeResult(**kept[key])
     echo(f"probe: timing {settings.backbone} at {settings.img_size} px ...")
-    result = probe(settings)
+    result = probe(settings, folder=folder)
     kept[key] = asdict(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(kept, indent=1))

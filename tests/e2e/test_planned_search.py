@@ -51,13 +51,15 @@ def test_the_default_recipe_runs_first_to_full_length_and_is_a_candidate(planned
     # Optuna's trial 0 (its seed is the first trial's), with the demo's train: values
     assert first.data.params["seed"] == str(trial_seed(0, 0))
     assert first.data.params["lr"] == "0.001" and first.data.params["augment"] == "flips"
-    # ASHA never stops it: it trains the full length the plan chose
+    # ASHA never stops it: it trains the full length the plan chose, unless the machine ran it
+    # slower than the probe had measured and the time budget ended it first (tagged so)
     top = json.loads((work / "runs" / "demo" / "plan.json").read_text())["max_epochs"]
-    assert first.data.tags["ffdi.epochs_run"] == str(top)
+    ran, cut = int(first.data.tags["ffdi.epochs_run"]), first.data.tags["ffdi.budget_cut"]
+    assert ran == top or (cut == "true" and ran < top)
     assert first.data.tags["ffdi.stopped_early"] == "false"
     # no searched trial trains longer (only one trained further with time to spare may)
     searched = [r for r in trials if "ffdi.continued_from" not in r.data.tags]
-    assert max(int(r.data.tags["ffdi.epochs_run"]) for r in searched) == top
+    assert max(int(r.data.tags["ffdi.epochs_run"]) for r in searched) <= top
     (ensemble,) = runs_by_role(store_client(work), "demo")["ensemble"]
     members = pd.read_csv(
         store_client(work).download_artifacts(ensemble.info.run_id, "members.csv", str(work))

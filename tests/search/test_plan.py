@@ -146,3 +146,31 @@ def test_the_plan_sets_the_length_only_where_the_user_left_it():
     unwritten = parse_search_config({"name": "p", "data": {"root": "x"}})
     assert apply_plan(unwritten, chosen).train.epochs == 16
     assert apply_plan(unwritten, chosen).scheduler.max_epochs == 16
+
+
+def test_an_epoch_costs_its_batches_its_scoring_twice_with_an_ema_and_its_checkpoint(
+    monkeypatch, tmp_path
+):
+    from ffdi_tune.config import DataConfig, parse_search_config
+    from ffdi_tune.data.check import DataCheck
+    from ffdi_tune.search import plan
+    from ffdi_tune.search.probe import ProbeResult
+
+    monkeypatch.setattr(plan, "probe_cached", lambda *a, **k: ProbeResult(0.5, 0.01, 8, 2.0))
+    summary = {"train": {"images": 80}, "val": {"images": 40}, "test": {"images": 10}}
+    check = DataCheck(DataConfig(root=str(tmp_path)), summary)
+
+    def epoch_s(train: dict) -> float:
+        raw = {
+            "name": "p",
+            "data": {"root": str(tmp_path)},
+            "train": train,
+            "search": {"time_budget": 300},
+        }
+        return plan.plan_inputs(parse_search_config(raw), check, 0.0, 1, None).epoch_s
+
+    # the holdout keeps half of valset unseen; the other half is scored clean and perturbed
+    selection = 2 * round(40 * 0.5)
+    assert epoch_s({"epochs": 4}) == pytest.approx(10 * 0.5 + selection * 0.01 + 2.0)
+    with_ema = epoch_s({"epochs": 4, "ema_decay": 0.99})
+    assert with_ema == pytest.approx(10 * 0.5 + 2 * selection * 0.01 + 2.0)

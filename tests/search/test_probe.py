@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ffdi_tune.search.probe import PROBE_FILE, ProbeResult, probe, probe_cached
 from ffdi_tune.training.settings import TrainSettings
 
@@ -13,9 +15,28 @@ TINY = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8)
 def test_a_probe_times_training_and_scoring():
     result = probe(TINY, steps=3, max_seconds=2)
     assert result.batch_size == 8
-    assert result.train_step_s > 0 and result.eval_image_s > 0
-    # an epoch: every whole training batch, then each scored image
-    assert result.epoch_s(80, 20) == 10 * result.train_step_s + 20 * result.eval_image_s
+    assert result.train_step_s > 0 and result.eval_image_s > 0 and result.checkpoint_s > 0
+    # an epoch: every whole training batch, then each scored image, then its checkpoint
+    assert result.epoch_s(80, 20) == pytest.approx(
+        10 * result.train_step_s + 20 * result.eval_image_s + result.checkpoint_s
+    )
+
+
+def test_the_checkpoint_is_timed_where_it_is_asked_to_be_and_cleaned_up(tmp_path):
+    probe(TINY, steps=1, max_seconds=1, folder=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_probe_kept_by_an_older_version_is_probed_again(tmp_path):
+    from ffdi_tune.search.probe import PROBE_VERSION, _key
+
+    older = _key(TINY).replace(f"{PROBE_VERSION}|", "1|", 1)
+    (tmp_path / PROBE_FILE).write_text(
+        json.dumps({older: {"train_step_s": 9.0, "eval_image_s": 9.0, "batch_size": 8}})
+    )
+    said = []
+    result = probe_cached(TINY, tmp_path, echo=said.append)
+    assert said and result.train_step_s < 9.0
 
 
 def test_a_probe_is_kept_and_reused_on_the_same_machine(tmp_path):
