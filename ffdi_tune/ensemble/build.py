@@ -83,6 +83,8 @@ class EnsembleResult:
     member_report_preds: dict[str, np.ndarray]  # each shipped member's log-odds there
     table: pd.DataFrame  # one row per candidate member, then one per combination
     metrics: dict[str, float] = field(default_factory=dict)
+    # each shipped member's log-odds on testset, with its views (a rank model's references)
+    member_test_preds: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def honest(self) -> bool:
@@ -416,6 +418,7 @@ def build_ensemble(
         weights=weights,
         views={name: member.views for name, member in chosen.items()},
         test_pred=to_probability(combo.score(_each(chosen, "test")), combo.scale),
+        member_test_preds={n: chosen[n].test for n in combo.members},
         report_pred=shipped.val_score[parts.report],
         report_targets=parts.y_report,
         member_report_preds={n: chosen[n].val[parts.report] for n in combo.members},

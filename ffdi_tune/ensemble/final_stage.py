@@ -403,7 +403,8 @@ def _model_spec(
     tracker: Tracker, result: EnsembleResult, soup: Soup | None, tmp: Path, example
 ) -> dict:
     """What the pyfunc model is made of: each shipped member's best.pt (downloaded again; a
-    soup's saved), views and weight, the scale, example images."""
+    soup's saved), views and weight (and, on the rank scale, its testset log-odds: the references
+    it ranks new images among), the scale, example images."""
     members = []
     for name in result.members:
         if soup is not None and name == soup.name:
@@ -411,7 +412,10 @@ def _model_spec(
         else:
             checkpoint = tracker.download(name, "checkpoint/best.pt", tmp / "members" / name)
         views, weight = result.views[name], result.weights[name]
-        members.append({"name": name, "checkpoint": checkpoint, "views": views, "weight": weight})
+        member = {"name": name, "checkpoint": checkpoint, "views": views, "weight": weight}
+        if result.scale == "rank":
+            member["reference"] = result.member_test_preds[name]
+        members.append(member)
     return {"members": members, "scale": result.scale, "example": [str(p) for p in example]}
 
 

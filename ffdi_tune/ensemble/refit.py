@@ -130,6 +130,7 @@ def refit_result(
         test_pred=to_probability(combo.score(test), combo.scale),
         report_pred=score[report],
         member_report_preds={n: val[n][report] for n in names},
+        member_test_preds=test,
         table=pd.concat([table, pd.DataFrame([row])], ignore_index=True),
         metrics=metrics,
     )

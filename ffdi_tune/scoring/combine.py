@@ -7,7 +7,9 @@ chance of fake, and :func:`to_probability` turns it into the submission's ``y_pr
 - :func:`mean_probability`: weighted mean of the members' probabilities;
 - :func:`mean_log_odds`: weighted mean of their log-odds (members trained with different label
   smoothing or mixup are calibrated differently; averaging log-odds weighs their confidence alike);
-- :func:`rank_average`: weighted mean of each member's normalised ranks, which is all ROC AUC sees;
+- :func:`rank_average`: weighted mean of each member's normalised ranks, which is all ROC AUC sees
+  (within the scored images, or each image placed among a member's reference scores on its own:
+  :func:`rank_among`);
 - :func:`greedy_select`: Caruana et al. (2004) forward selection with replacement, either average.
 
 ``SCALES`` gives the weighted combiner of each scale a combination averages on (``prob``,
@@ -27,6 +29,7 @@ __all__ = [
     "mean_probability",
     "mean_log_odds",
     "rank_average",
+    "rank_among",
     "greedy_select",
     "to_probability",
 ]
@@ -47,11 +50,43 @@ def mean_log_odds(log_odds: np.ndarray, weights: np.ndarray | None = None) -> np
     return _weights(len(log_odds), weights) @ np.asarray(log_odds, dtype=np.float64)
 
 
-def rank_average(log_odds: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean of each member's normalised ranks, in [0, 1] (ties share their mean rank)."""
-    n = log_odds.shape[1]
-    ranks = np.stack([(rankdata(z) - 1) / max(n - 1, 1) for z in log_odds])
+def rank_average(
+    log_odds: np.ndarray,
+    weights: np.ndarray | None = None,
+    references: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Weighted mean of each member's normalised ranks, in [0, 1] (ties share their mean rank):
+    ranks among the scored images, or with ``references`` (one array of scores per member) each
+    image's place among its member's references (:func:`rank_among`), which does not depend on
+    the other images scored with it."""
+    if references is None:
+        n = log_odds.shape[1]
+        ranks = np.stack([(rankdata(z) - 1) / max(n - 1, 1) for z in log_odds])
+    else:
+        ranks = np.stack([rank_among(z, r) for z, r in zip(log_odds, references, strict=True)])
     return _weights(len(log_odds), weights) @ ranks
+
+
+def rank_among(scores: np.ndarray, reference: np.ndarray, tolerance: float = 1e-4) -> np.ndarray:
+    """Each score's normalised rank among ``reference``, in [0, 1]: for a score that is one of the
+    references, its rank among them as :func:`rank_average` gives it (ties share their mean rank);
+    below or above every reference, 0 or 1. A score that is no reference but lies within
+    ``tolerance`` (relative, absolute below 1) of one counts as equal to it: an image scored in
+    another batch differs from its own reference by a few float rounding errors.
+
+    >>> rank_among(np.array([0.5, 2.0, -9.0, 9.0, 1.00000003]), np.array([0.0, 1.0, 2.0]))
+    array([0.25, 1.  , 0.  , 1.  , 0.5 ])
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    ordered = np.sort(np.asarray(reference, dtype=np.float64))
+    below = np.searchsorted(ordered, scores, side="left")
+    at_most = np.searchsorted(ordered, scores, side="right")
+    slack = tolerance * np.maximum(np.abs(scores), 1.0)
+    near = below == at_most  # not a reference itself
+    below[near] = np.searchsorted(ordered, (scores - slack)[near], side="left")
+    at_most[near] = np.searchsorted(ordered, (scores + slack)[near], side="right")
+    # below + (ties - 1) / 2: the mean 0-based rank a tie with the references would share
+    return np.clip((below + at_most - 1) / 2 / max(len(ordered) - 1, 1), 0.0, 1.0)
 
 
 # average name -> (combiner, the scale of its output)

@@ -6,7 +6,9 @@ one member) and ``ensemble.json``: each member's TTA views and weight, and the s
 average on. :meth:`EnsembleModel.predict` takes a DataFrame with a ``path`` column of image files
 and returns each image's probability of fake, decoded and scored exactly as the final stage scored
 testset (each member at its own size and normalisation, every view from one decode). A ``rank``
-ensemble's scores are ranks within the images of one call, as in the submission.
+ensemble also keeps each member's testset log-odds (``references.npz``): an image's score is the
+weighted mean of its places among them, so it does not depend on the other images of the call
+(one image scores as it would among many), and on testset it is the submission's.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import pandas as pd
 import torch
 
 from ffdi_tune.data.layout import Split, load_images
-from ffdi_tune.scoring.combine import SCALES, to_probability
+from ffdi_tune.scoring.combine import SCALES, rank_average, to_probability
 from ffdi_tune.scoring.predict import default_device, member_from_checkpoint, predict_views
 
 __all__ = ["EnsembleModel", "SPEC_FILE", "log_ensemble_model", "register_ensemble_model"]
 
 SPEC_FILE = "ensemble.json"
+REFERENCES_FILE = "references.npz"  # a rank model's: member index -> its testset log-odds
 MODEL_NAME = "model"  # the model's folder on the ensemble run: runs:/<run id>/model
 
 
@@ -47,6 +50,10 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
             )
             loaded = member_from_checkpoint(checkpoint, member["name"], device)
             self.members.append((loaded, member["views"], float(member["weight"])))
+        self.references = None
+        if "references" in context.artifacts:
+            with np.load(context.artifacts["references"]) as kept:
+                self.references = [kept[str(i)] for i in range(len(self.members))]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         paths = tuple(Path(p) for p in model_input["path"])
@@ -56,24 +63,27 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
             images = load_images(split, member.decode_size, resize=member.resize)
             scores.append(predict_views(member, images, views).mean(axis=0))
         weights = np.array([w for _, _, w in self.members])
-        combiner, _ = SCALES[self.scale]
-        return to_probability(combiner(np.stack(scores), weights), self.scale)
+        if self.scale == "rank":
+            combined = rank_average(np.stack(scores), weights, self.references)
+        else:
+            combined = SCALES[self.scale][0](np.stack(scores), weights)
+        return to_probability(combined, self.scale)
 
 
 def log_ensemble_model(
     run_id: str, tracking_uri: str, members: list[dict], scale: str, example: list[str]
 ) -> None:
     """Log the ensemble as the pyfunc model ``model`` of run ``run_id``: ``members`` are
-    ``{"name", "checkpoint" (a best.pt path), "views", "weight"}``; ``example`` image paths make
-    its input example."""
+    ``{"name", "checkpoint" (a best.pt path), "views", "weight"}`` and, on the ``rank`` scale,
+    ``"reference"`` (its testset log-odds); ``example`` image paths make its input example."""
     from mlflow.models import infer_signature
 
     spec = {
         "scale": scale,
         "members": [{k: m[k] for k in ("name", "views", "weight")} for m in members],
     }
-    with _tracking(tracking_uri), _spec_file(spec) as spec_path:
-        artifacts = {"spec": str(spec_path)}
+    with _tracking(tracking_uri), _spec_files(spec, members) as files:
+        artifacts = {name: str(path) for name, path in files.items()}
         artifacts |= {f"member{i}": str(m["checkpoint"]) for i, m in enumerate(members)}
         example_input = pd.DataFrame({"path": [str(p) for p in example]})
         signature = infer_signature(example_input, np.zeros(len(example)))
@@ -134,8 +144,13 @@ def _tracking(uri: str):
 
 
 @contextmanager
-def _spec_file(spec: dict):
+def _spec_files(spec: dict, members: list[dict]):
+    """``ensemble.json`` and, when members carry references, ``references.npz``, in a temporary
+    folder: artifact name -> path."""
     with tempfile.TemporaryDirectory(prefix="ffdi-model-") as tmp:
-        path = Path(tmp) / SPEC_FILE
-        path.write_text(json.dumps(spec, indent=1))
-        yield path
+        files = {"spec": Path(tmp) / SPEC_FILE}
+        files["spec"].write_text(json.dumps(spec, indent=1))
+        if any("reference" in m for m in members):
+            files["references"] = Path(tmp) / REFERENCES_FILE
+            np.savez(files["references"], **{str(i): m["reference"] for i, m in enumerate(members)})
+        yield files

@@ -95,3 +95,16 @@ def test_each_scale_turns_into_a_probability():
         assert ((prob >= 0) & (prob <= 1)).all() and (np.diff(prob) > 0).all(), scale
     with pytest.raises(ValueError, match="unknown score scale 'median'; valid scales are prob"):
         to_probability(z, "median")
+
+
+def test_ranks_among_references_are_the_ranks_within_them_and_stable_for_one_score():
+    from ffdi_tune.scoring.combine import rank_among
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 40))
+    z[0, :4] = z[0, 4]  # ties share their mean rank there too
+    z[1, 7] = z[1, 8] + 1e-6  # two references closer than the tolerance stay apart
+    assert np.array_equal(rank_average(z, None, list(z)), rank_average(z))
+    # one image alone, scored with a rounding error, lands where it was among the references
+    alone = rank_among(z[2, 5:6] * (1 + 1e-7), z[2])
+    assert alone[0] == rank_average(z[2:3])[5]
