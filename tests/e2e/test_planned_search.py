@@ -22,11 +22,11 @@ DEMO = str(REPO / "search_spaces" / "demo.yaml")
 
 @pytest.fixture(scope="module")
 def planned(tiny_data, tmp_path_factory):
-    """The shipped demo space on tiny data with a 90 s budget: what it printed and its folder."""
+    """The shipped demo space on tiny data with a 75 s budget: what it printed and its folder."""
     work = tmp_path_factory.mktemp("planned")
     out = work / "stdout.txt"
     with contextlib.chdir(work), open(out, "w") as sink, contextlib.redirect_stdout(sink):
-        code = main(["run", DEMO, "--data", str(tiny_data), "--time-budget", "90s"])
+        code = main(["run", DEMO, "--data", str(tiny_data), "--time-budget", "75s"])
     return code, out.read_text(), work
 
 

@@ -12,6 +12,16 @@ from ffdi_tune.training.settings import TrainSettings
 TINY = TrainSettings(backbone="resnet10t", img_size=32, batch_size=8)
 
 
+@pytest.fixture
+def short_probes(monkeypatch):
+    """probe_cached's probes cut to a few steps: these tests are about what is kept."""
+    import functools
+
+    from ffdi_tune.search import probe as probe_module
+
+    monkeypatch.setattr(probe_module, "probe", functools.partial(probe, steps=2, max_seconds=0.5))
+
+
 def test_a_probe_times_training_and_scoring():
     result = probe(TINY, steps=3, max_seconds=2)
     assert result.batch_size == 8
@@ -27,7 +37,7 @@ def test_the_checkpoint_is_timed_where_it_is_asked_to_be_and_cleaned_up(tmp_path
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_a_probe_kept_by_an_older_version_is_probed_again(tmp_path):
+def test_a_probe_kept_by_an_older_version_is_probed_again(tmp_path, short_probes):
     from ffdi_tune.search.probe import PROBE_VERSION, _key
 
     older = _key(TINY).replace(f"{PROBE_VERSION}|", "1|", 1)
@@ -39,7 +49,7 @@ def test_a_probe_kept_by_an_older_version_is_probed_again(tmp_path):
     assert said and result.train_step_s < 9.0
 
 
-def test_a_probe_is_kept_and_reused_on_the_same_machine(tmp_path):
+def test_a_probe_is_kept_and_reused_on_the_same_machine(tmp_path, short_probes):
     said = []
     first = probe_cached(TINY, tmp_path, echo=said.append)
     kept = json.loads((tmp_path / PROBE_FILE).read_text())
@@ -51,7 +61,7 @@ def test_a_probe_is_kept_and_reused_on_the_same_machine(tmp_path):
     assert len(json.loads((tmp_path / PROBE_FILE).read_text())) == 2 and len(said) == 2
 
 
-def test_a_damaged_probe_file_is_probed_again(tmp_path):
+def test_a_damaged_probe_file_is_probed_again(tmp_path, short_probes):
     (tmp_path / PROBE_FILE).write_text("{not json")
     result = probe_cached(TINY, tmp_path, echo=lambda _: None)
     assert isinstance(result, ProbeResult)
