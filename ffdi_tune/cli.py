@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -198,24 +199,33 @@ def _refitter(tracker, outcome=None, cfg=None, address: str | None = None):
     (:mod:`ffdi_tune.search.refit_trials`), as child runs of its search run, on the Ray the search
     used. After ``run``: the search's ``cfg``, data and parent run from its ``outcome``, and under
     a time budget until the final stage's share of it begins; for ``ensemble``: the search's
-    recorded config and its latest search run."""
+    recorded config and its latest search run, holding the search's lock (and lease) as ``run``
+    does, since the refits write beside the search's rounds and under its run."""
     deadline = None
     if outcome is not None and outcome.budget is not None:
         deadline = outcome.budget.end_time() - (outcome.final_reserve_s or 0.0)
 
     def refit(jobs, val_names, config: dict, data_root: str) -> dict[str, list[str]]:
         from ffdi_tune.ensemble.search_record import search_data
+        from ffdi_tune.files import is_bucket_uri
+        from ffdi_tune.search.lock import search_lock
         from ffdi_tune.search.refit_trials import run_refits
         from ffdi_tune.search.runner import search_dir
 
         search = cfg or _recorded_search(config)
-        parent = outcome.parent_run_id if outcome else tracker.search_run_id(search.name)
-        data = outcome.data if outcome else search_data(config, data_root)
-        storage = search_dir(search)[0]
-        return run_refits(
-            search, jobs, val_names, data, tracker, parent, storage,
-            address=address, deadline=deadline,
-        )  # fmt: skip
+        storage, out_dir = search_dir(search)
+        lease_store = search.tracking if is_bucket_uri(search.search.storage) else None
+        # within run, the run already holds them
+        held = (
+            contextlib.nullcontext() if outcome else search_lock(out_dir, search.name, lease_store)
+        )
+        with held:
+            parent = outcome.parent_run_id if outcome else tracker.search_run_id(search.name)
+            data = outcome.data if outcome else search_data(config, data_root)
+            return run_refits(
+                search, jobs, val_names, data, tracker, parent, storage,
+                address=address, deadline=deadline,
+            )  # fmt: skip
 
     return refit
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-__all__ = ["REPO", "write_space", "run_cli", "runs_by_role", "store_client", "train_collecting"]
+__all__ = [
+    "REPO",
+    "write_space",
+    "run_cli",
+    "runs_by_role",
+    "store_client",
+    "train_collecting",
+    "hold_search_lock",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +75,23 @@ def train_collecting(settings, data: Path, resume_from: Path | None = None) -> t
 
     best = train_trial(settings, DataConfig(root=str(data)), report, resume_from=resume_from)
     return best, reports
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from ffdi_tune.search.lock import search_lock
+with search_lock(Path(sys.argv[1]), "held"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_search_lock(out_dir: Path) -> subprocess.Popen:
+    """Another process that takes the lock of the search whose output folder is ``out_dir`` and
+    keeps it (for two minutes, or until the caller kills it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc

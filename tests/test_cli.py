@@ -160,3 +160,48 @@ def test_set_overrides_any_key_with_the_files_checks(tmp_path, capsys):
     ):
         assert main(["run", str(space), "--set", bad]) == 2
         assert message in one_error_line(capsys)
+
+
+def test_a_refit_from_ensemble_holds_the_search_lock_and_waits_for_no_running_search(
+    tmp_path, monkeypatch
+):
+    """``ffdi-tune ensemble`` with a refit writes beside the search's rounds and under its run, so
+    it takes the search's lock as ``run`` does: refused while a run holds it, held while the refits
+    train (the trainer here records the lock's holder instead of training)."""
+    import json
+    import os
+    import signal
+
+    from helpers import hold_search_lock
+
+    from ffdi_tune.cli import _refitter
+    from ffdi_tune.config import parse_search_config
+    from ffdi_tune.errors import SearchError
+    from ffdi_tune.search import refit_trials
+    from ffdi_tune.search.lock import lock_path
+    from ffdi_tune.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    config = parse_search_config({"name": "held", "data": {"root": "d"}}).model_dump(mode="json")
+    holders = []
+
+    def trainer(*args, **kwargs):
+        holders.append(
+            json.loads(lock_path(tmp_path / "runs" / "held").with_suffix(".json").read_text())
+        )
+        return {}
+
+    monkeypatch.setattr(refit_trials, "run_refits", trainer)
+    refit = _refitter(Tracker(f"sqlite:///{tmp_path}/mlflow.db", (tmp_path / "a").as_uri()))
+    proc = hold_search_lock(tmp_path / "runs" / "held")
+    try:
+        with pytest.raises(
+            SearchError, match=rf"search 'held' is already running .*pid {proc.pid}"
+        ):
+            refit([], [], config, str(tmp_path / "d"))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert holders == []
+    assert refit([], [], config, str(tmp_path / "d")) == {}
+    assert [h["pid"] for h in holders] == [os.getpid()]

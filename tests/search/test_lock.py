@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import hold_search_lock
 
 from ffdi_tune.errors import SearchError
 from ffdi_tune.search.lock import lock_path, search_lock
 
-HOLD = """
-import sys, time
-from pathlib import Path
-from ffdi_tune.search.lock import search_lock
-with search_lock(Path(sys.argv[1]), "held"):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
-def _holder(out_dir: Path) -> subprocess.Popen:
-    """Another process that takes the lock of ``out_dir`` and keeps it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(out_dir)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
 
 def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_frees_it(tmp_path):
     out_dir = tmp_path / "runs" / "held"
-    proc = _holder(out_dir)
+    proc = hold_search_lock(out_dir)
     try:
         with pytest.raises(
             SearchError,
@@ -65,7 +45,7 @@ def test_run_refuses_a_search_another_run_holds_before_writing_anything(
         "train: {backbone: test_resnet, img_size: 32, epochs: 1}\n"
         "search: {num_samples: 1, max_concurrent: 1}\n"
     )
-    proc = _holder(tmp_path / "runs" / "busy")
+    proc = hold_search_lock(tmp_path / "runs" / "busy")
     try:
         assert main(["run", "s.yaml"]) == 2
         err = capsys.readouterr().err.strip()
