@@ -46,11 +46,12 @@ def runs(folder, name):
 
 
 def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeypatch, capsys):
-    """A 50 s budget (the driver's set-up counts, about 10-15 s of it) for trials of 300 epochs
-    (over a minute each): the first ones are cut and no more start; the final stage still runs,
-    exit 0; resumed with more time, the same search gets new trials. The plan's probe is made to
-    say an epoch takes 0.07 s, so that the plan accepts a length no trial can reach (a real probe
-    on a busy machine refuses it, or on an idle one lets a trial finish uncut)."""
+    """A 40 s budget (the driver's set-up counts, about 10-15 s of it) for trials of 150 epochs
+    (most of a minute each on two cores): the first ones are cut and no more start; the final
+    stage still runs, exit 0; resumed with more time, the same search gets new trials. The plan's
+    probe is made to say an epoch takes 0.07 s, so that the plan accepts a length no trial can
+    reach (a real probe on a busy machine refuses it, or on an idle one lets a trial finish
+    uncut)."""
     from ffdi_tune.search import plan
     from ffdi_tune.search.probe import ProbeResult
 
@@ -59,19 +60,19 @@ def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeyp
 
     monkeypatch.setattr(plan, "probe_cached", cheap)
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "clock", trials=30, epochs=300)
-    assert main(["run", "space.yaml", "--time-budget", "50s"]) == 0
+    write(tmp_path, "clock", trials=30, epochs=150)
+    assert main(["run", "space.yaml", "--time-budget", "40s"]) == 0
     out = capsys.readouterr().out
     assert "time budget: spent" in out and "submission:" in out
     client, parents, trials, ensembles = runs(tmp_path, "clock")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(ensembles) == 1
     assert 1 <= len(trials) < 30 and all(r.info.status == "FINISHED" for r in trials)
     cut = [r for r in trials if r.data.tags["ffdi.budget_cut"] == "true"]
-    assert cut and all(int(r.data.tags["ffdi.epochs_run"]) < 300 for r in cut)
+    assert cut and all(int(r.data.tags["ffdi.epochs_run"]) < 150 for r in cut)
     # FIFO: nothing else stops them
     assert all(r.data.tags["ffdi.stopped_early"] == "false" for r in trials)
     kept = json.loads((tmp_path / "runs" / "clock" / "budget.json").read_text())
-    assert kept["total_s"] == 50 and set(kept["cut"]) == {r.data.tags["ffdi.trial_id"] for r in cut}
+    assert kept["total_s"] == 40 and set(kept["cut"]) == {r.data.tags["ffdi.trial_id"] for r in cut}
     table = pd.read_csv(tmp_path / "runs" / "clock" / "trials.csv")
     assert set(table["status"]) <= {"FINISHED", "CUT"} and (table["status"] == "CUT").sum() == len(
         cut
@@ -82,7 +83,7 @@ def test_time_budget_ends_the_search_and_keeps_the_final_stage(tmp_path, monkeyp
     # more time (the driver's set-up, and a trial's first rung as planned, which a trial needs to
     # start): the same parent run gets new trials, the old ones stay as they were
     planned = json.loads((tmp_path / "runs" / "clock" / "plan.json").read_text())
-    more = math.ceil(planned["first_rung_s"]) + 40
+    more = math.ceil(planned["first_rung_s"]) + 30
     assert (
         main(["run", "space.yaml", "--resume", "--time-budget", f"{more}s", "--no-ensemble"]) == 0
     )
