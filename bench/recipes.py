@@ -19,7 +19,9 @@ part (``train_trial``, the trainer the search runs, without Ray); then the final
   takes random 48 px windows, validation and prediction the centre one;
 - ``refit``: the ``base`` ensemble (``auto``, no soups), each shipped member then trained again
   once (a new seed, its best epoch count) on trainset plus the selection part, in its place
-  (``refit: {seeds: 1}``); the extra training is its cost.
+  (``refit: {seeds: 1}``); the extra training is its cost;
+- ``refit2``: the same with two refits per member sharing its weight (``refit: {seeds: 2}``; the
+  first refit is ``refit``'s own, trained once for both arms).
 
 Prints, per arm, the mean and seed-to-seed spread of the report-part AUC and the test AUC of the
 best member (best on the selection part) and of the shipped ensemble; the last line is JSON.
@@ -73,7 +75,9 @@ ARMS = {
     "crop": {"resize": "crop", "cache_size": 64},
     "soup": {},  # the base members, souped
     "refit": {},  # the base members' ensemble, each shipped member refit once
+    "refit2": {},  # ... refit twice
 }
+REFIT_SEEDS = {"refit": 1, "refit2": 2}
 VIEWS = ["identity", "hflip"]
 CROP_SOURCES: dict = {}  # the seed's val and test splits, for crop members' own decode
 
@@ -96,30 +100,37 @@ def train_members(data: Path, select: tuple[str, ...], changes: dict, args, seed
     return members
 
 
-def refit_arm(data: Path, select, base: list, images, test_targets, val, parts) -> dict:
-    """The base members' ensemble, then each shipped member trained again once on trainset plus
-    the selection part and shipped in its place."""
+def refit_arm(
+    data: Path, select, base: list, images, test_targets, val, parts, seeds: int, trained: dict
+) -> dict:
+    """The base members' ensemble, then each shipped member trained again ``seeds`` times on
+    trainset plus the selection part, its refits shipped in its place sharing its weight
+    (``trained``: refits of this data seed already trained, by name)."""
     val_images, test_images = images
     candidates = [predictions(f"m{k}", c, val_images, test_images) for k, c in enumerate(base)]
     row = judge(candidates, "auto", val, test_targets, parts)
-    recipe = EnsembleRecipe(top_k=len(base), tta=VIEWS, refit={"seeds": 1})
+    recipe = EnsembleRecipe(top_k=len(base), tta=VIEWS, refit={"seeds": seeds})
     result = build_ensemble(candidates, val.targets, recipe, *parts)
     scored, refits = {c.name: c for c in candidates}, {}
     for name in result.members:
         best = base[int(name[1:])]
-        changes = {"seed": best["settings"]["seed"] + SEED_STRIDE}  # its schedule, a new seed
-        kept = {}
+        refits[name] = [f"{name}r{k}" for k in range(1, seeds + 1)]
+        for k, refit_name in enumerate(refits[name], start=1):
+            if refit_name not in trained:
+                # its schedule, a new seed
+                changes = {"seed": best["settings"]["seed"] + k * SEED_STRIDE}
+                kept = {}
 
-        def report(metrics, folder, kept=kept):
-            kept["best"] = torch.load(Path(folder) / BEST_FILE, weights_only=True)
+                def report(metrics, folder, kept=kept):
+                    kept["best"] = torch.load(Path(folder) / BEST_FILE, weights_only=True)
 
-        train_trial(
-            TrainSettings(**{**best["settings"], **changes}), DataConfig(root=str(data)), report,
-            device="cpu", robust_val=None,
-            refit=Refit(select, best.get("weights_kind", "raw"), int(best["epoch"])),
-        )  # fmt: skip
-        scored[f"{name}r"] = predictions(f"{name}r", kept["best"], val_images, test_images)
-        refits[name] = [f"{name}r"]
+                train_trial(
+                    TrainSettings(**{**best["settings"], **changes}), DataConfig(root=str(data)),
+                    report, device="cpu", robust_val=None,
+                    refit=Refit(select, best.get("weights_kind", "raw"), int(best["epoch"])),
+                )  # fmt: skip
+                trained[refit_name] = predictions(refit_name, kept["best"], val_images, test_images)
+            scored[refit_name] = trained[refit_name]
     after = refit_result(result, refits, scored, val.targets, parts[1])
     row.update(
         before_refit_report_auc=float(result.metrics["holdout_auc"]),
@@ -178,7 +189,7 @@ def run_seed(seed: int, args) -> list[dict]:
         holdout = split_valset(val, 0.5, seed)
         parts = holdout.indices(val.names)
         val_images, test_images = load_images(val, 48), load_images(test, 48)
-        base = None
+        base, trained_refits = None, {}
         for arm in args.arms:
             if arm == "soup":
                 base = base or train_members(data, holdout.select_names, {}, args, seed)
@@ -195,10 +206,13 @@ def run_seed(seed: int, args) -> list[dict]:
                 souped.soup = True
                 row = judge([*candidates, souped], "soup", val, test_targets, parts)
                 row["soup_ingredients"] = len(soup.ingredients)
-            elif arm == "refit":
+            elif arm in REFIT_SEEDS:
                 base = base or train_members(data, holdout.select_names, {}, args, seed)
                 images = (val_images, test_images)
-                row = refit_arm(data, holdout.select_names, base, images, test_targets, val, parts)
+                row = refit_arm(
+                    data, holdout.select_names, base, images, test_targets, val, parts,
+                    REFIT_SEEDS[arm], trained_refits,
+                )  # fmt: skip
             else:
                 members = train_members(data, holdout.select_names, ARMS[arm], args, seed)
                 if arm == "base":
