@@ -60,7 +60,7 @@ def _trainable(
     sampler = tracking.SystemSampler(system_metrics_s) if system_metrics_s else None
 
     def report(metrics: dict[str, float], folder: Path) -> None:
-        system = {"system_metrics": sampler.drain()} if sampler else {}
+        system = sampler.report_entry() if sampler else {}
         tune.report(
             {**metrics, **where, **system}, checkpoint=tune.Checkpoint.from_directory(str(folder))
         )

@@ -13,6 +13,7 @@ in the MLflow UI charts them. ``tracking.system_metrics: false`` turns it off.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 __all__ = ["SystemSampler", "SYSTEM_PREFIX", "system_metric_rows"]
 
 SYSTEM_PREFIX = "system/"
+REPORT_KEY = "system_metrics"  # the entry of a trial's report that carries its samples
 
 
 def _monitors() -> list:
@@ -93,7 +95,16 @@ class SystemSampler:
             rows, self._rows = self._rows, []
         return rows
 
+    def report_entry(self) -> dict[str, str]:
+        """The samples taken since the last call as one entry of a trial's report: JSON text,
+        which Tune's result loggers keep as it is (a list of samples makes its TensorBoard logger
+        warn that it cannot log it)."""
+        return {REPORT_KEY: json.dumps(self.drain())}
+
 
 def system_metric_rows(result: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
     """The ``(time_ms, metrics)`` samples a trial's report carries (none when it carries none)."""
-    return [(int(t), dict(values)) for t, values in result.get("system_metrics") or []]
+    rows = result.get(REPORT_KEY) or []
+    if isinstance(rows, str):
+        rows = json.loads(rows)
+    return [(int(t), dict(values)) for t, values in rows]
