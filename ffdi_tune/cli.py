@@ -29,9 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recipe = load_recipe(cfg.ensemble)  # a bad recipe fails now, not after the search
         _check_top_k(cfg, recipe, args.resume)
     # Ray is imported only once the config is known to be valid.
-    from ffdi_tune.files import is_bucket_uri
-    from ffdi_tune.search.lock import search_lock
-    from ffdi_tune.search.runner import run_search, search_dir
+    from ffdi_tune.search.runner import run_search
 
     size = (
         f"{cfg.search.num_samples} trials, {cfg.search.max_concurrent} at a time"
@@ -39,9 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else "trials planned from its time budget"
     )
     print(f"search {cfg.name}: {size}, metric {cfg.search.metric}", flush=True)
-    # one run of a search at a time: a lock per machine, and a lease in MLflow for a bucket
-    lease_store = cfg.tracking if is_bucket_uri(cfg.search.storage) else None
-    with search_lock(search_dir(cfg)[1], cfg.name, lease_store):
+    with _search_lock(cfg):
         outcome = run_search(
             cfg,
             resume=args.resume,
@@ -207,19 +203,13 @@ def _refitter(tracker, outcome=None, cfg=None, address: str | None = None):
 
     def refit(jobs, val_names, config: dict, data_root: str) -> dict[str, list[str]]:
         from ffdi_tune.ensemble.search_record import search_data
-        from ffdi_tune.files import is_bucket_uri
-        from ffdi_tune.search.lock import search_lock
         from ffdi_tune.search.refit_trials import run_refits
         from ffdi_tune.search.runner import search_dir
 
         search = cfg or _recorded_search(config)
-        storage, out_dir = search_dir(search)
-        lease_store = search.tracking if is_bucket_uri(search.search.storage) else None
+        storage = search_dir(search)[0]
         # within run, the run already holds them
-        held = (
-            contextlib.nullcontext() if outcome else search_lock(out_dir, search.name, lease_store)
-        )
-        with held:
+        with contextlib.nullcontext() if outcome else _search_lock(search):
             parent = outcome.parent_run_id if outcome else tracker.search_run_id(search.name)
             data = outcome.data if outcome else search_data(config, data_root)
             return run_refits(
@@ -228,6 +218,17 @@ def _refitter(tracker, outcome=None, cfg=None, address: str | None = None):
             )  # fmt: skip
 
     return refit
+
+
+def _search_lock(cfg):
+    """One run of a search at a time: its lock on this machine, and with bucket storage its lease
+    in the MLflow store (:func:`~ffdi_tune.search.lock.search_lock`)."""
+    from ffdi_tune.files import is_bucket_uri
+    from ffdi_tune.search.lock import search_lock
+    from ffdi_tune.search.runner import search_dir
+
+    lease_store = cfg.tracking if is_bucket_uri(cfg.search.storage) else None
+    return search_lock(search_dir(cfg)[1], cfg.name, lease_store)
 
 
 def _recorded_search(config: dict):
