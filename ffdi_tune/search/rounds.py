@@ -174,9 +174,6 @@ def _new_round(
     )
 
 
-STAND_IN = STAND_IN_FILE  # marks a checkpoint folder copied in for one Tune had deleted
-
-
 def stand_in_for_deleted_checkpoints(exp_path: str) -> list[Path]:
     """Copy each trial's newest checkpoint under the number before it, where that one is gone.
 
@@ -202,7 +199,7 @@ def stand_in_for_deleted_checkpoints(exp_path: str) -> list[Path]:
         newest = trial_dir / f"checkpoint_{numbers[-1]:06d}"
         stand_in = trial_dir / f"checkpoint_{numbers[-1] - 1:06d}"
         shutil.copytree(newest, stand_in)
-        (stand_in / STAND_IN).write_text(newest.name)
+        (stand_in / STAND_IN_FILE).write_text(newest.name)
         made.append(stand_in)
     return made
 

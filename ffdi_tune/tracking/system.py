@@ -104,7 +104,4 @@ class SystemSampler:
 
 def system_metric_rows(result: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
     """The ``(time_ms, metrics)`` samples a trial's report carries (none when it carries none)."""
-    rows = result.get(REPORT_KEY) or []
-    if isinstance(rows, str):
-        rows = json.loads(rows)
-    return [(int(t), dict(values)) for t, values in rows]
+    return [(int(t), dict(values)) for t, values in json.loads(result.get(REPORT_KEY) or "[]")]

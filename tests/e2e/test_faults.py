@@ -312,7 +312,8 @@ def test_a_checkpoint_tune_deleted_before_the_driver_died_gets_its_successor_as_
     stand-ins no trial ended on are removed after the round."""
     from types import SimpleNamespace
 
-    from ffdi_tune.search.rounds import STAND_IN, remove_unused, stand_in_for_deleted_checkpoints
+    from ffdi_tune.search.rounds import remove_unused, stand_in_for_deleted_checkpoints
+    from ffdi_tune.training.checkpoint import STAND_IN_FILE
 
     def trial(name: str, numbers: list[int]):
         for n in numbers:
@@ -326,7 +327,7 @@ def test_a_checkpoint_tune_deleted_before_the_driver_died_gets_its_successor_as_
     made = stand_in_for_deleted_checkpoints(str(tmp_path))
     assert made == [tmp_path / "a" / "checkpoint_000001"]
     assert (made[0] / "last.pt").read_text() == "a epoch 3"  # the newest epoch, to continue from
-    assert (made[0] / STAND_IN).read_text() == "checkpoint_000002"
+    assert (made[0] / STAND_IN_FILE).read_text() == "checkpoint_000002"
     ended_on = SimpleNamespace(checkpoint=SimpleNamespace(path=str(made[0])))
     remove_unused(made, [ended_on])
     assert made[0].is_dir()  # a trial ended on it: kept

@@ -153,8 +153,9 @@ def test_system_samples_are_logged_on_the_trials_run_with_their_own_times_and_st
     later = [
         [1_700_000_010_000 + i, {"system/cpu_utilization_percentage": 60.0 + i}] for i in (0, 1)
     ]
-    cb.on_trial_result(0, [], trial, {**_result(1, 0.6), "system_metrics": first})
-    cb.on_trial_result(0, [], trial, {**_result(2, 0.7), "system_metrics": later})
+    # as a trial's report carries them: JSON text
+    cb.on_trial_result(0, [], trial, {**_result(1, 0.6), "system_metrics": json.dumps(first)})
+    cb.on_trial_result(0, [], trial, {**_result(2, 0.7), "system_metrics": json.dumps(later)})
     history = client.get_metric_history(cb.run_ids["t1"], "system/cpu_utilization_percentage")
     assert [(m.step, m.value, m.timestamp) for m in history] == [
         (0, 50.0, 1_700_000_000_000),

@@ -28,7 +28,7 @@ def test_stopping_ends_the_thread_and_a_report_without_samples_has_none():
     assert not sampler._thread.is_alive()
     assert len(sampler.drain()) == 1
     assert system_metric_rows({"epoch": 1}) == []
-    rows = system_metric_rows({"system_metrics": [[1000, {"system/a": 1}]]})
+    rows = system_metric_rows({"system_metrics": '[[1000, {"system/a": 1}]]'})
     assert rows == [(1000, {"system/a": 1})]
 
 
